@@ -1,0 +1,64 @@
+"""The flow definition (DESIGN §4) as it travels on the bus.
+
+``StartExecution`` embeds a whole :class:`FlowDefinition`, so an execution stays pinned to
+the definition it began with. File-level validation (file, node and field in every
+message) lives in the orchestrator's flow loader; this module is the shape only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+NodeType = Literal["input", "processor", "conditional", "output"]
+
+
+class NodeConfig(BaseModel):
+    """Known knobs are typed; anything else is passed to the agent untouched."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    timeout: float | None = Field(default=None, gt=0, description="seconds per attempt")
+    retries: int = Field(default=0, ge=0, le=20)
+    retry_backoff: float = Field(default=1.0, ge=0, description="first backoff in seconds")
+    max_turns: PositiveInt | None = None
+    required_fields: tuple[str, ...] = ()
+    input_timeout: float | None = Field(default=None, gt=0, description="seconds")
+    wait_for_agent: float | None = Field(
+        default=None, ge=0, description="seconds to wait for an inactive agent"
+    )
+
+
+class FlowNode(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128)
+    agent_id: str | None = None
+    type: NodeType = "processor"
+    depends_on: tuple[str, ...] = ()
+    when: str | None = None
+    config: NodeConfig = NodeConfig()
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class FlowDefinition(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    flow_id: str = Field(min_length=1, max_length=128)
+    name: str = ""
+    description: str = ""
+    version: str = "1.0.0"
+    entry_point: str | tuple[str, ...] | None = None
+    exit_points: tuple[str, ...] | None = None
+    nodes: tuple[FlowNode, ...]
+    timeout: float | None = Field(default=None, gt=0, description="seconds for the execution")
+    cost: int = Field(default=1, ge=0)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def content_hash(self) -> str:
+        """Version of the normalised definition: equal meaning, equal hash."""
+        normal = self.model_dump(mode="json", exclude_defaults=True)
+        return hashlib.sha256(orjson.dumps(normal, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Every message type of AI Spine, grouped by area."""

@@ -1,0 +1,204 @@
+"""Users, key hashes and credits: commands and events keyed by user_id.
+
+Only SHA-256 hashes of API keys ever appear here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ..envelope import Body, Message
+from ..flow import FlowDefinition
+
+KeyHash = str  # hex SHA-256 of the key
+ExecutionOutcome = Literal["completed", "failed", "cancelled"]
+
+# --- commands (spine.auth.commands) --------------------------------------------------------
+
+
+class CreateUserData(Body):
+    user_id: str
+    email: str
+    name: str = ""
+    organization: str = ""
+    credits: int = Field(default=0, ge=0)
+    rate_limit: int = Field(default=60, ge=1)
+    key_hash: KeyHash = Field(min_length=64, max_length=64)
+    request_id: str | None = None
+
+
+class CreateUser(Message):
+    type: Literal["auth.create_user"] = "auth.create_user"
+    data: CreateUserData
+
+
+class RotateKeyData(Body):
+    user_id: str
+    key_hash: KeyHash = Field(min_length=64, max_length=64)
+    request_id: str | None = None
+
+
+class RotateKey(Message):
+    type: Literal["auth.rotate_key"] = "auth.rotate_key"
+    data: RotateKeyData
+
+
+class AddCreditsData(Body):
+    user_id: str
+    credits: int = Field(gt=0)
+    request_id: str | None = None
+
+
+class AddCredits(Message):
+    type: Literal["auth.add_credits"] = "auth.add_credits"
+    data: AddCreditsData
+
+
+class ReserveCreditsData(Body):
+    """Reserve the flow's cost and, when granted, start the execution it carries."""
+
+    user_id: str
+    execution_id: str
+    amount: int = Field(ge=0)
+    flow: FlowDefinition
+    flow_version: str
+    input_data: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    request_id: str | None = None
+
+
+class ReserveCredits(Message):
+    type: Literal["auth.reserve_credits"] = "auth.reserve_credits"
+    data: ReserveCreditsData
+
+
+class WithdrawReservationData(Body):
+    user_id: str
+    execution_id: str
+    request_id: str | None = None
+
+
+class WithdrawReservation(Message):
+    type: Literal["auth.withdraw_reservation"] = "auth.withdraw_reservation"
+    data: WithdrawReservationData
+
+
+class SettleCreditsData(Body):
+    user_id: str
+    execution_id: str
+    outcome: ExecutionOutcome
+    charge: int = Field(ge=0)
+
+
+class SettleCredits(Message):
+    type: Literal["auth.settle_credits"] = "auth.settle_credits"
+    data: SettleCreditsData
+
+
+# --- events (spine.auth.events) ------------------------------------------------------------
+
+
+class UserCreatedData(Body):
+    user_id: str
+    email: str
+    name: str = ""
+    organization: str = ""
+    rate_limit: int
+    key_hash: KeyHash
+    balance: int
+
+
+class UserCreated(Message):
+    type: Literal["auth.user_created"] = "auth.user_created"
+    data: UserCreatedData
+
+
+class KeyRotatedData(Body):
+    user_id: str
+    key_hash: KeyHash
+    previous_key_hash: KeyHash
+
+
+class KeyRotated(Message):
+    type: Literal["auth.key_rotated"] = "auth.key_rotated"
+    data: KeyRotatedData
+
+
+class CreditsAddedData(Body):
+    user_id: str
+    amount: int
+    balance: int
+
+
+class CreditsAdded(Message):
+    type: Literal["auth.credits_added"] = "auth.credits_added"
+    data: CreditsAddedData
+
+
+class CreditsReservedData(Body):
+    user_id: str
+    execution_id: str
+    amount: int
+    balance: int
+
+
+class CreditsReserved(Message):
+    type: Literal["auth.credits_reserved"] = "auth.credits_reserved"
+    data: CreditsReservedData
+
+
+class CreditsRejectedData(Body):
+    user_id: str
+    execution_id: str
+    amount: int
+    balance: int
+    reason: str
+
+
+class CreditsRejected(Message):
+    type: Literal["auth.credits_rejected"] = "auth.credits_rejected"
+    data: CreditsRejectedData
+
+
+class ReservationWithdrawnData(Body):
+    user_id: str
+    execution_id: str
+    refunded: int
+    balance: int
+
+
+class ReservationWithdrawn(Message):
+    type: Literal["auth.reservation_withdrawn"] = "auth.reservation_withdrawn"
+    data: ReservationWithdrawnData
+
+
+class CreditsSettledData(Body):
+    user_id: str
+    execution_id: str
+    outcome: ExecutionOutcome
+    charged: int
+    refunded: int
+    balance: int
+
+
+class CreditsSettled(Message):
+    type: Literal["auth.credits_settled"] = "auth.credits_settled"
+    data: CreditsSettledData
+
+
+class AuthCommandRejectedData(Body):
+    """A command that cannot apply (unknown user, duplicate email) is recorded with why."""
+
+    user_id: str
+    command_type: str
+    reason: str
+    request_id: str | None = None
+
+
+class AuthCommandRejected(Message):
+    type: Literal["auth.command_rejected"] = "auth.command_rejected"
+    data: AuthCommandRejectedData
+
+

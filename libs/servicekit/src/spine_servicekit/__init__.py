@@ -1,0 +1,1 @@
+"""Shared plumbing: settings, logging, Kafka clients, projector base, transactional loop."""

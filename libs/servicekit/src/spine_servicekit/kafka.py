@@ -1,0 +1,222 @@
+"""Kafka client set-up shared by every service: tuned factories, topic admin, headers.
+
+aiokafka's defaults wait up to 500 ms per fetch; every hop of an execution would pay it,
+so consumers here use a small ``fetch_max_wait_ms``. Producers are idempotent with
+``acks=all``; readers use ``read_committed`` because the orchestrator and auth write
+in transactions.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from spine_contracts import DeadLetter, Message, to_bytes, topics, utcnow
+from spine_contracts.topics import TopicSpec
+
+from .settings import CommonSettings
+
+REPLY_TO_HEADER = "reply-to"
+TRACEPARENT_HEADER = "traceparent"
+MESSAGE_TYPE_HEADER = "message-type"
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap_servers: str
+    prefix: str = ""
+    partitions: int = 2
+    replication: int = 1
+    min_isr: int = 1
+    fetch_max_wait_ms: int = 10
+    linger_ms: int = 0
+    client_id: str = "spine"
+
+    @classmethod
+    def from_settings(cls, settings: CommonSettings, client_id: str = "spine") -> KafkaConfig:
+        return cls(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            prefix=settings.topic_prefix,
+            partitions=settings.topic_partitions,
+            replication=settings.topic_replication,
+            min_isr=settings.topic_min_isr,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            linger_ms=settings.kafka_linger_ms,
+            client_id=client_id,
+        )
+
+    def topic(self, spec: TopicSpec) -> str:
+        return spec.name(self.prefix)
+
+    def agent_tasks(self, agent_id: str) -> str:
+        return topics.agent_tasks(agent_id, self.prefix)
+
+
+def instance_id(service: str) -> str:
+    return f"{service}-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+def make_producer(
+    cfg: KafkaConfig, *, transactional_id: str | None = None, **overrides: Any
+) -> AIOKafkaProducer:
+    """An idempotent producer with ``acks=all``; transactional when given an id."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": cfg.bootstrap_servers,
+        "client_id": cfg.client_id,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": cfg.linger_ms,
+        "max_batch_size": 256 * 1024,
+        "request_timeout_ms": 30_000,
+    }
+    if transactional_id is not None:
+        options["transactional_id"] = transactional_id
+        options["transaction_timeout_ms"] = 60_000
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def make_consumer(
+    cfg: KafkaConfig, *topic_names: str, group_id: str | None, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A low-latency ``read_committed`` consumer that never commits on its own.
+
+    The range assignor keeps partition *p* of co-partitioned topics on one member.
+    """
+    options: dict[str, Any] = {
+        "bootstrap_servers": cfg.bootstrap_servers,
+        "client_id": cfg.client_id,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "fetch_max_wait_ms": cfg.fetch_max_wait_ms,
+        "max_poll_records": 500,
+        "partition_assignment_strategy": (RangePartitionAssignor,),
+        "session_timeout_ms": 10_000,
+        "heartbeat_interval_ms": 1_000,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topic_names, **options)
+
+
+def new_topic(cfg: KafkaConfig, spec: TopicSpec, name: str | None = None) -> NewTopic:
+    config = spec.kafka_config()
+    config["min.insync.replicas"] = str(cfg.min_isr)
+    return NewTopic(
+        name=name or cfg.topic(spec),
+        num_partitions=spec.partitions or cfg.partitions,
+        replication_factor=cfg.replication,
+        topic_configs=config,
+    )
+
+
+async def ensure_topics(
+    cfg: KafkaConfig,
+    specs: Iterable[TopicSpec] = topics.STATIC,
+    agent_ids: Iterable[str] = (),
+) -> list[str]:
+    """Create missing topics from the registry; return the names that were created."""
+    wanted = [new_topic(cfg, spec) for spec in specs]
+    wanted += [new_topic(cfg, topics.AGENT_TASKS, cfg.agent_tasks(a)) for a in agent_ids]
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t.name not in existing]
+        created: list[str] = []
+        for topic in missing:
+            try:
+                await admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        await admin.close()
+
+
+async def delete_topics_with_prefix(cfg: KafkaConfig, prefix: str) -> list[str]:
+    """Delete every topic whose name starts with ``prefix`` (test clean-up)."""
+    if not prefix:
+        raise ValueError("refusing to delete topics without a prefix")
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    await admin.start()
+    try:
+        doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if doomed:
+            try:
+                await admin.delete_topics(doomed)
+            except UnknownTopicOrPartitionError:
+                pass
+        return doomed
+    finally:
+        await admin.close()
+
+
+def headers_for(message: Message, reply_to: str | None = None) -> Headers:
+    headers: Headers = [(MESSAGE_TYPE_HEADER, message.type.encode())]
+    if message.trace:
+        headers.append((TRACEPARENT_HEADER, message.trace.encode()))
+    if reply_to:
+        headers.append((REPLY_TO_HEADER, reply_to.encode()))
+    return headers
+
+
+def header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
+    for key, value in record.headers or ():
+        if key == name:
+            return bytes(value).decode()
+    return None
+
+
+def dead_letter(
+    record: ConsumerRecord[Any, Any], error: BaseException, consumer: str
+) -> DeadLetter:
+    """Describe an unhandleable record so it can be inspected and replayed later."""
+    raw: bytes = record.value or b""
+    key = record.key
+    return DeadLetter.build(
+        origin_topic=record.topic,
+        origin_partition=record.partition,
+        origin_offset=record.offset,
+        origin_key=bytes(key).decode(errors="replace") if key is not None else None,
+        payload_b64=base64.b64encode(raw).decode(),
+        error_type=type(error).__name__,
+        error=str(error)[:4000],
+        consumer=consumer,
+        failed_at=utcnow(),
+    )
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to produce: where, with which key, and optional routing headers."""
+
+    topic: str
+    key: str
+    message: Message
+    reply_to: str | None = None
+
+    def encode(self) -> tuple[bytes, bytes, Headers]:
+        return self.key.encode(), to_bytes(self.message), headers_for(self.message, self.reply_to)
+
+
+async def send_all(producer: AIOKafkaProducer, outgoing: Sequence[Outgoing]) -> None:
+    """Send a batch and wait for every acknowledgement (batching, not one round trip each)."""
+    futures = []
+    for item in outgoing:
+        key, value, hdrs = item.encode()
+        futures.append(await producer.send(item.topic, value=value, key=key, headers=hdrs))
+    for fut in futures:
+        await fut

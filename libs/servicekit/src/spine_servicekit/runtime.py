@@ -1,0 +1,85 @@
+"""Process lifecycle shared by every service: signals, logging, a producer, heartbeats.
+
+A service provides ``main(ctx)``; :func:`run_service` runs it until SIGTERM/SIGINT, then
+cancels it, stops heartbeats and the producer, and exits 0, so ``make down`` and
+Kubernetes see a clean stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from .heartbeat import HeartbeatPublisher
+from .kafka import KafkaConfig, ensure_topics, instance_id, make_producer
+from .logging import configure_logging, get_logger
+from .settings import CommonSettings
+
+
+@dataclass
+class ServiceContext:
+    service: str
+    settings: CommonSettings
+    kafka: KafkaConfig
+    producer: AIOKafkaProducer
+    instance_id: str
+    stopping: asyncio.Event
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+GRACE_SECONDS = 15.0
+
+Main = Callable[[ServiceContext], Awaitable[None]]
+
+
+async def serve(service: str, settings: CommonSettings, main: Main) -> None:
+    log = get_logger(service)
+    cfg = KafkaConfig.from_settings(settings, client_id=service)
+    ident = settings.instance_id or instance_id(service)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    created = await ensure_topics(cfg)
+    if created:
+        log.info("topics_created", count=len(created))
+    producer = make_producer(cfg)
+    await producer.start()
+    ctx = ServiceContext(service, settings, cfg, producer, ident, stopping)
+    beats = HeartbeatPublisher(
+        producer, cfg, service=service, instance_id=ident,
+        interval_s=settings.heartbeat_interval_s, details=lambda: dict(ctx.details),
+    )
+    await beats.beat()
+    beats.start()
+    log.info("service_started", instance_id=ident, kafka=cfg.bootstrap_servers)
+    task = asyncio.create_task(main(ctx), name=f"{service}-main")
+    stop_wait = asyncio.create_task(stopping.wait())
+    try:
+        done, _ = await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()  # a crashed main is a crashed service: let it raise
+    finally:
+        log.info("service_stopping")
+        stopping.set()
+        stop_wait.cancel()
+        # main watches ``ctx.stopping`` to drain in-flight work; cancel it only past the grace
+        done, _ = await asyncio.wait({task}, timeout=GRACE_SECONDS)
+        if not done:
+            task.cancel()
+        await asyncio.gather(task, stop_wait, return_exceptions=True)
+        await beats.stop()
+        await producer.stop()
+        log.info("service_stopped")
+
+
+def run_service(service: str, settings: CommonSettings, main: Main) -> None:
+    """Entry point helper: configure logging and run ``main`` until a stop signal."""
+    configure_logging(service, settings.log_level, console=settings.dev_mode or None)
+    asyncio.run(serve(service, settings, main))

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Start or stop the AI Spine services as background processes (used by `make up/down`).
+# Each process keeps .spine/run/<name>.pid and .spine/logs/<name>.log; `up` starts only
+# what is not running, `down` stops only what this script started.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUN="$ROOT/.spine/run"
+LOGS="$ROOT/.spine/logs"
+mkdir -p "$RUN" "$LOGS"
+cd "$ROOT"
+
+# name=command; order matters: the gateway comes last so /health means "all started".
+SERVICES=(
+  "orchestrator=spine-orchestrator"
+  "registry=spine-registry"
+  "auth=spine-auth"
+  "metrics=spine-metrics"
+  "gateway=spine-gateway"
+)
+
+load_env() {
+  [[ -f "$ROOT/.spine/infra.env" ]] && set -a && . "$ROOT/.spine/infra.env" && set +a
+  if [[ ! -f "$ROOT/.env" ]]; then
+    local key
+    key="mk_$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+    printf 'API_KEY=%s\nPORT=8000\n' "$key" > "$ROOT/.env"
+    chmod 600 "$ROOT/.env"
+    echo "==> wrote .env with a new master API_KEY (git-ignored)"
+  fi
+  set -a; . "$ROOT/.env"; set +a
+  export PORT="${PORT:-8000}"
+}
+
+alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+start_one() {
+  local name=$1 cmd=$2
+  if alive "$name"; then echo "    $name: already running (pid $(cat "$RUN/$name.pid"))"; return; fi
+  nohup "$ROOT/.venv/bin/$cmd" >>"$LOGS/$name.log" 2>&1 &
+  echo $! > "$RUN/$name.pid"
+  echo "    $name: started (pid $!, log .spine/logs/$name.log)"
+}
+
+wait_http() {
+  local url=$1 deadline=$((SECONDS + ${2:-60}))
+  until curl -fsS -o /dev/null "$url" 2>/dev/null; do
+    if (( SECONDS > deadline )); then
+      echo "!!  $url did not answer in time; last gateway log lines:" >&2
+      tail -n 30 "$LOGS/gateway.log" >&2 || true
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+up() {
+  load_env
+  echo "==> starting services"
+  for entry in "${SERVICES[@]}"; do start_one "${entry%%=*}" "${entry#*=}"; done
+  echo "==> waiting for the gateway on port $PORT"
+  wait_http "http://127.0.0.1:$PORT/health" 90
+  echo "==> AI Spine is up: http://127.0.0.1:$PORT  (API docs: http://127.0.0.1:$PORT/docs)"
+  echo "    master key: API_KEY in .env"
+}
+
+down() {
+  local name pid
+  for (( i=${#SERVICES[@]}-1; i>=0; i-- )); do
+    name="${SERVICES[$i]%%=*}"
+    if alive "$name"; then
+      pid=$(cat "$RUN/$name.pid")
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+      echo "    $name: stopped"
+    fi
+    rm -f "$RUN/$name.pid"
+  done
+}
+
+status() {
+  for entry in "${SERVICES[@]}"; do
+    name="${entry%%=*}"
+    if alive "$name"; then echo "$name: running (pid $(cat "$RUN/$name.pid"))"; else echo "$name: stopped"; fi
+  done
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,1 @@
+"""Users, hashed API keys and credits."""

@@ -1,0 +1,1 @@
+"""Aggregates execution events into Prometheus metrics and a summary topic."""

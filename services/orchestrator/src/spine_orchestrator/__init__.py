@@ -1,0 +1,1 @@
+"""Flow engine: the execution state machine on the transactional loop."""

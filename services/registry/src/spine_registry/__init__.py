@@ -1,0 +1,1 @@
+"""Agent catalogue, liveness and the HTTP-agent relay."""
