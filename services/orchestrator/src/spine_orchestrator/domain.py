@@ -1,0 +1,627 @@
+"""The execution state machine: pure, deterministic, no I/O.
+
+``decide(state, message, env)`` takes the current state of one execution (or ``None``),
+one input (a command, an agent result or a timer firing) and the environment (clock,
+agent catalogue, condition evaluator) and returns a :class:`Decision`: the new state and
+the effects to publish (execution events, agent tasks and cancels, the settle-credits
+command). The Kafka adapter publishes a decision's effects, the snapshot of the new state
+and the input's offset in one transaction, so a decision happens exactly once.
+
+Rules (DESIGN §3–§4):
+* every node whose dependencies are all done is dispatched at once;
+* a node whose ``when`` is false is skipped, and so is a node whose dependencies were all
+  skipped; a node with some completed dependencies runs with those outputs;
+* an ``output`` node needs no agent: its output is its single dependency's output, or a
+  map of dependency id to output when it has several;
+* ``(execution, node, attempt)`` is dispatched at most once; a result for any other
+  attempt, or for a finished node, changes nothing;
+* a failure is retried (a new attempt after a backoff timer) up to ``retries`` times, then
+  the execution fails naming the node and the cause;
+* ``needs_input`` parks the node in ``waiting_input`` until input arrives, up to
+  ``max_turns`` questions or ``input_timeout``;
+* a terminal execution ignores everything but is remembered, so duplicates stay harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from spine_contracts import (
+    AgentCancel,
+    AgentMessage,
+    AgentResult,
+    CancelExecution,
+    ExecutionCancelled,
+    ExecutionCommandRejected,
+    ExecutionCompleted,
+    ExecutionFailed,
+    ExecutionStarted,
+    FireTimer,
+    FlowDefinition,
+    FlowNode,
+    InputReceived,
+    Message,
+    NodeCompleted,
+    NodeDispatched,
+    NodeFailed,
+    NodeSkipped,
+    NodeWaitingInput,
+    ProvideInput,
+    SettleCredits,
+    StartExecution,
+)
+
+NodeStatus = Literal[
+    "pending", "dispatched", "waiting_input", "waiting_agent", "completed", "failed",
+    "skipped", "cancelled",
+]
+AgentAvailability = Literal["active", "inactive", "unknown", "deregistered"]
+TERMINAL_NODE: frozenset[str] = frozenset({"completed", "failed", "skipped", "cancelled"})
+MAX_BACKOFF_S = 60.0
+AGENT_WAIT_POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What a decision may look at besides the state: time, agents, conditions."""
+
+    now: datetime
+    agent_availability: Callable[[str], AgentAvailability]
+    evaluate_condition: Callable[[str, Mapping[str, Any], Mapping[str, Any]], bool]
+    default_node_timeout_s: float = 300.0
+    default_input_timeout_s: float = 3600.0
+
+
+@dataclass
+class Timer:
+    timer_id: str
+    kind: str
+    due_at: datetime
+    node_id: str | None = None
+    attempt: int = 0
+
+
+@dataclass
+class NodeState:
+    status: NodeStatus = "pending"
+    attempt: int = 0  # dispatches so far; the current task is this attempt
+    failures: int = 0
+    turns: int = 0  # questions asked to the human
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    dispatched_at: datetime | None = None
+    wait_started_at: datetime | None = None
+    conversation: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ExecutionState:
+    execution_id: str
+    user_id: str
+    flow: FlowDefinition
+    flow_version: str
+    input_data: dict[str, Any]
+    metadata: dict[str, Any]
+    credits_reserved: int
+    correlation_id: str | None
+    trace: str | None
+    started_at: datetime
+    status: str = "running"
+    seq: int = 0
+    nodes: dict[str, NodeState] = field(default_factory=dict)
+    timers: dict[str, Timer] = field(default_factory=dict)
+    error_message: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in ("completed", "failed", "cancelled")
+
+    def node(self, node_id: str) -> FlowNode:
+        for node in self.flow.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    # --- snapshots -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["flow"] = self.flow.model_dump(mode="json")
+        return _jsonable(data)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExecutionState:
+        nodes = {
+            k: NodeState(
+                **{
+                    **v,
+                    "dispatched_at": _dt(v.get("dispatched_at")),
+                    "wait_started_at": _dt(v.get("wait_started_at")),
+                }
+            )
+            for k, v in data["nodes"].items()
+        }
+        timers = {k: Timer(**{**v, "due_at": _dt(v["due_at"])}) for k, v in data["timers"].items()}
+        return cls(
+            **{
+                **data,
+                "flow": FlowDefinition.model_validate(data["flow"]),
+                "started_at": _dt(data["started_at"]),
+                "nodes": nodes,
+                "timers": timers,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Task:
+    """An agent task to publish on the agent's tasks topic."""
+
+    agent_id: str
+    message: AgentMessage | AgentCancel
+
+
+@dataclass
+class Decision:
+    state: ExecutionState | None
+    events: list[Message] = field(default_factory=list)
+    tasks: list[Task] = field(default_factory=list)
+    commands: list[Message] = field(default_factory=list)  # settle-credits
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.events or self.tasks or self.commands)
+
+
+def decide(state: ExecutionState | None, message: Message, env: Environment) -> Decision:
+    """Apply one input to one execution."""
+    if isinstance(message, StartExecution):
+        if state is not None:
+            return Decision(state)  # duplicate start: the execution already exists
+        return _Run(_new_state(message, env), message, env).start()
+    if state is None:
+        if isinstance(message, (CancelExecution, ProvideInput)):
+            return _reject_unknown(message)
+        return Decision(None)  # late result or timer for an execution we never had
+    if state.terminal:
+        if isinstance(message, (CancelExecution, ProvideInput)):
+            run = _Run(state, message, env)
+            run.emit(
+                ExecutionCommandRejected,
+                command_type=message.type,
+                reason=f"execution is already {state.status}",
+            )
+            return run.decision
+        return Decision(state)
+    run = _Run(state, message, env)
+    if isinstance(message, AgentResult):
+        run.on_result(message)
+    elif isinstance(message, CancelExecution):
+        run.cancel(message.data.reason)
+    elif isinstance(message, ProvideInput):
+        run.on_input(message)
+    elif isinstance(message, FireTimer):
+        run.on_timer(message)
+    return run.decision
+
+
+def _reject_unknown(message: CancelExecution | ProvideInput) -> Decision:
+    event = ExecutionCommandRejected.build(
+        cause=message,
+        execution_id=message.data.execution_id,
+        seq=0,
+        command_type=message.type,
+        reason="unknown execution",
+    )
+    return Decision(None, events=[event])
+
+
+def _new_state(cmd: StartExecution, env: Environment) -> ExecutionState:
+    d = cmd.data
+    return ExecutionState(
+        execution_id=d.execution_id,
+        user_id=d.user_id,
+        flow=d.flow,
+        flow_version=d.flow_version,
+        input_data=dict(d.input_data),
+        metadata=dict(d.metadata),
+        credits_reserved=d.credits_reserved,
+        correlation_id=cmd.correlation_id or str(cmd.message_id),
+        trace=cmd.trace,
+        started_at=env.now,
+        nodes={n.id: NodeState() for n in d.flow.nodes},
+    )
+
+
+class _Run:
+    """One decision in progress: mutates a copy of the state and collects effects."""
+
+    def __init__(self, state: ExecutionState, cause: Message, env: Environment) -> None:
+        self.s = _copy(state)
+        self.cause = cause
+        self.env = env
+        self.decision = Decision(self.s)
+
+    # --- emitting ----------------------------------------------------------------------
+    def emit(self, cls: type[Message], **fields: Any) -> None:
+        self.s.seq += 1
+        self.decision.events.append(
+            cls.build(
+                cause=self.cause,
+                correlation_id=self.s.correlation_id,
+                tenant_id=self.s.user_id,
+                trace=self.s.trace,
+                execution_id=self.s.execution_id,
+                seq=self.s.seq,
+                **fields,
+            )
+        )
+
+    def _arm(self, kind: str, seconds: float, node_id: str | None = None, attempt: int = 0) -> None:
+        timer_id = f"{kind}:{node_id or '*'}:{attempt}"
+        self.s.timers[timer_id] = Timer(
+            timer_id, kind, self.env.now + timedelta(seconds=seconds), node_id, attempt
+        )
+
+    def _disarm_node(self, node_id: str) -> None:
+        for timer_id in [t for t, v in self.s.timers.items() if v.node_id == node_id]:
+            del self.s.timers[timer_id]
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def start(self) -> Decision:
+        s = self.s
+        self.emit(
+            ExecutionStarted,
+            user_id=s.user_id,
+            flow_id=s.flow.flow_id,
+            flow_version=s.flow_version,
+            flow=s.flow,
+            input_data=s.input_data,
+            metadata=s.metadata,
+            credits_reserved=s.credits_reserved,
+        )
+        if s.flow.timeout:
+            self._arm("flow_timeout", s.flow.timeout)
+        self.advance()
+        return self.decision
+
+    def advance(self) -> None:
+        """Dispatch, skip or complete every node that became ready; finish when all done."""
+        progressed = True
+        while progressed and not self.s.terminal:
+            progressed = False
+            for node in self.s.flow.nodes:
+                ns = self.s.nodes[node.id]
+                if ns.status != "pending" or not self._deps_done(node):
+                    continue
+                progressed = True
+                self._start_node(node)
+                if self.s.terminal:
+                    return
+        if not self.s.terminal and all(n.status in TERMINAL_NODE for n in self.s.nodes.values()):
+            self._complete()
+
+    def _deps_done(self, node: FlowNode) -> bool:
+        return all(self.s.nodes[d].status in ("completed", "skipped") for d in node.depends_on)
+
+    def _dep_outputs(self, node: FlowNode) -> dict[str, Any]:
+        return {
+            d: self.s.nodes[d].output or {}
+            for d in node.depends_on
+            if self.s.nodes[d].status == "completed"
+        }
+
+    def _start_node(self, node: FlowNode) -> None:
+        ns = self.s.nodes[node.id]
+        deps = self._dep_outputs(node)
+        if node.depends_on and not deps:
+            ns.status = "skipped"
+            self.emit(NodeSkipped, node_id=node.id, reason="every dependency was skipped")
+            return
+        if node.when:
+            nodes_view = {k: v.output or {} for k, v in self.s.nodes.items() if v.output is not None}
+            try:
+                ok = self.env.evaluate_condition(node.when, self.s.input_data, nodes_view)
+            except Exception as exc:  # a broken condition fails the run, naming the node
+                self._fail(node.id, f"node '{node.id}': condition {node.when!r} failed: {exc}")
+                return
+            if not ok:
+                ns.status = "skipped"
+                self.emit(NodeSkipped, node_id=node.id, reason=f"condition false: {node.when}")
+                return
+        if node.type == "output" or node.agent_id is None:
+            output = next(iter(deps.values())) if len(deps) == 1 else deps
+            ns.status = "completed"
+            ns.output = dict(output)
+            self.emit(NodeCompleted, node_id=node.id, attempt=0, output=ns.output, duration_ms=0.0)
+            return
+        self._dispatch(node)
+
+    def _dispatch(self, node: FlowNode) -> None:
+        assert node.agent_id is not None
+        ns = self.s.nodes[node.id]
+        availability = self.env.agent_availability(node.agent_id)
+        if availability != "active":
+            wait = node.config.wait_for_agent
+            if wait:
+                if ns.status != "waiting_agent":
+                    ns.status = "waiting_agent"
+                    ns.wait_started_at = self.env.now
+                waited = (self.env.now - (ns.wait_started_at or self.env.now)).total_seconds()
+                if waited < wait:
+                    self._arm("agent_wait", min(AGENT_WAIT_POLL_S, wait - waited), node.id)
+                    return
+                reason = f"agent '{node.agent_id}' is {availability} (waited {wait:g}s)"
+            else:
+                reason = f"agent '{node.agent_id}' is {availability}"
+            self._fail(node.id, f"node '{node.id}': {reason}")
+            return
+        ns.attempt += 1
+        ns.status = "dispatched"
+        ns.dispatched_at = self.env.now
+        ns.wait_started_at = None
+        payload = {
+            "input": self.s.input_data,
+            "dependencies": self._dep_outputs(node),
+            "conversation": list(ns.conversation),
+            "node_type": node.type,
+        }
+        config = node.config.model_dump(mode="json", exclude_none=True)
+        timeout = node.config.timeout or self.env.default_node_timeout_s
+        deadline = self.env.now + timedelta(seconds=timeout)
+        task = AgentMessage.build(
+            cause=self.cause,
+            correlation_id=self.s.correlation_id,
+            tenant_id=self.s.user_id,
+            trace=self.s.trace,
+            execution_id=self.s.execution_id,
+            node_id=node.id,
+            attempt=ns.attempt,
+            from_agent=_previous_agent(self.s, node),
+            to_agent=node.agent_id,
+            payload=payload,
+            config=config,
+            metadata={"flow_id": self.s.flow.flow_id},
+            timestamp=self.env.now,
+            deadline=deadline,
+        )
+        self.decision.tasks.append(Task(node.agent_id, task))
+        self.emit(
+            NodeDispatched,
+            node_id=node.id,
+            attempt=ns.attempt,
+            agent_id=node.agent_id,
+            task_id=str(task.message_id),
+            payload=payload,
+        )
+        self._arm("node_timeout", timeout, node.id, ns.attempt)
+
+    # --- inputs ------------------------------------------------------------------------
+    def on_result(self, result: AgentResult) -> None:
+        r = result.data
+        ns = self.s.nodes.get(r.node_id)
+        if ns is None or ns.status != "dispatched" or ns.attempt != r.attempt:
+            return  # duplicate, late or foreign: changes nothing
+        node = self.s.node(r.node_id)
+        self._disarm_node(node.id)
+        duration = _ms(self.env.now - ns.dispatched_at) if ns.dispatched_at else None
+        if r.status == "success":
+            ns.status = "completed"
+            ns.output = dict(r.output)
+            self.emit(
+                NodeCompleted, node_id=node.id, attempt=r.attempt, agent_id=r.agent_id,
+                output=ns.output, duration_ms=duration,
+            )
+            self.advance()
+        elif r.status == "needs_input":
+            self._ask(node, ns, r.question or "more input is needed", r.missing_fields)
+        else:
+            self._attempt_failed(node, r.error_message or "agent reported an error")
+
+    def _ask(self, node: FlowNode, ns: NodeState, question: str, missing: tuple[str, ...]) -> None:
+        max_turns = node.config.max_turns or 1
+        if ns.turns >= max_turns:
+            self._fail(
+                node.id,
+                f"node '{node.id}': still needs input after {ns.turns} turn(s) "
+                f"(max_turns {max_turns}): {question}",
+            )
+            return
+        ns.turns += 1
+        ns.status = "waiting_input"
+        ns.conversation.append({"role": "agent", "content": question})
+        timeout = node.config.input_timeout or self.env.default_input_timeout_s
+        expires = self.env.now + timedelta(seconds=timeout)
+        self._arm("input_timeout", timeout, node.id, ns.attempt)
+        self.s.status = "waiting_input"
+        self.emit(
+            NodeWaitingInput, node_id=node.id, attempt=ns.attempt, turn=ns.turns,
+            question=question, missing_fields=missing, expires_at=expires,
+        )
+
+    def on_input(self, cmd: ProvideInput) -> None:
+        waiting = [k for k, v in self.s.nodes.items() if v.status == "waiting_input"]
+        node_id = cmd.data.node_id or (waiting[0] if len(waiting) == 1 else None)
+        if node_id is None or node_id not in waiting:
+            reason = (
+                "no node is waiting for input"
+                if not waiting
+                else f"node {cmd.data.node_id!r} is not waiting for input (waiting: {waiting})"
+            )
+            self.emit(ExecutionCommandRejected, command_type=cmd.type, reason=reason)
+            return
+        ns = self.s.nodes[node_id]
+        self._disarm_node(node_id)
+        ns.conversation.append({"role": "user", "content": dict(cmd.data.input)})
+        self.emit(InputReceived, node_id=node_id, turn=ns.turns, input=dict(cmd.data.input))
+        ns.status = "pending"
+        if not any(v.status == "waiting_input" for v in self.s.nodes.values()):
+            self.s.status = "running"
+        self._dispatch(self.s.node(node_id))
+
+    def on_timer(self, cmd: FireTimer) -> None:
+        timer = self.s.timers.pop(cmd.data.timer_id, None)
+        if timer is None:
+            return  # already fired or disarmed
+        node_id = timer.node_id
+        if timer.kind == "flow_timeout":
+            self._fail(None, f"flow '{self.s.flow.flow_id}' timed out after {self.s.flow.timeout:g}s")
+        elif node_id is None:
+            return
+        elif timer.kind == "node_timeout":
+            ns = self.s.nodes[node_id]
+            if ns.status == "dispatched" and ns.attempt == timer.attempt:
+                node = self.s.node(node_id)
+                seconds = node.config.timeout or self.env.default_node_timeout_s
+                self._attempt_failed(node, f"timed out after {seconds:g}s")
+        elif timer.kind == "retry":
+            if self.s.nodes[node_id].status == "pending":
+                self._dispatch(self.s.node(node_id))
+        elif timer.kind == "input_timeout":
+            if self.s.nodes[node_id].status == "waiting_input":
+                self._fail(node_id, f"node '{node_id}': no input arrived before input_timeout")
+        elif timer.kind == "agent_wait":
+            if self.s.nodes[node_id].status == "waiting_agent":
+                self._dispatch(self.s.node(node_id))
+
+    def _attempt_failed(self, node: FlowNode, error: str) -> None:
+        ns = self.s.nodes[node.id]
+        ns.failures += 1
+        will_retry = ns.failures <= node.config.retries
+        retry_at = None
+        if will_retry:
+            backoff = min(node.config.retry_backoff * 2 ** (ns.failures - 1), MAX_BACKOFF_S)
+            retry_at = self.env.now + timedelta(seconds=backoff)
+            ns.status = "pending"
+            self._arm("retry", backoff, node.id, ns.attempt)
+        self.emit(
+            NodeFailed, node_id=node.id, attempt=ns.attempt, agent_id=node.agent_id,
+            error_message=error, will_retry=will_retry, retry_at=retry_at,
+        )
+        if not will_retry:
+            tries = f" after {ns.attempt} attempt(s)" if ns.attempt > 1 else ""
+            self._fail(node.id, f"node '{node.id}' failed{tries}: {error}", already_emitted=True)
+
+    def cancel(self, reason: str) -> None:
+        self._stop_in_flight(reason)
+        self.s.status = "cancelled"
+        self.s.timers.clear()
+        self.emit(ExecutionCancelled, reason=reason, duration_ms=self._duration())
+        self._settle("cancelled")
+
+    # --- endings -----------------------------------------------------------------------
+    def _fail(self, node_id: str | None, message: str, *, already_emitted: bool = False) -> None:
+        if node_id is not None:
+            ns = self.s.nodes[node_id]
+            ns.status = "failed"
+            ns.error = message
+            if not already_emitted:
+                node = self.s.node(node_id)
+                self.emit(
+                    NodeFailed, node_id=node_id, attempt=ns.attempt, agent_id=node.agent_id,
+                    error_message=message, will_retry=False,
+                )
+        self._stop_in_flight(message)
+        self.s.status = "failed"
+        self.s.error_message = message
+        self.s.timers.clear()
+        self.emit(ExecutionFailed, error_message=message, node_id=node_id, duration_ms=self._duration())
+        self._settle("failed")
+
+    def _complete(self) -> None:
+        exits = self.s.flow.exit_points or _derived_exits(self.s.flow)
+        output = {
+            e: self.s.nodes[e].output or {} for e in exits if self.s.nodes[e].status == "completed"
+        }
+        self.s.status = "completed"
+        self.s.timers.clear()
+        self.emit(ExecutionCompleted, output_data=output, duration_ms=self._duration())
+        self._settle("completed")
+
+    def _stop_in_flight(self, reason: str) -> None:
+        for node in self.s.flow.nodes:
+            ns = self.s.nodes[node.id]
+            if ns.status in ("dispatched", "waiting_input", "waiting_agent", "pending"):
+                if ns.status == "dispatched" and node.agent_id:
+                    cancel = AgentCancel.build(
+                        cause=self.cause, correlation_id=self.s.correlation_id,
+                        tenant_id=self.s.user_id, trace=self.s.trace,
+                        execution_id=self.s.execution_id, node_id=node.id, reason=reason,
+                    )
+                    self.decision.tasks.append(Task(node.agent_id, cancel))
+                ns.status = "cancelled"
+
+    def _settle(self, outcome: Literal["completed", "failed", "cancelled"]) -> None:
+        charge = credit_charge(self.s, outcome)
+        self.decision.commands.append(
+            SettleCredits.build(
+                cause=self.cause, correlation_id=self.s.correlation_id, tenant_id=self.s.user_id,
+                trace=self.s.trace, user_id=self.s.user_id, execution_id=self.s.execution_id,
+                outcome=outcome, charge=charge,
+            )
+        )
+
+    def _duration(self) -> float:
+        return _ms(self.env.now - self.s.started_at)
+
+
+def credit_charge(state: ExecutionState, outcome: str) -> int:
+    """The documented policy: a completed run pays its reservation; a failed run pays
+    nothing (the platform or an agent failed, not the user); a cancelled run pays its
+    reservation only if some agent already delivered work."""
+    if outcome == "completed":
+        return state.credits_reserved
+    if outcome == "cancelled":
+        worked = any(
+            ns.status == "completed" and state.node(nid).agent_id is not None
+            for nid, ns in state.nodes.items()
+        )
+        return state.credits_reserved if worked else 0
+    return 0
+
+
+def _derived_exits(flow: FlowDefinition) -> tuple[str, ...]:
+    has_dependents = {d for n in flow.nodes for d in n.depends_on}
+    return tuple(n.id for n in flow.nodes if n.id not in has_dependents)
+
+
+def _previous_agent(state: ExecutionState, node: FlowNode) -> str | None:
+    for dep in node.depends_on:
+        agent = state.node(dep).agent_id
+        if agent:
+            return agent
+    return None
+
+
+def _copy(state: ExecutionState) -> ExecutionState:
+    return replace(
+        state,
+        nodes={
+            k: replace(v, conversation=list(v.conversation), output=v.output)
+            for k, v in state.nodes.items()
+        },
+        timers={k: replace(v) for k, v in state.timers.items()},
+        input_data=state.input_data,
+    )
+
+
+def _ms(delta: timedelta) -> float:
+    return round(delta.total_seconds() * 1000, 3)
+
+
+def _dt(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
