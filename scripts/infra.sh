@@ -13,6 +13,8 @@
 #   KAFKA_BOOTSTRAP_SERVERS   e.g. 10.0.0.5:9092
 #   DATABASE_URL              e.g. postgresql://user:pw@db:5432/spine
 #   REDIS_URL                 e.g. redis://cache:6379/0
+# Ports (defaults 9092/9093, 5432, 6379): SPINE_KAFKA_PORT, SPINE_KAFKA_CONTROLLER_PORT,
+#   SPINE_PG_PORT, SPINE_REDIS_PORT (all on 127.0.0.1).
 # Tuning: SPINE_INFRA_TIMEOUT (seconds per component, default 90),
 #         SPINE_KAFKA_HEAP_OPTS (default "-Xms256m -Xmx768m"),
 #         MAVEN_OPTS (e.g. -Dmaven.repo.local=/tmp/m2 for a cold download).
@@ -33,8 +35,8 @@ DEPLOY="$ROOT/deploy/local"
 TIMEOUT="${SPINE_INFRA_TIMEOUT:-90}"
 
 KAFKA_HOST=127.0.0.1
-KAFKA_PORT=9092
-KAFKA_CONTROLLER_PORT=9093
+KAFKA_PORT="${SPINE_KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${SPINE_KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_DIR="$SPINE/kafka"
 KAFKA_LIBS="$KAFKA_DIR/libs"
 KAFKA_DATA="$KAFKA_DIR/data"
@@ -45,13 +47,13 @@ KAFKA_HEAP_OPTS="${SPINE_KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}"
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$KAFKA_POM")"
 
 PG_HOST=127.0.0.1
-PG_PORT=5432
+PG_PORT="${SPINE_PG_PORT:-5432}"
 PG_DIR="$SPINE/postgres"
 PGDATA_DIR="$PG_DIR/data"
 PG_DEFAULT_URL="postgresql://spine:spine@$PG_HOST:$PG_PORT/spine"
 
 REDIS_HOST=127.0.0.1
-REDIS_PORT=6379
+REDIS_PORT="${SPINE_REDIS_PORT:-6379}"
 REDIS_DEFAULT_URL="redis://$REDIS_HOST:$REDIS_PORT/0"
 
 export DEBIAN_FRONTEND=noninteractive
@@ -80,7 +82,7 @@ apt_install() {
   fi
   say "apt-get install $*"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" \
-    >"$LOGS/apt.log" 2>&1 || {
+    >>"$LOGS/apt.log" 2>&1 || {
     tail -n 30 "$LOGS/apt.log" >&2
     die "apt-get install $* failed (full output: $LOGS/apt.log)"
   }
@@ -173,12 +175,18 @@ kafka_install_jars() {
   say "kafka: $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars in .spine/kafka/libs ($(since "$t0"))"
 }
 
+kafka_jvm_cmd() { # prints nothing; fills KAFKA_CMD with the java command line
+  # shellcheck disable=SC2206 # heap opts are meant to be word-split
+  KAFKA_CMD=(java $KAFKA_HEAP_OPTS -cp "$KAFKA_LIBS/*"
+    -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
+    -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
+    -Dlog4j2.configurationFile="$KAFKA_LOG4J" -Dspine.kafka.log.file="$LOGS/kafka.log"
+    -Dkafka.logs.dir="$LOGS")
+}
+
 kafka_java() { # main-class args...
-  java $KAFKA_HEAP_OPTS -cp "$KAFKA_LIBS/*" \
-    -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
-    -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
-    -Dlog4j2.configurationFile="$KAFKA_LOG4J" -Dspine.kafka.log.file="$LOGS/kafka.log" \
-    -Dkafka.logs.dir="$LOGS" "$@"
+  kafka_jvm_cmd
+  "${KAFKA_CMD[@]}" "$@"
 }
 
 kafka_render_config() {
@@ -243,13 +251,10 @@ kafka_start() {
   printf '\n===== %s infra.sh: starting kafka %s =====\n' "$(date -Is)" "$KAFKA_VERSION" >>"$LOGS/kafka.log"
   # setsid: own session, so a Ctrl-C in the calling shell does not kill the broker.
   # The inner bash writes its own pid, then execs java (same pid).
-  setsid bash -c 'echo $$ >"$0"; shift; exec "$@"' "$RUN/kafka.pid" \
-    java $KAFKA_HEAP_OPTS -cp "$KAFKA_LIBS/*" \
-    -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
-    -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
-    -Dlog4j2.configurationFile="$KAFKA_LOG4J" -Dspine.kafka.log.file="$LOGS/kafka.log" \
-    -Dkafka.logs.dir="$LOGS" kafka.Kafka "$KAFKA_PROPS" \
-    </dev/null >>"$LOGS/kafka.log" 2>&1 &
+  # 9>&-: do not hand the infra.sh lock to the daemon.
+  kafka_jvm_cmd
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$RUN/kafka.pid" \
+    "${KAFKA_CMD[@]}" kafka.Kafka "$KAFKA_PROPS" </dev/null >>"$LOGS/kafka.log" 2>&1 9>&- &
   KAFKA_MODE=started
 }
 
@@ -272,7 +277,15 @@ kafka_wait() {
     fi
     sleep 0.3
   done
-  pid="$(pid_of "$RUN/kafka.pid" kafka.Kafka 2>/dev/null || true)"
+  if [ "$KAFKA_MODE" != external ]; then
+    # Create __consumer_offsets / __transaction_state now, not in the first test.
+    kafka_probe "$KAFKA_BOOTSTRAP" "$(( deadline - $(date +%s) > 5 ? deadline - $(date +%s) : 5 ))" --warm >/dev/null || {
+      tail_log "$LOGS/kafka.log" 40
+      die "kafka: group/transaction coordinators not available at $KAFKA_BOOTSTRAP"
+    }
+  fi
+  pid=""
+  [ "$KAFKA_MODE" = external ] || pid="$(pid_of "$RUN/kafka.pid" kafka.Kafka 2>/dev/null || true)"
   say "kafka: ready at $KAFKA_BOOTSTRAP in $(since "$KAFKA_T0") ($KAFKA_MODE${pid:+, pid $pid})"
 }
 
@@ -332,7 +345,7 @@ as_pg() {
 
 pg_ready() { # HOST PORT
   if have pg_isready; then
-    pg_isready -q -h "$1" -p "$2" -t 2
+    pg_isready -q -h "$1" -p "$2" -U postgres -d postgres -t 2
   else
     tcp_open "$1" "$2"
   fi
@@ -350,13 +363,18 @@ pg_prepare_dir() {
   chown postgres:postgres "$PG_DIR"
   chmod 700 "$PG_DIR"
   if ! runuser -u postgres -- test -x "$PG_DIR"; then
-    d="$(dirname "$PG_DIR")"
-    while [ "$d" != / ]; do
+    # Walk from / down so that each check sees its parents already traversable.
+    d=""
+    local part
+    local -a parts
+    IFS=/ read -r -a parts <<<"${PG_DIR#/}"
+    for part in "${parts[@]}"; do
+      d="$d/$part"
+      [ "$d" = "$PG_DIR" ] && break
       if ! runuser -u postgres -- test -x "$d"; then
-        say "postgres: chmod o+x $d (the postgres user must traverse it)"
+        say "postgres: chmod o+x $d (the postgres user must traverse it to reach .spine/postgres)"
         chmod o+x "$d"
       fi
-      d="$(dirname "$d")"
     done
   fi
   runuser -u postgres -- test -w "$PG_DIR" || die "postgres: user postgres cannot write $PG_DIR"
@@ -420,11 +438,17 @@ pg_ensure_role_db() {
 }
 
 PG_MODE=""
+pg_reuse() { # MESSAGE
+  PG_MODE=reused
+  say "postgres: $1, reusing it"
+  have psql || apt_install postgresql-client
+  pg_ensure_role_db reused
+}
+
 pg_up() {
-  local t0 hp host port bin deadline
+  local t0 host port bin deadline
   t0="$(now)"
   if [ -n "${DATABASE_URL:-}" ]; then
-    ensure_python3
     read -r host port <<<"$(url_hostport "$DATABASE_URL" 5432)"
     say "postgres: DATABASE_URL is set, waiting for $host:$port"
     deadline=$(($(date +%s) + TIMEOUT))
@@ -436,53 +460,44 @@ pg_up() {
     say "postgres: ready at $host:$port in $(since "$t0") (external)"
     return 0
   fi
-  if ! pg_ours_pid >/dev/null; then
-    if ! have psql; then
-      # Client tools are needed to create the role/database (and pg_isready to probe).
-      apt_install postgresql
-    fi
-    if pg_ready "$PG_HOST" "$PG_PORT"; then
-      PG_MODE=reused
-      say "postgres: something already answers on $PG_HOST:$PG_PORT, reusing it"
-      pg_ensure_role_db reused
-      say "postgres: ready at $PG_HOST:$PG_PORT in $(since "$t0") (reused)"
-      return 0
-    fi
-  fi
-  if ! bin="$(pg_bin)"; then
-    apt_install postgresql
-    bin="$(pg_bin)" || die "postgres: initdb not found under /usr/lib/postgresql/*/bin after install"
-    # The package may have started its own cluster on 5432; then use that one.
-    if pg_ready "$PG_HOST" "$PG_PORT"; then
-      PG_MODE=reused
-      say "postgres: the freshly installed package cluster answers on $PG_HOST:$PG_PORT, reusing it"
-      pg_ensure_role_db reused
-      say "postgres: ready at $PG_HOST:$PG_PORT in $(since "$t0") (reused)"
-      return 0
-    fi
-  fi
   if pg_ours_pid >/dev/null; then
     PG_MODE=running
+  elif pg_ready "$PG_HOST" "$PG_PORT"; then
+    pg_reuse "something already answers on $PG_HOST:$PG_PORT"
   else
-    pg_prepare_dir
-    if [ ! -f "$PGDATA_DIR/PG_VERSION" ]; then
-      say "postgres: initdb $PGDATA_DIR ($("$bin/postgres" --version | awk '{print $NF}'))"
-      rm -rf "$PGDATA_DIR"
-      as_pg "$bin/initdb" -D "$PGDATA_DIR" -U postgres -A trust -E UTF8 --no-locale \
-        >>"$LOGS/postgres.log" 2>&1 || {
-        tail_log "$LOGS/postgres.log" 30
-        die "postgres: initdb failed"
-      }
+    if ! bin="$(pg_bin)" || ! have psql; then
+      apt_install postgresql
+      bin="$(pg_bin)" || die "postgres: initdb not found under /usr/lib/postgresql/*/bin after install"
     fi
-    pg_configure
-    # A postmaster.pid left by a killed server whose pid is now someone else's.
-    [ -f "$PGDATA_DIR/postmaster.pid" ] && rm -f "$PGDATA_DIR/postmaster.pid"
-    say "postgres: starting cluster in .spine/postgres/data on $PG_HOST:$PG_PORT"
-    as_pg "$bin/pg_ctl" -D "$PGDATA_DIR" -l "$LOGS/postgres.log" -w -t "$TIMEOUT" start >/dev/null || {
-      tail_log "$LOGS/postgres.log" 30
-      die "postgres: pg_ctl start failed"
-    }
-    PG_MODE=started
+    if pg_ready "$PG_HOST" "$PG_PORT"; then
+      # The package's postinst may have started its own cluster on 5432.
+      pg_reuse "the packaged cluster answers on $PG_HOST:$PG_PORT after install"
+    else
+      pg_prepare_dir
+      if [ ! -f "$PGDATA_DIR/PG_VERSION" ]; then
+        say "postgres: initdb .spine/postgres/data ($("$bin/postgres" --version | awk '{print $3}'))"
+        rm -rf "$PGDATA_DIR"
+        as_pg "$bin/initdb" -D "$PGDATA_DIR" -U postgres -A trust -E UTF8 --no-locale \
+          >>"$LOGS/postgres.log" 2>&1 || {
+          tail_log "$LOGS/postgres.log" 30
+          die "postgres: initdb failed"
+        }
+      fi
+      pg_configure
+      # Left by a killed server (its pid is not a live postgres, or pg_ours_pid would have matched).
+      rm -f "$PGDATA_DIR/postmaster.pid"
+      say "postgres: starting cluster .spine/postgres/data on $PG_HOST:$PG_PORT"
+      as_pg "$bin/pg_ctl" -D "$PGDATA_DIR" -l "$LOGS/postgres.log" -w -t "$TIMEOUT" start \
+        >/dev/null 9>&- || {
+        tail_log "$LOGS/postgres.log" 30
+        die "postgres: pg_ctl start failed"
+      }
+      PG_MODE=started
+    fi
+  fi
+  if [ "$PG_MODE" = reused ]; then
+    say "postgres: ready at $PG_HOST:$PG_PORT in $(since "$t0") (reused)"
+    return 0
   fi
   deadline=$(($(date +%s) + TIMEOUT))
   until pg_ready "$PG_HOST" "$PG_PORT"; do
@@ -546,10 +561,9 @@ redis_ours_pid() { pid_of "$RUN/redis.pid" redis-server; }
 
 REDIS_MODE=""
 redis_up() {
-  local t0 host port deadline
+  local t0 host port deadline pid
   t0="$(now)"
   if [ -n "${REDIS_URL:-}" ]; then
-    ensure_python3
     read -r host port <<<"$(url_hostport "$REDIS_URL" 6379)"
     say "redis: REDIS_URL is set, waiting for $host:$port"
     REDIS_MODE=external
@@ -575,7 +589,7 @@ redis_up() {
         mkdir -p "$SPINE/redis"
         say "redis: starting redis-server on $host:$port (no persistence)"
         redis-server --daemonize yes --bind "$host" --port "$port" --save "" --appendonly no \
-          --dir "$SPINE/redis" --pidfile "$RUN/redis.pid" --logfile "$LOGS/redis.log" >/dev/null ||
+          --dir "$SPINE/redis" --pidfile "$RUN/redis.pid" --logfile "$LOGS/redis.log" >/dev/null 9>&- ||
           die "redis: redis-server failed to start (log: $LOGS/redis.log)"
         REDIS_MODE=started
       fi
@@ -589,7 +603,9 @@ redis_up() {
     }
     sleep 0.2
   done
-  say "redis: ready at $host:$port in $(since "$t0") ($REDIS_MODE)"
+  pid=""
+  [ "$REDIS_MODE" = external ] || pid="$(redis_ours_pid 2>/dev/null || true)"
+  say "redis: ready at $host:$port in $(since "$t0") ($REDIS_MODE${pid:+, pid $pid})"
 }
 
 redis_down() {
@@ -646,6 +662,7 @@ cmd_up() {
   t0="$(now)"
   ensure_dirs
   lock
+  rm -f "$SPINE/infra.env" # rewritten only when everything is ready
   ensure_python3
   # Kafka first (slowest): its JVM boots while PostgreSQL and Redis start.
   kafka_start
@@ -674,7 +691,6 @@ cmd_purge() {
 
 cmd_status() {
   local rc=0
-  if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -n "${DATABASE_URL:-}${REDIS_URL:-}" ]; then :; fi
   have python3 || { echo "kafka:    unknown (python3 missing)"; rc=3; }
   if have python3; then kafka_status || rc=3; fi
   pg_status || rc=3
@@ -683,7 +699,7 @@ cmd_status() {
 }
 
 usage() {
-  sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//'
 }
 
 case "${1:-}" in

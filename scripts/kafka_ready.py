@@ -11,8 +11,13 @@ The broker counts as ready when the Metadata response lists at least one (unfenc
 and a controller id >= 0. An open TCP port alone is not enough: a starting broker accepts
 connections before it can serve requests.
 
+With --warm it then also sends FindCoordinator (v1) for a group and for a transactional id
+until both coordinators answer, which makes the broker create __consumer_offsets and
+__transaction_state now instead of during the first test (where the first consumer group
+would otherwise see GroupCoordinatorNotAvailable for a second or two).
+
 Usage:
-  kafka_ready.py [--bootstrap HOST:PORT[,HOST:PORT...]] [--timeout SECONDS] [--quiet]
+  kafka_ready.py [--bootstrap HOST:PORT[,HOST:PORT...]] [--timeout SECONDS] [--warm] [--quiet]
 
 Exit status 0 when ready (prints a one-line summary), 1 on timeout (prints the last error).
 --timeout 0 makes a single attempt.
@@ -27,6 +32,7 @@ import sys
 import time
 
 API_METADATA = 3
+API_FIND_COORDINATOR = 10
 API_VERSIONS = 18
 CLIENT_ID = b"spine-kafka-ready"
 
@@ -105,6 +111,40 @@ def _request(sock: socket.socket, api_key: int, version: int, corr: int, body: b
     return reader
 
 
+def _find_coordinator(sock: socket.socket, key: str, key_type: int, corr: int) -> int:
+    """FindCoordinator v1 (v0 was removed in Kafka 4.0); returns the error code."""
+    raw = key.encode()
+    body = struct.pack(">h", len(raw)) + raw + struct.pack(">b", key_type)
+    r = _request(sock, API_FIND_COORDINATOR, 1, corr, body)
+    r.int32()  # throttle_time_ms
+    return r.int16()
+
+
+def warm(host: str, port: int, timeout: float, deadline: float, interval: float) -> str:
+    """Wait until the group and transaction coordinators are available."""
+    pending = {"group": (0, "spine-infra-warmup"), "transaction": (1, "spine-infra-warmup")}
+    corr = 100
+    last = ""
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                for name, (key_type, key) in list(pending.items()):
+                    corr += 1
+                    error = _find_coordinator(sock, key, key_type, corr)
+                    if error == 0:
+                        del pending[name]
+                    else:
+                        last = f"{name} coordinator error code {error}"
+        except (OSError, ProbeError, struct.error) as exc:
+            last = f"{exc.__class__.__name__}: {exc}"
+        if not pending:
+            return "group and transaction coordinators ready"
+        if time.monotonic() >= deadline:
+            raise ProbeError(f"coordinators not ready: {last}")
+        time.sleep(interval)
+
+
 def probe(host: str, port: int, timeout: float) -> str:
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.settimeout(timeout)
@@ -148,6 +188,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=90.0, help="0 = single attempt")
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--warm", action="store_true", help="also wait for the coordinators")
     args = parser.parse_args()
 
     servers = _parse_servers(args.bootstrap)
@@ -160,6 +201,13 @@ def main() -> int:
             except (OSError, ProbeError, struct.error) as exc:
                 last_error = f"{host}:{port}: {exc.__class__.__name__}: {exc}"
                 continue
+            if args.warm:
+                try:
+                    summary += "; " + warm(host, port, 3.0, deadline, args.interval)
+                except ProbeError as exc:
+                    if not args.quiet:
+                        print(f"kafka not ready: {host}:{port}: {exc}", file=sys.stderr)
+                    return 1
             if not args.quiet:
                 print(summary)
             return 0
