@@ -7,7 +7,7 @@ body of that version into the next one, step by step, until the current version.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, TypeAlias, Union, cast
+from typing import Annotated, Any, TypeAlias, Union
 
 import orjson
 from pydantic import Field, ValidationError
@@ -53,9 +53,9 @@ def parse(raw: bytes | bytearray | memoryview | str) -> Message:
     if not isinstance(obj, dict):
         raise UndecodableMessage(f"expected a JSON object, got {type(obj).__name__}")
     message_type = obj.get("type")
-    cls = MESSAGE_TYPES.get(message_type) if isinstance(message_type, str) else None
-    if cls is None:
+    if not isinstance(message_type, str) or message_type not in MESSAGE_TYPES:
         raise UnknownMessageType(f"unknown message type {message_type!r}")
+    cls = MESSAGE_TYPES[message_type]
     version = obj.get("version", 1)
     if not isinstance(version, int) or version < 1:
         raise InvalidMessage(f"{message_type}: version must be a positive integer")
@@ -80,4 +80,4 @@ def parse_as(raw: bytes, expected: type[Message] | tuple[type[Message], ...]) ->
     message = parse(raw)
     if not isinstance(message, expected):
         raise InvalidMessage(f"unexpected message type {message.type!r} here")
-    return cast(Message, message)
+    return message

@@ -69,7 +69,8 @@ class Message(BaseModel):
             correlation_id = correlation_id or cause.correlation_id or str(cause.message_id)
             tenant_id = tenant_id or cause.tenant_id
             trace = trace or cause.trace
-        return cls(
+        # ``type`` is omitted on purpose: each subclass defaults it to its Literal.
+        return cls(  # type: ignore[call-arg]
             version=cls.VERSION,
             correlation_id=correlation_id,
             causation_id=str(cause.message_id) if cause is not None else None,

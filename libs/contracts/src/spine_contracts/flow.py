@@ -19,7 +19,7 @@ NodeType = Literal["input", "processor", "conditional", "output"]
 class NodeConfig(BaseModel):
     """Known knobs are typed; anything else is passed to the agent untouched."""
 
-    model_config = ConfigDict(frozen=True, extra="allow")
+    model_config = ConfigDict(frozen=True, extra="allow", allow_inf_nan=False)
 
     timeout: float | None = Field(default=None, gt=0, description="seconds per attempt")
     retries: int = Field(default=0, ge=0, le=20)
@@ -33,7 +33,7 @@ class NodeConfig(BaseModel):
 
 
 class FlowNode(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     id: str = Field(min_length=1, max_length=128)
     agent_id: str | None = None
@@ -45,7 +45,7 @@ class FlowNode(BaseModel):
 
 
 class FlowDefinition(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     flow_id: str = Field(min_length=1, max_length=128)
     name: str = ""

@@ -34,7 +34,8 @@ class TopicSpec:
     description: str
     partitions: int | None = None
     co_partitioned: bool = False
-    extra_config: dict[str, str] = field(default_factory=dict)
+    # Not hashed (a dict cannot be), so a frozen spec stays usable as a dict key or set member.
+    extra_config: dict[str, str] = field(default_factory=dict, hash=False)
 
     def name(self, prefix: str = "") -> str:
         return f"{prefix}{self.base}"
@@ -57,6 +58,8 @@ class TopicSpec:
         return config
 
 
+# fmt: off
+# One spec per row of DESIGN §2's table; kept table-like on purpose.
 FLOWS = TopicSpec(
     "spine.flows", "flow_id", FOREVER, "compact",
     (flows.FlowDefined, flows.FlowDeleted),
@@ -155,13 +158,14 @@ ALL: tuple[TopicSpec, ...] = (
     EXECUTION_SNAPSHOTS, AGENT_TASKS, AGENT_RESULTS, REGISTRY_COMMANDS, REGISTRY_EVENTS,
     REGISTRY_HEARTBEATS, SERVICE_HEARTBEATS, GATEWAY_REPLIES, USAGE, METRICS_SUMMARY, DEADLETTER,
 )
+# fmt: on
 #: Topics that exist once per installation (the per-agent task topics are created on demand).
 STATIC: tuple[TopicSpec, ...] = tuple(t for t in ALL if t is not AGENT_TASKS)
 
 
 def agent_tasks(agent_id: str, prefix: str = "") -> str:
     """Name of one agent's tasks topic; the agent id is validated so it is a legal name."""
-    if not _AGENT_ID.match(agent_id):
+    if not _AGENT_ID.fullmatch(agent_id):
         raise ValueError(f"agent_id {agent_id!r} must match {_AGENT_ID.pattern}")
     return prefix + AGENT_TASKS.base.format(agent_id=agent_id)
 
@@ -170,7 +174,7 @@ def spec_for(topic: str, prefix: str = "") -> TopicSpec:
     """The spec of a concrete topic name (agent task topics included)."""
     if not topic.startswith(prefix):
         raise KeyError(topic)
-    base = topic[len(prefix):]
+    base = topic[len(prefix) :]
     for spec in ALL:
         if spec.base == base:
             return spec

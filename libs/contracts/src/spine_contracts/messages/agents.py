@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from ..envelope import Body, Message, utcnow
 
@@ -23,8 +22,8 @@ class AgentMessageData(Body):
     payload: dict[str, Any] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
-    timestamp: datetime = Field(default_factory=utcnow)
-    deadline: datetime | None = None
+    timestamp: AwareDatetime = Field(default_factory=utcnow)
+    deadline: AwareDatetime | None = None
 
     @property
     def idempotency_key(self) -> str:

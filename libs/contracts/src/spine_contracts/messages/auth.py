@@ -200,5 +200,3 @@ class AuthCommandRejectedData(Body):
 class AuthCommandRejected(Message):
     type: Literal["auth.command_rejected"] = "auth.command_rejected"
     data: AuthCommandRejectedData
-
-

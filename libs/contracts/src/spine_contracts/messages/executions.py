@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from ..envelope import Body, Message
 from ..flow import FlowDefinition
@@ -62,7 +61,7 @@ class FireTimerData(Body):
     kind: TimerKind
     node_id: str | None = None
     attempt: int = 0
-    due_at: datetime
+    due_at: AwareDatetime
 
 
 class FireTimer(Message):
@@ -127,7 +126,7 @@ class NodeFailedData(ExecutionEventBody):
     agent_id: str | None = None
     error_message: str
     will_retry: bool = False
-    retry_at: datetime | None = None
+    retry_at: AwareDatetime | None = None
 
 
 class NodeFailed(Message):
@@ -151,7 +150,7 @@ class NodeWaitingInputData(ExecutionEventBody):
     turn: int
     question: str
     missing_fields: tuple[str, ...] = ()
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = None
 
 
 class NodeWaitingInput(Message):

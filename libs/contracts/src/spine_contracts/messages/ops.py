@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from ..envelope import Body, Message
 
@@ -13,7 +12,7 @@ from ..envelope import Body, Message
 class ServiceHeartbeatData(Body):
     service: str
     instance_id: str
-    started_at: datetime
+    started_at: AwareDatetime
     host: str = ""
     pid: int = 0
     version: str = "0.1.0"
@@ -81,7 +80,7 @@ class DeadLetterData(Body):
     error_type: str
     error: str
     consumer: str
-    failed_at: datetime
+    failed_at: AwareDatetime
 
 
 class DeadLetter(Message):

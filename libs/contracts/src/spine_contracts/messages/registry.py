@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from ..envelope import Body, Message
 
@@ -51,7 +50,7 @@ class AgentCatalogEntryData(Body):
     agent: AgentInfo
     registered: bool = True
     active: bool = False
-    last_seen: datetime | None = None
+    last_seen: AwareDatetime | None = None
     reason: str | None = None
 
 
