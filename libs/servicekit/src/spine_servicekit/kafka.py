@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 import socket
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
@@ -220,3 +220,25 @@ async def send_all(producer: AIOKafkaProducer, outgoing: Sequence[Outgoing]) -> 
         futures.append(await producer.send(item.topic, value=value, key=key, headers=hdrs))
     for fut in futures:
         await fut
+
+
+async def read_partition(
+    cfg: KafkaConfig, topic: str, partition: int, *, batch: int = 2000
+) -> AsyncIterator[list[ConsumerRecord[Any, Any]]]:
+    """Yield the committed records of one partition from the beginning to its current end.
+
+    Used to rebuild state (snapshots, catalogues) before a service starts deciding.
+    """
+    consumer = make_consumer(cfg, group_id=None, max_poll_records=batch)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        while await consumer.position(tp) < end:
+            records = (await consumer.getmany(tp, timeout_ms=200)).get(tp, [])
+            if records:
+                yield records
+    finally:
+        await consumer.stop()

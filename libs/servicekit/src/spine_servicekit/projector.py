@@ -1,0 +1,780 @@
+"""Projector: Kafka events into PostgreSQL rows, with the offsets in the same transaction.
+
+A service describes its read model as a :class:`Projection` (name, source topics,
+migrations, an ``apply`` coroutine) and runs it with a :class:`Projector` into a schema
+that is always a parameter (DESIGN §8: a rebuild replays into a fresh schema and swaps).
+
+Per fetched batch (up to ``max_batch`` records) the projector opens ONE transaction:
+
+1. lock this projection's rows of ``<schema>.projector_offsets`` for the batch's
+   partitions and drop records below the stored ``next_offset`` (someone else applied
+   them: a replica during a rebalance, or a previous life of this process);
+2. ``apply(conn, messages)`` with the decoded messages, partition order preserved;
+3. send a :class:`~spine_contracts.DeadLetter` for every record that does not decode or
+   that ``apply`` rejects (isolated by re-applying the batch one message per savepoint),
+   and wait for the broker's acknowledgement: at least once, with a deterministic
+   ``message_id`` so a repeat after a crash is recognisable;
+4. store each partition's next offset and ``NOTIFY`` :data:`NOTIFY_CHANNEL`; commit.
+
+Rows and offsets therefore commit together: a crash at any point loses nothing and
+applies nothing twice. PostgreSQL is the source of truth for positions; Kafka group
+offsets are committed only for lag dashboards, best effort, in group mode.
+
+Assignment: by default the projector assigns itself every partition of its topics (no
+consumer group). A projection is one logical writer per schema, a rebuild needs an
+independent reader from offset 0, the gateway's read-your-writes wants one process
+that knows every partition's progress, and there is no rebalance pause. Pass
+``group_id`` to split partitions between replicas instead; each assignment then seeks to
+the offsets stored in PostgreSQL, and the row locks of step 1 keep a partition that is
+briefly owned twice from being applied twice.
+
+The stored offset is the consumer's position after the batch, not "last record + 1", so
+it moves past transaction markers and compacted gaps and reaches the end offsets that
+:meth:`Projector.wait_until_caught_up` compares it with.
+
+    ProjectorError
+    ├── ProjectorFailed      the loop stopped on an error (``__cause__``)
+    └── ProjectorNotRunning  start() was not called, or stop() was
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import IllegalStateError, KafkaError
+from spine_contracts import ContractError, Message, parse, topics
+from spine_contracts.topics import FOREVER, TopicSpec
+
+from .kafka import KafkaConfig, Outgoing, dead_letter, make_consumer, make_producer, send_all
+from .logging import get_logger
+from .postgres import create_pool, drop_schema, ensure_schema, migrate, quote_schema
+
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "OFFSETS_TABLE",
+    "ApplyFn",
+    "Incoming",
+    "Projection",
+    "Projector",
+    "ProjectorError",
+    "ProjectorFailed",
+    "ProjectorNotRunning",
+    "ProjectorStats",
+    "SetupFn",
+    "read_offsets",
+    "wait_for_stored_offsets",
+]
+
+#: Channel notified (payload ``<schema>.<projection>``) whenever a batch commits.
+NOTIFY_CHANNEL = "spine_projector_offsets"
+OFFSETS_TABLE = "projector_offsets"
+_LEDGER_COMPONENT = "spine_projector"
+_OFFSETS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (
+    projection  text        NOT NULL,
+    topic       text        NOT NULL,
+    partition   int         NOT NULL,
+    next_offset bigint      NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (projection, topic, partition)
+)"""
+_TOPIC_WAIT_S = 15.0
+_DEAD_LETTER_IDS = uuid.UUID("8f0c3c52-5a4e-4b8f-9d55-6c3b1f0e7a21")
+
+#: Errors worth retrying the same batch for: the database or broker may come back.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.TransactionRollbackError,  # serialization failure, deadlock
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, query cancelled
+    asyncpg.exceptions.InsufficientResourcesError,
+    KafkaError,
+)
+#: Errors that say the projection's code or schema is wrong, not the message.
+_FATAL: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.SyntaxOrAccessError,
+    asyncpg.exceptions.InvalidSchemaNameError,
+    asyncpg.InterfaceError,
+)
+
+
+class ProjectorError(Exception):
+    """Base of the projector's errors."""
+
+
+class ProjectorFailed(ProjectorError):
+    """The projection loop stopped on an error; it is the ``__cause__``."""
+
+
+class ProjectorNotRunning(ProjectorError):
+    pass
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One decoded record handed to ``apply``, with where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    timestamp_ms: int
+    message: Message
+
+
+ApplyFn = Callable[[asyncpg.Connection, Sequence[Incoming]], Awaitable[None]]
+SetupFn = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A read model: what it reads, how its tables are made, how a batch is applied.
+
+    ``topics`` are registry specs (resolved with the deployment's prefix) or concrete
+    names. ``migrations`` and ``setup`` run at start with ``search_path`` set to the
+    target schema, and ``apply`` runs on a connection with the same ``search_path``:
+    name tables unqualified and the same code projects into any schema. ``apply`` must
+    only write through the connection it is given (it runs inside the offsets'
+    transaction) and may be handed any subset of messages again after a rejection.
+    """
+
+    name: str
+    topics: tuple[TopicSpec | str, ...]
+    apply: ApplyFn
+    migrations: tuple[str, ...] = ()
+    setup: SetupFn | None = None
+
+
+@dataclass
+class ProjectorStats:
+    """Counts since the last ``start()``."""
+
+    batches: int = 0
+    applied: int = 0
+    skipped: int = 0
+    dead_letters: int = 0
+
+
+@dataclass
+class _Item:
+    record: ConsumerRecord[Any, Any]
+    incoming: Incoming | None = None
+    error: BaseException | None = None
+
+    @property
+    def tp(self) -> TopicPartition:
+        return TopicPartition(self.record.topic, self.record.partition)
+
+
+class _ApplyRejected(Exception):
+    """``apply`` raised on a batch; retry it one message at a time."""
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, projector: Projector) -> None:
+        self._projector = projector
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._projector._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._projector._on_assigned(set(assigned))
+
+
+class Projector:
+    """Runs one :class:`Projection` into ``schema``: ``start()``/``stop()`` or ``async with``.
+
+    The ``wait_*`` methods take no timeout: wrap them in ``asyncio.timeout(...)``.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        database_url: str,
+        projection: Projection,
+        *,
+        schema: str,
+        group_id: str | None = None,
+        max_batch: int = 500,
+        poll_timeout_ms: int = 200,
+        kafka_commit_interval_s: float = 1.0,
+    ) -> None:
+        quote_schema(schema)
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._kafka = kafka
+        self._database_url = database_url
+        self.projection = projection
+        self.schema = schema
+        self.group_id = group_id
+        self._max_batch = max_batch
+        self._poll_timeout_ms = poll_timeout_ms
+        self._kafka_commit_interval_s = kafka_commit_interval_s
+        self.name = f"projector:{schema}.{projection.name}"
+        self.topic_names = tuple(
+            kafka.topic(t) if isinstance(t, TopicSpec) else t for t in projection.topics
+        )
+        self.stats = ProjectorStats()
+        self._log = get_logger(__name__).bind(projection=projection.name, schema=schema)
+        self._pool: asyncpg.Pool | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._applied: dict[TopicPartition, int] = {}
+        self._changed = asyncio.Condition()
+        self._batch_lock = asyncio.Lock()
+        self._assigned = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._stopped = False
+        self._last_kafka_commit = 0.0
+        q = quote_schema(schema)
+        self._sql_lock = f"""
+            INSERT INTO {q}.{OFFSETS_TABLE} AS o (projection, topic, partition, next_offset)
+            SELECT $1, t, p, 0 FROM unnest($2::text[], $3::int[]) AS u(t, p)
+            ON CONFLICT (projection, topic, partition)
+            DO UPDATE SET next_offset = o.next_offset
+            RETURNING topic, partition, next_offset"""
+        self._sql_store = f"""
+            WITH stored AS (
+                UPDATE {q}.{OFFSETS_TABLE} AS o
+                SET next_offset = GREATEST(o.next_offset, u.n), updated_at = now()
+                FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, n)
+                WHERE o.projection = $1 AND o.topic = u.t AND o.partition = u.p
+                RETURNING 1)
+            SELECT (SELECT count(*) FROM stored), pg_notify($5, $6)"""
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def failure(self) -> BaseException | None:
+        return self._failure
+
+    def with_schema(self, schema: str, *, group_id: str | None = None) -> Projector:
+        """The same projection into another schema (a rebuild); manual assignment by default."""
+        return Projector(
+            self._kafka,
+            self._database_url,
+            self.projection,
+            schema=schema,
+            group_id=group_id,
+            max_batch=self._max_batch,
+            poll_timeout_ms=self._poll_timeout_ms,
+            kafka_commit_interval_s=self._kafka_commit_interval_s,
+        )
+
+    async def __aenter__(self) -> Projector:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self, *, assignment_timeout: float = 30.0) -> None:
+        """Create the schema, run migrations, resume from the stored offsets, start consuming."""
+        if self._task is not None:
+            raise ProjectorError(f"{self.name} was already started")
+        self.stats = ProjectorStats()
+        self._failure = None
+        self._stopped = False
+        self._assigned.clear()
+        self._applied.clear()
+        self._warn_unreplayable()
+        try:
+            self._pool = await create_pool(
+                self._database_url,
+                schema=self.schema,
+                application_name=self.name,
+                min_size=1,
+                max_size=2,
+            )
+            async with self._pool.acquire() as conn:
+                await ensure_schema(conn, self.schema)
+                await migrate(conn, self.schema, _LEDGER_COMPONENT, [_OFFSETS_DDL])
+                await migrate(conn, self.schema, self.projection.name, self.projection.migrations)
+                if self.projection.setup is not None:
+                    async with conn.transaction():
+                        await self.projection.setup(conn)
+            self._producer = make_producer(self._kafka)
+            await self._producer.start()
+            consumer = make_consumer(
+                self._kafka, group_id=self.group_id, max_poll_records=self._max_batch
+            )
+            self._consumer = consumer
+            if self.group_id is None:
+                await consumer.start()
+                partitions = await self._discover_partitions()
+                consumer.assign(partitions)
+                await self._resume(set(partitions))
+            else:
+                consumer.subscribe(list(self.topic_names), listener=_Rebalance(self))
+                await consumer.start()
+                async with asyncio.timeout(assignment_timeout):
+                    await self._assigned.wait()
+        except BaseException:
+            await self._close_clients()
+            raise
+        self._task = asyncio.create_task(self._run(), name=self.name)
+        self._log.info(
+            "projector_started",
+            group_id=self.group_id,
+            resume_from={f"{tp.topic}/{tp.partition}": o for tp, o in self._applied.items()},
+        )
+
+    async def stop(self) -> None:
+        """Finish the batch in flight, then close the consumer, producer and pool."""
+        if self._task is None:
+            return
+        task, self._task = self._task, None
+        async with self._batch_lock:
+            task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+        await self._commit_to_kafka(force=True)
+        await self._close_clients()
+        self._stopped = True
+        async with self._changed:
+            self._changed.notify_all()
+        self._log.info("projector_stopped", stats=vars(self.stats))
+
+    async def reset(self) -> None:
+        """Drop the schema (rows, offsets, migration ledger): the next start replays from 0.
+
+        The schema is the unit a service owns and a rebuild swaps, so every projection
+        kept in it is reset together.
+        """
+        if self._task is not None:
+            raise ProjectorError("stop the projector before reset()")
+        conn = await asyncpg.connect(self._database_url)
+        try:
+            await drop_schema(conn, self.schema)
+        finally:
+            await conn.close()
+        self._applied.clear()
+        self._log.info("projector_reset")
+
+    # --- progress ------------------------------------------------------------------------
+
+    def applied_offsets(self) -> dict[TopicPartition, int]:
+        """Next offset per assigned partition, as committed to PostgreSQL."""
+        return dict(self._applied)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._consumer.assignment()) if self._consumer is not None else set()
+
+    async def end_offsets(self) -> dict[TopicPartition, int]:
+        """The assigned partitions' current end offsets (last stable offset: read_committed)."""
+        if self._consumer is None:
+            raise ProjectorNotRunning(self.name)
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return {}
+        offsets: dict[TopicPartition, int] = await self._consumer.end_offsets(assigned)
+        return offsets
+
+    async def wait_for(self, predicate: Callable[[Mapping[TopicPartition, int]], bool]) -> None:
+        """Wait until ``predicate(applied_offsets())`` holds after a committed batch.
+
+        Raises :class:`ProjectorFailed` if the loop died, or :class:`ProjectorNotRunning`
+        once the projector stops.
+        """
+        async with self._changed:
+            while True:
+                if self._failure is not None:
+                    raise ProjectorFailed(f"{self.name} failed") from self._failure
+                if predicate(self._applied):
+                    return
+                if self._stopped or self._task is None:
+                    raise ProjectorNotRunning(self.name)
+                await self._changed.wait()
+
+    async def wait_for_offsets(self, targets: Mapping[TopicPartition, int]) -> None:
+        """Wait until every partition in ``targets`` has been applied up to that next offset.
+
+        For read-your-writes, a producer passes ``{tp: metadata.offset + 1}``.
+        """
+        wanted = dict(targets)
+        await self.wait_for(
+            lambda applied: all(applied.get(tp, -1) >= n for tp, n in wanted.items())
+        )
+
+    async def wait_until_caught_up(self) -> dict[TopicPartition, int]:
+        """Wait until everything committed to the topics before this call is applied."""
+        targets = await self.end_offsets()
+        await self.wait_for_offsets(targets)
+        return targets
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        try:
+            while True:
+                fetched = await self._consumer.getmany(
+                    timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
+                )
+                await self._handle(fetched)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Not swallowed: the loop ends and every waiter gets ProjectorFailed.
+            self._failure = exc
+            self._log.error("projector_failed", exc_info=exc)
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _handle(
+        self, fetched: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> None:
+        positions = await self._positions()
+        items = [
+            self._decode(record)
+            for tp, records in fetched.items()
+            if tp in positions
+            for record in records
+        ]
+        moved = {tp: p for tp, p in positions.items() if p > self._applied.get(tp, 0)}
+        if not items and not moved:
+            return
+        # Positions of partitions without records move past transaction markers too.
+        positions = {tp: p for tp, p in positions.items() if tp in moved or tp in fetched}
+        isolate = False
+        attempt = 0
+        while True:
+            try:
+                async with self._batch_lock:
+                    await self._transact(items, positions, isolate=isolate)
+                break
+            except _ApplyRejected as exc:
+                self._log.warning("projector_batch_rejected", error=repr(exc.__cause__))
+                isolate = True
+            except _TRANSIENT as exc:
+                attempt += 1
+                delay = min(0.05 * 2**attempt, 5.0)
+                self._log.warning(
+                    "projector_batch_retry", attempt=attempt, delay_s=delay, error=repr(exc)
+                )
+                await asyncio.sleep(delay)
+        async with self._changed:
+            self._changed.notify_all()
+        await self._commit_to_kafka()
+
+    async def _positions(self) -> dict[TopicPartition, int]:
+        assert self._consumer is not None
+        positions: dict[TopicPartition, int] = {}
+        for tp in self._consumer.assignment():
+            try:
+                positions[tp] = await self._consumer.position(tp)
+            except IllegalStateError:  # revoked by a rebalance meanwhile
+                continue
+        return positions
+
+    def _decode(self, record: ConsumerRecord[Any, Any]) -> _Item:
+        item = _Item(record)
+        if record.value is None:
+            return item  # a compaction tombstone: nothing to apply, the offset still moves
+        try:
+            message = parse(record.value)
+        except ContractError as exc:
+            item.error = exc
+            return item
+        key = record.key
+        item.incoming = Incoming(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=bytes(key).decode(errors="replace") if key is not None else None,
+            timestamp_ms=record.timestamp,
+            message=message,
+        )
+        return item
+
+    async def _transact(
+        self, items: Sequence[_Item], positions: Mapping[TopicPartition, int], *, isolate: bool
+    ) -> None:
+        assert self._pool is not None and self._producer is not None
+        tps = sorted({it.tp for it in items} | set(positions))  # one lock order for all replicas
+        async with self._pool.acquire() as conn, _transaction(conn):
+            rows = await conn.fetch(
+                self._sql_lock,
+                self.projection.name,
+                [tp.topic for tp in tps],
+                [tp.partition for tp in tps],
+            )
+            stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+            fresh = [it for it in items if it.record.offset >= stored[it.tp]]
+            messages = [it for it in fresh if it.incoming is not None]
+            if isolate:
+                await self._apply_each(conn, messages)
+            elif messages:
+                try:
+                    batch = [it.incoming for it in messages if it.incoming is not None]
+                    await self.projection.apply(conn, batch)
+                except (*_TRANSIENT, *_FATAL):
+                    raise
+                except Exception as exc:
+                    raise _ApplyRejected() from exc
+            dead = [it for it in fresh if it.error is not None]
+            if dead:
+                await send_all(self._producer, [self._dead_letter(it) for it in dead])
+            new: dict[TopicPartition, int] = {}
+            for tp in tps:
+                last = max((it.record.offset + 1 for it in items if it.tp == tp), default=0)
+                new[tp] = max(stored[tp], positions.get(tp, 0), last)
+            stored_rows = await conn.fetchval(
+                self._sql_store,
+                self.projection.name,
+                [tp.topic for tp in tps],
+                [tp.partition for tp in tps],
+                [new[tp] for tp in tps],
+                NOTIFY_CHANNEL,
+                f"{self.schema}.{self.projection.name}",
+            )
+            if stored_rows != len(tps):  # the lock statement created every row
+                raise ProjectorError(f"{self.name}: stored {stored_rows} of {len(tps)} offsets")
+        # Committed: publish progress, and skip what another owner applied meanwhile.
+        for tp, offset in new.items():
+            self._applied[tp] = offset
+            if self._consumer is not None and offset > positions.get(tp, offset):
+                try:
+                    self._consumer.seek(tp, offset)
+                except IllegalStateError:
+                    pass
+        self.stats.batches += 1
+        self.stats.applied += len(messages) - sum(it.error is not None for it in messages)
+        self.stats.skipped += len(items) - len(fresh)
+        self.stats.dead_letters += len(dead)
+        for it in dead:
+            self._log.warning(
+                "projector_dead_letter",
+                topic=it.record.topic,
+                partition=it.record.partition,
+                offset=it.record.offset,
+                error_type=type(it.error).__name__,
+                error=str(it.error)[:500],
+            )
+        self._log.debug(
+            "projector_batch_committed", records=len(items), applied=len(messages), dead=len(dead)
+        )
+
+    async def _apply_each(self, conn: asyncpg.Connection, items: Sequence[_Item]) -> None:
+        """Apply one message per savepoint; a message ``apply`` rejects becomes a dead letter."""
+        for it in items:
+            assert it.incoming is not None
+            it.error = None  # a retry after a transient failure judges every message afresh
+            try:
+                async with _transaction(conn):  # a savepoint
+                    await self.projection.apply(conn, [it.incoming])
+            except (*_TRANSIENT, *_FATAL):
+                raise
+            except Exception as exc:
+                it.error = exc
+
+    def _dead_letter(self, item: _Item) -> Outgoing:
+        assert item.error is not None
+        record = item.record
+        letter = dead_letter(record, item.error, consumer=self.name)
+        letter_id = uuid.uuid5(
+            _DEAD_LETTER_IDS, f"{self.name}|{record.topic}|{record.partition}|{record.offset}"
+        )
+        letter = letter.model_copy(update={"message_id": letter_id})
+        key = letter.data.origin_key or f"{record.topic}/{record.partition}"
+        return Outgoing(topic=self._kafka.topic(topics.DEADLETTER), key=key, message=letter)
+
+    # --- assignment ----------------------------------------------------------------------
+
+    async def _discover_partitions(self) -> list[TopicPartition]:
+        """Every partition of the projection's topics (which must exist: never auto-created)."""
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._kafka.bootstrap_servers, client_id=self._kafka.client_id
+        )
+        await admin.start()
+        try:
+            deadline = time.monotonic() + _TOPIC_WAIT_S
+            delay = 0.05
+            while True:
+                # Metadata for all topics: asking for named ones may auto-create them.
+                described = {t["topic"]: t for t in await admin.describe_topics()}
+                found = [
+                    TopicPartition(name, p["partition"])
+                    for name in self.topic_names
+                    if name in described and described[name]["error_code"] == 0
+                    for p in described[name]["partitions"]
+                ]
+                missing = {n for n in self.topic_names} - {tp.topic for tp in found}
+                if not missing:
+                    return sorted(found)
+                if time.monotonic() > deadline:
+                    raise ProjectorError(f"{self.name}: topics missing: {sorted(missing)}")
+                await asyncio.sleep(delay)  # a just-created topic's metadata propagates
+                delay = min(delay * 2, 1.0)
+        finally:
+            await admin.close()
+
+    async def _resume(self, partitions: set[TopicPartition]) -> None:
+        """Seek each partition to its stored next offset, or to the beginning."""
+        assert self._pool is not None and self._consumer is not None
+        async with self._pool.acquire() as conn:
+            stored = await read_offsets(conn, self.schema, self.projection.name)
+        fresh: list[TopicPartition] = []
+        for tp in partitions:
+            if tp in stored:
+                self._consumer.seek(tp, stored[tp])
+                self._applied[tp] = stored[tp]
+            else:
+                fresh.append(tp)
+                self._applied[tp] = 0
+        if fresh:
+            await self._consumer.seek_to_beginning(*fresh)
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        async with self._batch_lock:
+            await self._resume(assigned)
+        self._assigned.set()
+        self._log.info(
+            "projector_assigned", partitions=sorted(f"{t.topic}/{t.partition}" for t in assigned)
+        )
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._batch_lock:
+            await self._commit_to_kafka(force=True, only=revoked)
+            for tp in revoked:
+                self._applied.pop(tp, None)
+
+    # --- Kafka group offsets (lag visibility only) ---------------------------------------
+
+    async def _commit_to_kafka(
+        self, *, force: bool = False, only: set[TopicPartition] | None = None
+    ) -> None:
+        if self.group_id is None or self._consumer is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_kafka_commit < self._kafka_commit_interval_s:
+            return
+        self._last_kafka_commit = now
+        offsets = {tp: o for tp, o in self._applied.items() if only is None or tp in only}
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:  # PostgreSQL holds the positions; this is for dashboards
+            self._log.debug("projector_kafka_commit_skipped", error=repr(exc))
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _warn_unreplayable(self) -> None:
+        for name in self.topic_names:
+            try:
+                spec = topics.spec_for(name, self._kafka.prefix)
+            except KeyError:
+                continue
+            if spec.cleanup_policy != "compact" and spec.retention_ms != FOREVER:
+                self._log.warning(
+                    "projector_topic_not_replayable", topic=name, retention=spec.retention_label
+                )
+
+    async def _close_clients(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        pool, self._pool = self._pool, None
+        if consumer is not None:
+            await consumer.stop()
+        if producer is not None:
+            await producer.stop()
+        if pool is not None:
+            await pool.close()
+
+
+@asynccontextmanager
+async def _transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """``conn.transaction()``, except that a lost connection surfaces as itself.
+
+    asyncpg's own context manager answers a dead connection with an ``InterfaceError``
+    from the rollback, which would hide the retryable error that killed it.
+    """
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        yield
+    except BaseException:
+        if _alive(conn):
+            await tx.rollback()
+        raise
+    await tx.commit()
+
+
+def _alive(conn: asyncpg.Connection) -> bool:
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # a pool proxy whose dead connection was taken back
+        return False
+
+
+async def read_offsets(
+    conn: asyncpg.Connection, schema: str, projection: str
+) -> dict[TopicPartition, int]:
+    """The next offsets a projection has stored (empty if its table does not exist yet)."""
+    q = quote_schema(schema)
+    exists = await conn.fetchval("SELECT to_regclass($1)", f"{q}.{OFFSETS_TABLE}")
+    if exists is None:
+        return {}
+    rows = await conn.fetch(
+        f"SELECT topic, partition, next_offset FROM {q}.{OFFSETS_TABLE} WHERE projection = $1",
+        projection,
+    )
+    return {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+
+async def wait_for_stored_offsets(
+    database_url: str,
+    schema: str,
+    projection: str,
+    predicate: Callable[[Mapping[TopicPartition, int]], bool],
+) -> dict[TopicPartition, int]:
+    """From any process: wait until the stored offsets satisfy ``predicate``; return them.
+
+    Woken by the projector's ``NOTIFY`` on each commit, so it needs no polling; bound
+    it with ``asyncio.timeout(...)``.
+    """
+    conn = await asyncpg.connect(database_url)
+    changed = asyncio.Event()
+    payload = f"{schema}.{projection}"
+
+    def on_notify(_conn: object, _pid: int, _channel: str, data: str) -> None:
+        if data == payload:
+            changed.set()
+
+    try:
+        await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+        while True:
+            changed.clear()
+            offsets = await read_offsets(conn, schema, projection)
+            if predicate(offsets):
+                return offsets
+            await changed.wait()
+    finally:
+        await conn.close()
