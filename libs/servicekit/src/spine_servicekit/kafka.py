@@ -8,6 +8,7 @@ in transactions.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
 import uuid
@@ -18,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 from spine_contracts import DeadLetter, Message, to_bytes, topics, utcnow
 from spine_contracts.topics import TopicSpec
 
@@ -135,15 +136,34 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
         created: list[str] = []
-        for topic in missing:
-            try:
-                await admin.create_topics([topic])
-                created.append(topic.name)
-            except TopicAlreadyExistsError:
-                pass
+        if missing:
+            response = await admin.create_topics(missing, timeout_ms=30_000)
+            for name, code, *rest in response.topic_errors:
+                if code == 0:
+                    created.append(name)
+                elif code != TopicAlreadyExistsError.errno:
+                    raise KafkaError(f"cannot create topic {name}: error {code} {rest}")
+        await _wait_visible(admin, {t.name: t.num_partitions for t in wanted})
         return created
     finally:
         await admin.close()
+
+
+async def _wait_visible(admin: AIOKafkaAdminClient, partitions: dict[str, int]) -> None:
+    """Creation returns before every broker's metadata shows the topic; wait for that."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        described = await admin.describe_topics(list(partitions))
+        ready = {
+            t["topic"]
+            for t in described
+            if t["error_code"] == 0 and len(t["partitions"]) == partitions[t["topic"]]
+        }
+        if ready == set(partitions):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise KafkaError(f"topics not visible after 30 s: {sorted(set(partitions) - ready)}")
+        await asyncio.sleep(0.1)
 
 
 async def delete_topics_with_prefix(cfg: KafkaConfig, prefix: str) -> list[str]:

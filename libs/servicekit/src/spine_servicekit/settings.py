@@ -66,12 +66,18 @@ class SettingsError(SystemExit):
 
 
 def describe_errors(exc: ValidationError, cls: type[BaseSettings]) -> str:
+    """One line per problem, naming the env variable; never echoes a secret or a URL."""
     lines = [f"invalid configuration for {cls.__name__}:"]
+    by_env = {f.alias or n: f for n, f in cls.model_fields.items()}
+    by_env.update({n: f for n, f in cls.model_fields.items()})
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "settings"
-        field = cls.model_fields.get(str(err["loc"][0])) if err["loc"] else None
-        env = (field.alias if field is not None and field.alias else loc).upper()
-        value = "" if "API_KEY" in env or "URL" in env else f" (got {err.get('input')!r})"
+        name = str(err["loc"][0]) if err["loc"] else ""
+        if name not in by_env:  # a rule across fields: the message says which
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+            continue
+        env = name.upper()
+        secret = "KEY" in env or "URL" in env or "PASSWORD" in env
+        value = "" if secret else f" (got {err.get('input')!r})"
         lines.append(f"  {env}: {err['msg']}{value}")
     return "\n".join(lines)
 
