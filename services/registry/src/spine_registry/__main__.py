@@ -1,18 +1,16 @@
-"""Entry point: `spine-registry` (or `python -m spine_registry`)."""
+"""Entry point: ``spine-registry`` (or ``python -m spine_registry``)."""
 
 from __future__ import annotations
 
-from spine_servicekit.runtime import ServiceContext, run_service
-from spine_servicekit.settings import CommonSettings, load_settings
+from spine_servicekit.runtime import run_service
+from spine_servicekit.settings import load_settings
 
-
-async def main(ctx: ServiceContext) -> None:
-    """Skeleton: connected, beating, waiting for a stop signal (filled by later issues)."""
-    await ctx.stopping.wait()
+from .app import main
+from .settings import RegistrySettings
 
 
 def run() -> None:
-    run_service("registry", load_settings(CommonSettings), main)
+    run_service("registry", load_settings(RegistrySettings), main)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""Wiring of the orchestrator: catalogue follower, timers, flow loader, loop, projection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from spine_contracts import FireTimer, Message, to_bytes, topics
+from spine_flows import compile_condition
+from spine_servicekit.follower import TopicFollower
+from spine_servicekit.kafka import headers_for
+from spine_servicekit.logging import get_logger
+from spine_servicekit.projector import Projector
+from spine_servicekit.runtime import ServiceContext
+from spine_servicekit.txloop import TransactionalLoop
+
+from .catalog import AgentCatalog
+from .flow_loader import FlowLoader
+from .handlers import OrchestratorHandler
+from .projection import PROJECTION
+from .settings import OrchestratorSettings
+from .timers import TimerScheduler
+
+log = get_logger(__name__)
+
+
+def evaluate_condition(expr: str, input_data: Mapping[str, Any], nodes: Mapping[str, Any]) -> bool:
+    return compile_condition(expr).evaluate(input_data, nodes)
+
+
+async def main(ctx: ServiceContext) -> None:
+    settings = ctx.settings
+    assert isinstance(settings, OrchestratorSettings)
+    cfg = ctx.kafka
+    producer = ctx.producer
+
+    async def publish(topic: str, key: str, message: Message) -> None:
+        await producer.send_and_wait(
+            topic, to_bytes(message), key=key.encode(), headers=headers_for(message)
+        )
+
+    catalog = AgentCatalog()
+    registry = TopicFollower(
+        cfg, cfg.topic(topics.REGISTRY_EVENTS), lambda m, _r: catalog.apply(m),
+        name="registry-follower",
+    )
+    await registry.start()
+    await registry.wait_caught_up()
+    log.info("agent_catalog_loaded", agents=len(catalog))
+
+    commands_topic = cfg.topic(topics.EXECUTION_COMMANDS)
+
+    async def fire(command: FireTimer, execution_id: str) -> None:
+        await publish(commands_topic, execution_id, command)
+
+    timers = TimerScheduler(fire)
+    handler = OrchestratorHandler(
+        cfg, catalog=catalog, timers=timers, evaluate_condition=evaluate_condition,
+        default_node_timeout_s=settings.default_node_timeout_s,
+        default_input_timeout_s=settings.default_input_timeout_s,
+    )
+    loop = TransactionalLoop(
+        cfg,
+        group_id=f"{cfg.prefix}orchestrator",
+        input_topics=[commands_topic, cfg.topic(topics.AGENT_RESULTS)],
+        handler=handler,
+        transactional_id_prefix=f"{cfg.prefix}orchestrator",
+        consumer_name="orchestrator",
+        max_batch=settings.max_batch,
+    )
+    projector = Projector(cfg, settings.database_url, PROJECTION, schema=settings.schema_name)
+
+    flows_topic = cfg.topic(topics.FLOWS)
+    loader = FlowLoader(
+        settings.flows_dir, lambda m, key: publish(flows_topic, key, m)
+    )
+    flows = TopicFollower(cfg, flows_topic, loader.observe, name="flows-follower")
+    await flows.start()
+    await flows.wait_caught_up()
+    published = await loader.scan()
+    log.info("flows_loaded", directory=settings.flows_dir, published=published)
+
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(timers.run(), name="timers")]
+    if settings.watch_flows:
+        tasks.append(asyncio.create_task(loader.watch(ctx.stopping), name="flow-watch"))
+    ctx.details["live_executions"] = 0
+    await projector.start()
+    try:
+        async with loop:
+            while not ctx.stopping.is_set():
+                ctx.details["live_executions"] = handler.live_executions
+                ctx.details["timers"] = timers.pending
+                try:
+                    await asyncio.wait_for(ctx.stopping.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                for task in tasks:
+                    if task.done() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await projector.stop()
+        await flows.stop()
+        await registry.stop()

@@ -1,0 +1,44 @@
+"""The orchestrator's view of the agent catalogue, folded from ``spine.registry.events``.
+
+Pure: :meth:`AgentCatalog.apply` takes one registry event, :meth:`availability` answers
+what :class:`~spine_orchestrator.domain.Environment` asks. The Kafka adapter feeds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spine_contracts import AgentDeregistered, AgentRegistered, AgentStatusChanged, Message
+
+from .domain import AgentAvailability
+
+
+@dataclass(frozen=True)
+class AgentView:
+    registered: bool
+    active: bool
+    transport: str
+
+
+class AgentCatalog:
+    def __init__(self) -> None:
+        self._agents: dict[str, AgentView] = {}
+
+    def apply(self, message: Message) -> None:
+        if isinstance(message, (AgentRegistered, AgentStatusChanged, AgentDeregistered)):
+            d = message.data
+            registered = d.registered and not isinstance(message, AgentDeregistered)
+            self._agents[d.agent.agent_id] = AgentView(
+                registered=registered, active=registered and d.active, transport=d.agent.transport
+            )
+
+    def availability(self, agent_id: str) -> AgentAvailability:
+        view = self._agents.get(agent_id)
+        if view is None:
+            return "unknown"
+        if not view.registered:
+            return "deregistered"
+        return "active" if view.active else "inactive"
+
+    def __len__(self) -> int:
+        return len(self._agents)

@@ -1,0 +1,136 @@
+"""The orchestrator's side of the transactional loop: state per partition, decisions.
+
+For a batch of one partition, every input goes through :func:`domain.decide`; the events,
+agent tasks, settle-credits commands and the snapshot of every execution that changed
+come back as :class:`Outgoing` records, which the loop commits in one transaction with
+the input offsets. State is rebuilt from the snapshots topic when a partition is assigned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from spine_contracts import (
+    AgentResult,
+    CancelExecution,
+    ExecutionSnapshot,
+    FireTimer,
+    ProvideInput,
+    StartExecution,
+    parse,
+    topics,
+    utcnow,
+)
+from spine_servicekit.kafka import KafkaConfig, Outgoing, read_partition
+from spine_servicekit.logging import get_logger
+from spine_servicekit.txloop import Incoming, PoisonMessage
+
+from .catalog import AgentCatalog
+from .domain import Decision, Environment, ExecutionState, decide
+from .timers import TimerScheduler
+
+log = get_logger(__name__)
+
+INPUTS = (StartExecution, CancelExecution, ProvideInput, FireTimer, AgentResult)
+ConditionEvaluator = Callable[[str, Mapping[str, Any], Mapping[str, Any]], bool]
+
+
+def execution_id_of(message: Any) -> str:
+    return str(message.data.execution_id)
+
+
+class OrchestratorHandler:
+    """Holds the live executions of the partitions this instance owns."""
+
+    def __init__(
+        self,
+        cfg: KafkaConfig,
+        *,
+        catalog: AgentCatalog,
+        timers: TimerScheduler,
+        evaluate_condition: ConditionEvaluator,
+        default_node_timeout_s: float = 300.0,
+        default_input_timeout_s: float = 3600.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._cfg = cfg
+        self._catalog = catalog
+        self._timers = timers
+        self._evaluate = evaluate_condition
+        self._node_timeout = default_node_timeout_s
+        self._input_timeout = default_input_timeout_s
+        self._clock = clock
+        self._states: dict[int, dict[str, ExecutionState]] = {}
+        self._topic_events = cfg.topic(topics.EXECUTION_EVENTS)
+        self._topic_snapshots = cfg.topic(topics.EXECUTION_SNAPSHOTS)
+        self._topic_auth = cfg.topic(topics.AUTH_COMMANDS)
+
+    @property
+    def live_executions(self) -> int:
+        return sum(1 for p in self._states.values() for s in p.values() if not s.terminal)
+
+    def _env(self) -> Environment:
+        return Environment(
+            now=self._clock(),
+            agent_availability=self._catalog.availability,
+            evaluate_condition=self._evaluate,
+            default_node_timeout_s=self._node_timeout,
+            default_input_timeout_s=self._input_timeout,
+        )
+
+    async def on_assigned(self, partition: int) -> None:
+        states: dict[str, ExecutionState] = {}
+        async for records in read_partition(self._cfg, self._topic_snapshots, partition):
+            for record in records:
+                if record.value is None:
+                    continue
+                snapshot = parse(record.value)
+                if isinstance(snapshot, ExecutionSnapshot):
+                    state = ExecutionState.from_dict(snapshot.data.state)
+                    states[state.execution_id] = state
+        self._states[partition] = states
+        for state in states.values():
+            self._timers.sync(state)
+        live = sum(1 for s in states.values() if not s.terminal)
+        log.info("partition_state_loaded", partition=partition, executions=len(states), live=live)
+
+    async def on_revoked(self, partition: int) -> None:
+        states = self._states.pop(partition, {})
+        self._timers.forget(states)
+
+    async def handle(self, partition: int, batch: Sequence[Incoming]) -> Sequence[Outgoing]:
+        states = self._states.setdefault(partition, {})
+        env = self._env()
+        out: list[Outgoing] = []
+        changed: dict[str, ExecutionState] = {}
+        for incoming in batch:
+            message = incoming.message
+            if not isinstance(message, INPUTS):
+                raise PoisonMessage(f"the orchestrator does not handle {message.type!r}")
+            execution_id = execution_id_of(message)
+            decision = decide(states.get(execution_id), message, env)
+            out.extend(self._effects(decision, execution_id))
+            if decision.state is not None and decision.changed:
+                states[execution_id] = decision.state
+                changed[execution_id] = decision.state
+        for execution_id, state in changed.items():
+            snapshot = ExecutionSnapshot.build(
+                correlation_id=state.correlation_id, tenant_id=state.user_id,
+                execution_id=execution_id, seq=state.seq, status=state.status,
+                state=state.to_dict(),
+            )
+            out.append(Outgoing(self._topic_snapshots, execution_id, snapshot))
+            self._timers.sync(state)
+        return out
+
+    def _effects(self, decision: Decision, execution_id: str) -> list[Outgoing]:
+        out = [Outgoing(self._topic_events, execution_id, e) for e in decision.events]
+        out += [
+            Outgoing(self._cfg.agent_tasks(t.agent_id), execution_id, t.message)
+            for t in decision.tasks
+        ]
+        for command in decision.commands:
+            out.append(Outgoing(self._topic_auth, str(command.data.user_id), command))  # type: ignore[attr-defined]
+        return out

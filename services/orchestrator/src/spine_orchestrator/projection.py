@@ -1,0 +1,162 @@
+"""The orchestrator's read model: executions, node runs and agent messages (own schema).
+
+Fed by the projector base from ``spine.executions.events`` (kept forever), so it can be
+dropped and rebuilt from offset 0 at any time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+import orjson
+from spine_contracts import (
+    ExecutionCancelled,
+    ExecutionCompleted,
+    ExecutionFailed,
+    ExecutionStarted,
+    InputReceived,
+    NodeCompleted,
+    NodeDispatched,
+    NodeFailed,
+    NodeSkipped,
+    NodeWaitingInput,
+    topics,
+)
+from spine_servicekit.projector import Incoming, Projection
+
+MIGRATIONS = (
+    """
+    CREATE TABLE executions (
+        execution_id  text PRIMARY KEY,
+        user_id       text NOT NULL,
+        flow_id       text NOT NULL,
+        flow_version  text NOT NULL,
+        status        text NOT NULL,
+        input_data    jsonb NOT NULL,
+        output_data   jsonb,
+        error_message text,
+        last_seq      int NOT NULL,
+        created_at    timestamptz NOT NULL,
+        updated_at    timestamptz NOT NULL,
+        completed_at  timestamptz
+    );
+    CREATE INDEX executions_user ON executions (user_id, created_at DESC);
+    CREATE TABLE node_runs (
+        execution_id  text NOT NULL,
+        node_id       text NOT NULL,
+        attempt       int NOT NULL,
+        agent_id      text,
+        status        text NOT NULL,
+        output        jsonb,
+        error_message text,
+        started_at    timestamptz NOT NULL,
+        finished_at   timestamptz,
+        PRIMARY KEY (execution_id, node_id, attempt)
+    );
+    CREATE TABLE agent_messages (
+        task_id      text PRIMARY KEY,
+        execution_id text NOT NULL,
+        node_id      text NOT NULL,
+        attempt      int NOT NULL,
+        to_agent     text NOT NULL,
+        payload      jsonb NOT NULL,
+        created_at   timestamptz NOT NULL
+    );
+    CREATE INDEX agent_messages_execution ON agent_messages (execution_id, created_at);
+    """,
+)
+
+TERMINAL = {
+    ExecutionCompleted: "completed",
+    ExecutionFailed: "failed",
+    ExecutionCancelled: "cancelled",
+}
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
+    for item in batch:
+        m = item.message
+        d = m.data
+        at = m.occurred_at
+        if isinstance(m, ExecutionStarted):
+            await conn.execute(
+                "INSERT INTO executions VALUES ($1,$2,$3,$4,'running',$5,NULL,NULL,$6,$7,$7,NULL)"
+                " ON CONFLICT (execution_id) DO NOTHING",
+                d.execution_id, d.user_id, d.flow_id, d.flow_version, _json(d.input_data),
+                d.seq, at,
+            )
+            continue
+        if isinstance(m, NodeDispatched):
+            await conn.execute(
+                "INSERT INTO node_runs VALUES ($1,$2,$3,$4,'running',NULL,NULL,$5,NULL)"
+                " ON CONFLICT DO NOTHING",
+                d.execution_id, d.node_id, d.attempt, d.agent_id, at,
+            )
+            await conn.execute(
+                "INSERT INTO agent_messages VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT DO NOTHING",
+                d.task_id, d.execution_id, d.node_id, d.attempt, d.agent_id, _json(d.payload), at,
+            )
+        elif isinstance(m, (NodeCompleted, NodeFailed)):
+            ok = isinstance(m, NodeCompleted)
+            await conn.execute(
+                "INSERT INTO node_runs VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$8)"
+                " ON CONFLICT (execution_id, node_id, attempt) DO UPDATE SET status=$5,"
+                " output=$6, error_message=$7, finished_at=$8",
+                d.execution_id, d.node_id, d.attempt, d.agent_id,
+                "completed" if ok else "failed",
+                _json(d.output) if ok else None,  # type: ignore[union-attr]
+                None if ok else d.error_message,  # type: ignore[union-attr]
+                at,
+            )
+        elif isinstance(m, NodeSkipped):
+            await conn.execute(
+                "INSERT INTO node_runs VALUES ($1,$2,0,NULL,'skipped',NULL,$3,$4,$4)"
+                " ON CONFLICT DO NOTHING",
+                d.execution_id, d.node_id, d.reason, at,
+            )
+        elif isinstance(m, NodeWaitingInput):
+            await conn.execute(
+                "UPDATE node_runs SET status='waiting_input' WHERE execution_id=$1 AND node_id=$2"
+                " AND attempt=$3",
+                d.execution_id, d.node_id, d.attempt,
+            )
+        status = None
+        output = None
+        error = None
+        if isinstance(m, NodeWaitingInput):
+            status = "waiting_input"
+        elif isinstance(m, InputReceived):
+            status = "running"
+        elif type(m) in TERMINAL:
+            status = TERMINAL[type(m)]  # type: ignore[index]
+            output = _json(d.output_data) if isinstance(m, ExecutionCompleted) else None
+            error = d.error_message if isinstance(m, ExecutionFailed) else None
+            if isinstance(m, ExecutionCancelled):
+                error = d.reason
+        if status is not None:
+            await conn.execute(
+                "UPDATE executions SET status=$2, output_data=COALESCE($3::jsonb, output_data),"
+                " error_message=COALESCE($4, error_message), updated_at=$5, last_seq=$6,"
+                " completed_at=CASE WHEN $2 IN ('completed','failed','cancelled') THEN $5"
+                " ELSE completed_at END WHERE execution_id=$1",
+                d.execution_id, status, output, error, at, d.seq,
+            )
+        elif hasattr(d, "seq"):
+            await conn.execute(
+                "UPDATE executions SET updated_at=$2, last_seq=GREATEST(last_seq, $3)"
+                " WHERE execution_id=$1",
+                d.execution_id, at, d.seq,
+            )
+
+
+PROJECTION = Projection(
+    name="executions",
+    topics=(topics.EXECUTION_EVENTS,),
+    apply=apply,
+    migrations=MIGRATIONS,
+)

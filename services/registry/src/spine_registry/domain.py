@@ -1,0 +1,104 @@
+"""The agent catalogue as a pure state machine.
+
+Registration and deregistration come as commands; liveness comes from heartbeats. Each
+change emits the agent's whole catalogue entry, so the compacted ``spine.registry.events``
+keeps exactly the current state per agent and a replayed command is harmless.
+An agent is *active* while it is registered and its beats (ready) arrive within the TTL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from spine_contracts import (
+    AgentDeregistered,
+    AgentHeartbeat,
+    AgentInfo,
+    AgentRegistered,
+    AgentStatusChanged,
+    DeregisterAgent,
+    Message,
+    RegisterAgent,
+)
+
+Entry = AgentRegistered | AgentStatusChanged | AgentDeregistered
+
+
+@dataclass
+class AgentRecord:
+    info: AgentInfo
+    registered: bool
+    active: bool
+    last_seen: datetime | None = None
+
+
+@dataclass
+class Catalog:
+    agents: dict[str, AgentRecord] = field(default_factory=dict)
+
+    def load(self, event: Message, now: datetime) -> None:
+        """Fold a catalogue event read back at start; liveness gets a fresh grace period."""
+        if isinstance(event, (AgentRegistered, AgentStatusChanged, AgentDeregistered)):
+            d = event.data
+            self.agents[d.agent.agent_id] = AgentRecord(
+                d.agent, d.registered, d.active, now if d.active else d.last_seen
+            )
+
+    def decide(self, message: Message, now: datetime) -> list[Entry]:
+        if isinstance(message, RegisterAgent):
+            return self._register(message, now)
+        if isinstance(message, DeregisterAgent):
+            return self._deregister(message, now)
+        if isinstance(message, AgentHeartbeat):
+            return self._beat(message, now)
+        return []
+
+    def _emit(self, cls: type[Entry], rec: AgentRecord, cause: Message | None, reason: str) -> Entry:
+        return cls.build(
+            cause=cause, agent=rec.info, registered=rec.registered, active=rec.active,
+            last_seen=rec.last_seen, reason=reason,
+        )
+
+    def _register(self, cmd: RegisterAgent, now: datetime) -> list[Entry]:
+        info = cmd.data.agent
+        old = self.agents.get(info.agent_id)
+        if old is not None and old.registered and old.info == info:
+            return []  # same registration again (an SDK restart): nothing changed
+        # a Kafka agent registers itself, so it is alive now; an HTTP agent registered
+        # through the API waits for the relay's first successful health probe
+        self_registered = info.transport == "kafka"
+        active = self_registered or bool(old and old.registered and old.active)
+        last_seen = now if self_registered else (old.last_seen if old else None)
+        rec = AgentRecord(info, True, active, last_seen)
+        self.agents[info.agent_id] = rec
+        return [self._emit(AgentRegistered, rec, cmd, "registered")]
+
+    def _deregister(self, cmd: DeregisterAgent, now: datetime) -> list[Entry]:
+        rec = self.agents.get(cmd.data.agent_id)
+        if rec is None or not rec.registered:
+            return []
+        rec = replace(rec, registered=False, active=False)
+        self.agents[cmd.data.agent_id] = rec
+        return [self._emit(AgentDeregistered, rec, cmd, "deregistered")]
+
+    def _beat(self, beat: AgentHeartbeat, now: datetime) -> list[Entry]:
+        rec = self.agents.get(beat.data.agent_id)
+        if rec is None or not rec.registered:
+            return []  # a beat does not register an agent
+        rec.last_seen = now
+        if rec.active == beat.data.ready:
+            return []
+        rec.active = beat.data.ready
+        reason = "heartbeat: ready" if rec.active else "heartbeat: not ready"
+        return [self._emit(AgentStatusChanged, rec, beat, reason)]
+
+    def sweep(self, now: datetime, ttl: timedelta) -> list[Entry]:
+        """Mark inactive every active agent whose last beat is older than ``ttl``."""
+        out: list[Entry] = []
+        for rec in self.agents.values():
+            if rec.active and (rec.last_seen is None or now - rec.last_seen > ttl):
+                rec.active = False
+                seconds = ttl.total_seconds()
+                out.append(self._emit(AgentStatusChanged, rec, None, f"no heartbeat for {seconds:g}s"))
+        return out
