@@ -51,16 +51,24 @@ def env(now: datetime = T0, agents: dict[str, str] | None = None) -> Environment
 
 def start(flow: FlowDefinition, credits: int = 1, **inp: Any) -> StartExecution:
     return StartExecution.build(
-        execution_id="e1", user_id="u1", flow=flow, flow_version=flow.content_hash(),
-        input_data=inp, credits_reserved=credits,
+        execution_id="e1",
+        user_id="u1",
+        flow=flow,
+        flow_version=flow.content_hash(),
+        input_data=inp,
+        credits_reserved=credits,
     )
 
 
 def result(task: AgentMessage, status: str = "success", **kw: Any) -> AgentResult:
     d = task.data
     return AgentResult.build(
-        execution_id=d.execution_id, node_id=d.node_id, attempt=d.attempt,
-        agent_id=d.to_agent, status=status, **kw,
+        execution_id=d.execution_id,
+        node_id=d.node_id,
+        attempt=d.attempt,
+        agent_id=d.to_agent,
+        status=status,
+        **kw,
     )
 
 
@@ -77,8 +85,13 @@ def agent(node_id: str, *deps: str, **config: Any) -> FlowNode:
 
 
 def test_diamond_dispatches_both_branches_together_and_completes() -> None:
-    f = flow(agent("a"), agent("b", "a"), agent("c", "a"), agent("d", "b", "c"),
-             FlowNode(id="out", type="output", depends_on=("d",)))
+    f = flow(
+        agent("a"),
+        agent("b", "a"),
+        agent("c", "a"),
+        agent("d", "b", "c"),
+        FlowNode(id="out", type="output", depends_on=("d",)),
+    )
     d = decide(None, start(f), env())
     assert [t.data.node_id for t in tasks(d)] == ["a"]
     d = decide(d.state, result(tasks(d)[0], output={"v": 1}), env())
@@ -104,8 +117,9 @@ def test_duplicate_and_late_results_change_nothing() -> None:
     d1 = decide(d.state, r, env())
     again = decide(d1.state, r, env())
     assert not again.changed
-    stale = AgentResult.build(execution_id="e1", node_id="a", attempt=7, agent_id="echo",
-                              status="success")
+    stale = AgentResult.build(
+        execution_id="e1", node_id="a", attempt=7, agent_id="echo", status="success"
+    )
     assert not decide(d1.state, stale, env()).changed
     assert not decide(d.state, start(f), env()).changed  # duplicate start
 
@@ -117,8 +131,9 @@ def test_retry_then_success_uses_a_new_attempt() -> None:
     assert d.state is not None and d.state.status == "running"
     (timer,) = d.state.timers.values()
     assert timer.kind == "retry" and timer.due_at == T0 + timedelta(seconds=0.5)
-    fire = FireTimer.build(execution_id="e1", timer_id=timer.timer_id, kind="retry",
-                           node_id="a", due_at=timer.due_at)
+    fire = FireTimer.build(
+        execution_id="e1", timer_id=timer.timer_id, kind="retry", node_id="a", due_at=timer.due_at
+    )
     d = decide(d.state, fire, env(timer.due_at))
     (t2,) = tasks(d)
     assert t2.data.attempt == 2
@@ -132,8 +147,13 @@ def test_permanent_failure_names_node_and_cause_and_refunds() -> None:
     d = decide(None, start(f, credits=3), env())
     d = decide(d.state, result(tasks(d)[0], status="error", error_message="bad"), env())
     timer = next(iter(d.state.timers.values()))  # type: ignore[union-attr]
-    d = decide(d.state, FireTimer.build(execution_id="e1", timer_id=timer.timer_id,
-                                        kind="retry", node_id="a", due_at=T0), env())
+    d = decide(
+        d.state,
+        FireTimer.build(
+            execution_id="e1", timer_id=timer.timer_id, kind="retry", node_id="a", due_at=T0
+        ),
+        env(),
+    )
     d = decide(d.state, result(tasks(d)[0], status="error", error_message="bad again"), env())
     (failed,) = [e for e in d.events if isinstance(e, ExecutionFailed)]
     assert "node 'a'" in failed.data.error_message and "bad again" in failed.data.error_message
@@ -145,19 +165,31 @@ def test_timeout_fails_the_attempt() -> None:
     d = decide(None, start(f), env())
     (timer,) = d.state.timers.values()  # type: ignore[union-attr]
     assert timer.kind == "node_timeout"
-    d = decide(d.state, FireTimer.build(execution_id="e1", timer_id=timer.timer_id,
-                                        kind="node_timeout", node_id="a", attempt=1,
-                                        due_at=timer.due_at), env(timer.due_at))
+    d = decide(
+        d.state,
+        FireTimer.build(
+            execution_id="e1",
+            timer_id=timer.timer_id,
+            kind="node_timeout",
+            node_id="a",
+            attempt=1,
+            due_at=timer.due_at,
+        ),
+        env(timer.due_at),
+    )
     (failed,) = [e for e in d.events if isinstance(e, ExecutionFailed)]
     assert "timed out after 2s" in failed.data.error_message
 
 
 def test_condition_false_skips_branch_and_its_dependents() -> None:
-    f = flow(agent("score"),
-             FlowNode(id="review", agent_id="echo", depends_on=("score",),
-                      when="score.decision == review"),
-             agent("notify", "review"),
-             FlowNode(id="out", type="output", depends_on=("score",)))
+    f = flow(
+        agent("score"),
+        FlowNode(
+            id="review", agent_id="echo", depends_on=("score",), when="score.decision == review"
+        ),
+        agent("notify", "review"),
+        FlowNode(id="out", type="output", depends_on=("score",)),
+    )
     d = decide(None, start(f), env())
     d = decide(d.state, result(tasks(d)[0], output={"decision": "approve"}), env())
     skipped = {e.data.node_id for e in d.events if isinstance(e, NodeSkipped)}
@@ -166,8 +198,11 @@ def test_condition_false_skips_branch_and_its_dependents() -> None:
 
 
 def test_human_in_the_loop_two_turns() -> None:
-    f = flow(FlowNode(id="zoe", agent_id="zoe", type="input",
-                      config=NodeConfig(max_turns=2, input_timeout=60)))
+    f = flow(
+        FlowNode(
+            id="zoe", agent_id="zoe", type="input", config=NodeConfig(max_turns=2, input_timeout=60)
+        )
+    )
     d = decide(None, start(f), env())
     d = decide(d.state, result(tasks(d)[0], status="needs_input", question="income?"), env())
     assert d.state is not None and d.state.status == "waiting_input"
@@ -201,8 +236,13 @@ def test_unavailable_agent_fails_at_once_or_waits_when_configured() -> None:
     d = decide(None, start(f2), env(agents={"echo": "inactive"}))
     (timer,) = d.state.timers.values()  # type: ignore[union-attr]
     assert timer.kind == "agent_wait"
-    fire = FireTimer.build(execution_id="e1", timer_id=timer.timer_id, kind="agent_wait",
-                           node_id="a", due_at=timer.due_at)
+    fire = FireTimer.build(
+        execution_id="e1",
+        timer_id=timer.timer_id,
+        kind="agent_wait",
+        node_id="a",
+        due_at=timer.due_at,
+    )
     d = decide(d.state, fire, env(T0 + timedelta(seconds=1)))
     assert len(tasks(d)) == 1
 
@@ -227,7 +267,9 @@ def random_dags(draw: st.DrawFn) -> FlowDefinition:
 
 @settings(max_examples=150, deadline=None)
 @given(random_dags(), st.randoms(use_true_random=False))
-def test_random_dags_respect_dependencies_and_terminate(f: FlowDefinition, rnd: random.Random) -> None:
+def test_random_dags_respect_dependencies_and_terminate(
+    f: FlowDefinition, rnd: random.Random
+) -> None:
     d = decide(None, start(f), env())
     outstanding = {t.data.node_id: t for t in tasks(d)}
     state = d.state

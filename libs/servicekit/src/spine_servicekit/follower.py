@@ -14,7 +14,7 @@ from typing import Any, Literal
 from aiokafka import ConsumerRecord, TopicPartition
 from spine_contracts import ContractError, Message, parse
 
-from .kafka import KafkaConfig, make_consumer
+from .kafka import KafkaConfig, make_consumer, partitions_of
 from .logging import get_logger
 
 log = get_logger(__name__)
@@ -41,16 +41,10 @@ class TopicFollower:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        partitions = await partitions_of(self._cfg, self._topic)
         consumer = make_consumer(self._cfg, group_id=None)
         await consumer.start()
-        partitions = consumer.partitions_for_topic(self._topic)
-        if not partitions:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(self._topic) or set()
-        if not partitions:
-            await consumer.stop()
-            raise RuntimeError(f"topic {self._topic} does not exist")
-        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(self._topic, p) for p in partitions]
         consumer.assign(tps)
         if self._start == "beginning":
             await consumer.seek_to_beginning(*tps)
@@ -87,8 +81,13 @@ class TopicFollower:
         try:
             message = parse(record.value)
         except ContractError as exc:
-            log.warning("follower_skipped_undecodable", topic=record.topic,
-                        partition=record.partition, offset=record.offset, error=str(exc))
+            log.warning(
+                "follower_skipped_undecodable",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                error=str(exc),
+            )
             return
         result = self._apply(message, record)
         if result is not None:

@@ -262,3 +262,20 @@ async def read_partition(
                 yield records
     finally:
         await consumer.stop()
+
+
+async def partitions_of(cfg: KafkaConfig, topic: str) -> list[int]:
+    """Partition numbers of an existing topic, from a fresh metadata request.
+
+    (aiokafka's ``consumer.topics()`` refreshes a copy of the metadata that
+    ``partitions_for_topic`` does not read, so a just-created topic can look missing.)
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        if described["error_code"] != 0:
+            raise UnknownTopicOrPartitionError(f"topic {topic} does not exist")
+        return sorted(p["partition"] for p in described["partitions"])
+    finally:
+        await admin.close()

@@ -53,8 +53,12 @@ async def serve(service: str, settings: CommonSettings, main: Main) -> None:
     await producer.start()
     ctx = ServiceContext(service, settings, cfg, producer, ident, stopping)
     beats = HeartbeatPublisher(
-        producer, cfg, service=service, instance_id=ident,
-        interval_s=settings.heartbeat_interval_s, details=lambda: dict(ctx.details),
+        producer,
+        cfg,
+        service=service,
+        instance_id=ident,
+        interval_s=settings.heartbeat_interval_s,
+        details=lambda: dict(ctx.details),
     )
     await beats.beat()
     beats.start()

@@ -23,9 +23,7 @@ class CommonSettings(BaseSettings):
     )
 
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", alias="KAFKA_BOOTSTRAP_SERVERS")
-    database_url: str = Field(
-        "postgresql://spine:spine@127.0.0.1:5432/spine", alias="DATABASE_URL"
-    )
+    database_url: str = Field("postgresql://spine:spine@127.0.0.1:5432/spine", alias="DATABASE_URL")
     redis_url: str = Field("redis://127.0.0.1:6379/0", alias="REDIS_URL")
     api_key: str = Field(DEFAULT_MASTER_KEY, alias="API_KEY", repr=False)
     api_key_required: bool | None = Field(None, alias="API_KEY_REQUIRED")

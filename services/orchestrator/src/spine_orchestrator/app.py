@@ -42,7 +42,9 @@ async def main(ctx: ServiceContext) -> None:
 
     catalog = AgentCatalog()
     registry = TopicFollower(
-        cfg, cfg.topic(topics.REGISTRY_EVENTS), lambda m, _r: catalog.apply(m),
+        cfg,
+        cfg.topic(topics.REGISTRY_EVENTS),
+        lambda m, _r: catalog.apply(m),
         name="registry-follower",
     )
     await registry.start()
@@ -56,7 +58,10 @@ async def main(ctx: ServiceContext) -> None:
 
     timers = TimerScheduler(fire)
     handler = OrchestratorHandler(
-        cfg, catalog=catalog, timers=timers, evaluate_condition=evaluate_condition,
+        cfg,
+        catalog=catalog,
+        timers=timers,
+        evaluate_condition=evaluate_condition,
         default_node_timeout_s=settings.default_node_timeout_s,
         default_input_timeout_s=settings.default_input_timeout_s,
     )
@@ -72,9 +77,7 @@ async def main(ctx: ServiceContext) -> None:
     projector = Projector(cfg, settings.database_url, PROJECTION, schema=settings.schema_name)
 
     flows_topic = cfg.topic(topics.FLOWS)
-    loader = FlowLoader(
-        settings.flows_dir, lambda m, key: publish(flows_topic, key, m)
-    )
+    loader = FlowLoader(settings.flows_dir, lambda m, key: publish(flows_topic, key, m))
     flows = TopicFollower(cfg, flows_topic, loader.observe, name="flows-follower")
     await flows.start()
     await flows.wait_caught_up()

@@ -55,8 +55,14 @@ from spine_contracts import (
 )
 
 NodeStatus = Literal[
-    "pending", "dispatched", "waiting_input", "waiting_agent", "completed", "failed",
-    "skipped", "cancelled",
+    "pending",
+    "dispatched",
+    "waiting_input",
+    "waiting_agent",
+    "completed",
+    "failed",
+    "skipped",
+    "cancelled",
 ]
 AgentAvailability = Literal["active", "inactive", "unknown", "deregistered"]
 TERMINAL_NODE: frozenset[str] = frozenset({"completed", "failed", "skipped", "cancelled"})
@@ -321,7 +327,9 @@ class _Run:
             self.emit(NodeSkipped, node_id=node.id, reason="every dependency was skipped")
             return
         if node.when:
-            nodes_view = {k: v.output or {} for k, v in self.s.nodes.items() if v.output is not None}
+            nodes_view = {
+                k: v.output or {} for k, v in self.s.nodes.items() if v.output is not None
+            }
             try:
                 ok = self.env.evaluate_condition(node.when, self.s.input_data, nodes_view)
             except Exception as exc:  # a broken condition fails the run, naming the node
@@ -411,8 +419,12 @@ class _Run:
             ns.status = "completed"
             ns.output = dict(r.output)
             self.emit(
-                NodeCompleted, node_id=node.id, attempt=r.attempt, agent_id=r.agent_id,
-                output=ns.output, duration_ms=duration,
+                NodeCompleted,
+                node_id=node.id,
+                attempt=r.attempt,
+                agent_id=r.agent_id,
+                output=ns.output,
+                duration_ms=duration,
             )
             self.advance()
         elif r.status == "needs_input":
@@ -437,8 +449,13 @@ class _Run:
         self._arm("input_timeout", timeout, node.id, ns.attempt)
         self.s.status = "waiting_input"
         self.emit(
-            NodeWaitingInput, node_id=node.id, attempt=ns.attempt, turn=ns.turns,
-            question=question, missing_fields=missing, expires_at=expires,
+            NodeWaitingInput,
+            node_id=node.id,
+            attempt=ns.attempt,
+            turn=ns.turns,
+            question=question,
+            missing_fields=missing,
+            expires_at=expires,
         )
 
     def on_input(self, cmd: ProvideInput) -> None:
@@ -467,7 +484,9 @@ class _Run:
             return  # already fired or disarmed
         node_id = timer.node_id
         if timer.kind == "flow_timeout":
-            self._fail(None, f"flow '{self.s.flow.flow_id}' timed out after {self.s.flow.timeout:g}s")
+            self._fail(
+                None, f"flow '{self.s.flow.flow_id}' timed out after {self.s.flow.timeout:g}s"
+            )
         elif node_id is None:
             return
         elif timer.kind == "node_timeout":
@@ -497,8 +516,13 @@ class _Run:
             ns.status = "pending"
             self._arm("retry", backoff, node.id, ns.attempt)
         self.emit(
-            NodeFailed, node_id=node.id, attempt=ns.attempt, agent_id=node.agent_id,
-            error_message=error, will_retry=will_retry, retry_at=retry_at,
+            NodeFailed,
+            node_id=node.id,
+            attempt=ns.attempt,
+            agent_id=node.agent_id,
+            error_message=error,
+            will_retry=will_retry,
+            retry_at=retry_at,
         )
         if not will_retry:
             tries = f" after {ns.attempt} attempt(s)" if ns.attempt > 1 else ""
@@ -520,14 +544,20 @@ class _Run:
             if not already_emitted:
                 node = self.s.node(node_id)
                 self.emit(
-                    NodeFailed, node_id=node_id, attempt=ns.attempt, agent_id=node.agent_id,
-                    error_message=message, will_retry=False,
+                    NodeFailed,
+                    node_id=node_id,
+                    attempt=ns.attempt,
+                    agent_id=node.agent_id,
+                    error_message=message,
+                    will_retry=False,
                 )
         self._stop_in_flight(message)
         self.s.status = "failed"
         self.s.error_message = message
         self.s.timers.clear()
-        self.emit(ExecutionFailed, error_message=message, node_id=node_id, duration_ms=self._duration())
+        self.emit(
+            ExecutionFailed, error_message=message, node_id=node_id, duration_ms=self._duration()
+        )
         self._settle("failed")
 
     def _complete(self) -> None:
@@ -546,9 +576,13 @@ class _Run:
             if ns.status in ("dispatched", "waiting_input", "waiting_agent", "pending"):
                 if ns.status == "dispatched" and node.agent_id:
                     cancel = AgentCancel.build(
-                        cause=self.cause, correlation_id=self.s.correlation_id,
-                        tenant_id=self.s.user_id, trace=self.s.trace,
-                        execution_id=self.s.execution_id, node_id=node.id, reason=reason,
+                        cause=self.cause,
+                        correlation_id=self.s.correlation_id,
+                        tenant_id=self.s.user_id,
+                        trace=self.s.trace,
+                        execution_id=self.s.execution_id,
+                        node_id=node.id,
+                        reason=reason,
                     )
                     self.decision.tasks.append(Task(node.agent_id, cancel))
                 ns.status = "cancelled"
@@ -557,9 +591,14 @@ class _Run:
         charge = credit_charge(self.s, outcome)
         self.decision.commands.append(
             SettleCredits.build(
-                cause=self.cause, correlation_id=self.s.correlation_id, tenant_id=self.s.user_id,
-                trace=self.s.trace, user_id=self.s.user_id, execution_id=self.s.execution_id,
-                outcome=outcome, charge=charge,
+                cause=self.cause,
+                correlation_id=self.s.correlation_id,
+                tenant_id=self.s.user_id,
+                trace=self.s.trace,
+                user_id=self.s.user_id,
+                execution_id=self.s.execution_id,
+                outcome=outcome,
+                charge=charge,
             )
         )
 

@@ -72,8 +72,12 @@ class FlowLoader:
             return 0
         replaced = current.data.source if current is not None else None
         message = FlowDefined.build(
-            flow_id=flow_id, flow_version=version, definition=definition, source="file",
-            source_path=str(path), replaced_source=replaced,
+            flow_id=flow_id,
+            flow_version=version,
+            definition=definition,
+            source="file",
+            source_path=str(path),
+            replaced_source=replaced,
         )
         await self._publish(message, flow_id)
         self.latest[flow_id] = (message, int(message.occurred_at.timestamp() * 1000))

@@ -117,8 +117,11 @@ class OrchestratorHandler:
                 changed[execution_id] = decision.state
         for execution_id, state in changed.items():
             snapshot = ExecutionSnapshot.build(
-                correlation_id=state.correlation_id, tenant_id=state.user_id,
-                execution_id=execution_id, seq=state.seq, status=state.status,
+                correlation_id=state.correlation_id,
+                tenant_id=state.user_id,
+                execution_id=execution_id,
+                seq=state.seq,
+                status=state.status,
                 state=state.to_dict(),
             )
             out.append(Outgoing(self._topic_snapshots, execution_id, snapshot))

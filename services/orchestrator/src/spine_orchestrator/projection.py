@@ -87,19 +87,34 @@ async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
             await conn.execute(
                 "INSERT INTO executions VALUES ($1,$2,$3,$4,'running',$5,NULL,NULL,$6,$7,$7,NULL)"
                 " ON CONFLICT (execution_id) DO NOTHING",
-                d.execution_id, d.user_id, d.flow_id, d.flow_version, _json(d.input_data),
-                d.seq, at,
+                d.execution_id,
+                d.user_id,
+                d.flow_id,
+                d.flow_version,
+                _json(d.input_data),
+                d.seq,
+                at,
             )
             continue
         if isinstance(m, NodeDispatched):
             await conn.execute(
                 "INSERT INTO node_runs VALUES ($1,$2,$3,$4,'running',NULL,NULL,$5,NULL)"
                 " ON CONFLICT DO NOTHING",
-                d.execution_id, d.node_id, d.attempt, d.agent_id, at,
+                d.execution_id,
+                d.node_id,
+                d.attempt,
+                d.agent_id,
+                at,
             )
             await conn.execute(
                 "INSERT INTO agent_messages VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT DO NOTHING",
-                d.task_id, d.execution_id, d.node_id, d.attempt, d.agent_id, _json(d.payload), at,
+                d.task_id,
+                d.execution_id,
+                d.node_id,
+                d.attempt,
+                d.agent_id,
+                _json(d.payload),
+                at,
             )
         elif isinstance(m, (NodeCompleted, NodeFailed)):
             ok = isinstance(m, NodeCompleted)
@@ -107,7 +122,10 @@ async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
                 "INSERT INTO node_runs VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$8)"
                 " ON CONFLICT (execution_id, node_id, attempt) DO UPDATE SET status=$5,"
                 " output=$6, error_message=$7, finished_at=$8",
-                d.execution_id, d.node_id, d.attempt, d.agent_id,
+                d.execution_id,
+                d.node_id,
+                d.attempt,
+                d.agent_id,
                 "completed" if ok else "failed",
                 _json(d.output) if ok else None,  # type: ignore[union-attr]
                 None if ok else d.error_message,  # type: ignore[union-attr]
@@ -117,13 +135,18 @@ async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
             await conn.execute(
                 "INSERT INTO node_runs VALUES ($1,$2,0,NULL,'skipped',NULL,$3,$4,$4)"
                 " ON CONFLICT DO NOTHING",
-                d.execution_id, d.node_id, d.reason, at,
+                d.execution_id,
+                d.node_id,
+                d.reason,
+                at,
             )
         elif isinstance(m, NodeWaitingInput):
             await conn.execute(
                 "UPDATE node_runs SET status='waiting_input' WHERE execution_id=$1 AND node_id=$2"
                 " AND attempt=$3",
-                d.execution_id, d.node_id, d.attempt,
+                d.execution_id,
+                d.node_id,
+                d.attempt,
             )
         status = None
         output = None
@@ -144,13 +167,20 @@ async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
                 " error_message=COALESCE($4, error_message), updated_at=$5, last_seq=$6,"
                 " completed_at=CASE WHEN $2 IN ('completed','failed','cancelled') THEN $5"
                 " ELSE completed_at END WHERE execution_id=$1",
-                d.execution_id, status, output, error, at, d.seq,
+                d.execution_id,
+                status,
+                output,
+                error,
+                at,
+                d.seq,
             )
         elif hasattr(d, "seq"):
             await conn.execute(
                 "UPDATE executions SET updated_at=$2, last_seq=GREATEST(last_seq, $3)"
                 " WHERE execution_id=$1",
-                d.execution_id, at, d.seq,
+                d.execution_id,
+                at,
+                d.seq,
             )
 
 

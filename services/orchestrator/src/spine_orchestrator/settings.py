@@ -8,11 +8,15 @@ from spine_servicekit.settings import CommonSettings
 
 class OrchestratorSettings(CommonSettings):
     default_node_timeout_s: float = Field(
-        300.0, alias="SPINE_ORCHESTRATOR_NODE_TIMEOUT", gt=0,
+        300.0,
+        alias="SPINE_ORCHESTRATOR_NODE_TIMEOUT",
+        gt=0,
         description="per-attempt timeout of a node that sets none",
     )
     default_input_timeout_s: float = Field(
-        3600.0, alias="SPINE_ORCHESTRATOR_INPUT_TIMEOUT", gt=0,
+        3600.0,
+        alias="SPINE_ORCHESTRATOR_INPUT_TIMEOUT",
+        gt=0,
         description="how long an input node waits for the human when it sets no input_timeout",
     )
     schema_name: str = Field("orchestrator", alias="SPINE_ORCHESTRATOR_SCHEMA")

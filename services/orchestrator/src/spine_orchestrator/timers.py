@@ -65,9 +65,15 @@ class TimerScheduler:
             for execution_id, timer in due:
                 correlation_id, tenant_id, trace = self._context.get(execution_id, (None,) * 3)
                 command = FireTimer.build(
-                    correlation_id=correlation_id, tenant_id=tenant_id, trace=trace,
-                    execution_id=execution_id, timer_id=timer.timer_id, kind=timer.kind,
-                    node_id=timer.node_id, attempt=timer.attempt, due_at=timer.due_at,
+                    correlation_id=correlation_id,
+                    tenant_id=tenant_id,
+                    trace=trace,
+                    execution_id=execution_id,
+                    timer_id=timer.timer_id,
+                    kind=timer.kind,
+                    node_id=timer.node_id,
+                    attempt=timer.attempt,
+                    due_at=timer.due_at,
                 )
                 await self._publish(command, execution_id)
             self._wakeup.clear()

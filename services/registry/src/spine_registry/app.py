@@ -44,8 +44,13 @@ async def main(ctx: ServiceContext) -> None:
             await producer.send(
                 events_topic, to_bytes(entry), key=key.encode(), headers=headers_for(entry)
             )
-            log.info("agent_catalog_changed", agent_id=key, type=entry.type,
-                     active=entry.data.active, reason=entry.data.reason)
+            log.info(
+                "agent_catalog_changed",
+                agent_id=key,
+                type=entry.type,
+                active=entry.data.active,
+                reason=entry.data.reason,
+            )
         if entries:
             await producer.flush()
 
@@ -56,8 +61,11 @@ async def main(ctx: ServiceContext) -> None:
             await emit(catalog.sweep(utcnow(), ttl))
 
     consumer = make_consumer(
-        cfg, cfg.topic(topics.REGISTRY_COMMANDS), cfg.topic(topics.REGISTRY_HEARTBEATS),
-        group_id=f"{cfg.prefix}registry", isolation_level="read_uncommitted",
+        cfg,
+        cfg.topic(topics.REGISTRY_COMMANDS),
+        cfg.topic(topics.REGISTRY_HEARTBEATS),
+        group_id=f"{cfg.prefix}registry",
+        isolation_level="read_uncommitted",
     )
     projector = Projector(cfg, settings.database_url, PROJECTION, schema=settings.schema_name)
     await projector.start()

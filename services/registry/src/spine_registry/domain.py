@@ -54,10 +54,16 @@ class Catalog:
             return self._beat(message, now)
         return []
 
-    def _emit(self, cls: type[Entry], rec: AgentRecord, cause: Message | None, reason: str) -> Entry:
+    def _emit(
+        self, cls: type[Entry], rec: AgentRecord, cause: Message | None, reason: str
+    ) -> Entry:
         return cls.build(
-            cause=cause, agent=rec.info, registered=rec.registered, active=rec.active,
-            last_seen=rec.last_seen, reason=reason,
+            cause=cause,
+            agent=rec.info,
+            registered=rec.registered,
+            active=rec.active,
+            last_seen=rec.last_seen,
+            reason=reason,
         )
 
     def _register(self, cmd: RegisterAgent, now: datetime) -> list[Entry]:
@@ -100,5 +106,7 @@ class Catalog:
             if rec.active and (rec.last_seen is None or now - rec.last_seen > ttl):
                 rec.active = False
                 seconds = ttl.total_seconds()
-                out.append(self._emit(AgentStatusChanged, rec, None, f"no heartbeat for {seconds:g}s"))
+                out.append(
+                    self._emit(AgentStatusChanged, rec, None, f"no heartbeat for {seconds:g}s")
+                )
         return out

@@ -30,10 +30,17 @@ async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
         m = item.message
         if isinstance(m, (AgentRegistered, AgentStatusChanged, AgentDeregistered)):
             d = m.data
-            rows.append((
-                d.agent.agent_id, orjson.dumps(d.agent.model_dump(mode="json")).decode(),
-                d.registered, d.active, d.last_seen, d.reason, m.occurred_at,
-            ))
+            rows.append(
+                (
+                    d.agent.agent_id,
+                    orjson.dumps(d.agent.model_dump(mode="json")).decode(),
+                    d.registered,
+                    d.active,
+                    d.last_seen,
+                    d.reason,
+                    m.occurred_at,
+                )
+            )
     if rows:
         await conn.executemany(
             "INSERT INTO agents VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (agent_id) DO UPDATE"

@@ -1,0 +1,767 @@
+"""A Kafka-native agent: one async handler, run concurrently over the agent's tasks topic.
+
+::
+
+    agent = Agent(AgentInfo(agent_id="echo", capabilities=("echo",)), concurrency=32)
+
+    @agent.handler
+    async def handle(task: Task) -> dict[str, Any]:
+        return {"echo": task.input}
+
+    if __name__ == "__main__":
+        agent.run()
+
+What :meth:`Agent.serve` does (DESIGN §5):
+
+* creates the agent's tasks topic when missing, publishes ``RegisterAgent`` (transport
+  ``kafka``) and an ``AgentHeartbeat`` every ``heartbeat_interval`` (with ``in_flight``);
+* consumes the tasks topic in the group ``<prefix>agent.<agent_id>`` (``read_committed``,
+  no auto-commit) and runs up to ``concurrency`` handlers at once. When every slot is
+  busy it pauses its partitions and keeps polling, so ``max_poll_interval_ms`` never trips
+  and a rebalance is never provoked by a slow handler;
+* publishes one ``AgentResult`` per task (keyed by execution_id, caused by the task) and
+  waits for the broker's acknowledgement before the task counts as done;
+* commits only contiguous offsets (:class:`~spine_agent.offsets.OffsetTracker`), every
+  ``commit_interval`` at most: a slow task never holds back later tasks from running,
+  only from being committed. Delivery is therefore at least once: after a crash or a
+  rebalance, tasks after the last committed offset run again, and a handler with side
+  effects uses ``task.idempotency_key``;
+* ``AgentCancel`` cancels the matching in-flight handlers (and drops matching tasks that
+  have not started). A cancelled task publishes **no result**: the orchestrator asked for
+  the cancel and has already settled the node; its offset counts as done;
+* a task whose ``deadline`` passed before it could start is acknowledged without running
+  (the orchestrator has already timed it out) and logged as ``task_expired``;
+* a record that does not decode goes to the dead-letter topic and is committed past;
+* when ``stopping`` is set (SIGTERM in :meth:`Agent.run`) it stops fetching, lets the
+  running handlers finish for up to ``drain_timeout`` seconds (then cancels them, without
+  results and without committing them, so another replica runs them again), commits,
+  publishes a last heartbeat with ``ready=False`` and closes its clients.
+
+    AgentError
+    ├── HandlerMissing   serve() or run() before @agent.handler
+    └── AgentFailed      the agent stopped because it could not publish (``__cause__``)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import signal
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
+from aiokafka.errors import IllegalStateError, KafkaError, MessageSizeTooLargeError
+from spine_contracts import (
+    AgentCancel,
+    AgentHeartbeat,
+    AgentInfo,
+    AgentMessage,
+    AgentResult,
+    ContractError,
+    Message,
+    RegisterAgent,
+    parse_as,
+    topics,
+    utcnow,
+)
+from spine_servicekit.kafka import (
+    KafkaConfig,
+    Outgoing,
+    dead_letter,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
+from spine_servicekit.kafka import instance_id as new_instance_id
+from spine_servicekit.logging import bind, configure_logging, get_logger
+from spine_servicekit.settings import load_settings
+
+from .offsets import OffsetTracker
+from .results import InvalidOutput, describe_error, result_for
+from .settings import AgentSettings
+from .task import NeedsInput, Task
+
+Outcome: TypeAlias = "dict[str, Any] | NeedsInput"
+Handler: TypeAlias = Callable[[Task], Awaitable[Outcome]]
+Hook: TypeAlias = Callable[[], Awaitable[None]]
+
+log = get_logger("spine_agent")
+
+DEFAULT_HEARTBEAT_S = 5.0
+#: Attempts to publish one result before the agent gives up and stops (the task is then
+#: not committed, so it runs again after a restart). The producer retries inside each.
+PUBLISH_ATTEMPTS = 3
+
+
+class AgentError(Exception):
+    """Base of the SDK's errors."""
+
+
+class HandlerMissing(AgentError):
+    pass
+
+
+class AgentFailed(AgentError):
+    """The agent stopped on an error it cannot work around; the cause is ``__cause__``."""
+
+
+@dataclass
+class AgentStats:
+    """Counters of one :meth:`Agent.serve` run (tests and ``/status``-style introspection)."""
+
+    received: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    needs_input: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    commits: int = 0
+    max_in_flight: int = 0
+    committed: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Item:
+    tp: TopicPartition
+    offset: int
+    message: AgentMessage
+
+
+@dataclass
+class _Running:
+    item: _Item
+    handler_task: asyncio.Task[object] | None = None
+    cancel_reason: str | None = None
+
+
+def _trace_id(traceparent: str | None) -> str | None:
+    parts = (traceparent or "").split("-")
+    return parts[1] if len(parts) == 4 else None
+
+
+class Agent:
+    """A Kafka-native agent: an :class:`AgentInfo`, a handler and how to run it."""
+
+    def __init__(
+        self,
+        info: AgentInfo,
+        *,
+        concurrency: int = 32,
+        heartbeat_interval: float | None = None,
+        drain_timeout: float = 20.0,
+        commit_interval: float = 0.2,
+        poll_timeout_ms: int = 100,
+        remember_completed: int = 10_000,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if heartbeat_interval is not None and heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be positive")
+        self.info = (
+            info if info.transport == "kafka" else info.model_copy(update={"transport": "kafka"})
+        )
+        self.concurrency = concurrency
+        self.heartbeat_interval = heartbeat_interval
+        self.drain_timeout = drain_timeout
+        self.commit_interval = commit_interval
+        self.poll_timeout_ms = poll_timeout_ms
+        self.remember_completed = remember_completed
+        self._handler: Handler | None = None
+        self._on_startup: list[Hook] = []
+        self._on_shutdown: list[Hook] = []
+        self._worker: _Worker | None = None
+
+    @property
+    def agent_id(self) -> str:
+        return self.info.agent_id
+
+    def group_id(self, cfg: KafkaConfig) -> str:
+        """The consumer group every replica of this agent joins."""
+        return f"{cfg.prefix}agent.{self.agent_id}"
+
+    def handler(self, fn: Handler) -> Handler:
+        """Decorator: the coroutine function that handles every task."""
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError("the handler must be an async function (async def)")
+        self._handler = fn
+        return fn
+
+    def on_startup(self, fn: Hook) -> Hook:
+        """Decorator: a coroutine run before the first task (open clients here)."""
+        self._on_startup.append(fn)
+        return fn
+
+    def on_shutdown(self, fn: Hook) -> Hook:
+        """Decorator: a coroutine run after the last task has finished."""
+        self._on_shutdown.append(fn)
+        return fn
+
+    @property
+    def stats(self) -> AgentStats:
+        return self._worker.stats if self._worker is not None else AgentStats()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._worker.running) if self._worker is not None else 0
+
+    async def serve(
+        self,
+        cfg: KafkaConfig,
+        stopping: asyncio.Event,
+        *,
+        instance_id: str | None = None,
+        heartbeat_interval: float | None = None,
+        concurrency: int | None = None,
+        drain_timeout: float | None = None,
+    ) -> None:
+        """Run until ``stopping`` is set, then drain and return (for tests and embedding)."""
+        if self._handler is None:
+            raise HandlerMissing(f"agent {self.agent_id!r} has no @agent.handler")
+        worker = _Worker(
+            self,
+            self._handler,
+            cfg,
+            stopping,
+            instance_id=instance_id or new_instance_id(self.agent_id),
+            heartbeat_interval=heartbeat_interval or self.heartbeat_interval or DEFAULT_HEARTBEAT_S,
+            concurrency=concurrency or self.concurrency,
+            drain_timeout=self.drain_timeout if drain_timeout is None else drain_timeout,
+        )
+        self._worker = worker
+        for hook in self._on_startup:
+            await hook()
+        try:
+            await worker.run()
+        finally:
+            for hook in self._on_shutdown:
+                await hook()
+
+    def run(self, settings: AgentSettings | None = None) -> None:
+        """Entry point: settings from the environment, logging, serve until SIGTERM/SIGINT."""
+        if self._handler is None:
+            raise HandlerMissing(f"agent {self.agent_id!r} has no @agent.handler")
+        settings = settings or load_settings(AgentSettings)
+        configure_logging(self.agent_id, settings.log_level, console=settings.dev_mode or None)
+        asyncio.run(self._main(settings))
+
+    async def _main(self, settings: AgentSettings) -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        cfg = KafkaConfig.from_settings(settings, client_id=f"agent-{self.agent_id}")
+        await self.serve(
+            cfg,
+            stopping,
+            instance_id=settings.instance_id,
+            heartbeat_interval=self.heartbeat_interval or settings.heartbeat_interval_s,
+            concurrency=settings.agent_concurrency,
+            drain_timeout=settings.agent_drain_timeout_s,
+        )
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: _Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._worker.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._worker.on_assigned(set(assigned))
+
+
+class _Worker:
+    """The state of one ``serve`` run: clients, offsets, running handlers."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        handler: Handler,
+        cfg: KafkaConfig,
+        stopping: asyncio.Event,
+        *,
+        instance_id: str,
+        heartbeat_interval: float,
+        concurrency: int,
+        drain_timeout: float,
+    ) -> None:
+        self.agent = agent
+        self.handler = handler
+        self.cfg = cfg
+        self.stopping = stopping
+        self.instance_id = instance_id
+        self.heartbeat_interval = heartbeat_interval
+        self.concurrency = concurrency
+        self.drain_timeout = drain_timeout
+        self.agent_id = agent.agent_id
+        self.group_id = agent.group_id(cfg)
+        self.tasks_topic = cfg.agent_tasks(self.agent_id)
+        self.results_topic = cfg.topic(topics.AGENT_RESULTS)
+        self.stats = AgentStats()
+        self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.backlog: deque[_Item] = deque()
+        self.running: dict[asyncio.Task[None], _Running] = {}
+        self.by_message: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self.aux: set[asyncio.Task[None]] = set()
+        self.completed: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self.slot_freed = asyncio.Event()
+        self.commit_lock = asyncio.Lock()
+        self.fatal: BaseException | None = None
+        self.ready = False
+        self.producer: AIOKafkaProducer | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self._last_commit_check = 0.0
+        self._log = log.bind(agent_id=self.agent_id, instance_id=instance_id)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def run(self) -> None:
+        beats: asyncio.Task[None] | None = None
+        try:
+            created = await ensure_topics(self.cfg, specs=(), agent_ids=[self.agent_id])
+            if created:
+                self._log.info("agent_topic_created", topic=self.tasks_topic)
+            self.producer = make_producer(self.cfg)
+            await self.producer.start()
+            await self._send(
+                self.cfg.topic(topics.REGISTRY_COMMANDS),
+                self.agent_id,
+                RegisterAgent.build(agent=self.agent.info),
+            )
+            self.consumer = make_consumer(self.cfg, group_id=self.group_id)
+            self.consumer.subscribe([self.tasks_topic], listener=_Rebalance(self))
+            await self.consumer.start()
+            self.ready = True
+            beats = asyncio.create_task(self._heartbeats(), name=f"{self.agent_id}-heartbeats")
+            self._log.info(
+                "agent_started",
+                topic=self.tasks_topic,
+                group_id=self.group_id,
+                concurrency=self.concurrency,
+            )
+            await self._loop()
+        finally:
+            self.ready = False
+            await self._shutdown(beats)
+        if self.fatal is not None:
+            raise AgentFailed(f"agent {self.agent_id!r} stopped: {self.fatal!r}") from self.fatal
+
+    async def _shutdown(self, beats: asyncio.Task[None] | None) -> None:
+        """Drain, commit, say goodbye, close. Each step is attempted even if one fails:
+        whatever is not committed simply runs again elsewhere (at least once)."""
+        consumer, producer = self.consumer, self.producer
+        if consumer is not None:
+            await self._quietly("pause_failed", self._pause_all())
+        self.backlog.clear()  # not started: redelivered to whoever owns the partition next
+        if self.running:
+            self._log.info("agent_draining", in_flight=len(self.running))
+            _, pending = await asyncio.wait(set(self.running), timeout=self.drain_timeout)
+            if pending:
+                self._log.warning("agent_drain_timeout", abandoned=len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self.aux:
+            await asyncio.wait(set(self.aux), timeout=self.drain_timeout)
+        if consumer is not None:
+            await self._quietly("final_commit_failed", self._commit(force=True))
+        if beats is not None:
+            beats.cancel()
+            await asyncio.gather(beats, return_exceptions=True)
+        if producer is not None:
+            await self._quietly("final_heartbeat_failed", self._beat(ready=False))
+        if consumer is not None:
+            await self._quietly("consumer_stop_failed", consumer.stop())
+        if producer is not None:
+            await self._quietly("producer_stop_failed", producer.stop())
+        self._log.info("agent_stopped", **_counters(self.stats))
+
+    async def _pause_all(self) -> None:
+        self._set_paused(True)
+
+    async def _quietly(self, event: str, step: Awaitable[object]) -> None:
+        try:
+            await step
+        except Exception as exc:  # shutdown goes on; the cause is logged, never hidden
+            self._log.warning(event, error=describe_error(exc))
+
+    # --- the poll loop -------------------------------------------------------------------
+    async def _loop(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        while not self.stopping.is_set() and self.fatal is None:
+            self._start_backlog()
+            free = self.concurrency - len(self.running)
+            saturated = free <= 0 or bool(self.backlog)
+            self._set_paused(saturated)
+            if saturated:
+                # Paused partitions return nothing, but polling keeps the member alive.
+                self.slot_freed.clear()
+                await _wait_any(self.slot_freed, self.stopping, within=self.poll_timeout_s)
+                batch = await consumer.getmany(timeout_ms=0, max_records=self.concurrency)
+            else:
+                batch = await consumer.getmany(
+                    timeout_ms=self.agent.poll_timeout_ms, max_records=free
+                )
+            for tp, records in batch.items():
+                for record in records:
+                    self._accept(tp, record)
+            await self._commit()
+
+    @property
+    def poll_timeout_s(self) -> float:
+        return self.agent.poll_timeout_ms / 1000
+
+    def _set_paused(self, paused: bool) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        if paused:
+            todo = consumer.assignment() - consumer.paused()
+            if todo:
+                consumer.pause(*todo)
+        else:
+            todo = consumer.paused()
+            if todo:
+                consumer.resume(*todo)
+
+    def _accept(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
+        self.tracker.start(tp, record.offset)
+        try:
+            message = parse_as(record.value or b"", (AgentMessage, AgentCancel))
+        except (ContractError, ValueError, TypeError) as exc:
+            self._dead_letter(tp, record, exc)
+            return
+        if isinstance(message, AgentCancel):
+            self._cancel(message)
+            self._done(tp, record.offset)
+            return
+        assert isinstance(message, AgentMessage)
+        self.stats.received += 1
+        mid = message.message_id
+        if mid in self.completed:
+            self.stats.duplicates += 1
+            self._log.info("task_duplicate", message_id=str(mid), state="completed")
+            self._done(tp, record.offset)
+        elif mid in self.by_message:
+            # A redelivery (after a rebalance) of a task this process is running: count it
+            # done when the first copy is, instead of running it twice at once.
+            self.stats.duplicates += 1
+            self._log.info("task_duplicate", message_id=str(mid), state="running")
+            self._spawn_aux(self._await_twin(self.by_message[mid], mid, tp, record.offset))
+        else:
+            self.backlog.append(_Item(tp, record.offset, message))
+
+    def _start_backlog(self) -> None:
+        while self.backlog and len(self.running) < self.concurrency:
+            item = self.backlog.popleft()
+            deadline = item.message.data.deadline
+            if deadline is not None and deadline <= utcnow():
+                self.stats.expired += 1
+                self._log.warning(
+                    "task_expired",
+                    execution_id=item.message.data.execution_id,
+                    node_id=item.message.data.node_id,
+                    attempt=item.message.data.attempt,
+                    deadline=deadline.isoformat(),
+                )
+                self._done(item.tp, item.offset)
+                continue
+            running = _Running(item)
+            task = asyncio.create_task(
+                self._execute(running), name=f"{self.agent_id}-{item.message.data.idempotency_key}"
+            )
+            self.running[task] = running
+            self.by_message[item.message.message_id] = task
+            self.stats.max_in_flight = max(self.stats.max_in_flight, len(self.running))
+            task.add_done_callback(self._on_task_done)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        running = self.running.pop(task, None)
+        if running is not None:
+            self.by_message.pop(running.item.message.message_id, None)
+        self.slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            self._fail(task.exception())
+
+    def _fail(self, exc: BaseException | None) -> None:
+        if exc is not None and self.fatal is None:
+            self.fatal = exc
+            self._log.error("agent_failed", error=describe_error(exc))
+            self.slot_freed.set()
+
+    # --- one task ------------------------------------------------------------------------
+    async def _execute(self, running: _Running) -> None:
+        message = running.item.message
+        data = message.data
+        bind(
+            agent_id=self.agent_id,
+            execution_id=data.execution_id,
+            node_id=data.node_id,
+            attempt=data.attempt,
+            message_id=str(message.message_id),
+            correlation_id=message.correlation_id,
+            trace_id=_trace_id(message.trace),
+        )
+        if running.cancel_reason is not None:  # cancelled before it got to run
+            self._cancelled(running)
+            return
+        started = time.perf_counter()
+        self._log.debug("task_started")
+        handler_task: asyncio.Task[object] = asyncio.create_task(
+            self._call_handler(Task.from_message(message))
+        )
+        running.handler_task = handler_task
+        try:
+            outcome = await handler_task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if running.cancel_reason is not None and (current is None or not current.cancelling()):
+                self._cancelled(running)
+                return
+            raise
+        duration_ms = (time.perf_counter() - started) * 1000
+        try:
+            result = result_for(message, self.agent_id, outcome, duration_ms=duration_ms)
+        except Exception as exc:  # e.g. a question that is not text: still an answer
+            result = result_for(message, self.agent_id, exc, duration_ms=duration_ms)
+        await self._publish_result(message, result)
+        self._count(result)
+        self._remember(message.message_id)
+        self._done(running.item.tp, running.item.offset)
+
+    async def _call_handler(self, task: Task) -> object:
+        try:
+            return await self.handler(task)
+        except NeedsInput as question:
+            return question
+        except Exception as exc:  # the handler's failure is the task's error result
+            self._log.warning("task_handler_raised", error=describe_error(exc), exc_info=True)
+            return exc
+
+    def _cancelled(self, running: _Running) -> None:
+        self.stats.cancelled += 1
+        self._log.info("task_cancelled", reason=running.cancel_reason)
+        self._remember(running.item.message.message_id)
+        self._done(running.item.tp, running.item.offset)
+
+    def _count(self, result: AgentResult) -> None:
+        status = result.data.status
+        if status == "success":
+            self.stats.succeeded += 1
+        elif status == "needs_input":
+            self.stats.needs_input += 1
+        else:
+            self.stats.failed += 1
+        self._log.info(
+            "task_finished",
+            status=status,
+            duration_ms=result.data.metrics.get("duration_ms"),
+            error_message=result.data.error_message,
+        )
+
+    async def _publish_result(self, cause: AgentMessage, result: AgentResult) -> None:
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                await self._send(self.results_topic, result.data.execution_id, result)
+                return
+            except MessageSizeTooLargeError as exc:
+                if result.data.status != "success":
+                    raise
+                too_big = InvalidOutput(f"result too large for the broker: {exc}")
+                result = result_for(
+                    cause,
+                    self.agent_id,
+                    too_big,
+                    duration_ms=result.data.metrics.get("duration_ms", 0.0),
+                )
+            except KafkaError as exc:
+                if attempt == PUBLISH_ATTEMPTS:
+                    raise
+                self._log.warning(
+                    "result_publish_retry", attempt=attempt, error=describe_error(exc)
+                )
+                await asyncio.sleep(0.2 * attempt)
+
+    def _cancel(self, cancel: AgentCancel) -> None:
+        c = cancel.data
+
+        def matches(message: AgentMessage) -> bool:
+            d = message.data
+            return d.execution_id == c.execution_id and c.node_id in (None, d.node_id)
+
+        for running in self.running.values():
+            if matches(running.item.message) and running.cancel_reason is None:
+                running.cancel_reason = c.reason
+                if running.handler_task is not None:
+                    running.handler_task.cancel()
+        kept: deque[_Item] = deque()
+        for item in self.backlog:
+            if matches(item.message):
+                self.stats.cancelled += 1
+                self._log.info(
+                    "task_cancelled",
+                    execution_id=c.execution_id,
+                    node_id=item.message.data.node_id,
+                    reason=c.reason,
+                    started=False,
+                )
+                self._remember(item.message.message_id)
+                self._done(item.tp, item.offset)
+            else:
+                kept.append(item)
+        self.backlog = kept
+
+    async def _await_twin(
+        self, first: asyncio.Task[None], mid: uuid.UUID, tp: TopicPartition, offset: int
+    ) -> None:
+        await asyncio.wait({first})
+        if mid in self.completed:
+            self._done(tp, offset)
+
+    def _dead_letter(
+        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], error: BaseException
+    ) -> None:
+        self._log.error(
+            "task_undecodable",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error=describe_error(error),
+        )
+        letter = dead_letter(record, error, consumer=self.group_id)
+
+        async def send() -> None:
+            key = letter.data.origin_key or ""
+            await self._send(self.cfg.topic(topics.DEADLETTER), key, letter)
+            self.stats.dead_letters += 1
+            self._done(tp, record.offset)
+
+        self._spawn_aux(send())
+
+    def _spawn_aux(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self.aux.add(task)
+
+        def finished(t: asyncio.Task[None]) -> None:
+            self.aux.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self._fail(t.exception())
+
+        task.add_done_callback(finished)
+
+    def _remember(self, mid: uuid.UUID) -> None:
+        self.completed[mid] = None
+        while len(self.completed) > self.agent.remember_completed:
+            self.completed.popitem(last=False)
+
+    def _done(self, tp: TopicPartition, offset: int) -> None:
+        self.tracker.done(tp, offset)
+
+    # --- offsets -------------------------------------------------------------------------
+    async def _commit(
+        self, *, force: bool = False, only: set[TopicPartition] | None = None
+    ) -> None:
+        """Commit each partition's contiguous done offset, at most every commit_interval."""
+        now = time.monotonic()
+        if not force and now - self._last_commit_check < self.agent.commit_interval:
+            return
+        self._last_commit_check = now
+        consumer = self.consumer
+        assert consumer is not None
+        async with self.commit_lock:
+            assigned = consumer.assignment()
+            scope = [tp for tp in self.tracker.partitions if tp in assigned]
+            if only is not None:
+                scope = [tp for tp in scope if tp in only]
+            for tp in scope:
+                if self.tracker.idle(tp):
+                    # Past transaction markers after the last task, so the lag reaches 0.
+                    try:
+                        position = await asyncio.wait_for(consumer.position(tp), timeout=0.05)
+                    except (TimeoutError, IllegalStateError):
+                        continue
+                    self.tracker.advance(tp, position)
+            offsets = {tp: off for tp, off in self.tracker.to_commit().items() if tp in scope}
+            if not offsets:
+                return
+            try:
+                await consumer.commit(offsets)
+            except (KafkaError, IllegalStateError) as exc:
+                # A rebalance is under way; the new owner resumes from the last commit.
+                self._log.warning("commit_failed", error=describe_error(exc))
+                return
+            self.tracker.committed(offsets)
+            self.stats.commits += 1
+            self.stats.committed.update(offsets)
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        if self.consumer is not None and revoked:
+            try:
+                await self._commit(force=True, only=revoked)
+            except Exception as exc:
+                self._log.warning("commit_on_revoke_failed", error=describe_error(exc))
+        for tp in revoked:
+            self.tracker.forget(tp)
+        # Not started yet: the partition's next owner runs them.
+        self.backlog = deque(item for item in self.backlog if item.tp not in revoked)
+        if revoked:
+            self._log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked))
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            self.tracker.forget(tp)
+        self._log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
+
+    # --- publishing ----------------------------------------------------------------------
+    async def _send(self, topic: str, key: str, message: Message) -> None:
+        producer = self.producer
+        assert producer is not None
+        k, value, headers = Outgoing(topic, key, message).encode()
+        await producer.send_and_wait(topic, value=value, key=k, headers=headers)
+
+    async def _beat(self, *, ready: bool) -> None:
+        info = self.agent.info
+        beat = AgentHeartbeat.build(
+            agent_id=self.agent_id,
+            instance_id=self.instance_id,
+            transport="kafka",
+            ready=ready,
+            in_flight=len(self.running),
+            capabilities=info.capabilities,
+            version=info.version,
+        )
+        await self._send(self.cfg.topic(topics.REGISTRY_HEARTBEATS), self.agent_id, beat)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            try:
+                await self._beat(ready=self.ready and not self.stopping.is_set())
+            except KafkaError as exc:  # a missed beat shows as inactive; keep beating
+                self._log.warning("heartbeat_failed", error=describe_error(exc))
+            await asyncio.sleep(self.heartbeat_interval)
+
+
+def _counters(stats: AgentStats) -> dict[str, int]:
+    return {k: v for k, v in vars(stats).items() if isinstance(v, int)}
+
+
+async def _wait_any(*events: asyncio.Event, within: float) -> None:
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -1,0 +1,184 @@
+"""A running AI Spine for end-to-end tests: real processes on the real bus.
+
+``Stack`` starts service and agent processes with a test's topic prefix, follows the
+execution log and the agent catalogue, and lets a test publish commands and await events
+(never sleep). Processes log to ``.spine/logs/test-<prefix><name>.log``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from spine_contracts import (
+    TERMINAL_STATUSES,
+    AgentDeregistered,
+    AgentRegistered,
+    AgentStatusChanged,
+    CancelExecution,
+    ExecutionCancelled,
+    ExecutionCompleted,
+    ExecutionFailed,
+    FlowDefinition,
+    Message,
+    ProvideInput,
+    StartExecution,
+    to_bytes,
+    topics,
+)
+from spine_servicekit.follower import TopicFollower
+from spine_servicekit.kafka import KafkaConfig, headers_for, make_producer
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TERMINAL_EVENTS = (ExecutionCompleted, ExecutionFailed, ExecutionCancelled)
+
+COMMANDS = {
+    "orchestrator": ["spine-orchestrator"],
+    "registry": ["spine-registry"],
+    "auth": ["spine-auth"],
+    "echo": ["spine-agent-echo"],
+    "zoe": ["spine-agent-zoe"],
+    "eddie": ["spine-agent-eddie"],
+}
+
+
+class Stack:
+    def __init__(self, kafka: KafkaConfig, env: dict[str, str]) -> None:
+        self.kafka = kafka
+        self.env = env
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.events: dict[str, list[Message]] = defaultdict(list)
+        self.agents: dict[str, bool] = {}
+        self._changed = asyncio.Condition()
+        self._followers: list[TopicFollower] = []
+        self._producer = make_producer(kafka)
+        self.logs = ROOT / ".spine" / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def start(self, *names: str, extra_env: dict[str, str] | None = None) -> None:
+        await self._producer.start()
+        for topic, apply in (
+            (topics.EXECUTION_EVENTS, self._on_event),
+            (topics.REGISTRY_EVENTS, self._on_agent),
+        ):
+            follower = TopicFollower(self.kafka, self.kafka.topic(topic), apply)
+            await follower.start()
+            self._followers.append(follower)
+        for name in names:
+            await self.spawn(name, extra_env)
+
+    async def spawn(self, name: str, extra_env: dict[str, str] | None = None) -> None:
+        command = COMMANDS.get(name.split("#")[0], [name])
+        env = {**self.env, **(extra_env or {}), "SPINE_INSTANCE_ID": f"{name}-test"}
+        log = open(self.logs / f"test-{self.kafka.prefix}{name}.log", "ab")  # noqa: SIM115
+        self.procs[name] = await asyncio.create_subprocess_exec(
+            str(BIN / command[0]), *command[1:], env=env, stdout=log, stderr=log, cwd=ROOT
+        )
+
+    def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+
+    async def wait_exit(self, name: str) -> int:
+        return await self.procs[name].wait()
+
+    async def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                async with asyncio.timeout(20):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        for follower in self._followers:
+            await follower.stop()
+        await self._producer.stop()
+
+    # --- followers ---------------------------------------------------------------------
+    async def _on_event(self, message: Message, _record: Any) -> None:
+        async with self._changed:
+            self.events[str(message.data.execution_id)].append(message)  # type: ignore[attr-defined]
+            self._changed.notify_all()
+
+    async def _on_agent(self, message: Message, _record: Any) -> None:
+        if isinstance(message, (AgentRegistered, AgentStatusChanged, AgentDeregistered)):
+            async with self._changed:
+                self.agents[message.data.agent.agent_id] = (
+                    message.data.registered and message.data.active
+                )
+                self._changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+        async with asyncio.timeout(timeout):
+            async with self._changed:
+                await self._changed.wait_for(predicate)
+
+    async def agents_active(self, *agent_ids: str, timeout: float = 90.0) -> None:
+        await self.wait_for(lambda: all(self.agents.get(a) for a in agent_ids), timeout)
+
+    # --- commands ----------------------------------------------------------------------
+    async def publish(self, spec: topics.TopicSpec, key: str, message: Message) -> None:
+        await self._producer.send_and_wait(
+            self.kafka.topic(spec),
+            to_bytes(message),
+            key=key.encode(),
+            headers=headers_for(message),
+        )
+
+    async def start_execution(
+        self,
+        flow: FlowDefinition,
+        input_data: dict[str, Any] | None = None,
+        execution_id: str | None = None,
+        credits: int = 1,
+    ) -> str:
+        execution_id = execution_id or f"ex-{os.urandom(6).hex()}"
+        command = StartExecution.build(
+            execution_id=execution_id,
+            user_id="tester",
+            flow=flow,
+            flow_version=flow.content_hash(),
+            input_data=input_data or {},
+            credits_reserved=credits,
+        )
+        await self.publish(topics.EXECUTION_COMMANDS, execution_id, command)
+        return execution_id
+
+    async def provide_input(self, execution_id: str, data: dict[str, Any]) -> None:
+        command = ProvideInput.build(execution_id=execution_id, input=data)
+        await self.publish(topics.EXECUTION_COMMANDS, execution_id, command)
+
+    async def cancel(self, execution_id: str) -> None:
+        command = CancelExecution.build(execution_id=execution_id)
+        await self.publish(topics.EXECUTION_COMMANDS, execution_id, command)
+
+    # --- waiting -----------------------------------------------------------------------
+    def of_type(
+        self, execution_id: str, cls: type[Message] | tuple[type[Message], ...]
+    ) -> list[Any]:
+        return [e for e in self.events.get(execution_id, []) if isinstance(e, cls)]
+
+    async def wait_event(
+        self,
+        execution_id: str,
+        cls: type[Message] | tuple[type[Message], ...],
+        timeout: float = 60.0,
+    ) -> Any:
+        await self.wait_for(lambda: bool(self.of_type(execution_id, cls)), timeout)
+        return self.of_type(execution_id, cls)[0]
+
+    async def terminal(self, execution_id: str, timeout: float = 60.0) -> Any:
+        return await self.wait_event(execution_id, TERMINAL_EVENTS, timeout)
+
+
+assert TERMINAL_STATUSES  # the statuses these events end in
