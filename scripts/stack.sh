@@ -11,10 +11,15 @@ cd "$ROOT"
 
 # name=command; order matters: the gateway comes last so /health means "all started".
 SERVICES=(
-  "orchestrator=spine-orchestrator"
   "registry=spine-registry"
+  "orchestrator=spine-orchestrator"
   "auth=spine-auth"
   "metrics=spine-metrics"
+  "relay=spine-relay"
+  "agent-echo=spine-agent-echo"
+  "agent-zoe=spine-agent-zoe"
+  "agent-eddie=spine-agent-eddie"
+  "agent-echo-http=spine-agent-echo-http"
   "gateway=spine-gateway"
 )
 
@@ -36,6 +41,7 @@ alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; 
 start_one() {
   local name=$1 cmd=$2
   if alive "$name"; then echo "    $name: already running (pid $(cat "$RUN/$name.pid"))"; return; fi
+  if [[ ! -x "$ROOT/.venv/bin/$cmd" ]]; then echo "    $name: not installed yet ($cmd), skipped"; return; fi
   nohup "$ROOT/.venv/bin/$cmd" >>"$LOGS/$name.log" 2>&1 &
   echo $! > "$RUN/$name.pid"
   echo "    $name: started (pid $!, log .spine/logs/$name.log)"
