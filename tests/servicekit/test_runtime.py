@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sys
 import uuid
 
@@ -31,7 +32,11 @@ async def _next_beat(consumer, instance_id: str, status: str) -> ServiceHeartbea
 
 async def test_skeleton_service_lifecycle(kafka: KafkaConfig, child_env: dict[str, str]) -> None:
     instance = f"metrics-test-{uuid.uuid4().hex[:6]}"
-    env = {**child_env, "SPINE_INSTANCE_ID": instance, "SPINE_HEARTBEAT_INTERVAL": "0.5"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**child_env, "SPINE_INSTANCE_ID": instance, "SPINE_HEARTBEAT_INTERVAL": "0.5",
+           "SPINE_METRICS_PORT": str(port)}
     consumer = make_consumer(kafka, kafka.topic(topics.SERVICE_HEARTBEATS), group_id=None)
     await consumer.start()
     proc = await asyncio.create_subprocess_exec(

@@ -1,18 +1,16 @@
-"""Entry point: `spine-metrics` (or `python -m spine_metrics`)."""
+"""Entry point: ``spine-metrics`` (or ``python -m spine_metrics``)."""
 
 from __future__ import annotations
 
-from spine_servicekit.runtime import ServiceContext, run_service
-from spine_servicekit.settings import CommonSettings, load_settings
+from spine_servicekit.runtime import run_service
+from spine_servicekit.settings import load_settings
 
-
-async def main(ctx: ServiceContext) -> None:
-    """Skeleton: connected, beating, waiting for a stop signal (filled by later issues)."""
-    await ctx.stopping.wait()
+from .app import main
+from .settings import MetricsSettings
 
 
 def run() -> None:
-    run_service("metrics", load_settings(CommonSettings), main)
+    run_service("metrics", load_settings(MetricsSettings), main)
 
 
 if __name__ == "__main__":

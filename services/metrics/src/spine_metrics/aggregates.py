@@ -1,0 +1,85 @@
+"""Operator aggregates folded from the event topics (pure, no I/O).
+
+``Aggregates.apply(message)`` counts executions by outcome, durations per flow, node
+latency per agent, credits spent and active agents; ``summary()`` is what the compacted
+summary topic (and the gateway's ``/metrics`` JSON) carries.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from spine_contracts import (
+    AgentDeregistered,
+    AgentRegistered,
+    AgentStatusChanged,
+    CreditsSettled,
+    ExecutionCancelled,
+    ExecutionCompleted,
+    ExecutionFailed,
+    ExecutionStarted,
+    Message,
+    NodeCompleted,
+)
+
+OUTCOMES = {ExecutionCompleted: "completed", ExecutionFailed: "failed",
+            ExecutionCancelled: "cancelled"}
+
+
+@dataclass
+class Aggregates:
+    started: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    flow_of: dict[str, str] = field(default_factory=dict)
+    durations_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    node_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    credits_spent: int = 0
+    active_agents: set[str] = field(default_factory=set)
+
+    def apply(self, message: Message) -> list[tuple[str, str, float, str]]:
+        """Fold one event; return Prometheus observations ``(metric, label, value, kind)``."""
+        out: list[tuple[str, str, float, str]] = []
+        if isinstance(message, ExecutionStarted):
+            self.started += 1
+            self.flow_of[message.data.execution_id] = message.data.flow_id
+            out.append(("executions_started", message.data.flow_id, 1, "counter"))
+        elif type(message) in OUTCOMES:
+            outcome = OUTCOMES[type(message)]  # type: ignore[index]
+            self.outcomes[outcome] += 1
+            flow = self.flow_of.pop(message.data.execution_id, "unknown")  # type: ignore[attr-defined]
+            out.append(("executions_finished", f"{flow}|{outcome}", 1, "counter"))
+            duration = message.data.duration_ms  # type: ignore[attr-defined]
+            if duration is not None:
+                self.durations_ms[flow].append(duration)
+                out.append(("execution_duration", flow, duration / 1000, "histogram"))
+        elif isinstance(message, NodeCompleted) and message.data.agent_id:
+            if message.data.duration_ms is not None:
+                self.node_ms[message.data.agent_id].append(message.data.duration_ms)
+                out.append(("node_latency", message.data.agent_id,
+                            message.data.duration_ms / 1000, "histogram"))
+        elif isinstance(message, CreditsSettled):
+            self.credits_spent += message.data.charged
+            out.append(("credits_spent", "", message.data.charged, "counter"))
+        elif isinstance(message, (AgentRegistered, AgentStatusChanged, AgentDeregistered)):
+            d = message.data
+            if d.registered and d.active:
+                self.active_agents.add(d.agent.agent_id)
+            else:
+                self.active_agents.discard(d.agent.agent_id)
+        return out
+
+    def summary(self) -> dict[str, float | None]:
+        finished = sum(self.outcomes.values())
+        all_ms = sorted(v for values in self.durations_ms.values() for v in values)
+        return {
+            "executions_total": float(self.started),
+            "executions_completed": float(self.outcomes["completed"]),
+            "executions_failed": float(self.outcomes["failed"]),
+            "executions_cancelled": float(self.outcomes["cancelled"]),
+            "success_rate": self.outcomes["completed"] / finished if finished else None,
+            "failure_rate": self.outcomes["failed"] / finished if finished else None,
+            "average_execution_ms": sum(all_ms) / len(all_ms) if all_ms else None,
+            "active_agents": float(len(self.active_agents)),
+            "credits_spent": float(self.credits_spent),
+        }
