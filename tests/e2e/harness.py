@@ -43,9 +43,12 @@ COMMANDS = {
     "orchestrator": ["spine-orchestrator"],
     "registry": ["spine-registry"],
     "auth": ["spine-auth"],
+    "gateway": ["spine-gateway"],
     "echo": ["spine-agent-echo"],
     "zoe": ["spine-agent-zoe"],
     "eddie": ["spine-agent-eddie"],
+    "relay": ["spine-relay"],
+    "echo-http": ["spine-agent-echo-http"],
 }
 
 

@@ -23,7 +23,7 @@ from .agent import Agent, AgentError, AgentFailed, AgentStats, HandlerMissing
 from .offsets import OffsetTracker
 from .results import InvalidOutput, describe_error, jsonable_output, result_for
 from .settings import AgentSettings
-from .task import NeedsInput, Task
+from .task import NeedsInput, Task, TaskFailed
 
 __all__ = [
     "Agent",
@@ -37,6 +37,7 @@ __all__ = [
     "NeedsInput",
     "OffsetTracker",
     "Task",
+    "TaskFailed",
     "describe_error",
     "jsonable_output",
     "result_for",

@@ -14,7 +14,9 @@
 What :meth:`Agent.serve` does (DESIGN §5):
 
 * creates the agent's tasks topic when missing, publishes ``RegisterAgent`` (transport
-  ``kafka``) and an ``AgentHeartbeat`` every ``heartbeat_interval`` (with ``in_flight``);
+  ``kafka``) and an ``AgentHeartbeat`` every ``heartbeat_interval`` (with ``in_flight``) —
+  unless built with ``announce=False``: then someone else speaks for the agent (the
+  registry's relay registers nothing and beats from its health probes of an HTTP agent);
 * consumes the tasks topic in the group ``<prefix>agent.<agent_id>`` (``read_committed``,
   no auto-commit) and runs up to ``concurrency`` handlers at once. When every slot is
   busy it pauses its partitions and keeps polling, so ``max_poll_interval_ms`` never trips
@@ -90,7 +92,7 @@ from spine_servicekit.settings import load_settings
 from .offsets import OffsetTracker
 from .results import InvalidOutput, describe_error, result_for
 from .settings import AgentSettings
-from .task import NeedsInput, Task
+from .task import NeedsInput, Task, TaskFailed
 
 Outcome: TypeAlias = "dict[str, Any] | NeedsInput"
 Handler: TypeAlias = Callable[[Task], Awaitable[Outcome]]
@@ -165,13 +167,17 @@ class Agent:
         commit_interval: float = 0.2,
         poll_timeout_ms: int = 100,
         remember_completed: int = 10_000,
+        announce: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if heartbeat_interval is not None and heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be positive")
+        self.announce = announce
         self.info = (
-            info if info.transport == "kafka" else info.model_copy(update={"transport": "kafka"})
+            info
+            if info.transport == "kafka" or not announce
+            else info.model_copy(update={"transport": "kafka"})
         )
         self.concurrency = concurrency
         self.heartbeat_interval = heartbeat_interval
@@ -336,16 +342,18 @@ class _Worker:
                 self._log.info("agent_topic_created", topic=self.tasks_topic)
             self.producer = make_producer(self.cfg)
             await self.producer.start()
-            await self._send(
-                self.cfg.topic(topics.REGISTRY_COMMANDS),
-                self.agent_id,
-                RegisterAgent.build(agent=self.agent.info),
-            )
+            if self.agent.announce:
+                await self._send(
+                    self.cfg.topic(topics.REGISTRY_COMMANDS),
+                    self.agent_id,
+                    RegisterAgent.build(agent=self.agent.info),
+                )
             self.consumer = make_consumer(self.cfg, group_id=self.group_id)
             self.consumer.subscribe([self.tasks_topic], listener=_Rebalance(self))
             await self.consumer.start()
             self.ready = True
-            beats = asyncio.create_task(self._heartbeats(), name=f"{self.agent_id}-heartbeats")
+            if self.agent.announce:
+                beats = asyncio.create_task(self._heartbeats(), name=f"{self.agent_id}-heartbeats")
             self._log.info(
                 "agent_started",
                 topic=self.tasks_topic,
@@ -381,7 +389,7 @@ class _Worker:
         if beats is not None:
             beats.cancel()
             await asyncio.gather(beats, return_exceptions=True)
-        if producer is not None:
+        if producer is not None and self.agent.announce:
             await self._quietly("final_heartbeat_failed", self._beat(ready=False))
         if consumer is not None:
             await self._quietly("consumer_stop_failed", consumer.stop())
@@ -545,8 +553,8 @@ class _Worker:
     async def _call_handler(self, task: Task) -> object:
         try:
             return await self.handler(task)
-        except NeedsInput as question:
-            return question
+        except (NeedsInput, TaskFailed) as answer:  # expected outcomes: no traceback
+            return answer
         except Exception as exc:  # the handler's failure is the task's error result
             self._log.warning("task_handler_raised", error=describe_error(exc), exc_info=True)
             return exc

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from spine_contracts import AgentMessage, AgentResult
 
-from .task import NeedsInput
+from .task import NeedsInput, TaskFailed
 
 #: Longest ``error_message`` sent; a traceback-sized message helps nobody on the bus.
 MAX_ERROR_CHARS = 4000
@@ -80,6 +80,10 @@ def result_for(
             question=outcome.question,
             missing_fields=outcome.missing_fields,
             **common,
+        )
+    if isinstance(outcome, TaskFailed):
+        return AgentResult.build(
+            cause=task, status="error", error_message=outcome.message[:MAX_ERROR_CHARS], **common
         )
     if isinstance(outcome, BaseException):
         return AgentResult.build(

@@ -1,4 +1,5 @@
-"""What a handler receives (:class:`Task`) and how it asks the human (:class:`NeedsInput`).
+"""What a handler receives (:class:`Task`), how it asks the human (:class:`NeedsInput`)
+and how it fails a task with a message of its own (:class:`TaskFailed`).
 
 The orchestrator's :class:`~spine_contracts.AgentMessage` carries
 ``payload = {"input", "dependencies", "conversation", "node_type"}`` and the node's
@@ -28,6 +29,19 @@ class NeedsInput(Exception):  # noqa: N818 - it is an answer, not an error
 
     def __repr__(self) -> str:
         return f"NeedsInput({self.question!r}, missing_fields={self.missing_fields!r})"
+
+
+class TaskFailed(Exception):  # noqa: N818 - it is an answer, not a crash
+    """Fail the task with exactly this message: ``raise TaskFailed("HTTP 500 from ...")``.
+
+    Any other exception also fails the task, described as ``"<Type>: message"`` and logged
+    with its traceback; this one is an expected outcome, so its text is the whole
+    ``error_message`` and no traceback is logged.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = str(message)
 
 
 def _mapping(value: Any) -> dict[str, Any]:

@@ -1,0 +1,238 @@
+"""Wiring of the relay: the catalogue in, one task consumer and one prober per HTTP agent.
+
+* Follows ``spine.registry.events`` from the beginning (every replica reads it whole);
+  after catching up, every change reconciles the running links with the served agents:
+  a new registration starts a link, a deregistration stops one (its calls in flight
+  finish, up to ``SPINE_RELAY_DRAIN_TIMEOUT``), a new endpoint is used from the next call.
+* A link's consumer is the agent SDK's :class:`~spine_agent.Agent` built with
+  ``announce=False``: the same group (``<prefix>agent.<agent_id>``), bounded concurrency,
+  contiguous commits, cancels and expired tasks as for a Kafka-native agent; its handler
+  is :func:`~.delivery.deliver` over the one shared, pooled ``httpx.AsyncClient``.
+* A link's prober publishes an ``AgentHeartbeat`` (transport ``http``, ``ready`` = the
+  probe's verdict) every ``SPINE_RELAY_PROBE_INTERVAL``, so the registry marks the agent
+  active or inactive.
+
+On shutdown no "not ready" beat is sent: the agent itself is as healthy as it was, its
+tasks wait on Kafka for the next relay, and if none comes the registry's heartbeat TTL
+marks the agent inactive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass, field
+
+import httpx
+from aiokafka.errors import KafkaError
+from spine_agent import Agent, Task
+from spine_contracts import AgentHeartbeat, AgentInfo, Message, topics
+from spine_servicekit.follower import TopicFollower
+from spine_servicekit.kafka import Outgoing
+from spine_servicekit.logging import bind, get_logger
+from spine_servicekit.runtime import ServiceContext
+
+from .catalog import RelayCatalog
+from .delivery import RetryPolicy, deliver
+from .probe import ProbeResult, probe
+from .settings import RelaySettings
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Link:
+    """What the relay runs for one HTTP agent."""
+
+    info: AgentInfo
+    agent: Agent
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    serving: asyncio.Task[None] | None = None
+    probing: asyncio.Task[None] | None = None
+    last_probe: ProbeResult | None = None
+
+
+class Relay:
+    def __init__(
+        self, ctx: ServiceContext, settings: RelaySettings, client: httpx.AsyncClient
+    ) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.client = client
+        self.policy = RetryPolicy(
+            max_retries=settings.max_retries,
+            backoff_s=settings.backoff_s,
+            max_backoff_s=settings.max_backoff_s,
+        )
+        self.catalog = RelayCatalog()
+        self.changed = asyncio.Event()
+        self.links: dict[str, Link] = {}
+        self.stopping_links: set[asyncio.Task[None]] = set()
+        self.heartbeats_topic = ctx.kafka.topic(topics.REGISTRY_HEARTBEATS)
+
+    # --- the catalogue -------------------------------------------------------------------
+    def apply(self, message: Message, _record: object) -> None:
+        if self.catalog.apply(message):
+            self.changed.set()
+
+    async def reconcile(self) -> None:
+        wanted = self.catalog.agents
+        for agent_id in [a for a in self.links if a not in wanted]:
+            self._stop(self.links.pop(agent_id), reason="no longer a registered HTTP agent")
+        for agent_id, info in wanted.items():
+            link = self.links.get(agent_id)
+            if link is None:
+                self.links[agent_id] = self._start(info)
+            elif link.info != info:
+                log.info(
+                    "relay_agent_updated",
+                    agent_id=agent_id,
+                    endpoint=info.endpoint,
+                    old_endpoint=link.info.endpoint,
+                )
+                link.info = info
+        self.ctx.details["http_agents"] = sorted(self.links)
+
+    def check(self) -> None:
+        """Raise what stopped a link's consumer or prober on its own: the relay cannot
+        work around it (e.g. Kafka refuses its results), so the process fails loudly
+        and its restart resumes from the committed offsets."""
+        for link in self.links.values():
+            for task in (link.serving, link.probing):
+                if task is not None and task.done() and not link.stopping.is_set():
+                    task.result()
+                    raise RuntimeError(f"{task.get_name()} stopped by itself")
+
+    # --- one link ------------------------------------------------------------------------
+    def _start(self, info: AgentInfo) -> Link:
+        agent = Agent(
+            info,
+            concurrency=self.settings.concurrency,
+            drain_timeout=self.settings.drain_timeout_s,
+            announce=False,
+        )
+        link = Link(info, agent)
+
+        @agent.handler
+        async def handle(task: Task) -> dict[str, object]:
+            endpoint = link.info.endpoint
+            assert endpoint is not None  # only agents with an endpoint are served
+            return await deliver(
+                self.client,
+                endpoint,
+                task,
+                self.policy,
+                default_timeout_s=self.settings.request_timeout_s,
+            )
+
+        cfg = dataclasses.replace(self.ctx.kafka, client_id=f"relay-{info.agent_id}")
+        link.serving = asyncio.create_task(
+            agent.serve(cfg, link.stopping, instance_id=f"{self.ctx.instance_id}/{info.agent_id}"),
+            name=f"relay-serve-{info.agent_id}",
+        )
+        link.probing = asyncio.create_task(
+            self._probe_loop(link), name=f"relay-probe-{info.agent_id}"
+        )
+        log.info("relay_agent_started", agent_id=info.agent_id, endpoint=info.endpoint)
+        return link
+
+    def _stop(self, link: Link, reason: str) -> None:
+        log.info("relay_agent_stopping", agent_id=link.info.agent_id, reason=reason)
+        task = asyncio.create_task(self._close(link), name=f"relay-stop-{link.info.agent_id}")
+        self.stopping_links.add(task)
+        task.add_done_callback(self.stopping_links.discard)
+
+    async def _close(self, link: Link) -> None:
+        link.stopping.set()
+        if link.probing is not None:
+            link.probing.cancel()
+        waiting = [t for t in (link.serving, link.probing) if t is not None]
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        for outcome in results:
+            if isinstance(outcome, Exception):
+                log.error(
+                    "relay_agent_stop_failed", agent_id=link.info.agent_id, error=repr(outcome)
+                )
+        log.info("relay_agent_stopped", agent_id=link.info.agent_id)
+
+    async def _probe_loop(self, link: Link) -> None:
+        agent_id = link.info.agent_id
+        bind(agent_id=agent_id)
+        while True:
+            endpoint = link.info.endpoint
+            assert endpoint is not None
+            result = await probe(self.client, endpoint, self.settings.probe_timeout_s)
+            previous = link.last_probe
+            if previous is None or previous.ready != result.ready:
+                if result.ready:
+                    log.info("relay_probe_ready", endpoint=endpoint)
+                else:
+                    log.warning("relay_probe_not_ready", endpoint=endpoint, reason=result.reason)
+            link.last_probe = result
+            await self._beat(link, result)
+            await asyncio.sleep(self.settings.probe_interval_s)
+
+    async def _beat(self, link: Link, result: ProbeResult) -> None:
+        info = link.info
+        beat = AgentHeartbeat.build(
+            agent_id=info.agent_id,
+            instance_id=self.ctx.instance_id,
+            transport="http",
+            ready=result.ready,
+            in_flight=link.agent.in_flight,
+            capabilities=result.capabilities
+            if result.capabilities is not None
+            else info.capabilities,
+            version=result.version or info.version,
+        )
+        key, value, headers = Outgoing(self.heartbeats_topic, info.agent_id, beat).encode()
+        try:
+            await self.ctx.producer.send_and_wait(
+                self.heartbeats_topic, value=value, key=key, headers=headers
+            )
+        except KafkaError as exc:  # a missed beat shows as inactive after the TTL; keep probing
+            log.warning("relay_heartbeat_failed", error=repr(exc))
+
+    async def close(self) -> None:
+        for link in self.links.values():
+            self._stop(link, reason="relay stopping")
+        self.links.clear()
+        if self.stopping_links:
+            await asyncio.gather(*self.stopping_links, return_exceptions=True)
+
+
+async def _wait_any(*events: asyncio.Event, within: float) -> None:
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+async def main(ctx: ServiceContext) -> None:
+    settings = ctx.settings
+    assert isinstance(settings, RelaySettings)
+    limits = httpx.Limits(
+        max_connections=settings.max_connections,
+        max_keepalive_connections=min(settings.max_connections, 100),
+    )
+    async with httpx.AsyncClient(
+        limits=limits, headers={"user-agent": "spine-relay"}, follow_redirects=False
+    ) as client:
+        relay = Relay(ctx, settings, client)
+        follower = TopicFollower(
+            ctx.kafka, ctx.kafka.topic(topics.REGISTRY_EVENTS), relay.apply, name="relay-catalog"
+        )
+        await follower.start()
+        try:
+            await follower.wait_caught_up()
+            log.info("relay_catalog_loaded", http_agents=len(relay.catalog.agents))
+            while not ctx.stopping.is_set():
+                relay.changed.clear()
+                await relay.reconcile()
+                relay.check()
+                await _wait_any(relay.changed, ctx.stopping, within=1.0)
+        finally:
+            await follower.stop()
+            await relay.close()
