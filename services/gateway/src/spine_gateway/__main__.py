@@ -17,8 +17,12 @@ async def main(ctx: ServiceContext) -> None:
     settings = ctx.settings
     assert isinstance(settings, GatewaySettings)
     config = uvicorn.Config(
-        create_app(settings), host=settings.api_host, port=settings.port,
-        log_level="warning", access_log=False, lifespan="on",
+        create_app(settings, replica_id=ctx.instance_id),
+        host=settings.api_host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
     )
     server = uvicorn.Server(config)
     # the runtime owns SIGTERM/SIGINT; uvicorn is told to exit when the service stops

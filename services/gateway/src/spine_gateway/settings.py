@@ -1,12 +1,25 @@
-"""Gateway settings: the shared ones plus a refusal of the default master key in production."""
+"""Gateway settings: the shared ones, the gateway's own knobs (``SPINE_GATEWAY_``), and a
+refusal of the default master key in production."""
 
 from __future__ import annotations
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from spine_servicekit.settings import DEFAULT_MASTER_KEY, CommonSettings
 
 
 class GatewaySettings(CommonSettings):
+    db_schema: str = Field(
+        "gateway", alias="SPINE_GATEWAY_SCHEMA", pattern=r"^[a-z_][a-z0-9_]{0,62}$"
+    )
+    reply_timeout_s: float = Field(10.0, alias="SPINE_GATEWAY_REPLY_TIMEOUT", gt=0)
+    #: how long an accepted execution may take to appear in the gateway's own read model
+    projection_timeout_s: float = Field(10.0, alias="SPINE_GATEWAY_PROJECTION_TIMEOUT", gt=0)
+    idempotency_ttl_s: int = Field(86_400, alias="SPINE_GATEWAY_IDEMPOTENCY_TTL", ge=60)
+    rate_window_s: int = Field(60, alias="SPINE_GATEWAY_RATE_WINDOW", ge=1)
+    dev_user_id: str = Field("dev", alias="SPINE_GATEWAY_DEV_USER")
+    dev_user_credits: int = Field(1_000_000, alias="SPINE_GATEWAY_DEV_CREDITS", ge=0)
+    sse_keepalive_s: float = Field(15.0, alias="SPINE_GATEWAY_SSE_KEEPALIVE", gt=0)
+
     @model_validator(mode="after")
     def _no_default_master_key(self) -> GatewaySettings:
         if not self.dev_mode and self.api_key == DEFAULT_MASTER_KEY:

@@ -1,0 +1,1 @@
+"""Adapters: Kafka (commands out, replies and heartbeats in), PostgreSQL (read model), Redis."""

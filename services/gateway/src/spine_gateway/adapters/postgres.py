@@ -1,0 +1,130 @@
+"""Queries on the gateway's own read model (its schema only; never another service's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+
+Row = dict[str, Any]
+
+_JSON_COLUMNS = {"definition", "info", "input_data", "output_data", "metadata", "output", "data"}
+
+
+def _row(record: asyncpg.Record | None) -> Row | None:
+    if record is None:
+        return None
+    out = dict(record)
+    for name in _JSON_COLUMNS & out.keys():
+        if isinstance(out[name], str):
+            out[name] = orjson.loads(out[name])
+    return out
+
+
+def _rows(records: list[asyncpg.Record]) -> list[Row]:
+    return [r for r in (_row(x) for x in records) if r is not None]
+
+
+class ReadModel:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def ping(self) -> bool:
+        return bool(await self._pool.fetchval("SELECT 1"))
+
+    # users
+    async def user_by_key_hash(self, key_hash: str) -> Row | None:
+        return _row(await self._pool.fetchrow("SELECT * FROM users WHERE key_hash = $1", key_hash))
+
+    async def user(self, user_id: str) -> Row | None:
+        return _row(await self._pool.fetchrow("SELECT * FROM users WHERE user_id = $1", user_id))
+
+    async def user_by_email(self, email: str) -> Row | None:
+        return _row(
+            await self._pool.fetchrow(
+                "SELECT * FROM users WHERE lower(email) = lower($1) LIMIT 1", email
+            )
+        )
+
+    # flows
+    async def flow(self, flow_id: str) -> Row | None:
+        return _row(await self._pool.fetchrow("SELECT * FROM flows WHERE flow_id = $1", flow_id))
+
+    async def flows(self) -> list[Row]:
+        return _rows(await self._pool.fetch("SELECT * FROM flows ORDER BY flow_id"))
+
+    # agents
+    async def agents(self, *, active_only: bool = False) -> list[Row]:
+        sql = "SELECT * FROM agents WHERE registered"
+        if active_only:
+            sql += " AND active"
+        return _rows(await self._pool.fetch(sql + " ORDER BY agent_id"))
+
+    async def agent(self, agent_id: str) -> Row | None:
+        return _row(
+            await self._pool.fetchrow(
+                "SELECT * FROM agents WHERE agent_id = $1 AND registered", agent_id
+            )
+        )
+
+    # executions
+    async def execution(self, execution_id: str) -> Row | None:
+        return _row(
+            await self._pool.fetchrow(
+                "SELECT * FROM executions WHERE execution_id = $1", execution_id
+            )
+        )
+
+    async def nodes(self, execution_id: str) -> list[Row]:
+        return _rows(
+            await self._pool.fetch(
+                """SELECT * FROM execution_nodes WHERE execution_id = $1
+                   ORDER BY started_at NULLS LAST, node_id""",
+                execution_id,
+            )
+        )
+
+    async def executions(
+        self,
+        user_id: str,
+        *,
+        status: str | None,
+        flow_id: str | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[Row], int]:
+        where = "user_id = $1 AND ($2::text IS NULL OR status = $2)"
+        where += " AND ($3::text IS NULL OR flow_id = $3)"
+        rows = await self._pool.fetch(
+            f"""SELECT * FROM executions WHERE {where}
+                ORDER BY created_at DESC, execution_id LIMIT $4 OFFSET $5""",
+            user_id,
+            status,
+            flow_id,
+            limit,
+            offset,
+        )
+        total = await self._pool.fetchval(
+            f"SELECT count(*) FROM executions WHERE {where}", user_id, status, flow_id
+        )
+        return _rows(rows), int(total)
+
+    async def events(
+        self, execution_id: str, *, after_seq: int = -1, types: tuple[str, ...] = ()
+    ) -> list[Row]:
+        return _rows(
+            await self._pool.fetch(
+                """SELECT * FROM execution_events
+                   WHERE execution_id = $1 AND seq > $2
+                     AND (cardinality($3::text[]) = 0 OR type = ANY($3::text[]))
+                   ORDER BY seq""",
+                execution_id,
+                after_seq,
+                list(types),
+            )
+        )
+
+    async def status_counts(self) -> dict[str, int]:
+        rows = await self._pool.fetch("SELECT status, count(*) AS n FROM executions GROUP BY 1")
+        return {r["status"]: int(r["n"]) for r in rows}

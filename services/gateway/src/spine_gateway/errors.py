@@ -1,0 +1,118 @@
+"""The gateway's typed errors; one exception handler turns each into its HTTP answer.
+
+    GatewayError                  500 INTERNAL_ERROR
+    ├── Unauthorized              401 UNAUTHORIZED / INVALID_API_KEY
+    ├── Forbidden                 403 FORBIDDEN
+    ├── InsufficientCredits       402 INSUFFICIENT_CREDITS
+    ├── NotFound                  404 NOT_FOUND (FLOW_NOT_FOUND, EXECUTION_NOT_FOUND, ...)
+    ├── Conflict                  409 CONFLICT (USER_EXISTS, EXECUTION_TERMINAL, ...)
+    ├── InvalidInput              422 VALIDATION_ERROR
+    ├── RateLimited               429 RATE_LIMITED (with Retry-After)
+    └── Unavailable               503 SERVICE_UNAVAILABLE (a reply that did not come in time)
+
+Every answer has the body ``{"detail", "code", "message", "error_code"}``: FastAPI's
+``detail`` plus the ``message``/``error_code`` pair the original's published SDK reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    default_code: ClassVar[str] = "INTERNAL_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    default_code = "UNAUTHORIZED"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    default_code = "FORBIDDEN"
+
+
+class InsufficientCredits(GatewayError):
+    status = 402
+    default_code = "INSUFFICIENT_CREDITS"
+
+
+class NotFound(GatewayError):
+    status = 404
+    default_code = "NOT_FOUND"
+
+
+class Conflict(GatewayError):
+    status = 409
+    default_code = "CONFLICT"
+
+
+class InvalidInput(GatewayError):
+    status = 422
+    default_code = "VALIDATION_ERROR"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    default_code = "RATE_LIMITED"
+
+
+class Unavailable(GatewayError):
+    status = 503
+    default_code = "SERVICE_UNAVAILABLE"
+
+
+#: ``GatewayReply.error_code`` values from the services, and the error each becomes.
+REPLY_ERRORS: dict[str, type[GatewayError]] = {
+    "INSUFFICIENT_CREDITS": InsufficientCredits,
+    "USER_EXISTS": Conflict,
+    "USER_NOT_FOUND": NotFound,
+    "RESERVATION_NOT_FOUND": NotFound,
+    "RESERVATION_WITHDRAWN": Conflict,
+}
+
+_STATUS_CODES: dict[int, str] = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    402: "INSUFFICIENT_CREDITS",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "VALIDATION_ERROR",
+    429: "RATE_LIMITED",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+def from_reply(error_code: str | None, message: str | None) -> GatewayError:
+    """The error a refused command's reply stands for (unknown codes: 409)."""
+    cls = REPLY_ERRORS.get(error_code or "", Conflict)
+    return cls(message or (error_code or "refused"), code=error_code or None)
+
+
+def code_for_status(status: int) -> str:
+    return _STATUS_CODES.get(status, "INTERNAL_ERROR" if status >= 500 else "ERROR")
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The one error shape of the API."""
+    return {"detail": message, "code": code, "message": message, "error_code": code, **extra}

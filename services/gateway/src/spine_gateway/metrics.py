@@ -1,0 +1,35 @@
+"""Prometheus metrics of this gateway replica (a private registry per app)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass
+class GatewayMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "spine_gateway_requests_total",
+            "HTTP requests",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "spine_gateway_request_duration_seconds",
+            "HTTP request latency",
+            ["route"],
+            registry=self.registry,
+        )
+        self.executions = Gauge(
+            "spine_executions",
+            "Executions in the read model by status",
+            ["status"],
+            registry=self.registry,
+        )
+        self.agents_active = Gauge(
+            "spine_agents_active", "Active agents in the catalogue", registry=self.registry
+        )

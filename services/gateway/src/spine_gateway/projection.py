@@ -1,0 +1,403 @@
+"""The gateway's own read model: four projections into its schema (DESIGN §6, §8).
+
+* ``gw_users``      ← ``spine.auth.events``: user, key hash, balance, rate limit.
+* ``gw_flows``      ← ``spine.flows``: the current definition of every flow.
+* ``gw_agents``     ← ``spine.registry.events``: the agent catalogue.
+* ``gw_executions`` ← ``spine.executions.events``: executions, their nodes and the
+  per-execution event trail (``seq`` is the SSE id).
+
+Each runs in its own :class:`~spine_servicekit.projector.Projector`, so a read-your-writes
+wait only involves the topic the write lands in. While applying, a projection records
+*marks* (``("execution", id)`` → partition and next offset); a waiter then awaits the
+projector having *committed* that offset, not merely seen it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import TopicPartition
+from spine_contracts import (
+    AgentDeregistered,
+    AgentRegistered,
+    AgentStatusChanged,
+    CreditsAdded,
+    CreditsRejected,
+    CreditsReserved,
+    CreditsSettled,
+    ExecutionCancelled,
+    ExecutionCommandRejected,
+    ExecutionCompleted,
+    ExecutionFailed,
+    ExecutionStarted,
+    FlowDefined,
+    FlowDeleted,
+    InputReceived,
+    KeyRotated,
+    NodeCompleted,
+    NodeDispatched,
+    NodeFailed,
+    NodeSkipped,
+    NodeWaitingInput,
+    ReservationWithdrawn,
+    UserCreated,
+    topics,
+)
+from spine_servicekit.projector import Incoming, Projection
+
+Mark = tuple[TopicPartition, int]
+
+
+class Marks:
+    """Where (partition, next offset) the event a writer waits for was applied."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._marks: dict[tuple[str, str], Mark] = {}
+        self._limit = limit
+
+    def put(self, kind: str, key: str, item: Incoming) -> None:
+        if len(self._marks) >= self._limit:  # bounded: the oldest half goes
+            for old in list(self._marks)[: self._limit // 2]:
+                del self._marks[old]
+        self._marks[(kind, key)] = (TopicPartition(item.topic, item.partition), item.offset + 1)
+
+    def get(self, kind: str, key: str) -> Mark | None:
+        return self._marks.get((kind, key))
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _ts(item: Incoming) -> datetime:
+    return item.message.occurred_at
+
+
+# --- users -------------------------------------------------------------------------------
+
+USERS_DDL = """
+CREATE TABLE users (
+    user_id      text PRIMARY KEY,
+    email        text NOT NULL,
+    name         text NOT NULL DEFAULT '',
+    organization text NOT NULL DEFAULT '',
+    rate_limit   int  NOT NULL,
+    key_hash     text NOT NULL,
+    balance      bigint NOT NULL,
+    created_at   timestamptz NOT NULL,
+    updated_at   timestamptz NOT NULL
+);
+CREATE UNIQUE INDEX users_key_hash ON users (key_hash);
+CREATE INDEX users_email ON users (lower(email));
+"""
+
+
+def users_projection(marks: Marks) -> Projection:
+    async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
+        for item in batch:
+            m = item.message
+            if isinstance(m, UserCreated):
+                d = m.data
+                await conn.execute(
+                    """INSERT INTO users (user_id, email, name, organization, rate_limit,
+                           key_hash, balance, created_at, updated_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+                       ON CONFLICT (user_id) DO NOTHING""",
+                    d.user_id,
+                    d.email,
+                    d.name,
+                    d.organization,
+                    d.rate_limit,
+                    d.key_hash,
+                    d.balance,
+                    _ts(item),
+                )
+                marks.put("user", d.user_id, item)
+            elif isinstance(m, KeyRotated):
+                await conn.execute(
+                    "UPDATE users SET key_hash = $2, updated_at = $3 WHERE user_id = $1",
+                    m.data.user_id,
+                    m.data.key_hash,
+                    _ts(item),
+                )
+            elif isinstance(
+                m,
+                CreditsAdded
+                | CreditsReserved
+                | CreditsRejected
+                | ReservationWithdrawn
+                | CreditsSettled,
+            ):
+                await conn.execute(
+                    "UPDATE users SET balance = $2, updated_at = $3 WHERE user_id = $1",
+                    m.data.user_id,
+                    m.data.balance,
+                    _ts(item),
+                )
+
+    return Projection("gw_users", (topics.AUTH_EVENTS,), apply, migrations=(USERS_DDL,))
+
+
+# --- flows -------------------------------------------------------------------------------
+
+FLOWS_DDL = """
+CREATE TABLE flows (
+    flow_id      text PRIMARY KEY,
+    flow_version text NOT NULL,
+    definition   jsonb NOT NULL,
+    source       text NOT NULL,
+    source_path  text,
+    updated_at   timestamptz NOT NULL
+);
+"""
+
+
+def flows_projection() -> Projection:
+    async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
+        for item in batch:
+            m = item.message
+            if isinstance(m, FlowDefined):
+                d = m.data
+                await conn.execute(
+                    """INSERT INTO flows (flow_id, flow_version, definition, source,
+                           source_path, updated_at)
+                       VALUES ($1, $2, $3::jsonb, $4, $5, $6)
+                       ON CONFLICT (flow_id) DO UPDATE SET flow_version = EXCLUDED.flow_version,
+                           definition = EXCLUDED.definition, source = EXCLUDED.source,
+                           source_path = EXCLUDED.source_path, updated_at = EXCLUDED.updated_at""",
+                    d.flow_id,
+                    d.flow_version,
+                    _json(d.definition.model_dump(mode="json")),
+                    d.source,
+                    d.source_path,
+                    _ts(item),
+                )
+            elif isinstance(m, FlowDeleted):
+                await conn.execute("DELETE FROM flows WHERE flow_id = $1", m.data.flow_id)
+
+    return Projection("gw_flows", (topics.FLOWS,), apply, migrations=(FLOWS_DDL,))
+
+
+# --- agents ------------------------------------------------------------------------------
+
+AGENTS_DDL = """
+CREATE TABLE agents (
+    agent_id   text PRIMARY KEY,
+    info       jsonb NOT NULL,
+    registered boolean NOT NULL,
+    active     boolean NOT NULL,
+    last_seen  timestamptz,
+    updated_at timestamptz NOT NULL
+);
+"""
+
+
+def agents_projection(marks: Marks) -> Projection:
+    async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
+        for item in batch:
+            m = item.message
+            if isinstance(m, AgentRegistered | AgentStatusChanged | AgentDeregistered):
+                d = m.data
+                await conn.execute(
+                    """INSERT INTO agents (agent_id, info, registered, active, last_seen,
+                           updated_at)
+                       VALUES ($1, $2::jsonb, $3, $4, $5, $6)
+                       ON CONFLICT (agent_id) DO UPDATE SET info = EXCLUDED.info,
+                           registered = EXCLUDED.registered, active = EXCLUDED.active,
+                           last_seen = EXCLUDED.last_seen, updated_at = EXCLUDED.updated_at""",
+                    d.agent.agent_id,
+                    _json(d.agent.model_dump(mode="json")),
+                    d.registered,
+                    d.active,
+                    d.last_seen,
+                    _ts(item),
+                )
+                if m.causation_id:
+                    marks.put("agent_cmd", m.causation_id, item)
+
+    return Projection("gw_agents", (topics.REGISTRY_EVENTS,), apply, migrations=(AGENTS_DDL,))
+
+
+# --- executions --------------------------------------------------------------------------
+
+EXECUTIONS_DDL = """
+CREATE TABLE executions (
+    execution_id  text PRIMARY KEY,
+    user_id       text NOT NULL,
+    flow_id       text NOT NULL,
+    flow_version  text NOT NULL,
+    status        text NOT NULL,
+    input_data    jsonb NOT NULL,
+    output_data   jsonb,
+    error_message text,
+    metadata      jsonb NOT NULL,
+    last_seq      int  NOT NULL,
+    created_at    timestamptz NOT NULL,
+    updated_at    timestamptz NOT NULL,
+    completed_at  timestamptz
+);
+CREATE INDEX executions_user ON executions (user_id, created_at DESC);
+CREATE TABLE execution_nodes (
+    execution_id  text NOT NULL,
+    node_id       text NOT NULL,
+    status        text NOT NULL,
+    agent_id      text,
+    attempt       int  NOT NULL DEFAULT 0,
+    output        jsonb,
+    error_message text,
+    started_at    timestamptz,
+    completed_at  timestamptz,
+    PRIMARY KEY (execution_id, node_id)
+);
+CREATE TABLE execution_events (
+    execution_id text NOT NULL,
+    seq          int  NOT NULL,
+    type         text NOT NULL,
+    data         jsonb NOT NULL,
+    occurred_at  timestamptz NOT NULL,
+    PRIMARY KEY (execution_id, seq)
+);
+"""
+
+_TERMINAL_EVENTS = {
+    ExecutionCompleted: "completed",
+    ExecutionFailed: "failed",
+    ExecutionCancelled: "cancelled",
+}
+
+
+async def _node(
+    conn: asyncpg.Connection, eid: str, node_id: str, status: str, at: datetime, **cols: Any
+) -> None:
+    names = ["status", *cols]
+    values = [status, *cols.values()]
+    sets = ", ".join(f"{n} = ${i + 4}" for i, n in enumerate(names))
+    placeholders = ", ".join(f"${i + 4}" for i in range(len(names)))
+    await conn.execute(
+        f"""INSERT INTO execution_nodes (execution_id, node_id, started_at, {", ".join(names)})
+            VALUES ($1, $2, $3, {placeholders})
+            ON CONFLICT (execution_id, node_id) DO UPDATE SET {sets}""",
+        eid,
+        node_id,
+        at,
+        *values,
+    )
+
+
+def executions_projection(marks: Marks) -> Projection:
+    async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
+        for item in batch:
+            m = item.message
+            d: Any = m.data
+            eid: str = d.execution_id
+            at = _ts(item)
+            inserted = await conn.fetchval(
+                """INSERT INTO execution_events (execution_id, seq, type, data, occurred_at)
+                   VALUES ($1, $2, $3, $4::jsonb, $5)
+                   ON CONFLICT DO NOTHING RETURNING 1""",
+                eid,
+                d.seq,
+                m.type,
+                _json(d.model_dump(mode="json")),
+                at,
+            )
+            if isinstance(m, ExecutionStarted):
+                marks.put("execution", eid, item)
+            if not inserted:
+                continue  # the same seq again: already applied
+            if isinstance(m, ExecutionStarted):
+                await conn.execute(
+                    """INSERT INTO executions (execution_id, user_id, flow_id, flow_version,
+                           status, input_data, metadata, last_seq, created_at, updated_at)
+                       VALUES ($1, $2, $3, $4, 'running', $5::jsonb, $6::jsonb, $7, $8, $8)
+                       ON CONFLICT (execution_id) DO NOTHING""",
+                    eid,
+                    d.user_id,
+                    d.flow_id,
+                    d.flow_version,
+                    _json(d.input_data),
+                    _json(d.metadata),
+                    d.seq,
+                    at,
+                )
+                continue
+            status: str | None = None
+            extra = ""
+            args: list[Any] = []
+            if isinstance(m, NodeDispatched):
+                await _node(
+                    conn, eid, d.node_id, "running", at, agent_id=d.agent_id, attempt=d.attempt
+                )
+            elif isinstance(m, NodeCompleted):
+                await _node(
+                    conn,
+                    eid,
+                    d.node_id,
+                    "completed",
+                    at,
+                    output=_json(d.output),
+                    completed_at=at,
+                    attempt=d.attempt,
+                )
+            elif isinstance(m, NodeFailed):
+                await _node(
+                    conn,
+                    eid,
+                    d.node_id,
+                    "retrying" if d.will_retry else "failed",
+                    at,
+                    error_message=d.error_message,
+                    attempt=d.attempt,
+                    completed_at=None if d.will_retry else at,
+                )
+            elif isinstance(m, NodeSkipped):
+                await _node(conn, eid, d.node_id, "skipped", at, completed_at=at)
+            elif isinstance(m, NodeWaitingInput):
+                await _node(conn, eid, d.node_id, "waiting_input", at)
+                status = "waiting_input"
+            elif isinstance(m, InputReceived):
+                await _node(conn, eid, d.node_id, "running", at)
+                status = "running"
+            elif type(m) in _TERMINAL_EVENTS:
+                status = _TERMINAL_EVENTS[type(m)]  # type: ignore[index]
+                extra = ", completed_at = $4"
+                args = [at]
+                if isinstance(m, ExecutionCompleted):
+                    extra += ", output_data = $5::jsonb"
+                    args.append(_json(d.output_data))
+                elif isinstance(m, ExecutionFailed):
+                    extra += ", error_message = $5"
+                    args.append(d.error_message)
+                elif isinstance(m, ExecutionCancelled):
+                    extra += ", error_message = $5"
+                    args.append(d.reason)
+            elif isinstance(m, ExecutionCommandRejected):
+                pass
+            if status is not None:
+                # a terminal status is final; a late event never reopens it
+                await conn.execute(
+                    f"""UPDATE executions SET status = $2, updated_at = $3,
+                            last_seq = GREATEST(last_seq, {d.seq:d}){extra}
+                        WHERE execution_id = $1
+                          AND status NOT IN ('completed', 'failed', 'cancelled')""",
+                    eid,
+                    status,
+                    at,
+                    *args,
+                )
+            else:
+                await conn.execute(
+                    """UPDATE executions SET updated_at = $2, last_seq = GREATEST(last_seq, $3)
+                       WHERE execution_id = $1""",
+                    eid,
+                    at,
+                    d.seq,
+                )
+
+    return Projection(
+        "gw_executions", (topics.EXECUTION_EVENTS,), apply, migrations=(EXECUTIONS_DDL,)
+    )

@@ -1,0 +1,1 @@
+"""HTTP routes: translate requests into service calls; no rules here."""

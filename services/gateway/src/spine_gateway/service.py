@@ -1,0 +1,720 @@
+"""The gateway's rules: authentication, tenancy, credits via auth, read-your-writes.
+
+Routes translate HTTP into calls here; this layer publishes commands, waits for replies and
+for its own projections, and raises the typed errors of :mod:`.errors`. It never calls
+another service over HTTP nor reads another service's tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import TopicPartition
+from spine_contracts import (
+    TERMINAL_STATUSES,
+    AddCredits,
+    AgentInfo,
+    CancelExecution,
+    CreateUser,
+    DeregisterAgent,
+    FlowDefined,
+    FlowDefinition,
+    FlowDeleted,
+    GatewayReply,
+    Message,
+    ProvideInput,
+    RegisterAgent,
+    ReserveCredits,
+    RotateKey,
+    WithdrawReservation,
+    topics,
+)
+from spine_contracts.topics import TopicSpec
+from spine_flows import FlowValidationError, flow_version
+from spine_servicekit.logging import get_logger
+from spine_servicekit.projector import Projector
+
+from .adapters.kafka import Heartbeats, Publisher, Replies
+from .adapters.postgres import ReadModel, Row
+from .adapters.redis import RedisStore
+from .errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    from_reply,
+)
+from .keys import generate_key, hash_key, same_secret
+from .projection import Marks
+from .ratelimit import RateDecision
+from .settings import GatewaySettings
+
+log = get_logger(__name__)
+
+TERMINAL_EVENT_TYPES = frozenset({"execution.completed", "execution.failed", "execution.cancelled"})
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a user (from the read model) or the master key."""
+
+    user: Row | None = None
+    master: bool = False
+
+    @property
+    def user_id(self) -> str:
+        assert self.user is not None
+        return str(self.user["user_id"])
+
+
+@dataclass
+class Projectors:
+    users: Projector
+    flows: Projector
+    agents: Projector
+    executions: Projector
+
+    def all(self) -> list[Projector]:
+        return [self.users, self.flows, self.agents, self.executions]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class GatewayService:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        publisher: Publisher,
+        replies: Replies,
+        read: ReadModel,
+        store: RedisStore,
+        projectors: Projectors,
+        marks: Marks,
+        heartbeats: Heartbeats,
+    ) -> None:
+        self.settings = settings
+        self.publisher = publisher
+        self.replies = replies
+        self.read = read
+        self.store = store
+        self.projectors = projectors
+        self.marks = marks
+        self.heartbeats = heartbeats
+
+    # --- authentication and limits ---------------------------------------------------------
+
+    async def authenticate(self, token: str | None) -> Principal:
+        if token is None:
+            if not self.settings.auth_required:
+                return Principal(user=await self._dev_user())
+            raise Unauthorized(
+                "missing API key: send Authorization: Bearer <key>", code="MISSING_API_KEY"
+            )
+        if same_secret(token, self.settings.api_key):
+            return Principal(master=True)
+        digest = hash_key(token)
+        user = await self.read.user_by_key_hash(digest)
+        if user is None or not same_secret(digest, str(user["key_hash"])):
+            raise Unauthorized("invalid API key", code="INVALID_API_KEY")
+        return Principal(user=user)
+
+    def require_master(self, principal: Principal) -> None:
+        if principal.master:
+            return
+        if not self.settings.auth_required and principal.user is not None:
+            return
+        raise Forbidden("this operation needs the master key", code="MASTER_KEY_REQUIRED")
+
+    def require_user(self, principal: Principal) -> Row:
+        if principal.user is None:
+            raise Forbidden("this operation needs a user's API key", code="USER_KEY_REQUIRED")
+        return principal.user
+
+    async def check_rate(self, user: Row) -> RateDecision:
+        decision = await self.store.hit(
+            str(user["user_id"]), int(user["rate_limit"]), self.settings.rate_window_s
+        )
+        if not decision.allowed:
+            raise RateLimited(
+                f"rate limit of {decision.limit} requests per minute exceeded",
+                headers=decision.headers(),
+            )
+        return decision
+
+    async def _dev_user(self) -> Row:
+        user = await self.read.user(self.settings.dev_user_id)
+        if user is None:
+            raise Unavailable("the development user is not ready yet", code="DEV_USER_NOT_READY")
+        return user
+
+    async def ensure_dev_user(self) -> None:
+        """With API_KEY_REQUIRED=false, a built-in user answers anonymous requests."""
+        await self.projectors.users.wait_until_caught_up()
+        if await self.read.user(self.settings.dev_user_id) is not None:
+            return
+        uid = self.settings.dev_user_id
+        request_id = _new_request_id()
+        cmd = CreateUser.build(
+            tenant_id=uid,
+            user_id=uid,
+            email=f"{uid}@localhost",
+            name="Development user",
+            credits=self.settings.dev_user_credits,
+            rate_limit=1_000_000,
+            key_hash=hash_key(generate_key()),
+            request_id=request_id,
+        )
+        reply = await self._request(topics.AUTH_COMMANDS, uid, cmd, request_id)
+        if reply.data.ok:
+            await self._wait_mark(self.projectors.users, "user", uid)
+        log.info("dev_user_ready", user_id=uid, ok=reply.data.ok)
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    async def _request(
+        self, spec: TopicSpec, key: str, message: Message, request_id: str
+    ) -> GatewayReply:
+        """Publish a command with this replica as reply-to and wait for its answer."""
+        fut = self.replies.expect(request_id)
+        try:
+            await self.publisher.publish(spec, key, message, reply_to=self.replies.replica_id)
+            async with asyncio.timeout(self.settings.reply_timeout_s):
+                return await fut
+        finally:
+            self.replies.forget(request_id)
+
+    async def _ask(self, spec: TopicSpec, key: str, message: Message, request_id: str) -> Row:
+        try:
+            reply = await self._request(spec, key, message, request_id)
+        except TimeoutError as exc:
+            raise Unavailable("no answer from the auth service in time") from exc
+        if not reply.data.ok:
+            raise from_reply(reply.data.error_code, reply.data.message)
+        return dict(reply.data.body)
+
+    async def _wait_mark(
+        self, projector: Projector, kind: str, key: str, wait_s: float | None = None
+    ) -> None:
+        def reached(applied: Mapping[TopicPartition, int]) -> bool:
+            mark = self.marks.get(kind, key)
+            return mark is not None and applied.get(mark[0], -1) >= mark[1]
+
+        async with asyncio.timeout(wait_s or self.settings.projection_timeout_s):
+            await projector.wait_for(reached)
+
+    async def _wait_offset(self, projector: Projector, tp: TopicPartition, nxt: int) -> None:
+        async with asyncio.timeout(self.settings.projection_timeout_s):
+            await projector.wait_for_offsets({tp: nxt})
+
+    async def _caught_up(self, projector: Projector) -> None:
+        async with asyncio.timeout(self.settings.projection_timeout_s):
+            await projector.wait_until_caught_up()
+
+    # --- executions ------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        user: Row,
+        flow_id: str,
+        input_data: dict[str, Any],
+        metadata: dict[str, Any],
+        idempotency_key: str | None,
+    ) -> dict[str, Any]:
+        user_id = str(user["user_id"])
+        flow_row = await self.read.flow(flow_id)
+        if flow_row is None:
+            raise NotFound(f"flow {flow_id!r} not found", code="FLOW_NOT_FOUND")
+        execution_id = str(uuid.uuid4())
+        if idempotency_key:
+            execution_id = await self.store.claim_idempotency(
+                user_id, idempotency_key, execution_id, self.settings.idempotency_ttl_s
+            )
+            existing = await self.read.execution(execution_id)
+            if existing is not None and existing["user_id"] == user_id:
+                return self._accepted(existing)
+        flow = FlowDefinition.model_validate(flow_row["definition"])
+        request_id = _new_request_id()
+        cmd = ReserveCredits.build(
+            correlation_id=execution_id,
+            tenant_id=user_id,
+            user_id=user_id,
+            execution_id=execution_id,
+            amount=flow.cost,
+            flow=flow,
+            flow_version=str(flow_row["flow_version"]),
+            input_data=input_data,
+            metadata=metadata,
+            request_id=request_id,
+        )
+        try:
+            reply = await self._request(topics.AUTH_COMMANDS, user_id, cmd, request_id)
+        except TimeoutError as exc:
+            # Never charge and then answer 5xx: take the reservation back first.
+            withdraw = WithdrawReservation.build(
+                cause=cmd, user_id=user_id, execution_id=execution_id
+            )
+            await self.publisher.publish(topics.AUTH_COMMANDS, user_id, withdraw)
+            log.warning("execute_reply_timeout", execution_id=execution_id)
+            raise Unavailable(
+                "the credit reservation was not confirmed in time; nothing was charged",
+                extra={"execution_id": execution_id},
+            ) from exc
+        if not reply.data.ok:
+            raise from_reply(reply.data.error_code, reply.data.message)
+        try:
+            await self._wait_mark(self.projectors.executions, "execution", execution_id)
+        except TimeoutError:
+            log.warning("execute_projection_slow", execution_id=execution_id)
+            return {
+                "execution_id": execution_id,
+                "status": "pending",
+                "created_at": datetime.now(UTC).isoformat(),
+            }
+        row = await self.read.execution(execution_id)
+        assert row is not None
+        return self._accepted(row)
+
+    @staticmethod
+    def _accepted(row: Row) -> dict[str, Any]:
+        return {
+            "execution_id": row["execution_id"],
+            "status": row["status"],
+            "created_at": _iso(row["created_at"]),
+        }
+
+    async def own_execution(self, user: Row, execution_id: str) -> Row:
+        row = await self.read.execution(execution_id)
+        if row is None or row["user_id"] != user["user_id"]:
+            raise NotFound(f"execution {execution_id!r} not found", code="EXECUTION_NOT_FOUND")
+        return row
+
+    async def execution(self, user: Row, execution_id: str) -> dict[str, Any]:
+        row = await self.own_execution(user, execution_id)
+        nodes = await self.read.nodes(execution_id)
+        return self._execution_view(row, nodes)
+
+    @staticmethod
+    def _node_view(n: Row) -> dict[str, Any]:
+        return {
+            "node_id": n["node_id"],
+            "status": n["status"],
+            "agent_id": n["agent_id"],
+            "attempt": n["attempt"],
+            "output": n["output"],
+            "error_message": n["error_message"],
+            "started_at": _iso(n["started_at"]),
+            "completed_at": _iso(n["completed_at"]),
+        }
+
+    def _execution_view(self, row: Row, nodes: list[Row] | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "execution_id": row["execution_id"],
+            "flow_id": row["flow_id"],
+            "flow_version": row["flow_version"],
+            "status": row["status"],
+            "input_data": row["input_data"],
+            "output_data": row["output_data"],
+            "error_message": row["error_message"],
+            "metadata": row["metadata"],
+            "created_at": _iso(row["created_at"]),
+            "updated_at": _iso(row["updated_at"]),
+            "completed_at": _iso(row["completed_at"]),
+        }
+        if nodes is not None:
+            out["nodes"] = {n["node_id"]: self._node_view(n) for n in nodes}
+        return out
+
+    async def executions(
+        self, user: Row, *, status: str | None, flow_id: str | None, limit: int, offset: int
+    ) -> dict[str, Any]:
+        rows, total = await self.read.executions(
+            str(user["user_id"]), status=status, flow_id=flow_id, limit=limit, offset=offset
+        )
+        return {
+            "executions": [self._execution_view(r) for r in rows],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+
+    async def _idempotent(self, user: Row, key: str | None, scope: str, run: Any) -> dict[str, Any]:
+        """Run once per (user, Idempotency-Key); a retry gets the first answer back."""
+        if not key:
+            result: dict[str, Any] = await run()
+            return result
+        name = f"{scope}:{key}"
+        stored = await self.store.claim_idempotency(
+            str(user["user_id"]), name, "", self.settings.idempotency_ttl_s
+        )
+        if stored:
+            loaded: dict[str, Any] = orjson.loads(stored)
+            return loaded
+        result = await run()
+        await self.store.put_idempotent(
+            str(user["user_id"]),
+            name,
+            orjson.dumps(result).decode(),
+            self.settings.idempotency_ttl_s,
+        )
+        return result
+
+    async def cancel(
+        self, user: Row, execution_id: str, reason: str | None, idempotency_key: str | None
+    ) -> dict[str, Any]:
+        async def run() -> dict[str, Any]:
+            row = await self.own_execution(user, execution_id)
+            if row["status"] in TERMINAL_STATUSES:
+                raise Conflict(
+                    f"execution {execution_id!r} is already {row['status']}",
+                    code="EXECUTION_TERMINAL",
+                )
+            cmd = CancelExecution.build(
+                correlation_id=execution_id,
+                tenant_id=str(user["user_id"]),
+                execution_id=execution_id,
+                reason=reason or "cancelled by user",
+                requested_by=str(user["user_id"]),
+            )
+            await self.publisher.publish(topics.EXECUTION_COMMANDS, execution_id, cmd)
+            return {
+                "execution_id": execution_id,
+                "status": "cancelling",
+                "message": "cancellation requested",
+            }
+
+        return await self._idempotent(user, idempotency_key, f"cancel:{execution_id}", run)
+
+    async def provide_input(
+        self,
+        user: Row,
+        execution_id: str,
+        data: dict[str, Any],
+        node_id: str | None,
+        idempotency_key: str | None,
+    ) -> dict[str, Any]:
+        async def run() -> dict[str, Any]:
+            row = await self.own_execution(user, execution_id)
+            if row["status"] != "waiting_input":
+                raise Conflict(
+                    f"execution {execution_id!r} is {row['status']}, not waiting for input",
+                    code="EXECUTION_NOT_WAITING",
+                )
+            cmd = ProvideInput.build(
+                correlation_id=execution_id,
+                tenant_id=str(user["user_id"]),
+                execution_id=execution_id,
+                node_id=node_id,
+                input=data,
+                request_id=_new_request_id(),
+            )
+            await self.publisher.publish(topics.EXECUTION_COMMANDS, execution_id, cmd)
+            return {
+                "execution_id": execution_id,
+                "status": "input_received",
+                "message": "input accepted",
+            }
+
+        return await self._idempotent(user, idempotency_key, f"input:{execution_id}", run)
+
+    @staticmethod
+    def _event_view(e: Row) -> dict[str, Any]:
+        return {
+            "seq": e["seq"],
+            "type": e["type"],
+            "data": e["data"],
+            "occurred_at": _iso(e["occurred_at"]),
+        }
+
+    async def events(self, user: Row, execution_id: str) -> dict[str, Any]:
+        await self.own_execution(user, execution_id)
+        events = await self.read.events(execution_id)
+        return {"execution_id": execution_id, "events": [self._event_view(e) for e in events]}
+
+    async def results(self, user: Row, execution_id: str) -> dict[str, Any]:
+        row = await self.own_execution(user, execution_id)
+        nodes = await self.read.nodes(execution_id)
+        return {
+            "execution_id": execution_id,
+            "status": row["status"],
+            "output_data": row["output_data"],
+            "error_message": row["error_message"],
+            "nodes": {
+                n["node_id"]: {
+                    "status": n["status"],
+                    "agent_id": n["agent_id"],
+                    "output": n["output"],
+                    "error_message": n["error_message"],
+                }
+                for n in nodes
+            },
+        }
+
+    async def messages(self, user: Row, execution_id: str) -> dict[str, Any]:
+        await self.own_execution(user, execution_id)
+        events = await self.read.events(execution_id, types=("execution.node_dispatched",))
+        return {
+            "execution_id": execution_id,
+            "messages": [
+                {
+                    "seq": e["seq"],
+                    "node_id": e["data"]["node_id"],
+                    "agent_id": e["data"]["agent_id"],
+                    "task_id": e["data"]["task_id"],
+                    "attempt": e["data"]["attempt"],
+                    "payload": e["data"]["payload"],
+                    "sent_at": _iso(e["occurred_at"]),
+                }
+                for e in events
+            ],
+        }
+
+    async def stream(
+        self, user: Row, execution_id: str, last_event_id: int | None
+    ) -> AsyncIterator[dict[str, str]]:
+        """The trail from after ``last_event_id``, live, until the terminal event."""
+        await self.own_execution(user, execution_id)
+        projector = self.projectors.executions
+
+        async def gen() -> AsyncIterator[dict[str, str]]:
+            last = -1 if last_event_id is None else last_event_id
+            while True:
+                seen = projector.applied_offsets()  # before the query: no missed wake-up
+                for e in await self.read.events(execution_id, after_seq=last):
+                    last = int(e["seq"])
+                    yield {
+                        "id": str(last),
+                        "event": str(e["type"]),
+                        "data": orjson.dumps(self._event_view(e)).decode(),
+                    }
+                    if e["type"] in TERMINAL_EVENT_TYPES:
+                        return
+                try:
+                    async with asyncio.timeout(self.settings.sse_keepalive_s):
+                        await projector.wait_for(lambda applied, seen=seen: dict(applied) != seen)
+                except TimeoutError:
+                    continue
+
+        return gen()
+
+    # --- users -----------------------------------------------------------------------------
+
+    @staticmethod
+    def user_view(u: Row) -> dict[str, Any]:
+        return {
+            "user_id": u["user_id"],
+            "email": u["email"],
+            "name": u["name"],
+            "organization": u["organization"],
+            "credits": u["balance"],
+            "balance": u["balance"],
+            "rate_limit": u["rate_limit"],
+            "created_at": _iso(u["created_at"]),
+            "updated_at": _iso(u["updated_at"]),
+        }
+
+    async def create_user(
+        self,
+        *,
+        email: str,
+        name: str,
+        organization: str,
+        credits: int,
+        rate_limit: int,
+        user_id: str | None,
+    ) -> dict[str, Any]:
+        if await self.read.user_by_email(email) is not None:
+            raise Conflict(f"a user with e-mail {email!r} exists", code="USER_EXISTS")
+        uid = user_id or f"user_{uuid.uuid4().hex[:16]}"
+        key = generate_key()
+        request_id = _new_request_id()
+        cmd = CreateUser.build(
+            tenant_id=uid,
+            user_id=uid,
+            email=email,
+            name=name,
+            organization=organization,
+            credits=credits,
+            rate_limit=rate_limit,
+            key_hash=hash_key(key),
+            request_id=request_id,
+        )
+        await self._ask(topics.AUTH_COMMANDS, uid, cmd, request_id)
+        await self._wait_mark(self.projectors.users, "user", uid)
+        user = await self.read.user(uid)
+        assert user is not None
+        return {**self.user_view(user), "api_key": key}
+
+    async def rotate_key(self, user: Row) -> dict[str, Any]:
+        uid = str(user["user_id"])
+        key = generate_key()
+        request_id = _new_request_id()
+        cmd = RotateKey.build(
+            tenant_id=uid, user_id=uid, key_hash=hash_key(key), request_id=request_id
+        )
+        await self._ask(topics.AUTH_COMMANDS, uid, cmd, request_id)
+        await self._caught_up(self.projectors.users)  # auth commits the event before replying
+        return {
+            "user_id": uid,
+            "api_key": key,
+            "message": "the previous key no longer works; store this one, it is shown once",
+        }
+
+    async def add_credits(self, user_id: str, credits: int) -> dict[str, Any]:
+        if credits <= 0:
+            raise InvalidInput("credits must be a positive integer")
+        if await self.read.user(user_id) is None:
+            raise NotFound(f"user {user_id!r} not found", code="USER_NOT_FOUND")
+        request_id = _new_request_id()
+        cmd = AddCredits.build(
+            tenant_id=user_id, user_id=user_id, credits=credits, request_id=request_id
+        )
+        await self._ask(topics.AUTH_COMMANDS, user_id, cmd, request_id)
+        await self._caught_up(self.projectors.users)
+        user = await self.read.user(user_id)
+        assert user is not None
+        return {**self.user_view(user), "credits_added": credits}
+
+    async def get_user(self, user_id: str) -> dict[str, Any]:
+        user = await self.read.user(user_id)
+        if user is None:
+            raise NotFound(f"user {user_id!r} not found", code="USER_NOT_FOUND")
+        return self.user_view(user)
+
+    # --- flows -----------------------------------------------------------------------------
+
+    @staticmethod
+    def flow_view(f: Row) -> dict[str, Any]:
+        d = f["definition"]
+        return {
+            "flow_id": f["flow_id"],
+            "name": d.get("name", ""),
+            "description": d.get("description", ""),
+            "version": d.get("version", ""),
+            "flow_version": f["flow_version"],
+            "cost": d.get("cost", 1),
+            "source": f["source"],
+            "nodes": d.get("nodes", []),
+            "definition": d,
+            "updated_at": _iso(f["updated_at"]),
+        }
+
+    async def flows(self) -> dict[str, Any]:
+        return {"flows": [self.flow_view(f) for f in await self.read.flows()]}
+
+    async def flow(self, flow_id: str) -> dict[str, Any]:
+        row = await self.read.flow(flow_id)
+        if row is None:
+            raise NotFound(f"flow {flow_id!r} not found", code="FLOW_NOT_FOUND")
+        return self.flow_view(row)
+
+    async def define_flow(self, defn: FlowDefinition) -> dict[str, Any]:
+        current = await self.read.flow(defn.flow_id)
+        replaced = current["source"] if current is not None else None
+        event = FlowDefined.build(
+            flow_id=defn.flow_id,
+            flow_version=flow_version(defn),
+            definition=defn,
+            source="api",
+            replaced_source=replaced,
+        )
+        tp, nxt = await self.publisher.publish(topics.FLOWS, defn.flow_id, event)
+        await self._wait_offset(self.projectors.flows, tp, nxt)
+        return {
+            **await self.flow(defn.flow_id),
+            "created": current is None,
+            "replaced_source": replaced,
+        }
+
+    async def delete_flow(self, flow_id: str) -> dict[str, Any]:
+        if await self.read.flow(flow_id) is None:
+            raise NotFound(f"flow {flow_id!r} not found", code="FLOW_NOT_FOUND")
+        tp, nxt = await self.publisher.publish(
+            topics.FLOWS, flow_id, FlowDeleted.build(flow_id=flow_id, source="api")
+        )
+        await self._wait_offset(self.projectors.flows, tp, nxt)
+        return {"flow_id": flow_id, "deleted": True}
+
+    @staticmethod
+    def invalid_flow(exc: FlowValidationError) -> InvalidInput:
+        problems = [str(p) for p in exc.problems]
+        return InvalidInput(
+            "invalid flow: " + "; ".join(problems),
+            code="INVALID_FLOW",
+            extra={"problems": problems},
+        )
+
+    # --- agents ----------------------------------------------------------------------------
+
+    @staticmethod
+    def agent_view(a: Row) -> dict[str, Any]:
+        return {
+            **a["info"],
+            "status": "active" if a["active"] else "inactive",
+            "active": a["active"],
+            "last_seen": _iso(a["last_seen"]),
+        }
+
+    async def agents(self, *, active_only: bool = False) -> dict[str, Any]:
+        rows = await self.read.agents(active_only=active_only)
+        return {"agents": [self.agent_view(a) for a in rows]}
+
+    async def agent(self, agent_id: str) -> dict[str, Any]:
+        row = await self.read.agent(agent_id)
+        if row is None:
+            raise NotFound(f"agent {agent_id!r} not found", code="AGENT_NOT_FOUND")
+        return self.agent_view(row)
+
+    async def register_agent(self, info: AgentInfo) -> tuple[dict[str, Any], bool]:
+        """Register (or update); ``True`` when the catalogue shows it already."""
+        cmd = RegisterAgent.build(agent=info, request_id=_new_request_id())
+        await self.publisher.publish(topics.REGISTRY_COMMANDS, info.agent_id, cmd)
+        try:
+            await self._wait_mark(self.projectors.agents, "agent_cmd", str(cmd.message_id), 5.0)
+        except TimeoutError:
+            return {**info.model_dump(mode="json"), "status": "registering"}, False
+        return await self.agent(info.agent_id), True
+
+    async def deregister_agent(self, agent_id: str) -> dict[str, Any]:
+        await self.agent(agent_id)
+        cmd = DeregisterAgent.build(agent_id=agent_id, request_id=_new_request_id())
+        await self.publisher.publish(topics.REGISTRY_COMMANDS, agent_id, cmd)
+        try:
+            await self._wait_mark(self.projectors.agents, "agent_cmd", str(cmd.message_id), 5.0)
+        except TimeoutError:
+            return {"agent_id": agent_id, "status": "deregistering"}
+        return {"agent_id": agent_id, "status": "deregistered"}
+
+    # --- operations ------------------------------------------------------------------------
+
+    def services(self) -> list[dict[str, Any]]:
+        now = time.time()
+        out = []
+        for instance, (beat, at) in sorted(self.heartbeats.last.items()):
+            out.append(
+                {
+                    "service": beat.data.service,
+                    "instance_id": instance,
+                    "status": beat.data.status,
+                    "last_heartbeat": at.isoformat(),
+                    "age_s": round(now - at.timestamp(), 3),
+                    "details": beat.data.details,
+                }
+            )
+        return out
