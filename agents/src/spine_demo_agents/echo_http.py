@@ -51,7 +51,7 @@ log = get_logger("spine_demo_agents.echo_http")
 
 
 class EchoHttpSettings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(extra="ignore")
 
     host: str = Field("127.0.0.1", alias="ECHO_HTTP_HOST")
     port: int = Field(8101, alias="ECHO_HTTP_PORT", ge=1, le=65535)
