@@ -1,0 +1,300 @@
+"""deploy/k8s rendered with kustomize and validated offline.
+
+Core kinds against the Kubernetes OpenAPI schemas (``kubernetes-validate``, strict, for
+:data:`KUBERNETES_VERSION`); Strimzi resources with the project's structural check
+(tests/deploy/strimzi.py); then what the schemas cannot know: every service and agent has
+a Deployment running its command with the env its settings need, probes that point at
+something the process serves, hardening, autoscaling within the partition counts, and
+topic numbers that agree with what the services themselves ensure.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from . import strimzi
+from .helpers import (
+    BY_NAME,
+    GROUP_CONSUMERS,
+    KUBERNETES_VERSION,
+    OVERLAYS,
+    PROCESSES,
+    ROOT,
+    TEST_API_KEY,
+    load_process_settings,
+    of_kind,
+    required_env,
+)
+
+pytestmark = pytest.mark.timeout(900)
+
+HPA_TARGETS = ("gateway", "orchestrator", "zoe", "eddie", "echo", "echo-http")
+SECRETS = {
+    "API_KEY": TEST_API_KEY,
+    "DATABASE_URL": "postgresql://spine:secret@postgres:5432/spine",
+    "REDIS_URL": "redis://redis:6379/0",
+    "POSTGRES_PASSWORD": "secret",
+}
+NAMESPACES = {"dev": "ai-spine-dev", "prod": "ai-spine"}
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]  # type: ignore[no-any-return]
+
+
+def container_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """The env a container would see: envFrom ConfigMaps, then env (secrets faked)."""
+    maps = of_kind(docs, "ConfigMap")
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        name = source["configMapRef"]["name"]
+        assert name in maps, f"envFrom names a missing ConfigMap {name}"
+        env.update({k: str(v) for k, v in maps[name]["data"].items()})
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        elif "secretKeyRef" in item["valueFrom"]:
+            env[item["name"]] = SECRETS[item["valueFrom"]["secretKeyRef"]["key"]]
+        elif "fieldRef" in item["valueFrom"]:
+            env[item["name"]] = "pod-name-0"
+    return env
+
+
+@pytest.mark.parametrize("overlay", [*OVERLAYS, "base"])
+def test_core_kinds_match_the_kubernetes_schemas(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    checked = 0
+    for doc in rendered[overlay]:
+        if doc["apiVersion"].startswith("kafka.strimzi.io/"):
+            continue
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(
+                f"{overlay}: {doc['kind']}/{doc['metadata']['name']}: {exc.message} "
+                f"at {list(exc.absolute_path)}"
+            )
+        checked += 1
+    assert checked > 20
+
+
+def test_the_schema_check_catches_a_mistake(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    deployment = copy.deepcopy(of_kind(rendered["prod"], "Deployment")["gateway"])
+    _container(deployment)["livenessProbe"]["httpGet"]["pathh"] = "/health"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_strimzi_resources(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    docs = rendered[overlay]
+    assert strimzi.check(docs) == []
+    assert len(of_kind(docs, "Kafka")) == 1
+    assert of_kind(docs, "KafkaNodePool"), "the overlay brings the node pools"
+    kafka = next(iter(of_kind(docs, "Kafka").values()))
+    assert kafka["spec"]["kafka"]["config"]["auto.create.topics.enable"] is False
+    assert "topicOperator" in kafka["spec"]["entityOperator"]
+
+
+def test_base_strimzi_resources_alone(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    assert strimzi.check(rendered["base"], whole=False) == []
+
+
+def test_the_strimzi_check_catches_mistakes(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = copy.deepcopy(rendered["prod"])
+    pools = of_kind(docs, "KafkaNodePool")
+    pools["brokers"]["spec"]["roles"] = ["broker", "zookeeper"]
+    pools["controllers"]["spec"]["storage"] = {"type": "persistent-claim"}
+    kafka = next(iter(of_kind(docs, "Kafka").values()))
+    kafka["spec"]["kafka"]["listeners"][0]["port"] = 9404
+    topic = of_kind(docs, "KafkaTopic")["spine.flows"]
+    topic["spec"]["replicas"] = 5
+    topic["metadata"]["labels"]["strimzi.io/cluster"] = "other"
+    problems = "\n".join(strimzi.check(docs))
+    for expected in ("spec.roles", "needs a size", "not reserved", "no Kafka named 'other'"):
+        assert expected in problems
+    docs = copy.deepcopy(rendered["prod"])
+    of_kind(docs, "KafkaTopic")["spine.usage"]["spec"]["replicas"] = 4
+    assert any("4 replicas but 3 brokers" in p for p in strimzi.check(docs))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_process_has_a_deployment(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    deployments = of_kind(docs, "Deployment")
+    images = set()
+    for process in PROCESSES:
+        assert process.name in deployments, f"{overlay}: no Deployment {process.name}"
+        container = _container(deployments[process.name])
+        assert container["command"] == [process.script]
+        images.add(container["image"])
+        env = container_env(docs, container)
+        missing = required_env(process) - set(env)
+        assert not missing, f"{overlay}/{process.name} lacks {sorted(missing)}"
+        load_process_settings(process, env)  # the settings accept it
+    assert len(images) == 1, images
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probes_point_at_what_each_process_serves(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    for name, deployment in of_kind(docs, "Deployment").items():
+        container = _container(deployment)
+        assert "livenessProbe" in container and "readinessProbe" in container, name
+        if name not in BY_NAME:
+            continue
+        process = BY_NAME[name]
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            probe = container.get(kind)
+            if probe is None:
+                continue
+            if process.http_bind:
+                port = probe["httpGet"]["port"]
+                port = ports.get(port, port)
+                settings = load_process_settings(process, container_env(docs, container))
+                assert port == getattr(settings, process.http_bind[1]), f"{name} {kind}"
+                host_env = process.http_bind[0]
+                assert container_env(docs, container)[host_env] == "0.0.0.0", name
+            else:
+                assert probe["exec"]["command"] == ["spine-kafka-connected"], f"{name} {kind}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_are_hardened(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    for kind in ("Deployment", "StatefulSet", "Job"):
+        for name, workload in of_kind(rendered[overlay], kind).items():
+            pod = workload["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True, name
+            assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+            assert pod.get("automountServiceAccountToken") is False, name
+            # a Service named echo-http would otherwise inject ECHO_HTTP_PORT=tcp://...
+            assert pod.get("enableServiceLinks") is False, name
+            for container in pod["containers"]:
+                sc = container["securityContext"]
+                assert sc["allowPrivilegeEscalation"] is False, name
+                assert sc["readOnlyRootFilesystem"] is True, name
+                assert sc["capabilities"]["drop"] == ["ALL"], name
+                resources = container["resources"]
+                assert {"cpu", "memory"} <= set(resources["requests"]), name
+                assert "memory" in resources["limits"], name
+            if name in BY_NAME:
+                grace = pod["terminationGracePeriodSeconds"]
+                # the service runtime drains 15 s, the agent SDK 20 s
+                assert grace > 20, f"{name}: terminationGracePeriodSeconds {grace}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_select_ports_that_exist(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    workloads = {**of_kind(docs, "Deployment"), **of_kind(docs, "StatefulSet")}
+    for name, service in of_kind(docs, "Service").items():
+        selector = service["spec"]["selector"]
+        matches = [
+            w
+            for w in workloads.values()
+            if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(matches) == 1, f"Service {name} selects {len(matches)} workloads"
+        ports = {
+            p["name"]
+            for c in matches[0]["spec"]["template"]["spec"]["containers"]
+            for p in c.get("ports", [])
+        }
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in ports, f"Service {name}: {port['targetPort']}"
+    assert set(of_kind(docs, "Service")) >= {"gateway", "metrics", "echo-http"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_autoscaling_and_disruption_budgets(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    deployments = of_kind(docs, "Deployment")
+    hpas = of_kind(docs, "HorizontalPodAutoscaler")
+    config = next(iter(of_kind(docs, "ConfigMap").values()))["data"]
+    partitions = int(config["SPINE_TOPIC_PARTITIONS"])
+    assert set(hpas) == set(HPA_TARGETS)
+    for name, hpa in hpas.items():
+        target = hpa["spec"]["scaleTargetRef"]
+        assert (target["kind"], target["name"]) == ("Deployment", name)
+        assert "replicas" not in deployments[name]["spec"], f"{name}: the HPA owns replicas"
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+        if name in GROUP_CONSUMERS:
+            assert hpa["spec"]["maxReplicas"] <= partitions, f"{name}: idle replicas"
+    for name in GROUP_CONSUMERS:
+        if name not in hpas:
+            assert deployments[name]["spec"].get("replicas", 1) <= partitions, name
+    pdbs = of_kind(docs, "PodDisruptionBudget")
+    for name, deployment in deployments.items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        covering = [
+            p
+            for p in pdbs.values()
+            if p["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        ]
+        if name in BY_NAME:
+            assert len(covering) == 1, f"{name}: {len(covering)} PodDisruptionBudgets"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_topics_agree_with_what_the_services_ensure(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """Services wait for each topic they ensure to have SPINE_TOPIC_PARTITIONS partitions."""
+    docs = rendered[overlay]
+    config = next(iter(of_kind(docs, "ConfigMap").values()))["data"]
+    kafka = next(iter(of_kind(docs, "Kafka").values()))
+    plain = next(lst for lst in kafka["spec"]["kafka"]["listeners"] if lst["tls"] is False)
+    assert config["KAFKA_BOOTSTRAP_SERVERS"] == (
+        f"{kafka['metadata']['name']}-kafka-bootstrap:{plain['port']}"
+    )
+    for topic in of_kind(docs, "KafkaTopic").values():
+        spec = topic["spec"]
+        assert spec["topicName"].startswith(config["SPINE_TOPIC_PREFIX"])
+        if topic["metadata"]["labels"]["ai-spine/partitions"] == "default":
+            assert spec["partitions"] == int(config["SPINE_TOPIC_PARTITIONS"]), topic
+        assert spec["replicas"] == int(config["SPINE_TOPIC_REPLICATION"])
+        assert spec["config"]["min.insync.replicas"] == int(config["SPINE_TOPIC_MIN_ISR"])
+    if overlay == "prod":
+        assert int(config["SPINE_TOPIC_PARTITIONS"]) >= 6
+        assert int(config["SPINE_TOPIC_REPLICATION"]) == 3
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_namespace_and_documented_secrets(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    namespace = NAMESPACES[overlay]
+    assert set(of_kind(docs, "Namespace")) == {namespace}
+    for doc in docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == namespace, doc["metadata"]["name"]
+    refs = {
+        (item["valueFrom"]["secretKeyRef"]["name"], item["valueFrom"]["secretKeyRef"]["key"])
+        for kind in ("Deployment", "StatefulSet", "Job")
+        for w in of_kind(docs, kind).values()
+        for c in w["spec"]["template"]["spec"]["containers"]
+        for item in c.get("env", [])
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+    assert {"API_KEY", "DATABASE_URL", "REDIS_URL"} <= {key for _, key in refs}
+    assert not of_kind(docs, "Secret"), "secrets are created in the cluster, not committed"
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    for name, key in refs:
+        assert name in guide and f"{key}=" in guide, f"docs/deploy.md: how to set {key}"
