@@ -3,8 +3,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV ?= uv
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help install infra infra-down infra-status up down test test-unit lint asyncapi clean
+.PHONY: help install infra infra-down infra-status up down test test-unit lint asyncapi clean rebuild bench demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -28,6 +29,9 @@ down: ## stop everything `make up` started
 	@bash scripts/stack.sh down
 	@bash scripts/infra.sh down
 
+demo: ## the original demo over HTTP: credit_analysis with two input turns, live (after `make up`)
+	$(UV) run --frozen python scripts/demo.py
+
 test: install infra ## the whole suite against real Kafka, PostgreSQL and Redis
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
@@ -37,6 +41,12 @@ test-unit: install ## the fast part: no I/O
 lint: install ## ruff format check and lint
 	$(UV) run --frozen ruff format --check libs services tests
 	$(UV) run --frozen ruff check libs services tests
+
+rebuild: install ## rebuild projections from Kafka and swap them in (SERVICE=name; REBUILD_ARGS=--check-only)
+	@UV=$(UV) bash scripts/rebuild.sh $(SERVICE) $(REBUILD_ARGS)
+
+bench: install ## AI Spine beside bare Kafka and Celery, < 10 min (after `make up`; BENCH_ARGS=--profile)
+	$(UV) run --frozen --group bench python -m bench.run $(BENCH_ARGS)
 
 asyncapi: install ## regenerate docs/asyncapi.yaml from the contracts
 	$(UV) run --frozen python -m spine_contracts.asyncapi --write docs/asyncapi.yaml

@@ -11,6 +11,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")
 MASTER = "test-master-key-0123456789"
 APPLICANT = {"name": "Ana", "income": 6000, "amount": 12000, "term_months": 24, "debts": 300}
 TERMINAL = {"execution.completed", "execution.failed", "execution.cancelled"}
+FULL_STACK = ("registry", "orchestrator", "auth", "echo", "zoe", "eddie", "gateway")
 
 
 def _free_port() -> int:
@@ -95,12 +97,48 @@ class Api:
                     current["data"] = orjson.loads(value)
         return events
 
+    async def sse_until(
+        self, key: str, execution_id: str, *types: str, after: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The SSE events up to and including the first of ``types`` (or the terminal one);
+        the gateway's read model shows everything they say once they arrived."""
+        headers = self.auth(key)
+        if after is not None:
+            headers["Last-Event-ID"] = str(after)
+        events: list[dict[str, Any]] = []
+        current: dict[str, Any] = {}
+        async with (
+            asyncio.timeout(90),
+            self.http.stream(
+                "GET", f"/api/v1/executions/{execution_id}/stream", headers=headers
+            ) as r,
+        ):
+            assert r.status_code == 200, await r.aread()
+            async for line in r.aiter_lines():
+                line = line.rstrip("\r")
+                if line:
+                    name, _, value = line.partition(":")
+                    value = value.lstrip(" ")
+                    if name == "id":
+                        current["id"] = int(value)
+                    elif name == "event":
+                        current["event"] = value
+                    elif name == "data":
+                        current["data"] = orjson.loads(value)
+                    continue
+                if "data" in current:
+                    events.append(current)
+                    if current["event"] in types or current["event"] in TERMINAL:
+                        break
+                current = {}
+        return events
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def api(kafka: KafkaConfig, infra: dict[str, str], topic_prefix: str) -> AsyncIterator[Api]:
+
+def _stack_env(
+    kafka: KafkaConfig, infra: dict[str, str], topic_prefix: str, port: int
+) -> tuple[dict[str, str], dict[str, str]]:
     base = topic_prefix.strip(".")
     schemas = {n: f"{base}_{n}" for n in ("orc", "reg", "auth", "gw")}
-    port = _free_port()
     env = {
         **os.environ,
         **infra,
@@ -112,6 +150,7 @@ async def api(kafka: KafkaConfig, infra: dict[str, str], topic_prefix: str) -> A
         "SPINE_AUTH_SCHEMA": schemas["auth"],
         "SPINE_GATEWAY_SCHEMA": schemas["gw"],
         "SPINE_HEARTBEAT_INTERVAL": "1",
+        "SPINE_GATEWAY_LAG_CACHE": "0.5",
         "API_KEY": MASTER,
         "API_KEY_REQUIRED": "true",
         "DEV_MODE": "false",
@@ -119,38 +158,78 @@ async def api(kafka: KafkaConfig, infra: dict[str, str], topic_prefix: str) -> A
         "API_HOST": "127.0.0.1",
         "LOG_LEVEL": "INFO",
     }
-    stack = Stack(kafka, env)
-    await stack.start("registry", "orchestrator", "auth", "echo", "zoe", "eddie", "gateway")
-    client = Api(f"http://127.0.0.1:{port}")
-    client.stack = stack
-    client.env = env
+    return env, schemas
+
+
+async def wait_http(api: Api, path: str = "/health", within: float = 90) -> None:
+    assert api.stack is not None
+    async with asyncio.timeout(within):  # a process's port has no event to await
+        while True:
+            try:
+                if (await api.http.get(path)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            gateway = api.stack.procs.get("gateway")
+            assert gateway is None or gateway.returncode is None, "gateway exited"
+            await asyncio.sleep(0.2)
+
+
+@asynccontextmanager
+async def gateway_stack(
+    kafka: KafkaConfig,
+    infra: dict[str, str],
+    topic_prefix: str,
+    services: tuple[str, ...] = FULL_STACK,
+    agents: tuple[str, ...] = ("echo", "zoe", "eddie"),
+    flows: tuple[str, ...] = ("credit_analysis", "echo_chain"),
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[Api]:
+    """Real service processes with the module's topic prefix and fresh schemas, a gateway on
+    a free port; yields once the agents are active and the flows listed."""
+    port = _free_port()
+    stack_env, schemas = _stack_env(kafka, infra, topic_prefix, port)
+    stack_env.update(env or {})
+    stack = Stack(kafka, stack_env)
+    api = Api(f"http://127.0.0.1:{port}")
+    api.stack = stack
+    api.env = stack_env
     try:
-        await stack.agents_active("echo", "zoe", "eddie")
-        async with asyncio.timeout(90):  # a process's port has no event to await
-            while True:
-                try:
-                    if (await client.http.get("/health")).status_code == 200:
+        await stack.start(*services)
+        await stack.agents_active(*agents)
+        await wait_http(api)
+        if flows:
+            probe = await api.create_user()
+            async with asyncio.timeout(90):
+                while True:  # the orchestrator publishes the repository's flows at start
+                    r = await api.http.get("/api/v1/flows", headers=api.auth(probe["api_key"]))
+                    if set(flows) <= {f["flow_id"] for f in r.json()["flows"]}:
                         break
-                except httpx.TransportError:
-                    pass
-                assert stack.procs["gateway"].returncode is None, "gateway exited"
-                await asyncio.sleep(0.2)
-            probe = await client.create_user()
-            while True:  # the orchestrator publishes the repository's flows at start
-                r = await client.http.get("/api/v1/flows", headers=client.auth(probe["api_key"]))
-                if {"credit_analysis", "echo_chain"} <= {f["flow_id"] for f in r.json()["flows"]}:
-                    break
-                await asyncio.sleep(0.2)
-        yield client
+                    await asyncio.sleep(0.2)
+        yield api
     finally:
-        await client.http.aclose()
+        await api.http.aclose()
         await stack.stop()
         conn = await asyncpg.connect(infra["DATABASE_URL"])
         try:
+            base = topic_prefix.strip(".")
             for schema in (*schemas.values(), f"{base}_gwdev"):
                 await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         finally:
             await conn.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def api(kafka: KafkaConfig, infra: dict[str, str], topic_prefix: str) -> AsyncIterator[Api]:
+    metrics_port = str(_free_port())
+    async with gateway_stack(
+        kafka,
+        infra,
+        topic_prefix,
+        services=(*FULL_STACK, "spine-metrics"),
+        env={"SPINE_METRICS_PORT": metrics_port, "SPINE_METRICS_SUMMARY_INTERVAL": "0.5"},
+    ) as client:
+        yield client
 
 
 async def test_new_user_executes_and_streams_to_completion(api: Api) -> None:
@@ -341,7 +420,7 @@ async def test_dev_mode_replica_serves_anonymous_requests(api: Api) -> None:
         {"API_KEY_REQUIRED": "false", "PORT": str(port), "SPINE_GATEWAY_SCHEMA": schema},
     )
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as dev:
-        async with asyncio.timeout(60):  # start-up and the dev user's creation
+        async with asyncio.timeout(180):  # start-up (slow on a loaded machine), the dev user
             while True:
                 try:
                     r = await dev.get("/api/v1/users/me")
@@ -368,3 +447,229 @@ async def test_dev_mode_replica_serves_anonymous_requests(api: Api) -> None:
             ),
         )
         assert a.status_code == 200 and b.status_code == 200, (a.text, b.text)
+
+
+# --- input, cancel, idempotency of both --------------------------------------------------
+
+
+async def test_input_answers_a_waiting_credit_analysis_over_two_turns(api: Api) -> None:
+    key = (await api.create_user(credits=5))["api_key"]
+    h = api.auth(key)
+    r = await api.execute(key, input_data={"name": "Ana"})  # income, amount, term missing
+    assert r.status_code == 200, r.text
+    eid = r.json()["execution_id"]
+    first = await api.sse_until(key, eid, "execution.node_waiting_input")
+    assert first[-1]["event"] == "execution.node_waiting_input"
+    asked = first[-1]["data"]["data"]
+    assert set(asked["missing_fields"]) == {"income", "amount", "term_months"}
+    got = (await api.http.get(f"/api/v1/executions/{eid}", headers=h)).json()
+    assert got["status"] == "waiting_input" and got["nodes"]["zoe"]["status"] == "waiting_input"
+
+    # turn 1 answers part of it; the answer comes once the read model applied the input
+    r = await api.http.post(
+        f"/api/v1/executions/{eid}/input", json={"input": {"income": 6000}}, headers=h
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["node_id"] == "zoe" and r.json()["message"] == "input accepted"
+    trail = (await api.http.get(f"/api/v1/executions/{eid}/events", headers=h)).json()
+    assert [e["type"] for e in trail["events"]].count("execution.input_received") == 1
+
+    # zoe asks again (turn 2) for what is still missing
+    second = await api.sse_until(key, eid, "execution.node_waiting_input", after=first[-1]["id"])
+    assert second[-1]["event"] == "execution.node_waiting_input"
+    assert set(second[-1]["data"]["data"]["missing_fields"]) == {"amount", "term_months"}
+    # three concurrent duplicates with one Idempotency-Key: one input, one answer
+    answer = {"input": {"amount": 12000, "term_months": 24}}
+    dup = {**h, "Idempotency-Key": f"turn2-{eid}"}
+    answers = await asyncio.gather(
+        *(
+            api.http.post(f"/api/v1/executions/{eid}/input", json=answer, headers=dup)
+            for _ in range(3)
+        )
+    )
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    assert len({a.text for a in answers}) == 1
+    events = await api.sse(key, eid)
+    assert events[-1]["event"] == "execution.completed"
+    assert [e["event"] for e in events].count("execution.input_received") == 2
+    done = (await api.http.get(f"/api/v1/executions/{eid}", headers=h)).json()
+    assert done["status"] == "completed"
+    assert done["output_data"]["result"]["decision"] in {"approve", "review", "reject"}
+    # a later repeat with the key still gets the first answer; without it, 409
+    again = await api.http.post(f"/api/v1/executions/{eid}/input", json=answer, headers=dup)
+    assert again.status_code == 200 and again.text == answers[0].text
+    r = await api.http.post(f"/api/v1/executions/{eid}/input", json=answer, headers=h)
+    assert r.status_code == 409 and r.json()["error_code"] == "EXECUTION_NOT_WAITING"
+
+
+async def _slow_flow(api: Api, key: str) -> str:
+    flow = {
+        "flow_id": f"slow_{os.urandom(3).hex()}",
+        "nodes": [{"id": "wait", "agent_id": "echo", "config": {"delay_ms": 30_000}}],
+    }
+    r = await api.http.post("/api/v1/flows", json=flow, headers=api.auth(key))
+    assert r.status_code == 201, r.text
+    return str(flow["flow_id"])
+
+
+async def test_cancel_a_running_execution_then_409_on_terminal(api: Api) -> None:
+    key = (await api.create_user(credits=5))["api_key"]
+    h = api.auth(key)
+    flow_id = await _slow_flow(api, key)
+    eid = (await api.execute(key, flow_id, {"x": 1})).json()["execution_id"]
+    await api.sse_until(key, eid, "execution.node_dispatched")  # echo is working on it
+
+    idem = {**h, "Idempotency-Key": f"cancel-{eid}"}
+    answers = await asyncio.gather(  # concurrent duplicates: one cancel, one answer
+        *(
+            api.http.post(
+                f"/executions/{eid}/cancel", json={"reason": "changed my mind"}, headers=idem
+            )
+            for _ in range(3)
+        )
+    )
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    body = answers[0].json()
+    assert body["status"] == "cancelled" and len({a.text for a in answers}) == 1
+    # answered after the read model applied ExecutionCancelled: visible at once
+    got = (await api.http.get(f"/api/v1/executions/{eid}", headers=h)).json()
+    assert got["status"] == "cancelled" and got["error_message"] == "changed my mind"
+    trail = (await api.http.get(f"/api/v1/executions/{eid}/events", headers=h)).json()
+    assert [e["type"] for e in trail["events"]].count("execution.cancelled") == 1
+
+    r = await api.http.post(f"/api/v1/executions/{eid}/cancel", headers=h)
+    assert r.status_code == 409 and r.json()["error_code"] == "EXECUTION_TERMINAL", r.text
+    r = await api.http.post(f"/api/v1/executions/{eid}/cancel", headers=idem)
+    assert r.status_code == 200 and r.text == answers[0].text  # the first answer again
+    # a cancelled execution whose agent delivered nothing costs nothing (docs/credits.md)
+    for _ in range(100):
+        me = (await api.http.get("/api/v1/users/me", headers=h)).json()
+        if me["credits"] == 5:
+            break
+        await asyncio.sleep(0.1)
+    assert me["credits"] == 5
+
+
+async def test_cancel_of_an_execution_that_already_ended_is_409(api: Api) -> None:
+    key = (await api.create_user(credits=5))["api_key"]
+    h = api.auth(key)
+    eid = (await api.execute(key, "echo_chain", {"x": 1})).json()["execution_id"]
+    assert (await api.sse(key, eid))[-1]["event"] == "execution.completed"
+    r = await api.http.post(f"/api/v1/executions/{eid}/cancel", headers=h)
+    assert r.status_code == 409 and r.json()["error_code"] == "EXECUTION_TERMINAL"
+    assert set(r.json()) >= {"detail", "code", "message", "error_code"}
+    r = await api.http.post(f"/api/v1/executions/{eid}/input", json={"a": 1}, headers=h)
+    assert r.status_code == 409 and r.json()["error_code"] == "EXECUTION_NOT_WAITING"
+
+
+# --- agents ------------------------------------------------------------------------------
+
+
+async def test_register_and_deregister_an_agent(api: Api) -> None:
+    key = (await api.create_user(credits=1))["api_key"]
+    h = api.auth(key)
+    agent_id = f"ext-{os.urandom(3).hex()}"
+    body = {
+        "agent_id": agent_id,
+        "name": "External scorer",
+        "description": "an HTTP agent",
+        "endpoint": "http://127.0.0.1:9/",
+        "capabilities": ["scoring"],
+        "agent_type": "processor",
+    }
+    r = await api.http.post("/api/v1/agents", json=body, headers=h)
+    assert r.status_code == 201, r.text  # the catalogue shows it when the answer comes
+    assert r.json()["agent_id"] == agent_id and r.json()["transport"] == "http"
+    got = await api.http.get(f"/agents/{agent_id}", headers=h)
+    assert got.status_code == 200 and got.json()["type"] == "processor"
+    listed = (await api.http.get("/api/v1/agents", headers=h)).json()["agents"]
+    assert agent_id in {a["agent_id"] for a in listed}
+
+    r = await api.http.delete(f"/api/v1/agents/{agent_id}", headers=h)
+    assert r.status_code == 200 and r.json()["status"] == "deregistered", r.text
+    assert (await api.http.get(f"/api/v1/agents/{agent_id}", headers=h)).status_code == 404
+    listed = (await api.http.get("/agents", headers=h)).json()["agents"]
+    assert agent_id not in {a["agent_id"] for a in listed}
+    r = await api.http.delete(f"/api/v1/agents/{agent_id}", headers=h)
+    assert r.status_code == 404 and r.json()["error_code"] == "AGENT_NOT_FOUND"
+
+    # the original SDK's shape: {name, type, configuration}; the id comes from the name
+    r = await api.http.post(
+        "/agents",
+        json={"name": "Data Processor", "type": "processor", "configuration": {"t": 0.7}},
+        headers=h,
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["agent_id"] == "data-processor"
+    assert r.json()["configuration"] == {"t": 0.7}
+    assert (await api.http.delete("/agents/data-processor", headers=h)).status_code == 200
+
+
+# --- usage, status, metrics ----------------------------------------------------------------
+
+
+async def test_usage_is_recorded_per_request_and_shown_in_me(api: Api) -> None:
+    key = (await api.create_user(credits=3))["api_key"]
+    h = api.auth(key)
+    assert (await api.execute(key, "echo_chain", {})).status_code == 200
+    assert (await api.http.get("/api/v1/flows/nope", headers=h)).status_code == 404
+    for _ in range(3):
+        assert (await api.http.get("/api/v1/flows", headers=h)).status_code == 200
+    # the usage topic is projected asynchronously: the five requests show within moments
+    for _ in range(100):
+        usage = (await api.http.get("/api/v1/users/me", headers=h)).json()["usage"]
+        if usage["requests_total"] >= 5:
+            break
+        await asyncio.sleep(0.1)
+    assert usage["requests_total"] >= 5 and usage["requests_last_24h"] >= 5
+    assert usage["errors_last_24h"] >= 1  # the 404
+    assert usage["credits_used_total"] == 1 and usage["credits_used_last_24h"] == 1
+    assert usage["last_request_at"]
+    # the master key's calls are not a user's usage; an invalid key records nothing
+    other = (await api.http.get("/api/v1/users/me", headers=api.auth(MASTER))).status_code
+    assert other == 403
+
+
+async def test_status_shows_components_heartbeats_and_consumer_lag(api: Api) -> None:
+    async with asyncio.timeout(60):
+        while True:
+            status = (await api.http.get("/status")).json()
+            groups = status["consumer_groups"]
+            prefix = api.env["SPINE_TOPIC_PREFIX"]
+            if {"metrics"} <= {s["service"] for s in status["services"]} and {
+                f"{prefix}orchestrator",
+                f"{prefix}auth",
+                f"{prefix}agent.echo",
+            } <= set(groups):
+                break
+            await asyncio.sleep(0.5)
+    assert status["status"] == "healthy" and status["uptime"] > 0
+    assert {c: v["status"] for c, v in status["components"].items()} == {
+        "kafka": "ok",
+        "postgresql": "ok",
+        "redis": "ok",
+    }
+    services = {s["service"] for s in status["services"] if s["alive"]}
+    assert {"gateway", "auth", "orchestrator", "registry", "metrics"} <= services
+    for group in groups.values():
+        assert group["lag"] >= 0 and group["partitions"] >= 1
+        assert all(t.startswith(f"{prefix}spine.") for t in group["topics"])
+
+
+async def test_metrics_json_is_the_projected_summary(api: Api) -> None:
+    key = (await api.create_user(credits=2))["api_key"]
+    eid = (await api.execute(key, "echo_chain", {})).json()["execution_id"]
+    assert (await api.sse(key, eid))[-1]["event"] == "execution.completed"
+    async with asyncio.timeout(30):  # the metrics service publishes every 0.5 s
+        while True:
+            m = (await api.http.get("/metrics", headers={"Accept": "application/json"})).json()
+            if m["summary"].get("executions_completed", 0) >= 1:
+                break
+            await asyncio.sleep(0.2)
+    assert m["executions_total"] >= 1 and m["summary"]["executions_total"] >= 1
+    assert m["success_rate"] is not None and 0 <= m["success_rate"] <= 1
+    assert m["flows_total"] >= 2 and m["agents_total"] >= 3
+    assert m["summary_updated_at"] and m["timestamp"]
+    text = await api.http.get("/metrics")
+    assert text.headers["content-type"].startswith("text/plain")
+    assert "spine_gateway_usage_records" in text.text

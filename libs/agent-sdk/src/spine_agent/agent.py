@@ -475,6 +475,18 @@ class _Worker:
     def _start_backlog(self) -> None:
         while self.backlog and len(self.running) < self.concurrency:
             item = self.backlog.popleft()
+            mid = item.message.message_id
+            if mid in self.completed or mid in self.by_message:
+                # Two copies fetched together (a redelivery, or the task published twice):
+                # the second waits for the first instead of running again.
+                self.stats.duplicates += 1
+                self._log.info("task_duplicate", message_id=str(mid), state="queued")
+                if mid in self.completed:
+                    self._done(item.tp, item.offset)
+                else:
+                    twin = self.by_message[mid]
+                    self._spawn_aux(self._await_twin(twin, mid, item.tp, item.offset))
+                continue
             deadline = item.message.data.deadline
             if deadline is not None and deadline <= utcnow():
                 self.stats.expired += 1

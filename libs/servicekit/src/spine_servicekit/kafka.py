@@ -20,10 +20,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
-from spine_contracts import DeadLetter, Message, to_bytes, topics, utcnow
+from spine_contracts import DeadLetter, Message, parse, to_bytes, topics, utcnow
+from spine_contracts.errors import InvalidMessage, UndecodableMessage
 from spine_contracts.topics import TopicSpec
 
 from .settings import CommonSettings
+
+#: Namespace of the deterministic dead-letter ids (see :func:`dead_letter_id`).
+DEAD_LETTER_IDS = uuid.UUID("8f0c3c52-5a4e-4b8f-9d55-6c3b1f0e7a21")
 
 REPLY_TO_HEADER = "reply-to"
 TRACEPARENT_HEADER = "traceparent"
@@ -200,13 +204,45 @@ def header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
     return None
 
 
+def decode_record(record: ConsumerRecord[Any, Any], prefix: str = "") -> Message:
+    """Decode a record and check that its type belongs on its topic (the registry's list).
+
+    Raises a :class:`~spine_contracts.ContractError`: ``UndecodableMessage`` for no value or
+    bytes that are not a message, ``InvalidMessage`` for a valid message of a type its
+    topic does not carry (a misrouted or forged record is as unhandleable as garbage).
+    Topics outside the registry (tests' ad-hoc names) are only decoded.
+    """
+    if record.value is None:
+        raise UndecodableMessage("record has no value")
+    message = parse(record.value)
+    try:
+        spec = topics.spec_for(record.topic, prefix)
+    except KeyError:
+        return message
+    if spec.messages and not isinstance(message, spec.messages):
+        raise InvalidMessage(f"{message.type!r} does not belong on {spec.base}")
+    return message
+
+
+def dead_letter_id(consumer: str, topic: str, partition: int, offset: int) -> uuid.UUID:
+    """The ``message_id`` of the dead letter of one record by one consumer.
+
+    Deterministic, so a dead letter sent again (a consumer that replays after a crash, or
+    every replica of a group-less follower) is recognisable as the same one.
+    """
+    return uuid.uuid5(DEAD_LETTER_IDS, f"{consumer}|{topic}|{partition}|{offset}")
+
+
 def dead_letter(
     record: ConsumerRecord[Any, Any], error: BaseException, consumer: str
 ) -> DeadLetter:
-    """Describe an unhandleable record so it can be inspected and replayed later."""
+    """Describe an unhandleable record so it can be inspected and replayed later.
+
+    Its ``message_id`` is :func:`dead_letter_id` of the consumer and the record's origin.
+    """
     raw: bytes = record.value or b""
     key = record.key
-    return DeadLetter.build(
+    letter = DeadLetter.build(
         origin_topic=record.topic,
         origin_partition=record.partition,
         origin_offset=record.offset,
@@ -217,6 +253,15 @@ def dead_letter(
         consumer=consumer,
         failed_at=utcnow(),
     )
+    letter_id = dead_letter_id(consumer, record.topic, record.partition, record.offset)
+    return letter.model_copy(update={"message_id": letter_id})
+
+
+def dead_letter_outgoing(cfg: KafkaConfig, letter: DeadLetter) -> Outgoing:
+    """Where a dead letter goes: the dead-letter topic, keyed by the original key."""
+    data = letter.data
+    key = data.origin_key or f"{data.origin_topic}/{data.origin_partition}"
+    return Outgoing(topic=cfg.topic(topics.DEADLETTER), key=key, message=letter)
 
 
 @dataclass(frozen=True)

@@ -6,19 +6,30 @@ that is always a parameter (DESIGN §8: a rebuild replays into a fresh schema an
 
 Per fetched batch (up to ``max_batch`` records) the projector opens ONE transaction:
 
+0. take the schema's pause lock in shared mode (:func:`pause_lock_key`): a rebuild
+   holds it exclusively while it catches up to, compares with and swaps out this
+   schema, so live batches wait for it instead of moving on;
 1. lock this projection's rows of ``<schema>.projector_offsets`` for the batch's
    partitions and drop records below the stored ``next_offset`` (someone else applied
    them: a replica during a rebalance, or a previous life of this process);
-2. ``apply(conn, messages)`` with the decoded messages, partition order preserved;
-3. send a :class:`~spine_contracts.DeadLetter` for every record that does not decode or
-   that ``apply`` rejects (isolated by re-applying the batch one message per savepoint),
-   and wait for the broker's acknowledgement: at least once, with a deterministic
-   ``message_id`` so a repeat after a crash is recognisable;
-4. store each partition's next offset and ``NOTIFY`` :data:`NOTIFY_CHANNEL`; commit.
+2. drop messages whose ``message_id`` this projection has already applied (recorded in
+   ``<schema>.projector_messages`` in the same transaction): a message published twice,
+   at two offsets, is applied once (``Projection.dedupe``, on by default);
+3. ``apply(conn, messages)`` with the decoded messages, partition order preserved;
+4. send a :class:`~spine_contracts.DeadLetter` for every record that does not decode, is
+   of a type its topic does not carry, or that ``apply`` rejects (isolated by
+   re-applying the batch one message per savepoint), and wait for the broker's
+   acknowledgement: at least once, with a deterministic ``message_id`` so a repeat
+   after a crash is recognisable;
+5. store each partition's next offset and ``NOTIFY`` :data:`NOTIFY_CHANNEL`; commit.
 
-Rows and offsets therefore commit together: a crash at any point loses nothing and
-applies nothing twice. PostgreSQL is the source of truth for positions; Kafka group
-offsets are committed only for lag dashboards, best effort, in group mode.
+Rows, dedupe records and offsets therefore commit together: a crash at any point loses
+nothing and applies nothing twice. PostgreSQL is the source of truth for positions;
+Kafka group offsets are committed only for lag dashboards, best effort, in group mode.
+
+A rebuild (:mod:`spine_servicekit.rebuild`) runs the same projection into a fresh
+schema with :meth:`Projector.limit` set to the live offsets, so it never applies past
+what the live projector has stored and can stop at exactly its position.
 
 Assignment: by default the projector assigns itself every partition of its topics (no
 consumer group). A projection is one logical writer per schema, a rebuild needs an
@@ -57,14 +68,24 @@ from aiokafka import (
 )
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import IllegalStateError, KafkaError
-from spine_contracts import ContractError, Message, parse, topics
+from spine_contracts import ContractError, Message, topics
 from spine_contracts.topics import FOREVER, TopicSpec
 
-from .kafka import KafkaConfig, Outgoing, dead_letter, make_consumer, make_producer, send_all
+from .kafka import (
+    KafkaConfig,
+    Outgoing,
+    dead_letter,
+    dead_letter_outgoing,
+    decode_record,
+    make_consumer,
+    make_producer,
+    send_all,
+)
 from .logging import get_logger
-from .postgres import create_pool, drop_schema, ensure_schema, migrate, quote_schema
+from .postgres import create_pool, drop_schema, ensure_schema, lock_key, migrate, quote_schema
 
 __all__ = [
+    "MESSAGES_TABLE",
     "NOTIFY_CHANNEL",
     "OFFSETS_TABLE",
     "ApplyFn",
@@ -76,6 +97,8 @@ __all__ = [
     "ProjectorNotRunning",
     "ProjectorStats",
     "SetupFn",
+    "pause_lock_key",
+    "prepare_schema",
     "read_offsets",
     "wait_for_stored_offsets",
 ]
@@ -83,6 +106,8 @@ __all__ = [
 #: Channel notified (payload ``<schema>.<projection>``) whenever a batch commits.
 NOTIFY_CHANNEL = "spine_projector_offsets"
 OFFSETS_TABLE = "projector_offsets"
+#: ``message_id`` of every message a projection has applied (or dead-lettered).
+MESSAGES_TABLE = "projector_messages"
 _LEDGER_COMPONENT = "spine_projector"
 _OFFSETS_DDL = f"""
 CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (
@@ -93,8 +118,13 @@ CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (projection, topic, partition)
 )"""
+_MESSAGES_DDL = f"""
+CREATE TABLE IF NOT EXISTS {MESSAGES_TABLE} (
+    projection text NOT NULL,
+    message_id uuid NOT NULL,
+    PRIMARY KEY (projection, message_id)
+)"""
 _TOPIC_WAIT_S = 15.0
-_DEAD_LETTER_IDS = uuid.UUID("8f0c3c52-5a4e-4b8f-9d55-6c3b1f0e7a21")
 
 #: Errors worth retrying the same batch for: the database or broker may come back.
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -126,6 +156,11 @@ class ProjectorNotRunning(ProjectorError):
     pass
 
 
+def pause_lock_key(schema: str) -> int:
+    """The advisory lock every live batch into ``schema`` takes shared; a rebuild, exclusive."""
+    return lock_key("projector-pause", schema)
+
+
 @dataclass(frozen=True)
 class Incoming:
     """One decoded record handed to ``apply``, with where it came from."""
@@ -152,6 +187,11 @@ class Projection:
     name tables unqualified and the same code projects into any schema. ``apply`` must
     only write through the connection it is given (it runs inside the offsets'
     transaction) and may be handed any subset of messages again after a rejection.
+
+    ``dedupe`` records every applied ``message_id`` and skips a message seen before, so
+    ``apply`` sees each message once even when it was published twice. ``apply`` must
+    derive every column from the messages (never ``now()``), so a rebuild from offset 0
+    equals the live tables row for row.
     """
 
     name: str
@@ -159,6 +199,7 @@ class Projection:
     apply: ApplyFn
     migrations: tuple[str, ...] = ()
     setup: SetupFn | None = None
+    dedupe: bool = True
 
 
 @dataclass
@@ -169,6 +210,7 @@ class ProjectorStats:
     applied: int = 0
     skipped: int = 0
     dead_letters: int = 0
+    duplicates: int = 0
 
 
 @dataclass
@@ -243,7 +285,14 @@ class Projector:
         self._failure: BaseException | None = None
         self._stopped = False
         self._last_kafka_commit = 0.0
+        self._ceiling: dict[TopicPartition, int] | None = None
+        self._pause_key = pause_lock_key(schema)
         q = quote_schema(schema)
+        self._sql_seen = f"""
+            INSERT INTO {q}.{MESSAGES_TABLE} (projection, message_id)
+            SELECT $1, m FROM unnest($2::uuid[]) AS u(m)
+            ON CONFLICT DO NOTHING
+            RETURNING message_id"""
         self._sql_lock = f"""
             INSERT INTO {q}.{OFFSETS_TABLE} AS o (projection, topic, partition, next_offset)
             SELECT $1, t, p, 0 FROM unnest($2::text[], $3::int[]) AS u(t, p)
@@ -308,8 +357,7 @@ class Projector:
                 max_size=2,
             )
             async with self._pool.acquire() as conn:
-                await ensure_schema(conn, self.schema)
-                await migrate(conn, self.schema, _LEDGER_COMPONENT, [_OFFSETS_DDL])
+                await prepare_schema(conn, self.schema)
                 await migrate(conn, self.schema, self.projection.name, self.projection.migrations)
                 if self.projection.setup is not None:
                     async with conn.transaction():
@@ -384,6 +432,19 @@ class Projector:
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment()) if self._consumer is not None else set()
 
+    def limit(self, ceiling: Mapping[TopicPartition, int] | None) -> None:
+        """Apply nothing at or past ``ceiling`` (next offsets; a partition not named: 0).
+
+        A rebuild sets it to the live projector's stored offsets so it can stop at
+        exactly that position; ``None`` lifts it. Callable before :meth:`start`.
+        """
+        self._ceiling = dict(ceiling) if ceiling is not None else None
+        consumer = self._consumer
+        if consumer is not None:
+            paused = consumer.paused()
+            if paused:  # the loop pauses again whatever is still at the ceiling
+                consumer.resume(*paused)
+
     async def end_offsets(self) -> dict[TopicPartition, int]:
         """The assigned partitions' current end offsets (last stable offset: read_committed)."""
         if self._consumer is None:
@@ -449,6 +510,8 @@ class Projector:
         self, fetched: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
     ) -> None:
         positions = await self._positions()
+        if self._ceiling is not None:
+            fetched, positions = self._below_ceiling(fetched, positions, self._ceiling)
         items = [
             self._decode(record)
             for tp, records in fetched.items()
@@ -481,6 +544,33 @@ class Projector:
             self._changed.notify_all()
         await self._commit_to_kafka()
 
+    def _below_ceiling(
+        self,
+        fetched: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]],
+        positions: Mapping[TopicPartition, int],
+        ceiling: Mapping[TopicPartition, int],
+    ) -> tuple[dict[TopicPartition, list[ConsumerRecord[Any, Any]]], dict[TopicPartition, int]]:
+        """Keep what lies below the ceiling; rewind and pause the partitions that reach it."""
+        assert self._consumer is not None
+        kept: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
+        for tp, records in fetched.items():
+            top = ceiling.get(tp, 0)
+            below = [r for r in records if r.offset < top]
+            if below:
+                kept[tp] = below
+        capped: dict[TopicPartition, int] = {}
+        for tp, position in positions.items():
+            top = ceiling.get(tp, 0)
+            capped[tp] = min(position, top)
+            if position >= top:
+                if position > top:
+                    try:  # what lies past the ceiling is read again once it rises
+                        self._consumer.seek(tp, top)
+                    except IllegalStateError:
+                        continue
+                self._consumer.pause(tp)
+        return kept, capped
+
     async def _positions(self) -> dict[TopicPartition, int]:
         assert self._consumer is not None
         positions: dict[TopicPartition, int] = {}
@@ -496,7 +586,7 @@ class Projector:
         if record.value is None:
             return item  # a compaction tombstone: nothing to apply, the offset still moves
         try:
-            message = parse(record.value)
+            message = decode_record(record, self._kafka.prefix)
         except ContractError as exc:
             item.error = exc
             return item
@@ -517,6 +607,8 @@ class Projector:
         assert self._pool is not None and self._producer is not None
         tps = sorted({it.tp for it in items} | set(positions))  # one lock order for all replicas
         async with self._pool.acquire() as conn, _transaction(conn):
+            # First, before any row lock: a rebuild holding it exclusively pauses us here.
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", self._pause_key)
             rows = await conn.fetch(
                 self._sql_lock,
                 self.projection.name,
@@ -526,6 +618,9 @@ class Projector:
             stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
             fresh = [it for it in items if it.record.offset >= stored[it.tp]]
             messages = [it for it in fresh if it.incoming is not None]
+            duplicates = 0
+            if self.projection.dedupe and messages:
+                messages, duplicates = await self._unseen(conn, messages)
             if isolate:
                 await self._apply_each(conn, messages)
             elif messages:
@@ -566,6 +661,9 @@ class Projector:
         self.stats.applied += len(messages) - sum(it.error is not None for it in messages)
         self.stats.skipped += len(items) - len(fresh)
         self.stats.dead_letters += len(dead)
+        self.stats.duplicates += duplicates
+        if duplicates:
+            self._log.info("projector_duplicates_skipped", count=duplicates)
         for it in dead:
             self._log.warning(
                 "projector_dead_letter",
@@ -578,6 +676,19 @@ class Projector:
         self._log.debug(
             "projector_batch_committed", records=len(items), applied=len(messages), dead=len(dead)
         )
+
+    async def _unseen(
+        self, conn: asyncpg.Connection, messages: Sequence[_Item]
+    ) -> tuple[list[_Item], int]:
+        """Record the batch's message ids; keep the first copy of each id never applied."""
+        first: dict[uuid.UUID, _Item] = {}
+        for it in messages:
+            assert it.incoming is not None
+            first.setdefault(it.incoming.message.message_id, it)
+        rows = await conn.fetch(self._sql_seen, self.projection.name, list(first))
+        new = {r["message_id"] for r in rows}
+        kept = [it for mid, it in first.items() if mid in new]
+        return kept, len(messages) - len(kept)
 
     async def _apply_each(self, conn: asyncpg.Connection, items: Sequence[_Item]) -> None:
         """Apply one message per savepoint; a message ``apply`` rejects becomes a dead letter."""
@@ -594,14 +705,7 @@ class Projector:
 
     def _dead_letter(self, item: _Item) -> Outgoing:
         assert item.error is not None
-        record = item.record
-        letter = dead_letter(record, item.error, consumer=self.name)
-        letter_id = uuid.uuid5(
-            _DEAD_LETTER_IDS, f"{self.name}|{record.topic}|{record.partition}|{record.offset}"
-        )
-        letter = letter.model_copy(update={"message_id": letter_id})
-        key = letter.data.origin_key or f"{record.topic}/{record.partition}"
-        return Outgoing(topic=self._kafka.topic(topics.DEADLETTER), key=key, message=letter)
+        return dead_letter_outgoing(self._kafka, dead_letter(item.record, item.error, self.name))
 
     # --- assignment ----------------------------------------------------------------------
 
@@ -732,6 +836,12 @@ def _alive(conn: asyncpg.Connection) -> bool:
         return not conn.is_closed()
     except asyncpg.InterfaceError:  # a pool proxy whose dead connection was taken back
         return False
+
+
+async def prepare_schema(conn: asyncpg.Connection, schema: str) -> None:
+    """Create ``schema`` with the projectors' ledger (offsets, applied message ids)."""
+    await ensure_schema(conn, schema)
+    await migrate(conn, schema, _LEDGER_COMPONENT, [_OFFSETS_DDL, _MESSAGES_DDL])
 
 
 async def read_offsets(

@@ -21,8 +21,9 @@ who processes *p* later must start a producer with the same id, which fences thi
 
 Failures:
 
-* A record that cannot be decoded (``ContractError``) becomes a ``DeadLetter`` inside the
-  partition's transaction, with the original key.
+* A record that cannot be decoded, or whose type its topic does not carry
+  (``ContractError``), becomes a ``DeadLetter`` inside the partition's transaction, with
+  the original key and origin; the handler never sees it.
 * ``handler.handle`` raising for a batch: its in-memory state may be half-updated, so the
   partition is reset (state rebuilt, input re-read) and the re-read records are handled one
   per transaction; the one that raises again is dead-lettered. :class:`PoisonMessage` says
@@ -58,14 +59,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import OffsetAndMetadata
-from spine_contracts import ContractError, DeadLetter, Message, parse, topics
-from spine_contracts.errors import UndecodableMessage
+from spine_contracts import ContractError, DeadLetter, Message, topics
 
 from .kafka import (
     REPLY_TO_HEADER,
     KafkaConfig,
     Outgoing,
     dead_letter,
+    decode_record,
     make_consumer,
     make_producer,
     send_all,
@@ -455,7 +456,7 @@ class TransactionalLoop:
                 outgoing.append(self._dead_letter(record, TransactionFailed(strike[1])))
                 continue
             try:
-                message = _decode(record)
+                message = decode_record(record, self._cfg.prefix)
             except ContractError as exc:
                 outgoing.append(self._dead_letter(record, exc))
                 continue
@@ -713,12 +714,6 @@ class TransactionalLoop:
 
 class TransactionFailed(Exception):
     """Dead-letter error of a record whose transaction failed alone, non-retriably, twice."""
-
-
-def _decode(record: ConsumerRecord[Any, Any]) -> Message:
-    if record.value is None:
-        raise UndecodableMessage("record has no value")
-    return parse(record.value)
 
 
 def _incoming(record: ConsumerRecord[Any, Any], message: Message) -> Incoming:

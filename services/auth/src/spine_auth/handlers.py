@@ -23,13 +23,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import structlog
 from aiokafka.partitioner import murmur2
-from spine_contracts import AuthCommandRejected, ContractError, Message, parse, topics
-from spine_servicekit.kafka import KafkaConfig, Outgoing, read_partition
+from spine_contracts import AuthCommandRejected, ContractError, Message, topics
+from spine_servicekit.kafka import KafkaConfig, Outgoing, decode_record, read_partition
 from spine_servicekit.logging import get_logger
 from spine_servicekit.txloop import Incoming, PoisonMessage
 
 from .domain import COMMAND_TYPES, Decision, UserAccount, decide, replay
-from .errors import MisroutedCommand, StateRebuildFailed
+from .errors import MisroutedCommand
 
 log = get_logger(__name__)
 
@@ -137,17 +137,25 @@ class AuthHandler:
         return out
 
     async def _read_events(self, partition: int) -> AsyncIterator[Sequence[Message]]:
+        """The partition's events in order. A record that is not an auth event cannot be a
+        decision of auth (only its transactions write here): it is skipped, never allowed
+        to keep the partition from starting; auth's projector dead-letters it."""
         async for records in read_partition(self._cfg, self._topic_events, partition):
             batch: list[Message] = []
             for record in records:
                 if record.value is None:
                     continue
                 try:
-                    batch.append(parse(record.value))
+                    batch.append(decode_record(record, self._cfg.prefix))
                 except ContractError as exc:
-                    raise StateRebuildFailed(
-                        f"{record.topic}/{record.partition}@{record.offset}: {exc}"
-                    ) from exc
+                    log.error(
+                        "auth_event_skipped",
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        error_type=type(exc).__name__,
+                        error=str(exc)[:500],
+                    )
             yield batch
 
 

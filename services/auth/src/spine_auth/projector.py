@@ -166,3 +166,8 @@ def _movement(m: object) -> tuple[str, str | None, str, int, int, int] | None:
 
 def auth_projection() -> Projection:
     return Projection(name=NAME, topics=(topics.AUTH_EVENTS,), apply=apply, migrations=MIGRATIONS)
+
+
+def projections() -> tuple[Projection, ...]:
+    """Every projection kept in auth's schema (what ``make rebuild`` replays)."""
+    return (auth_projection(),)

@@ -1,1 +1,3 @@
 """HTTP gateway of AI Spine."""
+
+__version__ = "0.1.0"

@@ -4,23 +4,36 @@ opened here, never at import) and the one exception handler of the API."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import asyncpg
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from spine_servicekit.kafka import KafkaConfig, instance_id, make_producer
 from spine_servicekit.logging import get_logger
 from spine_servicekit.postgres import create_pool
-from spine_servicekit.projector import Projector
+from spine_servicekit.projector import Projector, ProjectorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .adapters.kafka import Heartbeats, Publisher, Replies
+from . import __version__
+from .adapters.kafka import (
+    ConsumerLag,
+    Heartbeats,
+    MetricsSummary,
+    Publisher,
+    Replies,
+    UsageRecorder,
+)
 from .adapters.postgres import ReadModel
 from .adapters.redis import RedisStore
 from .errors import GatewayError, code_for_status, error_body
@@ -30,14 +43,29 @@ from .projection import (
     agents_projection,
     executions_projection,
     flows_projection,
+    usage_projection,
     users_projection,
 )
 from .routes import catalog, executions, ops, users
-from .service import GatewayService, Projectors
+from .service import GatewayService, Observers, Projectors
 from .settings import GatewaySettings
 
 log = get_logger(__name__)
 API_PREFIX = "/api/v1"
+#: What no request waits for (usage, heartbeats, the metrics summary, lag) is fetched with a
+#: long broker wait: an idle consumer then costs one fetch per 250 ms instead of per 10 ms.
+BACKGROUND_FETCH_WAIT_MS = 250
+#: failures of Kafka, PostgreSQL, Redis or a projection: answered 503
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    TimeoutError,
+    OSError,
+    KafkaError,
+    ProjectorError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
 
 
 def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> FastAPI:
@@ -47,6 +75,9 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             cfg = KafkaConfig.from_settings(settings, client_id="gateway")
+            background = dataclasses.replace(
+                cfg, fetch_max_wait_ms=max(cfg.fetch_max_wait_ms, BACKGROUND_FETCH_WAIT_MS)
+            )
             producer = make_producer(cfg)
             await producer.start()
             stack.push_async_callback(producer.stop)
@@ -67,6 +98,12 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
                     executions_projection(marks),
                     schema=settings.db_schema,
                 ),
+                usage=Projector(
+                    background,
+                    settings.database_url,
+                    usage_projection(),
+                    schema=settings.db_schema,
+                ),
             )
             for projector in projectors.all():  # one by one: they share the schema's ledger
                 await projector.start()
@@ -82,11 +119,17 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
             redis = Redis.from_url(settings.redis_url)
             stack.push_async_callback(redis.aclose)
             replies = Replies(cfg, replica)
-            await replies.start()
-            stack.push_async_callback(replies.stop)
-            heartbeats = Heartbeats(cfg)
-            await heartbeats.start()
-            stack.push_async_callback(heartbeats.stop)
+            heartbeats = Heartbeats(background)
+            summary = MetricsSummary(background)
+            usage = UsageRecorder(cfg, max_pending=settings.usage_buffer)
+            lag = ConsumerLag(background, cache_s=settings.lag_cache_s)
+            stack.push_async_callback(lag.stop)
+            for part in (replies, heartbeats, summary, usage):
+                stack.push_async_callback(part.stop)
+            # independent clients: connect them side by side (each stop is safe unstarted)
+            await asyncio.gather(
+                replies.start(), heartbeats.start(), summary.start(), usage.start()
+            )
             service = GatewayService(
                 settings,
                 publisher=Publisher(cfg, producer),
@@ -95,7 +138,7 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
                 store=RedisStore(redis, settings.topic_prefix),
                 projectors=projectors,
                 marks=marks,
-                heartbeats=heartbeats,
+                observers=Observers(heartbeats=heartbeats, summary=summary, lag=lag, usage=usage),
             )
             async with asyncio.timeout(60):
                 for projector in projectors.all():
@@ -115,7 +158,7 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
 
     app = FastAPI(
         title="AI Spine",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
         description="Event-driven orchestration of AI agents over Apache Kafka.",
     )
@@ -166,7 +209,7 @@ def _install_errors(app: FastAPI) -> None:
             422,
             "VALIDATION_ERROR",
             f"invalid value: {exc.error_count()} error(s)",
-            errors=exc.errors(include_url=False),
+            errors=exc.errors(include_url=False, include_context=False),
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -176,6 +219,16 @@ def _install_errors(app: FastAPI) -> None:
         )
         response.headers.update(exc.headers or {})
         return response
+
+    async def unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        # a dependency that is down or too slow is the caller's 503, never a 500
+        log.warning("dependency_unavailable", error=repr(exc))
+        return _error_response(
+            503, "SERVICE_UNAVAILABLE", "a dependency did not answer in time; retry later"
+        )
+
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, unavailable)
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -194,9 +247,21 @@ def _install_middleware(app: FastAPI) -> None:
         if rate is not None:
             for name, value in rate.headers().items():
                 response.headers.setdefault(name, value)
+        elapsed = time.perf_counter() - started
         route = request.scope.get("route")
         label = getattr(route, "path", "unmatched")
         metrics: GatewayMetrics = request.app.state.metrics
         metrics.requests.labels(request.method, label, str(response.status_code)).inc()
-        metrics.latency.labels(label).observe(time.perf_counter() - started)
+        metrics.latency.labels(label).observe(elapsed)
+        user_id = getattr(request.state, "usage_user", None)
+        if user_id is not None:  # an authenticated user's request: usage, fire and forget
+            service: GatewayService = request.app.state.service
+            service.record_usage(
+                user_id,
+                method=request.method,
+                path=request.url.path,
+                status_code=response.status_code,
+                duration_ms=elapsed * 1000,
+                credits=getattr(request.state, "usage_credits", 0),
+            )
         return response

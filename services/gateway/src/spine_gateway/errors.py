@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from .models import ErrorBody
+
 
 class GatewayError(Exception):
     status: ClassVar[int] = 500
@@ -116,3 +118,37 @@ def code_for_status(status: int) -> str:
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     """The one error shape of the API."""
     return {"detail": message, "code": code, "message": message, "error_code": code, **extra}
+
+
+_DESCRIPTIONS: dict[int, str] = {
+    400: "Bad request",
+    401: "Missing, unknown or revoked API key",
+    402: "Not enough credits for the flow's cost",
+    403: "The wrong kind of key (master vs user)",
+    404: "Unknown, or another tenant's",
+    409: "State conflict",
+    422: "Invalid body, query, path or header",
+    429: "Over the per-minute rate limit (see Retry-After)",
+    503: "A dependency did not answer in time",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, all with the one error body."""
+    return {s: {"model": ErrorBody, "description": _DESCRIPTIONS.get(s, "Error")} for s in statuses}
+
+
+_REPLAY: dict[int, type[GatewayError]] = {
+    401: Unauthorized,
+    402: InsufficientCredits,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    422: InvalidInput,
+}
+
+
+def replayed(status: int, code: str, message: str, extra: dict[str, Any]) -> GatewayError:
+    """The error a stored idempotent answer stands for (same status, code and message)."""
+    cls = _REPLAY.get(status, Conflict)
+    return cls(message, code=code, extra=extra)

@@ -33,3 +33,9 @@ class GatewayMetrics:
         self.agents_active = Gauge(
             "spine_agents_active", "Active agents in the catalogue", registry=self.registry
         )
+        self.usage_records = Gauge(
+            "spine_gateway_usage_records",
+            "UsageRecorded records since start, by fate",
+            ["fate"],
+            registry=self.registry,
+        )

@@ -5,6 +5,8 @@
 * ``gw_agents``     ← ``spine.registry.events``: the agent catalogue.
 * ``gw_executions`` ← ``spine.executions.events``: executions, their nodes and the
   per-execution event trail (``seq`` is the SSE id).
+* ``gw_usage``      ← ``spine.usage``: requests and credits per user and hour, and totals
+  (the hourly rows are the rolled-up form that outlives the topic's 30-day retention).
 
 Each runs in its own :class:`~spine_servicekit.projector.Projector`, so a read-your-writes
 wait only involves the topic the write lands in. While applying, a projection records
@@ -38,12 +40,14 @@ from spine_contracts import (
     FlowDeleted,
     InputReceived,
     KeyRotated,
+    Message,
     NodeCompleted,
     NodeDispatched,
     NodeFailed,
     NodeSkipped,
     NodeWaitingInput,
     ReservationWithdrawn,
+    UsageRecorded,
     UserCreated,
     topics,
 )
@@ -53,20 +57,30 @@ Mark = tuple[TopicPartition, int]
 
 
 class Marks:
-    """Where (partition, next offset) the event a writer waits for was applied."""
+    """Where (partition, next offset) the event a writer waits for was applied, and which
+    event it was (a cancel ends in ``ExecutionCancelled`` or ``ExecutionCommandRejected``)."""
 
     def __init__(self, limit: int = 100_000) -> None:
-        self._marks: dict[tuple[str, str], Mark] = {}
+        self._marks: dict[tuple[str, str], tuple[Mark, Message]] = {}
         self._limit = limit
 
-    def put(self, kind: str, key: str, item: Incoming) -> None:
+    def put(self, kind: str, key: str, item: Incoming, *, first: bool = False) -> None:
+        """Record where ``item`` lies; with ``first``, keep an earlier record of the key."""
+        if first and (kind, key) in self._marks:
+            return
         if len(self._marks) >= self._limit:  # bounded: the oldest half goes
             for old in list(self._marks)[: self._limit // 2]:
                 del self._marks[old]
-        self._marks[(kind, key)] = (TopicPartition(item.topic, item.partition), item.offset + 1)
+        mark = (TopicPartition(item.topic, item.partition), item.offset + 1)
+        self._marks[(kind, key)] = (mark, item.message)
 
     def get(self, kind: str, key: str) -> Mark | None:
-        return self._marks.get((kind, key))
+        found = self._marks.get((kind, key))
+        return found[0] if found is not None else None
+
+    def message(self, kind: str, key: str) -> Message | None:
+        found = self._marks.get((kind, key))
+        return found[1] if found is not None else None
 
 
 def _json(value: Any) -> str:
@@ -263,6 +277,9 @@ CREATE TABLE execution_events (
 );
 """
 
+#: what a CancelExecution or ProvideInput ends in first
+_COMMAND_OUTCOMES = (InputReceived, ExecutionCancelled, ExecutionCommandRejected)
+
 _TERMINAL_EVENTS = {
     ExecutionCompleted: "completed",
     ExecutionFailed: "failed",
@@ -307,6 +324,9 @@ def executions_projection(marks: Marks) -> Projection:
             )
             if isinstance(m, ExecutionStarted):
                 marks.put("execution", eid, item)
+            elif m.causation_id and isinstance(m, _COMMAND_OUTCOMES):
+                # the first event a gateway's cancel or input caused is its outcome
+                marks.put("execution_cmd", m.causation_id, item, first=True)
             if not inserted:
                 continue  # the same seq again: already applied
             if isinstance(m, ExecutionStarted):
@@ -400,4 +420,95 @@ def executions_projection(marks: Marks) -> Projection:
 
     return Projection(
         "gw_executions", (topics.EXECUTION_EVENTS,), apply, migrations=(EXECUTIONS_DDL,)
+    )
+
+
+# --- usage -------------------------------------------------------------------------------
+
+USAGE_DDL = """
+CREATE TABLE usage_hourly (
+    user_id     text NOT NULL,
+    hour        timestamptz NOT NULL,
+    requests    bigint NOT NULL,
+    errors      bigint NOT NULL,
+    credits     bigint NOT NULL,
+    duration_ms double precision NOT NULL,
+    PRIMARY KEY (user_id, hour)
+);
+CREATE TABLE usage_totals (
+    user_id         text PRIMARY KEY,
+    requests        bigint NOT NULL,
+    errors          bigint NOT NULL,
+    credits         bigint NOT NULL,
+    first_request_at timestamptz NOT NULL,
+    last_request_at  timestamptz NOT NULL
+);
+"""
+
+
+def usage_projection() -> Projection:
+    """Folds ``UsageRecorded`` into hourly and total counters; the projector applies each
+    offset exactly once, so the increments neither double nor go missing."""
+
+    async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
+        hourly: dict[tuple[str, datetime], list[float]] = {}
+        totals: dict[str, list[Any]] = {}
+        for item in batch:
+            m = item.message
+            if not isinstance(m, UsageRecorded):
+                continue
+            d = m.data
+            at = m.occurred_at
+            error = 1 if d.status_code >= 400 else 0
+            hour = at.replace(minute=0, second=0, microsecond=0)
+            h = hourly.setdefault((d.user_id, hour), [0, 0, 0, 0.0])
+            h[0] += 1
+            h[1] += error
+            h[2] += d.credits
+            h[3] += d.duration_ms
+            t = totals.setdefault(d.user_id, [0, 0, 0, at, at])
+            t[0] += 1
+            t[1] += error
+            t[2] += d.credits
+            t[3] = min(t[3], at)
+            t[4] = max(t[4], at)
+        if hourly:
+            await conn.executemany(
+                """INSERT INTO usage_hourly AS u (user_id, hour, requests, errors, credits,
+                       duration_ms)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (user_id, hour) DO UPDATE SET
+                       requests = u.requests + EXCLUDED.requests,
+                       errors = u.errors + EXCLUDED.errors,
+                       credits = u.credits + EXCLUDED.credits,
+                       duration_ms = u.duration_ms + EXCLUDED.duration_ms""",
+                [(u, h, int(v[0]), int(v[1]), int(v[2]), v[3]) for (u, h), v in hourly.items()],
+            )
+        if totals:
+            await conn.executemany(
+                """INSERT INTO usage_totals AS t (user_id, requests, errors, credits,
+                       first_request_at, last_request_at)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (user_id) DO UPDATE SET
+                       requests = t.requests + EXCLUDED.requests,
+                       errors = t.errors + EXCLUDED.errors,
+                       credits = t.credits + EXCLUDED.credits,
+                       first_request_at = LEAST(t.first_request_at, EXCLUDED.first_request_at),
+                       last_request_at = GREATEST(t.last_request_at, EXCLUDED.last_request_at)""",
+                [(u, v[0], v[1], v[2], v[3], v[4]) for u, v in totals.items()],
+            )
+
+    return Projection("gw_usage", (topics.USAGE,), apply, migrations=(USAGE_DDL,))
+
+
+def rebuild_projections() -> tuple[Projection, ...]:
+    """Every projection kept in the gateway's schema, as ``make rebuild`` replays them (the
+    marks of a rebuild are its own and unused); keep in step with the app's wiring."""
+    marks = Marks()
+    return (
+        users_projection(marks),
+        flows_projection(),
+        agents_projection(marks),
+        executions_projection(marks),
+        usage_projection(),
     )

@@ -8,10 +8,11 @@ another service over HTTP nor reads another service's tables.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,15 +25,18 @@ from spine_contracts import (
     CancelExecution,
     CreateUser,
     DeregisterAgent,
+    ExecutionCommandRejected,
     FlowDefined,
     FlowDefinition,
     FlowDeleted,
     GatewayReply,
+    InputReceived,
     Message,
     ProvideInput,
     RegisterAgent,
     ReserveCredits,
     RotateKey,
+    UsageRecorded,
     WithdrawReservation,
     topics,
 )
@@ -41,18 +45,27 @@ from spine_flows import FlowValidationError, flow_version
 from spine_servicekit.logging import get_logger
 from spine_servicekit.projector import Projector
 
-from .adapters.kafka import Heartbeats, Publisher, Replies
+from .adapters.kafka import (
+    ConsumerLag,
+    Heartbeats,
+    MetricsSummary,
+    Publisher,
+    Replies,
+    UsageRecorder,
+)
 from .adapters.postgres import ReadModel, Row
 from .adapters.redis import RedisStore
 from .errors import (
     Conflict,
     Forbidden,
+    GatewayError,
     InvalidInput,
     NotFound,
     RateLimited,
     Unauthorized,
     Unavailable,
     from_reply,
+    replayed,
 )
 from .keys import generate_key, hash_key, same_secret
 from .projection import Marks
@@ -83,9 +96,26 @@ class Projectors:
     flows: Projector
     agents: Projector
     executions: Projector
+    usage: Projector
 
     def all(self) -> list[Projector]:
-        return [self.users, self.flows, self.agents, self.executions]
+        return [self.users, self.flows, self.agents, self.executions, self.usage]
+
+
+@dataclass
+class Observers:
+    """What the operations endpoints read besides the read model."""
+
+    heartbeats: Heartbeats
+    summary: MetricsSummary
+    lag: ConsumerLag
+    usage: UsageRecorder
+    started: float = field(default_factory=time.time)
+
+
+#: an Idempotency-Key reserved by a request still running (value ``pending:<token>``)
+_PENDING = "pending:"
+_SLUG = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -107,7 +137,7 @@ class GatewayService:
         store: RedisStore,
         projectors: Projectors,
         marks: Marks,
-        heartbeats: Heartbeats,
+        observers: Observers,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
@@ -116,7 +146,7 @@ class GatewayService:
         self.store = store
         self.projectors = projectors
         self.marks = marks
-        self.heartbeats = heartbeats
+        self.observers = observers
 
     # --- authentication and limits ---------------------------------------------------------
 
@@ -236,7 +266,8 @@ class GatewayService:
         input_data: dict[str, Any],
         metadata: dict[str, Any],
         idempotency_key: str | None,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], int]:
+        """The accepted execution, and the credits this request reserved (0 for a replay)."""
         user_id = str(user["user_id"])
         flow_row = await self.read.flow(flow_id)
         if flow_row is None:
@@ -248,7 +279,7 @@ class GatewayService:
             )
             existing = await self.read.execution(execution_id)
             if existing is not None and existing["user_id"] == user_id:
-                return self._accepted(existing)
+                return self._accepted(existing), 0
         flow = FlowDefinition.model_validate(flow_row["definition"])
         request_id = _new_request_id()
         cmd = ReserveCredits.build(
@@ -282,14 +313,15 @@ class GatewayService:
             await self._wait_mark(self.projectors.executions, "execution", execution_id)
         except TimeoutError:
             log.warning("execute_projection_slow", execution_id=execution_id)
-            return {
+            accepted = {
                 "execution_id": execution_id,
                 "status": "pending",
                 "created_at": datetime.now(UTC).isoformat(),
             }
+            return accepted, flow.cost
         row = await self.read.execution(execution_id)
         assert row is not None
-        return self._accepted(row)
+        return self._accepted(row), flow.cost
 
     @staticmethod
     def _accepted(row: Row) -> dict[str, Any]:
@@ -354,26 +386,94 @@ class GatewayService:
             "offset": offset,
         }
 
-    async def _idempotent(self, user: Row, key: str | None, scope: str, run: Any) -> dict[str, Any]:
-        """Run once per (user, Idempotency-Key); a retry gets the first answer back."""
+    async def _idempotent(
+        self,
+        user: Row,
+        key: str | None,
+        scope: str,
+        run: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """Run once per (user, scope, Idempotency-Key); every repeat gets the first answer.
+
+        The first request reserves the key in Redis (SET NX) before it acts; a concurrent
+        duplicate waits for that answer instead of acting too. Answers below 500 are kept
+        (a 409 is an answer); a 5xx or a crash releases the key so a retry can act.
+        """
         if not key:
-            result: dict[str, Any] = await run()
-            return result
+            return await run()
+        uid = str(user["user_id"])
         name = f"{scope}:{key}"
-        stored = await self.store.claim_idempotency(
-            str(user["user_id"]), name, "", self.settings.idempotency_ttl_s
-        )
-        if stored:
-            loaded: dict[str, Any] = orjson.loads(stored)
-            return loaded
-        result = await run()
-        await self.store.put_idempotent(
-            str(user["user_id"]),
-            name,
-            orjson.dumps(result).decode(),
-            self.settings.idempotency_ttl_s,
-        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._idempotency_wait_s
+        delay = 0.01
+        while True:
+            token = _PENDING + uuid.uuid4().hex
+            if await self.store.reserve_idempotent(
+                uid, name, token, int(self._idempotency_wait_s) + 30
+            ):
+                return await self._first_answer(uid, name, token, run)
+            stored = await self.store.get_idempotent(uid, name)
+            if stored is None:
+                continue  # the first request gave up (5xx) meanwhile: this one acts
+            if not stored.startswith(_PENDING):
+                return self._replay(stored)
+            if loop.time() > deadline:
+                raise Conflict(
+                    "a request with this Idempotency-Key is still in progress",
+                    code="IDEMPOTENCY_KEY_IN_USE",
+                )
+            await asyncio.sleep(delay)  # Redis has no "key changed" wait for one key
+            delay = min(delay * 2, 0.2)
+
+    @property
+    def _idempotency_wait_s(self) -> float:
+        return self.settings.reply_timeout_s + self.settings.projection_timeout_s + 5
+
+    async def _first_answer(
+        self, uid: str, name: str, token: str, run: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        ttl = self.settings.idempotency_ttl_s
+        try:
+            result = await run()
+        except GatewayError as exc:
+            if exc.status < 500 and exc.status != 429:
+                answer = {
+                    "status": exc.status,
+                    "code": exc.code,
+                    "message": exc.message,
+                    "extra": exc.extra,
+                }
+                await self.store.put_idempotent(uid, name, orjson.dumps(answer).decode(), ttl)
+            else:
+                await self.store.release_idempotent(uid, name, token)
+            raise
+        except BaseException:
+            await self.store.release_idempotent(uid, name, token)
+            raise
+        answer = {"status": 200, "body": result}
+        await self.store.put_idempotent(uid, name, orjson.dumps(answer).decode(), ttl)
         return result
+
+    @staticmethod
+    def _replay(stored: str) -> dict[str, Any]:
+        answer = orjson.loads(stored)
+        if answer.get("status") == 200:
+            body: dict[str, Any] = answer["body"]
+            return body
+        raise replayed(
+            int(answer["status"]), str(answer["code"]), str(answer["message"]), answer["extra"]
+        )
+
+    async def _outcome(self, command: Message) -> Message | None:
+        """The first event ``command`` caused, once the read model applied it (None: not in
+        time)."""
+        key = str(command.message_id)
+        try:
+            await self._wait_mark(self.projectors.executions, "execution_cmd", key)
+        except TimeoutError:
+            log.warning("command_outcome_slow", command=command.type, message_id=key)
+            return None
+        return self.marks.message("execution_cmd", key)
 
     async def cancel(
         self, user: Row, execution_id: str, reason: str | None, idempotency_key: str | None
@@ -393,10 +493,24 @@ class GatewayService:
                 requested_by=str(user["user_id"]),
             )
             await self.publisher.publish(topics.EXECUTION_COMMANDS, execution_id, cmd)
+            outcome = await self._outcome(cmd)
+            if isinstance(outcome, ExecutionCommandRejected):
+                # it ended (completed or failed) before the cancel reached it
+                raise Conflict(
+                    f"execution {execution_id!r} cannot be cancelled: {outcome.data.reason}",
+                    code="EXECUTION_TERMINAL",
+                )
+            if outcome is None:
+                return {
+                    "execution_id": execution_id,
+                    "status": "cancelling",
+                    "message": "cancellation requested; not applied yet",
+                }
             return {
                 "execution_id": execution_id,
-                "status": "cancelling",
-                "message": "cancellation requested",
+                "status": "cancelled",
+                "message": "execution cancelled",
+                "reason": cmd.data.reason,
             }
 
         return await self._idempotent(user, idempotency_key, f"cancel:{execution_id}", run)
@@ -425,9 +539,23 @@ class GatewayService:
                 request_id=_new_request_id(),
             )
             await self.publisher.publish(topics.EXECUTION_COMMANDS, execution_id, cmd)
+            outcome = await self._outcome(cmd)
+            if isinstance(outcome, ExecutionCommandRejected):
+                raise Conflict(
+                    f"input refused: {outcome.data.reason}", code="EXECUTION_NOT_WAITING"
+                )
+            if not isinstance(outcome, InputReceived):
+                return {
+                    "execution_id": execution_id,
+                    "status": "input_sent",
+                    "message": "input sent; not applied yet",
+                }
+            now = await self.read.execution(execution_id)
             return {
                 "execution_id": execution_id,
-                "status": "input_received",
+                "status": now["status"] if now is not None else "running",
+                "node_id": outcome.data.node_id,
+                "turn": outcome.data.turn,
                 "message": "input accepted",
             }
 
@@ -529,6 +657,45 @@ class GatewayService:
             "updated_at": _iso(u["updated_at"]),
         }
 
+    async def me(self, user: Row) -> dict[str, Any]:
+        """The caller's account and usage (from the projection of ``spine.usage``; the
+        requests of the last moments may not be counted yet)."""
+        u = await self.read.usage(str(user["user_id"]))
+        last = u["last_request_at"]
+        usage = {
+            "requests_total": int(u["requests"] or 0),
+            "requests_last_24h": int(u["requests_24h"]),
+            "errors_last_24h": int(u["errors_24h"]),
+            "credits_used_total": int(u["credits"] or 0),
+            "credits_used_last_24h": int(u["credits_24h"]),
+            "last_request_at": _iso(last),
+        }
+        return {**self.user_view(user), "usage": usage}
+
+    def record_usage(
+        self,
+        user_id: str,
+        *,
+        method: str,
+        path: str,
+        status_code: int,
+        duration_ms: float,
+        credits: int,
+    ) -> None:
+        """One ``UsageRecorded`` per authenticated request; never waits for Kafka."""
+        self.observers.usage.record(
+            UsageRecorded.build(
+                tenant_id=user_id,
+                user_id=user_id,
+                request_id=_new_request_id(),
+                method=method,
+                path=path[:500],
+                status_code=status_code,
+                duration_ms=round(duration_ms, 3),
+                credits=credits,
+            )
+        )
+
     async def create_user(
         self,
         *,
@@ -568,7 +735,23 @@ class GatewayService:
         cmd = RotateKey.build(
             tenant_id=uid, user_id=uid, key_hash=hash_key(key), request_id=request_id
         )
-        await self._ask(topics.AUTH_COMMANDS, uid, cmd, request_id)
+        try:
+            await self._ask(topics.AUTH_COMMANDS, uid, cmd, request_id)
+        except Unavailable as exc:
+            # Auth may still apply the rotation when it comes back, but the caller never saw
+            # the new key: queue the current hash right behind it (same partition, so in
+            # order), and the key the caller holds keeps working either way.
+            undo = RotateKey.build(
+                cause=cmd,
+                tenant_id=uid,
+                user_id=uid,
+                key_hash=str(user["key_hash"]),
+                request_id=_new_request_id(),
+            )
+            await self.publisher.publish(topics.AUTH_COMMANDS, uid, undo)
+            raise Unavailable(
+                "the key rotation was not confirmed in time; your current key stays valid"
+            ) from exc
         await self._caught_up(self.projectors.users)  # auth commits the event before replying
         return {
             "user_id": uid,
@@ -664,12 +847,24 @@ class GatewayService:
 
     @staticmethod
     def agent_view(a: Row) -> dict[str, Any]:
+        info = a["info"]
         return {
-            **a["info"],
+            **info,
+            # the original SDK's Agent model reads ``type`` and ``configuration``
+            "type": info.get("agent_type", "processor"),
+            "configuration": info.get("metadata", {}).get("configuration", {}),
             "status": "active" if a["active"] else "inactive",
             "active": a["active"],
             "last_seen": _iso(a["last_seen"]),
         }
+
+    @staticmethod
+    def agent_id_for(name: str) -> str:
+        """An agent id from a name, for clients that send only ``{name, type, ...}``."""
+        slug = _SLUG.sub("-", name.strip().lower()).strip("-.")[:100]
+        if not slug:
+            raise InvalidInput("agent_id (or a name to derive it from) is required")
+        return slug
 
     async def agents(self, *, active_only: bool = False) -> dict[str, Any]:
         rows = await self.read.agents(active_only=active_only)
@@ -688,7 +883,13 @@ class GatewayService:
         try:
             await self._wait_mark(self.projectors.agents, "agent_cmd", str(cmd.message_id), 5.0)
         except TimeoutError:
-            return {**info.model_dump(mode="json"), "status": "registering"}, False
+            pending = info.model_dump(mode="json")
+            pending.update(
+                type=info.agent_type,
+                configuration=info.metadata.get("configuration", {}),
+                status="registering",
+            )
+            return pending, False
         return await self.agent(info.agent_id), True
 
     async def deregister_agent(self, agent_id: str) -> dict[str, Any]:
@@ -705,16 +906,55 @@ class GatewayService:
 
     def services(self) -> list[dict[str, Any]]:
         now = time.time()
+        # an instance is alive while its beats keep coming (three intervals of slack)
+        stale_after = 3 * self.settings.heartbeat_interval_s
         out = []
-        for instance, (beat, at) in sorted(self.heartbeats.last.items()):
+        for instance, (beat, at) in sorted(self.observers.heartbeats.last.items()):
+            age = now - at.timestamp()
             out.append(
                 {
                     "service": beat.data.service,
                     "instance_id": instance,
                     "status": beat.data.status,
+                    "alive": beat.data.status != "stopping" and age <= stale_after,
                     "last_heartbeat": at.isoformat(),
-                    "age_s": round(now - at.timestamp(), 3),
+                    "age_s": round(age, 3),
                     "details": beat.data.details,
                 }
             )
         return out
+
+    async def consumer_groups(self) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(5.0):
+                return await self.observers.lag.groups()
+        except TimeoutError:  # the measurement goes on; a later /status shows it
+            return {"error": "TimeoutError"}
+
+    async def metrics_summary(self) -> dict[str, Any]:
+        """The operators' summary from ``spine.metrics.summary`` (the metrics service's
+        aggregates), plus the catalogue sizes and the in-flight count of this read model."""
+        summary = self.observers.summary
+        counts = await self.read.status_counts()
+        flows = len(await self.read.flows())
+        agents = await self.read.agents()
+        total = summary.value("executions_total")
+        return {
+            "timestamp": datetime.now(UTC).isoformat(),
+            "executions_total": int(total) if total is not None else sum(counts.values()),
+            "executions_active": sum(
+                counts.get(s, 0) for s in ("pending", "running", "waiting_input")
+            ),
+            "flows_total": flows,
+            "agents_total": len(agents),
+            "agents_active": sum(1 for a in agents if a["active"]),
+            "success_rate": summary.value("success_rate"),
+            "failure_rate": summary.value("failure_rate"),
+            "average_execution_ms": summary.value("average_execution_ms"),
+            "credits_spent": summary.value("credits_spent"),
+            "summary": {name: entry["value"] for name, entry in sorted(summary.values.items())},
+            "summary_updated_at": max(
+                (e["updated_at"] for e in summary.values.values()), default=None
+            ),
+            "executions": {"total": sum(counts.values()), "by_status": counts},
+        }

@@ -3,11 +3,18 @@
 ``Aggregates.apply(message)`` counts executions by outcome, durations per flow, node
 latency per agent, credits spent and active agents; ``summary()`` is what the compacted
 summary topic (and the gateway's ``/metrics`` JSON) carries.
+
+Duplicates: ``apply`` remembers the last ``remember`` message ids it folded and ignores a
+message it has seen, so a message published twice is counted once. The dedupe record
+and the aggregates change in the same synchronous step and are lost together: after a
+restart the service folds its topics again from offset 0 (they are kept forever or
+compacted), which recomputes both exactly.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+import uuid
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
 from spine_contracts import (
@@ -23,8 +30,11 @@ from spine_contracts import (
     NodeCompleted,
 )
 
-OUTCOMES = {ExecutionCompleted: "completed", ExecutionFailed: "failed",
-            ExecutionCancelled: "cancelled"}
+OUTCOMES = {
+    ExecutionCompleted: "completed",
+    ExecutionFailed: "failed",
+    ExecutionCancelled: "cancelled",
+}
 
 
 @dataclass
@@ -36,10 +46,22 @@ class Aggregates:
     node_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     credits_spent: int = 0
     active_agents: set[str] = field(default_factory=set)
+    duplicates: int = 0
+    remember: int = 200_000
+    seen: OrderedDict[uuid.UUID, None] = field(default_factory=OrderedDict)
 
     def apply(self, message: Message) -> list[tuple[str, str, float, str]]:
-        """Fold one event; return Prometheus observations ``(metric, label, value, kind)``."""
+        """Fold one event; return Prometheus observations ``(metric, label, value, kind)``.
+
+        A message whose id was folded before changes nothing and observes nothing.
+        """
         out: list[tuple[str, str, float, str]] = []
+        if message.message_id in self.seen:
+            self.duplicates += 1
+            return out
+        self.seen[message.message_id] = None
+        if len(self.seen) > self.remember:
+            self.seen.popitem(last=False)
         if isinstance(message, ExecutionStarted):
             self.started += 1
             self.flow_of[message.data.execution_id] = message.data.flow_id
@@ -56,8 +78,14 @@ class Aggregates:
         elif isinstance(message, NodeCompleted) and message.data.agent_id:
             if message.data.duration_ms is not None:
                 self.node_ms[message.data.agent_id].append(message.data.duration_ms)
-                out.append(("node_latency", message.data.agent_id,
-                            message.data.duration_ms / 1000, "histogram"))
+                out.append(
+                    (
+                        "node_latency",
+                        message.data.agent_id,
+                        message.data.duration_ms / 1000,
+                        "histogram",
+                    )
+                )
         elif isinstance(message, CreditsSettled):
             self.credits_spent += message.data.charged
             out.append(("credits_spent", "", message.data.charged, "counter"))

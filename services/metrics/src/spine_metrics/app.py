@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
-from spine_contracts import MetricsSummaryUpdated, Message, to_bytes, topics
+from spine_contracts import Message, MetricsSummaryUpdated, to_bytes, topics
 from spine_servicekit.follower import TopicFollower
 from spine_servicekit.logging import get_logger
 from spine_servicekit.runtime import ServiceContext
@@ -20,11 +20,15 @@ EXECUTIONS_FINISHED = Counter(
     "spine_executions_finished", "Executions finished", ["flow_id", "status"]
 )
 EXECUTION_DURATION = Histogram(
-    "spine_execution_duration_seconds", "Execution duration", ["flow_id"],
+    "spine_execution_duration_seconds",
+    "Execution duration",
+    ["flow_id"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 NODE_LATENCY = Histogram(
-    "spine_node_latency_seconds", "Node latency per agent", ["agent_id"],
+    "spine_node_latency_seconds",
+    "Node latency per agent",
+    ["agent_id"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 CREDITS_SPENT = Counter("spine_credits_spent", "Credits charged for executions")
@@ -54,8 +58,9 @@ async def main(ctx: ServiceContext) -> None:
     aggregates = Aggregates()
     start_http_server(settings.metrics_port, addr=settings.api_host)
     followers = [
-        TopicFollower(cfg, cfg.topic(spec), lambda m, _r: observe(aggregates, m),
-                      name=f"metrics-{spec.base}")
+        TopicFollower(
+            cfg, cfg.topic(spec), lambda m, _r: observe(aggregates, m), name=f"metrics-{spec.base}"
+        )
         for spec in (topics.EXECUTION_EVENTS, topics.AUTH_EVENTS, topics.REGISTRY_EVENTS)
     ]
     for follower in followers:

@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from aiokafka import ConsumerRecord
 from spine_contracts import FireTimer, Message, to_bytes, topics
 from spine_flows import compile_condition
 from spine_servicekit.follower import TopicFollower
-from spine_servicekit.kafka import headers_for
+from spine_servicekit.kafka import dead_letter, dead_letter_outgoing, headers_for
 from spine_servicekit.logging import get_logger
 from spine_servicekit.projector import Projector
 from spine_servicekit.runtime import ServiceContext
@@ -57,6 +58,12 @@ async def main(ctx: ServiceContext) -> None:
         await publish(commands_topic, execution_id, command)
 
     timers = TimerScheduler(fire)
+
+    async def reject_snapshot(record: ConsumerRecord[Any, Any], error: Exception) -> None:
+        # Deterministic id: every state rebuild that meets the record sends the same letter.
+        letter = dead_letter_outgoing(cfg, dead_letter(record, error, "orchestrator-recovery"))
+        await publish(letter.topic, letter.key, letter.message)
+
     handler = OrchestratorHandler(
         cfg,
         catalog=catalog,
@@ -64,6 +71,7 @@ async def main(ctx: ServiceContext) -> None:
         evaluate_condition=evaluate_condition,
         default_node_timeout_s=settings.default_node_timeout_s,
         default_input_timeout_s=settings.default_input_timeout_s,
+        dead_letter=reject_snapshot,
     )
     loop = TransactionalLoop(
         cfg,

@@ -102,7 +102,7 @@ class FlowLoader:
                 path = Path(name)
                 if path.suffix not in SUFFIXES:
                     continue
-                if change == Change.deleted or not path.exists():
+                if change == Change.deleted or not await asyncio.to_thread(path.exists):
                     await self.removed(path)
                 else:
                     await self.load(path)

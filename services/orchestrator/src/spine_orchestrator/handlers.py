@@ -3,27 +3,30 @@
 For a batch of one partition, every input goes through :func:`domain.decide`; the events,
 agent tasks, settle-credits commands and the snapshot of every execution that changed
 come back as :class:`Outgoing` records, which the loop commits in one transaction with
-the input offsets. State is rebuilt from the snapshots topic when a partition is assigned.
+the input offsets. State is rebuilt from the snapshots topic when a partition is assigned;
+a snapshot record that does not decode (only a foreign producer can write one) is
+skipped and handed to ``dead_letter``, so it can never keep a partition from starting.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from aiokafka import ConsumerRecord
 from spine_contracts import (
     AgentResult,
     CancelExecution,
+    ContractError,
     ExecutionSnapshot,
     FireTimer,
     ProvideInput,
     StartExecution,
-    parse,
     topics,
     utcnow,
 )
-from spine_servicekit.kafka import KafkaConfig, Outgoing, read_partition
+from spine_servicekit.kafka import KafkaConfig, Outgoing, decode_record, read_partition
 from spine_servicekit.logging import get_logger
 from spine_servicekit.txloop import Incoming, PoisonMessage
 
@@ -35,6 +38,7 @@ log = get_logger(__name__)
 
 INPUTS = (StartExecution, CancelExecution, ProvideInput, FireTimer, AgentResult)
 ConditionEvaluator = Callable[[str, Mapping[str, Any], Mapping[str, Any]], bool]
+DeadLetterFn = Callable[[ConsumerRecord[Any, Any], Exception], Awaitable[None]]
 
 
 def execution_id_of(message: Any) -> str:
@@ -54,8 +58,10 @@ class OrchestratorHandler:
         default_node_timeout_s: float = 300.0,
         default_input_timeout_s: float = 3600.0,
         clock: Callable[[], datetime] = utcnow,
+        dead_letter: DeadLetterFn | None = None,
     ) -> None:
         self._cfg = cfg
+        self._dead_letter = dead_letter
         self._catalog = catalog
         self._timers = timers
         self._evaluate = evaluate_condition
@@ -86,15 +92,31 @@ class OrchestratorHandler:
             for record in records:
                 if record.value is None:
                     continue
-                snapshot = parse(record.value)
-                if isinstance(snapshot, ExecutionSnapshot):
+                try:
+                    snapshot = decode_record(record, self._cfg.prefix)
+                    assert isinstance(snapshot, ExecutionSnapshot)
                     state = ExecutionState.from_dict(snapshot.data.state)
-                    states[state.execution_id] = state
+                except (ContractError, KeyError, TypeError, ValueError) as exc:
+                    await self._poison(record, exc)
+                    continue
+                states[state.execution_id] = state
         self._states[partition] = states
         for state in states.values():
             self._timers.sync(state)
         live = sum(1 for s in states.values() if not s.terminal)
         log.info("partition_state_loaded", partition=partition, executions=len(states), live=live)
+
+    async def _poison(self, record: ConsumerRecord[Any, Any], error: Exception) -> None:
+        log.error(
+            "snapshot_skipped",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error_type=type(error).__name__,
+            error=str(error)[:500],
+        )
+        if self._dead_letter is not None:
+            await self._dead_letter(record, error)
 
     async def on_revoked(self, partition: int) -> None:
         states = self._states.pop(partition, {})

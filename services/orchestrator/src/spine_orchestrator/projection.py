@@ -190,3 +190,8 @@ PROJECTION = Projection(
     apply=apply,
     migrations=MIGRATIONS,
 )
+
+
+def projections() -> tuple[Projection, ...]:
+    """Every projection kept in the orchestrator's schema (what ``make rebuild`` replays)."""
+    return (PROJECTION,)

@@ -1,18 +1,41 @@
 """Wiring of the registry: commands and heartbeats in, whole catalogue entries out.
 
 One consumer group over the co-partitioned commands and heartbeats (key agent_id), so one
-replica decides for an agent. Entries are full state and idempotent, so at-least-once
-delivery suffices here: offsets are committed after the entries are acknowledged.
+replica decides for an agent. Offsets are committed after the entries are acknowledged
+(at least once); a command read again is recognised by its ``message_id`` among the
+entries' causes (:class:`~spine_registry.domain.Catalog`), and entries are whole state
+on a compacted topic, so nothing is applied twice.
+
+Poison: a record that does not decode, whose type its topic does not carry, or that the
+catalogue cannot decide goes to the dead-letter topic (deterministic ``message_id``, so a
+replay after a crash sends the same letter) and the loop goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
-from spine_contracts import ContractError, Message, RegisterAgent, parse, to_bytes, topics, utcnow
+from aiokafka import ConsumerRecord
+from spine_contracts import (
+    ContractError,
+    DeregisterAgent,
+    Message,
+    RegisterAgent,
+    to_bytes,
+    topics,
+    utcnow,
+)
 from spine_servicekit.follower import TopicFollower
-from spine_servicekit.kafka import dead_letter, ensure_topics, headers_for, make_consumer
+from spine_servicekit.kafka import (
+    dead_letter,
+    dead_letter_outgoing,
+    decode_record,
+    ensure_topics,
+    headers_for,
+    make_consumer,
+)
 from spine_servicekit.logging import get_logger
 from spine_servicekit.projector import Projector
 from spine_servicekit.runtime import ServiceContext
@@ -71,21 +94,44 @@ async def main(ctx: ServiceContext) -> None:
     await projector.start()
     await consumer.start()
     sweeper = asyncio.create_task(sweep(), name="registry-sweep")
-    deadletters = cfg.topic(topics.DEADLETTER)
+
+    async def reject(record: ConsumerRecord[Any, Any], error: Exception) -> None:
+        letter = dead_letter_outgoing(cfg, dead_letter(record, error, "registry"))
+        key, value, headers = letter.encode()
+        await producer.send(letter.topic, value, key=key, headers=headers)
+        log.warning(
+            "registry_dead_letter",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error_type=type(error).__name__,
+            error=str(error)[:500],
+        )
+
+    async def handle(record: ConsumerRecord[Any, Any]) -> None:
+        try:
+            message: Message = decode_record(record, cfg.prefix)
+        except ContractError as exc:
+            await reject(record, exc)
+            return
+        if isinstance(message, (RegisterAgent, DeregisterAgent)) and catalog.is_duplicate(message):
+            log.info("registry_duplicate_skipped", message_id=str(message.message_id))
+            return
+        if isinstance(message, RegisterAgent):
+            await ensure_topics(cfg, (), agent_ids=[message.data.agent.agent_id])
+        try:
+            entries = catalog.decide(message, utcnow())
+        except Exception as exc:  # the catalogue cannot take it: a dead letter, not a crash loop
+            await reject(record, exc)
+            return
+        await emit(entries)
+
     try:
         while not ctx.stopping.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
             for records in batches.values():
                 for record in records:
-                    try:
-                        message: Message = parse(record.value)
-                    except ContractError as exc:
-                        dl = dead_letter(record, exc, "registry")
-                        await producer.send(deadletters, to_bytes(dl), key=record.key)
-                        continue
-                    if isinstance(message, RegisterAgent):
-                        await ensure_topics(cfg, (), agent_ids=[message.data.agent.agent_id])
-                    await emit(catalog.decide(message, utcnow()))
+                    await handle(record)
             if batches:
                 await producer.flush()
                 await consumer.commit()

@@ -4,10 +4,19 @@ Registration and deregistration come as commands; liveness comes from heartbeats
 change emits the agent's whole catalogue entry, so the compacted ``spine.registry.events``
 keeps exactly the current state per agent and a replayed command is harmless.
 An agent is *active* while it is registered and its beats (ready) arrive within the TTL.
+
+Duplicates: every entry names the input that caused it (``causation_id``), and the
+catalogue remembers those ids — from the entries it loads at start and the ones it
+emits — together with the ids of the commands it decided since. A command whose
+``message_id`` is among them is a duplicate (a redelivery after a crash, or the same
+message published twice) and changes nothing. The record of a command's processing is
+thus its own effect, the entry on the log. Heartbeats only flip ``active`` on a change,
+so a replayed beat is harmless; they are best-effort liveness.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -23,6 +32,8 @@ from spine_contracts import (
 )
 
 Entry = AgentRegistered | AgentStatusChanged | AgentDeregistered
+#: How many handled command ids the catalogue remembers (duplicates come close together).
+REMEMBER_INPUTS = 100_000
 
 
 @dataclass
@@ -36,6 +47,7 @@ class AgentRecord:
 @dataclass
 class Catalog:
     agents: dict[str, AgentRecord] = field(default_factory=dict)
+    handled: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def load(self, event: Message, now: datetime) -> None:
         """Fold a catalogue event read back at start; liveness gets a fresh grace period."""
@@ -44,8 +56,29 @@ class Catalog:
             self.agents[d.agent.agent_id] = AgentRecord(
                 d.agent, d.registered, d.active, now if d.active else d.last_seen
             )
+            if event.causation_id:
+                self._remember(event.causation_id)
+
+    def is_duplicate(self, message: Message) -> bool:
+        return str(message.message_id) in self.handled
+
+    def _remember(self, message_id: str) -> None:
+        self.handled[message_id] = None
+        self.handled.move_to_end(message_id)
+        while len(self.handled) > REMEMBER_INPUTS:
+            self.handled.popitem(last=False)
 
     def decide(self, message: Message, now: datetime) -> list[Entry]:
+        """The entries an input causes; nothing for a duplicate of a handled command."""
+        command = isinstance(message, (RegisterAgent, DeregisterAgent))
+        if command and self.is_duplicate(message):
+            return []
+        entries = self._decide(message, now)
+        if command:
+            self._remember(str(message.message_id))
+        return entries
+
+    def _decide(self, message: Message, now: datetime) -> list[Entry]:
         if isinstance(message, RegisterAgent):
             return self._register(message, now)
         if isinstance(message, DeregisterAgent):

@@ -52,3 +52,8 @@ async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
 PROJECTION = Projection(
     name="agents", topics=(topics.REGISTRY_EVENTS,), apply=apply, migrations=MIGRATIONS
 )
+
+
+def projections() -> tuple[Projection, ...]:
+    """Every projection kept in the registry's schema (what ``make rebuild`` replays)."""
+    return (PROJECTION,)

@@ -1,16 +1,38 @@
-"""Kafka side of the gateway: publish commands, wait for replies, follow heartbeats."""
+"""Kafka side of the gateway: publish commands, wait for replies, follow heartbeats and the
+metrics summary, record usage, measure consumer-group lag."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from datetime import datetime
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
-from spine_contracts import GatewayReply, Message, ServiceHeartbeat, to_bytes, topics
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from spine_contracts import (
+    GatewayReply,
+    Message,
+    MetricsSummaryUpdated,
+    ServiceHeartbeat,
+    UsageRecorded,
+    to_bytes,
+    topics,
+)
 from spine_contracts.topics import TopicSpec
 from spine_servicekit.follower import TopicFollower
-from spine_servicekit.kafka import REPLY_TO_HEADER, KafkaConfig, header, headers_for
+from spine_servicekit.kafka import (
+    REPLY_TO_HEADER,
+    KafkaConfig,
+    header,
+    headers_for,
+    make_consumer,
+    make_producer,
+)
+from spine_servicekit.logging import get_logger
+
+log = get_logger(__name__)
 
 
 class Publisher:
@@ -38,8 +60,16 @@ class Replies:
     def __init__(self, cfg: KafkaConfig, replica_id: str) -> None:
         self.replica_id = replica_id
         self._waiting: dict[str, asyncio.Future[GatewayReply]] = {}
+        # Only gateways read replies, so a poison reply is dead-lettered here, by the
+        # replica it was addressed to (an unaddressed one by each, under one message id).
         self._follower = TopicFollower(
-            cfg, cfg.topic(topics.GATEWAY_REPLIES), self._apply, start="end", name="gw-replies"
+            cfg,
+            cfg.topic(topics.GATEWAY_REPLIES),
+            self._apply,
+            start="end",
+            name="gw-replies",
+            dead_letters=True,
+            owns=lambda r: header(r, REPLY_TO_HEADER) in (None, replica_id),
         )
 
     async def start(self) -> None:
@@ -71,8 +101,13 @@ class Heartbeats:
 
     def __init__(self, cfg: KafkaConfig) -> None:
         self.last: dict[str, tuple[ServiceHeartbeat, datetime]] = {}
+        # Only gateways read service beats: poison is dead-lettered here (one id per record).
         self._follower = TopicFollower(
-            cfg, cfg.topic(topics.SERVICE_HEARTBEATS), self._apply, name="gw-heartbeats"
+            cfg,
+            cfg.topic(topics.SERVICE_HEARTBEATS),
+            self._apply,
+            name="gw-heartbeats",
+            dead_letters=True,
         )
 
     async def start(self) -> None:
@@ -84,3 +119,196 @@ class Heartbeats:
     def _apply(self, message: Message, _record: ConsumerRecord[Any, Any]) -> None:
         if isinstance(message, ServiceHeartbeat):
             self.last[message.data.instance_id] = (message, message.occurred_at)
+
+
+class MetricsSummary:
+    """The latest value of every operator metric, from the compacted summary topic."""
+
+    def __init__(self, cfg: KafkaConfig) -> None:
+        self.values: dict[str, dict[str, Any]] = {}
+        self._follower = TopicFollower(
+            cfg,
+            cfg.topic(topics.METRICS_SUMMARY),
+            self._apply,
+            name="gw-metrics-summary",
+            dead_letters=True,  # only gateways read the summary
+        )
+
+    async def start(self) -> None:
+        await self._follower.start()
+
+    async def stop(self) -> None:
+        await self._follower.stop()
+
+    def _apply(self, message: Message, _record: ConsumerRecord[Any, Any]) -> None:
+        if isinstance(message, MetricsSummaryUpdated):
+            d = message.data
+            self.values[d.metric] = {
+                "value": d.value,
+                "labels": dict(d.labels),
+                "series": dict(d.series),
+                "updated_at": message.occurred_at.isoformat(),
+            }
+
+    def value(self, metric: str) -> float | None:
+        entry = self.values.get(metric)
+        return None if entry is None else entry["value"]
+
+
+class UsageRecorder:
+    """Fire-and-forget ``UsageRecorded`` publishing: ``record`` only appends to a bounded
+    buffer; a background task hands the records to a lingering producer in batches. A
+    request never waits for Kafka; when the buffer is full the oldest records are dropped
+    (and counted) rather than slowing requests down."""
+
+    def __init__(self, cfg: KafkaConfig, *, max_pending: int = 50_000, linger_ms: int = 50):
+        self._cfg = cfg
+        self._topic = cfg.topic(topics.USAGE)
+        self._pending: deque[UsageRecorded] = deque(maxlen=max_pending)
+        self._wake = asyncio.Event()
+        self._producer = make_producer(cfg, linger_ms=linger_ms)
+        self._task: asyncio.Task[None] | None = None
+        self.sent = 0
+        self.dropped = 0
+        self.failed = 0
+
+    async def start(self) -> None:
+        await self._producer.start()
+        self._task = asyncio.create_task(self._run(), name="gw-usage")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+        try:
+            await self._flush()  # what is still buffered goes out before the producer stops
+        finally:
+            await self._producer.stop()
+
+    def record(self, message: UsageRecorded) -> None:
+        if len(self._pending) == self._pending.maxlen:
+            self.dropped += 1
+        self._pending.append(message)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        futures: list[asyncio.Future[Any]] = []
+        while self._pending:
+            message = self._pending.popleft()
+            futures.append(
+                await self._producer.send(
+                    self._topic,
+                    to_bytes(message),
+                    key=message.data.user_id.encode(),
+                    headers=headers_for(message),
+                )
+            )
+        if not futures:
+            return
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = sum(isinstance(r, BaseException) for r in results)
+        self.sent += len(results) - failed
+        if failed:
+            self.failed += failed
+            log.warning("usage_publish_failed", records=failed)
+
+
+class ConsumerLag:
+    """Committed vs end offsets of this installation's consumer groups, cached briefly.
+
+    A group belongs to the installation when its name starts with the topic prefix and it
+    committed offsets on the installation's topics (the prefix plus ``spine.``). Lag is
+    ``end - committed`` per partition (the end is the last stable offset; a transaction's
+    commit marker counts as one record). A measurement runs as its own task: a caller that
+    stops waiting (``/status`` bounds its wait) does not cancel it, the next one reuses it.
+    """
+
+    def __init__(self, cfg: KafkaConfig, *, cache_s: float = 5.0) -> None:
+        self._cfg = cfg
+        self._cache_s = cache_s
+        self._clients: tuple[AIOKafkaAdminClient, AIOKafkaConsumer] | None = None
+        self._at = -1e9
+        self._value: dict[str, Any] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._clients is not None:
+            admin, consumer = self._clients
+            self._clients = None
+            await consumer.stop()
+            await admin.close()
+
+    async def groups(self) -> dict[str, Any]:
+        fresh = time.monotonic() - self._at <= self._cache_s
+        if not fresh and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._refresh(), name="gw-consumer-lag")
+        if self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+        return self._value
+
+    async def _refresh(self) -> None:
+        try:
+            if self._clients is None:  # connected on first use: /status is rare
+                self._clients = await self._connect()
+            self._value = await self._measure(*self._clients)
+        except Exception as exc:  # shown as the measurement's state; the next call retries
+            log.warning("consumer_lag_failed", error=repr(exc))
+            self._value = {"error": type(exc).__name__}
+        self._at = time.monotonic()
+
+    async def _connect(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._cfg.bootstrap_servers, client_id=f"{self._cfg.client_id}-lag"
+        )
+        await admin.start()
+        consumer = make_consumer(self._cfg, group_id=None)
+        try:
+            await consumer.start()
+        except BaseException:
+            await admin.close()
+            raise
+        return admin, consumer
+
+    async def _measure(
+        self, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer
+    ) -> dict[str, Any]:
+        prefix = self._cfg.prefix
+        ours = f"{prefix}spine."
+        names = [
+            str(g[0]) for g in await admin.list_consumer_groups() if str(g[0]).startswith(prefix)
+        ]
+        fetched = await asyncio.gather(*(admin.list_consumer_group_offsets(name) for name in names))
+        committed: dict[str, dict[TopicPartition, int]] = {}
+        for name, offsets in zip(names, fetched, strict=True):
+            mine = {
+                tp: meta.offset
+                for tp, meta in offsets.items()
+                if tp.topic.startswith(ours) and meta.offset >= 0
+            }
+            if mine:
+                committed[name] = mine
+        wanted = sorted({tp for offsets in committed.values() for tp in offsets})
+        ends: dict[TopicPartition, int] = await self._consumer.end_offsets(wanted) if wanted else {}
+        out: dict[str, Any] = {}
+        for name, offsets in sorted(committed.items()):
+            topics_lag: dict[str, int] = {}
+            for tp, offset in offsets.items():
+                lag = max(0, ends.get(tp, offset) - offset)
+                topics_lag[tp.topic] = topics_lag.get(tp.topic, 0) + lag
+            out[name] = {
+                "lag": sum(topics_lag.values()),
+                "partitions": len(offsets),
+                "topics": topics_lag,
+            }
+        return out

@@ -128,3 +128,25 @@ class ReadModel:
     async def status_counts(self) -> dict[str, int]:
         rows = await self._pool.fetch("SELECT status, count(*) AS n FROM executions GROUP BY 1")
         return {r["status"]: int(r["n"]) for r in rows}
+
+    # usage
+    async def usage(self, user_id: str) -> Row:
+        """Totals and the last 24 hourly buckets (the current hour and the 23 before it)."""
+        row = await self._pool.fetchrow(
+            """SELECT t.requests, t.credits, t.last_request_at,
+                      COALESCE(d.requests, 0) AS requests_24h,
+                      COALESCE(d.errors, 0) AS errors_24h,
+                      COALESCE(d.credits, 0) AS credits_24h
+               FROM (SELECT $1::text AS user_id) AS me
+               LEFT JOIN usage_totals AS t ON t.user_id = me.user_id
+               LEFT JOIN (
+                   SELECT user_id, sum(requests) AS requests, sum(errors) AS errors,
+                          sum(credits) AS credits
+                   FROM usage_hourly
+                   WHERE user_id = $1 AND hour >= date_trunc('hour', now()) - interval '23 hours'
+                   GROUP BY user_id
+               ) AS d ON d.user_id = me.user_id""",
+            user_id,
+        )
+        assert row is not None
+        return dict(row)

@@ -1,4 +1,5 @@
-"""Redis: the per-user rate-limit counter and the Idempotency-Key → execution_id map."""
+"""Redis: the per-user rate-limit counter and the Idempotency-Key answers (execute: the
+execution id; cancel and input: a reservation while running, then the first answer)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,19 @@ return n
 """
 
 
+# Delete the key only while it still holds this request's reservation.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class RedisStore:
     def __init__(self, client: Redis, prefix: str = "") -> None:
         self._r = client
         self._prefix = f"spine:gw:{prefix}"
         self._incr = client.register_script(_INCR_EXPIRE)
+        self._release = client.register_script(_RELEASE)
 
     async def hit(self, user_id: str, limit: int, window_s: int = 60) -> RateDecision:
         now = time.time()
@@ -39,5 +48,21 @@ class RedisStore:
     async def ping(self) -> bool:
         return bool(await self._r.ping())
 
+    def _idem(self, user_id: str, key: str) -> str:
+        return f"{self._prefix}idem:{user_id}:{key}"
+
+    async def reserve_idempotent(self, user_id: str, key: str, token: str, ttl_s: int) -> bool:
+        """SET NX: ``True`` for the one request that gets to act on this key."""
+        return bool(await self._r.set(self._idem(user_id, key), token, nx=True, ex=ttl_s))
+
+    async def get_idempotent(self, user_id: str, key: str) -> str | None:
+        stored = await self._r.get(self._idem(user_id, key))
+        if stored is None:
+            return None
+        return stored.decode() if isinstance(stored, bytes) else str(stored)
+
+    async def release_idempotent(self, user_id: str, key: str, token: str) -> None:
+        await self._release(keys=[self._idem(user_id, key)], args=[token])
+
     async def put_idempotent(self, user_id: str, key: str, value: str, ttl_s: int) -> None:
-        await self._r.set(f"{self._prefix}idem:{user_id}:{key}", value, ex=ttl_s)
+        await self._r.set(self._idem(user_id, key), value, ex=ttl_s)

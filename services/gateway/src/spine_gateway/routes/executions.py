@@ -4,102 +4,150 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query
+from fastapi import APIRouter, Body, Header, Path, Query, Request
 from sse_starlette.sse import EventSourceResponse
 
 from ..deps import IdempotencyKey, ServiceDep, UserDep
-from ..errors import InvalidInput
-from ..models import CancelRequest, ExecuteRequest
+from ..errors import InvalidInput, error_responses
+from ..models import (
+    FLOW_ID_PATTERN,
+    ID_PATTERN,
+    CancelRequest,
+    EventList,
+    ExecuteRequest,
+    ExecutionAccepted,
+    ExecutionAction,
+    ExecutionList,
+    ExecutionView,
+    InputRequest,
+    MessageList,
+    Results,
+)
 
-router = APIRouter(tags=["executions"])
+ExecutionId = Annotated[str, Path(pattern=ID_PATTERN)]
+
+router = APIRouter(tags=["executions"], responses=error_responses(400, 401, 403, 422, 429, 503))
+_404 = error_responses(404)
+_ACTION = error_responses(404, 409)
+_SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events: `id` = per-execution sequence number, `event` = "
+        "the event type, `data` = `{seq, type, data, occurred_at}`; ends after the terminal "
+        "event.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **_404,
+}
 
 
-@router.post("/flows/execute")
+@router.post(
+    "/flows/execute",
+    response_model=ExecutionAccepted,
+    responses=error_responses(402, 404, 409),
+)
 async def execute_flow(
-    body: ExecuteRequest, user: UserDep, service: ServiceDep, idem: IdempotencyKey = None
+    request: Request,
+    body: ExecuteRequest,
+    user: UserDep,
+    service: ServiceDep,
+    idem: IdempotencyKey = None,
 ) -> dict[str, Any]:
-    return await service.execute(user, body.flow_id, body.input_data, body.metadata, idem)
+    accepted, credits = await service.execute(
+        user, body.flow_id, body.input_data, body.metadata, idem
+    )
+    request.state.usage_credits = credits
+    return accepted
 
 
-@router.get("/executions")
+@router.get("/executions", response_model=ExecutionList)
 async def list_executions(
     user: UserDep,
     service: ServiceDep,
-    status: str | None = None,
-    flow_id: str | None = None,
+    status: Annotated[str | None, Query(pattern=r"^[a-z_]{1,32}$")] = None,
+    flow_id: Annotated[str | None, Query(pattern=FLOW_ID_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> dict[str, Any]:
     return await service.executions(
         user, status=status, flow_id=flow_id, limit=limit, offset=offset
     )
 
 
-@router.get("/executions/{execution_id}")
-async def get_execution(execution_id: str, user: UserDep, service: ServiceDep) -> dict[str, Any]:
+@router.get("/executions/{execution_id}", response_model=ExecutionView, responses=_404)
+async def get_execution(
+    execution_id: ExecutionId, user: UserDep, service: ServiceDep
+) -> dict[str, Any]:
     return await service.execution(user, execution_id)
 
 
-@router.post("/executions/{execution_id}/cancel")
+@router.post("/executions/{execution_id}/cancel", response_model=ExecutionAction, responses=_ACTION)
 async def cancel_execution(
-    execution_id: str,
+    execution_id: ExecutionId,
     user: UserDep,
     service: ServiceDep,
     idem: IdempotencyKey = None,
     body: Annotated[CancelRequest | None, Body()] = None,
 ) -> dict[str, Any]:
+    """Answers once the gateway's read model shows the execution cancelled; 409 when it
+    had already ended (even if it ended while the cancel was on its way)."""
     reason = body.reason if body is not None else None
     return await service.cancel(user, execution_id, reason, idem)
 
 
-@router.post("/executions/{execution_id}/input")
+@router.post("/executions/{execution_id}/input", response_model=ExecutionAction, responses=_ACTION)
 async def provide_input(
-    execution_id: str,
+    execution_id: ExecutionId,
     user: UserDep,
     service: ServiceDep,
     idem: IdempotencyKey = None,
-    body: Annotated[dict[str, Any] | None, Body()] = None,
+    body: Annotated[InputRequest | None, Body()] = None,
 ) -> dict[str, Any]:
-    payload = dict(body or {})
+    """Answer a waiting input node with `{"input": {...}, "node_id"?}` (or the fields
+    directly); answers once the read model applied the input."""
+    payload = body.model_dump(exclude_none=True) if body is not None else {}
     node_id = payload.pop("node_id", None)
-    if node_id is not None and not isinstance(node_id, str):
-        raise InvalidInput("node_id must be a string")
     data = payload.get("input", payload.get("input_data", payload))
     if not isinstance(data, dict):
         raise InvalidInput("input must be a JSON object")
     return await service.provide_input(user, execution_id, data, node_id, idem)
 
 
-@router.get("/executions/{execution_id}/events")
-async def execution_events(execution_id: str, user: UserDep, service: ServiceDep) -> dict[str, Any]:
+@router.get("/executions/{execution_id}/events", response_model=EventList, responses=_404)
+async def execution_events(
+    execution_id: ExecutionId, user: UserDep, service: ServiceDep
+) -> dict[str, Any]:
     return await service.events(user, execution_id)
 
 
-@router.get("/executions/{execution_id}/results")
+@router.get("/executions/{execution_id}/results", response_model=Results, responses=_404)
 async def execution_results(
-    execution_id: str, user: UserDep, service: ServiceDep
+    execution_id: ExecutionId, user: UserDep, service: ServiceDep
 ) -> dict[str, Any]:
     return await service.results(user, execution_id)
 
 
-@router.get("/executions/{execution_id}/messages")
+@router.get("/executions/{execution_id}/messages", response_model=MessageList, responses=_404)
 async def execution_messages(
-    execution_id: str, user: UserDep, service: ServiceDep
+    execution_id: ExecutionId, user: UserDep, service: ServiceDep
 ) -> dict[str, Any]:
     return await service.messages(user, execution_id)
 
 
-@router.get("/messages/{execution_id}")
-async def messages_alias(execution_id: str, user: UserDep, service: ServiceDep) -> dict[str, Any]:
+@router.get("/messages/{execution_id}", response_model=MessageList, responses=_404)
+async def messages_alias(
+    execution_id: ExecutionId, user: UserDep, service: ServiceDep
+) -> dict[str, Any]:
     return await service.messages(user, execution_id)
 
 
-@router.get("/executions/{execution_id}/stream")
+@router.get(
+    "/executions/{execution_id}/stream", response_class=EventSourceResponse, responses=_SSE_DOC
+)
 async def execution_stream(
-    execution_id: str,
+    execution_id: ExecutionId,
     user: UserDep,
     service: ServiceDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
 ) -> EventSourceResponse:
     after: int | None = None
     if last_event_id:

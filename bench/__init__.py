@@ -1,0 +1,1 @@
+"""`make bench`: AI Spine beside the bare-Kafka floor and a Celery peer (see README.md)."""

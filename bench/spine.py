@@ -1,0 +1,369 @@
+"""AI Spine as `make up` runs it, driven through the gateway's HTTP API only.
+
+* latency: one execution at a time — ``POST /api/v1/flows/execute``, then
+  ``GET /api/v1/executions/{id}/stream`` until the terminal SSE event; the figure is the
+  time from sending the POST to reading that event (the POST's own answer time is kept too);
+* throughput: ``n`` executions submitted at once by one async httpx client with a bounded
+  connection pool. Completion is read from the execution events topic by a group-less
+  ``read_committed`` consumer that started at the topic's end before the first request: it
+  sees the committed ``execution.completed`` record of every execution, without adding
+  thousands of SSE streams to the gateway's work. Executions/s = completed / (first request
+  sent → last completion seen). Every accepted execution must be seen terminal ("lost"
+  counts those that are not, within the deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from .common import FLOW_IDS, WARMUP, Latency, Throughput, Tick, no_tick, out_of_time
+
+TERMINAL = {"execution.completed", "execution.failed", "execution.cancelled"}
+INPUT = {"text": "hello", "n": 1}
+
+
+class SpineUnavailable(RuntimeError):
+    """The stack does not answer as `make up` leaves it."""
+
+
+class SpineClient:
+    def __init__(self, base_url: str, master_key: str, *, pool: int = 100) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.master_key = master_key
+        self.pool = pool
+        self.user_key = ""
+        self.user_id = ""
+        self.client = httpx.AsyncClient(
+            base_url=self.base_url,
+            # keepalive_expiry below uvicorn's 5 s keep-alive: never reuse a connection the
+            # server is closing (that race shows up as a ReadError on an unanswered POST)
+            limits=httpx.Limits(
+                max_connections=pool, max_keepalive_connections=pool, keepalive_expiry=2.0
+            ),
+            timeout=httpx.Timeout(60.0, pool=None),  # queued requests wait for a connection
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    @property
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.user_key}"}
+
+    async def check(self) -> None:
+        try:
+            r = await self.client.get("/health", timeout=5)
+        except httpx.HTTPError as exc:
+            raise SpineUnavailable(
+                f"the gateway does not answer on {self.base_url} ({type(exc).__name__}); "
+                "run `make up` first (and check .spine/logs/gateway.log)"
+            ) from exc
+        if r.status_code != 200:
+            raise SpineUnavailable(f"{self.base_url}/health answered {r.status_code}: {r.text}")
+
+    async def create_user(self, credits: int = 10_000_000) -> None:
+        """A fresh bench user with enough credits and a rate limit no bench reaches."""
+        tag = uuid.uuid4().hex[:10]
+        r = await self.client.post(
+            "/api/v1/users/create",
+            json={
+                "email": f"bench-{tag}@bench.invalid",
+                "name": "bench",
+                "organization": "bench",
+                "credits": credits,
+                "rate_limit": 2**31 - 1,
+            },
+            headers={"Authorization": f"Bearer {self.master_key}"},
+        )
+        if r.status_code != 201:
+            raise SpineUnavailable(f"cannot create the bench user: {r.status_code} {r.text}")
+        body = r.json()
+        self.user_key, self.user_id = body["api_key"], body["user_id"]
+
+    async def ensure_flow(self, flow_id: str, path: Path) -> str:
+        """'present' if the gateway knows the flow, else define it from its file ('defined')."""
+        r = await self.client.get(f"/api/v1/flows/{flow_id}", headers=self._auth)
+        if r.status_code == 200:
+            return "present"
+        definition = yaml.safe_load(await asyncio.to_thread(path.read_text))
+        r = await self.client.post("/api/v1/flows", json=definition, headers=self._auth)
+        if r.status_code not in (200, 201):
+            raise SpineUnavailable(f"cannot define flow {flow_id}: {r.status_code} {r.text}")
+        return "defined"
+
+    async def balance(self) -> int | None:
+        r = await self.client.get("/api/v1/users/me", headers=self._auth)
+        return r.json().get("balance") if r.status_code == 200 else None
+
+    async def _submit(self, flow_id: str) -> httpx.Response:
+        return await self.client.post(
+            "/api/v1/flows/execute",
+            json={"flow_id": flow_id, "input_data": INPUT, "metadata": {"bench": True}},
+            headers=self._auth,
+        )
+
+    async def _await_stream(self, execution_id: str) -> str:
+        """Read the execution's SSE stream until its terminal event; return that event."""
+        async with self.client.stream(
+            "GET", f"/api/v1/executions/{execution_id}/stream", headers=self._auth
+        ) as response:
+            if response.status_code != 200:
+                return f"http_{response.status_code}"
+            async for line in response.aiter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                    if event in TERMINAL:
+                        return event
+        return "stream_closed"
+
+    async def latency(
+        self, shape: str, runs: int, tick: Tick = no_tick, deadline: float | None = None
+    ) -> Latency:
+        flow_id = FLOW_IDS[shape]
+        out = Latency([])
+        marks: list[tuple[str, float, float, float]] = []  # id, sent, answered, streamed
+        for i in range(WARMUP + runs):
+            if out_of_time(deadline):
+                out.truncated = True
+                break
+            wall0, t0 = time.time(), time.perf_counter()
+            r = await self._submit(flow_id)
+            t_accept = time.perf_counter()
+            if r.status_code != 200:
+                out.failed += 1
+                continue
+            execution_id = r.json()["execution_id"]
+            event = await asyncio.wait_for(self._await_stream(execution_id), 60)
+            t_end = time.perf_counter()
+            if event != "execution.completed":
+                out.failed += 1
+                continue
+            if i >= WARMUP:
+                out.samples_ms.append((t_end - t0) * 1000)
+                out.accepted_ms.append((t_accept - t0) * 1000)
+                marks.append((execution_id, wall0, wall0 + t_accept - t0, wall0 + t_end - t0))
+                tick(1)
+        out.breakdown = await self._breakdown(marks)
+        return out
+
+    async def _breakdown(self, marks: list[tuple[str, float, float, float]]) -> dict[str, Any]:
+        """Where one execution's time goes, from its event trail (``occurred_at`` is set by
+        the service that decided the event; every process runs on this machine's clock).
+
+        * ``to_started``: request sent → ``execution.started`` (gateway, auth hop,
+          orchestrator hop);
+        * ``node_round_trip``: ``node_dispatched`` → ``node_completed`` of one agent node
+          (the orchestrator's commit, the agent's consume/produce, the orchestrator's consume);
+        * ``completed_to_client``: ``execution.completed`` → the SSE event read by the
+          client (the gateway's projection into PostgreSQL, the stream's wake-up and query);
+        * ``answered_after_started``: the POST's answer relative to ``execution.started``
+          (the answer waits for the gateway's read model to show the execution).
+        """
+        to_started: list[float] = []
+        round_trip: list[float] = []
+        to_client: list[float] = []
+        answered: list[float] = []
+        for execution_id, sent, accepted, streamed in marks:
+            r = await self.client.get(
+                f"/api/v1/executions/{execution_id}/events", headers=self._auth
+            )
+            if r.status_code != 200:
+                continue
+            at: dict[str, float] = {}
+            dispatched: dict[str, float] = {}
+            for e in r.json()["events"]:
+                ts = datetime.fromisoformat(e["occurred_at"]).timestamp()
+                kind, node = e["type"], e["data"].get("node_id")
+                if kind == "execution.node_dispatched":
+                    dispatched[node] = ts
+                elif kind == "execution.node_completed" and node in dispatched:
+                    round_trip.append((ts - dispatched[node]) * 1000)
+                else:
+                    at.setdefault(kind, ts)
+            if "execution.started" in at and "execution.completed" in at:
+                to_started.append((at["execution.started"] - sent) * 1000)
+                answered.append((accepted - at["execution.started"]) * 1000)
+                to_client.append((streamed - at["execution.completed"]) * 1000)
+
+        def p50(xs: list[float]) -> float | None:
+            return round(statistics.median(xs), 1) if xs else None
+
+        return {
+            "executions": len(to_started),
+            "to_started_p50_ms": p50(to_started),
+            "node_round_trip_p50_ms": p50(round_trip),
+            "node_round_trips": len(round_trip),
+            "completed_to_client_p50_ms": p50(to_client),
+            "answered_after_started_p50_ms": p50(answered),
+        }
+
+    async def throughput(
+        self,
+        shape: str,
+        n: int,
+        events_topic: str,
+        bootstrap: str,
+        tick: Tick = no_tick,
+        deadline: float | None = None,
+    ) -> tuple[Throughput, Drain]:
+        """Submit ``n`` executions at once; measure until all are terminal or ``deadline``.
+
+        Returns the figures and a :class:`Drain` that keeps following the events, so the
+        caller can still check, later, that the unfinished ones are not lost.
+        """
+        flow_id = FLOW_IDS[shape]
+        drain = Drain()
+        errors: dict[str, int] = {}
+
+        def on_terminal(execution_id: str, kind: str, at: float) -> None:
+            drain.terminal[execution_id] = (kind, at)
+            if execution_id in drain.accepted:
+                tick(1)
+                drain.changed.set()
+
+        drain.follower = EventsFollower(bootstrap, events_topic, on_terminal)
+        await drain.follower.start()
+
+        async def one() -> None:
+            try:
+                r = await self._submit(flow_id)
+            except httpx.HTTPError as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                return
+            if r.status_code != 200:
+                errors[f"http_{r.status_code}"] = errors.get(f"http_{r.status_code}", 0) + 1
+                return
+            eid = r.json()["execution_id"]
+            drain.accepted.add(eid)
+            if eid in drain.terminal:  # finished before its answer reached us
+                tick(1)
+                drain.changed.set()
+
+        t0 = time.perf_counter()
+        submit = asyncio.gather(*(one() for _ in range(n)))
+        drain.submit = submit
+        submit.add_done_callback(lambda _f: drain.changed.set())
+        await asyncio.wait({submit}, timeout=_left(deadline))
+        t_submit = time.perf_counter()
+        await drain.wait(deadline)
+        t_stop = time.perf_counter()
+        seen = [drain.terminal[e] for e in drain.accepted if e in drain.terminal]
+        completed = [at for kind, at in seen if kind == "execution.completed"]
+        unfinished = (
+            len(drain.accepted)
+            - len(seen)
+            + (0 if submit.done() else n - len(drain.accepted) - sum(errors.values()))
+        )
+        figures = Throughput(
+            submitted=len(drain.accepted),
+            completed=len(completed),
+            failed=len(seen) - len(completed) + sum(errors.values()),
+            unfinished=unfinished,
+            lost=0 if not unfinished else None,
+            elapsed_s=(max(at for _, at in seen) if seen and not unfinished else t_stop) - t0,
+            submit_s=t_submit - t0,
+            errors=errors,
+        )
+        return figures, drain
+
+
+class Drain:
+    """The tail of a throughput phase: executions still running when it had to end."""
+
+    def __init__(self) -> None:
+        self.accepted: set[str] = set()
+        self.terminal: dict[str, tuple[str, float]] = {}
+        self.follower: EventsFollower | None = None
+        self.submit: asyncio.Future[Any] | None = None
+        self.changed = asyncio.Event()
+
+    def done(self) -> bool:
+        submitted = self.submit is None or self.submit.done()
+        return submitted and self.accepted <= self.terminal.keys()
+
+    async def wait(self, deadline: float | None) -> None:
+        """Until every submission is answered and every accepted execution is terminal."""
+        while not self.done() and not out_of_time(deadline):
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), _left(deadline))
+            except TimeoutError:
+                return
+
+    async def finish(self, deadline: float | None) -> int:
+        """Wait for the rest (until ``deadline``); how many are still not terminal."""
+        try:
+            await self.wait(deadline)
+            if self.submit is not None and not self.submit.done():
+                self.submit.cancel()
+                await asyncio.gather(self.submit, return_exceptions=True)
+            return len(self.accepted - self.terminal.keys())
+        finally:
+            if self.follower is not None:
+                await self.follower.stop()
+                self.follower = None
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+class EventsFollower:
+    """Follow the execution events topic from its end; report terminal events by id."""
+
+    def __init__(self, bootstrap: str, topic: str, on_terminal: Any) -> None:
+        self.topic = topic
+        self.on_terminal = on_terminal
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            fetch_max_wait_ms=10,
+            max_poll_records=2000,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        partitions = self.consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            await self.consumer._client.force_metadata_update()  # noqa: SLF001
+            partitions = self.consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            raise SpineUnavailable(f"topic {self.topic} does not exist")
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the positions now: "end" must mean before our first request
+            await self.consumer.position(tp)
+        self._task = asyncio.create_task(self._run(), name="events-follower")
+
+    async def _run(self) -> None:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=100)
+            now = time.perf_counter()
+            for records in batches.values():
+                for record in records:
+                    kind = next(
+                        (bytes(v).decode() for k, v in record.headers or () if k == "message-type"),
+                        None,
+                    )
+                    if kind in TERMINAL and record.key is not None:
+                        self.on_terminal(record.key.decode(), kind, now)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.consumer.stop()

@@ -1,0 +1,353 @@
+"""Shared helpers of the crash-safety tests: events as the services write them, raw
+publishing (poison included), waiting for dead letters, and the orchestrator's and auth's
+loops and the registry's main run in this process with their real handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from aiokafka.structs import RecordMetadata
+from spine_agent.testing import TopicReader
+from spine_auth.handlers import AuthHandler
+from spine_contracts import (
+    AgentInfo,
+    AgentMessage,
+    AgentRegistered,
+    AgentResult,
+    AgentStatusChanged,
+    CreditsAdded,
+    CreditsReserved,
+    CreditsSettled,
+    DeadLetter,
+    ExecutionCompleted,
+    ExecutionFailed,
+    ExecutionStarted,
+    FireTimer,
+    FlowDefined,
+    FlowDefinition,
+    FlowDeleted,
+    FlowNode,
+    KeyRotated,
+    Message,
+    NodeCompleted,
+    NodeDispatched,
+    NodeFailed,
+    StartExecution,
+    UsageRecorded,
+    UserCreated,
+    to_bytes,
+    topics,
+)
+from spine_contracts.topics import TopicSpec
+from spine_orchestrator.app import evaluate_condition
+from spine_orchestrator.catalog import AgentCatalog
+from spine_orchestrator.handlers import OrchestratorHandler
+from spine_orchestrator.timers import TimerScheduler
+from spine_registry.app import main as registry_main
+from spine_registry.settings import RegistrySettings
+from spine_servicekit.kafka import (
+    KafkaConfig,
+    dead_letter,
+    dead_letter_outgoing,
+    ensure_topics,
+    headers_for,
+    make_producer,
+)
+from spine_servicekit.runtime import ServiceContext
+from spine_servicekit.txloop import TransactionalLoop
+
+FLOW = FlowDefinition(flow_id="f", nodes=(FlowNode(id="a", agent_id="echo"),))
+Raw = tuple[str, bytes | Message, list[tuple[str, bytes]] | None]
+
+#: Poison of every kind a consumer must survive: not JSON, not an object, unknown type,
+#: invalid body, unsupported version.
+POISON: dict[str, bytes] = {
+    "not-json": b"\xff\xfe not json",
+    "not-an-object": b"[1, 2, 3]",
+    "unknown-type": b'{"type": "no.such_message", "data": {}}',
+    "invalid-body": b'{"type": "execution.started", "data": {"execution_id": 5}}',
+    "future-version": b'{"type": "execution.started", "version": 99, "data": {}}',
+}
+
+
+def execution_events(execution_id: str, i: int) -> list[Message]:
+    """One execution's events as the orchestrator writes them (some fail, some complete)."""
+    started = ExecutionStarted.build(
+        execution_id=execution_id,
+        seq=1,
+        user_id=f"u{i % 7}",
+        flow_id="f",
+        flow_version="1",
+        flow=FLOW,
+        input_data={"i": i},
+    )
+    dispatched = NodeDispatched.build(
+        cause=started,
+        execution_id=execution_id,
+        seq=2,
+        node_id="a",
+        attempt=1,
+        agent_id="echo",
+        task_id=f"{execution_id}/a/1",
+        payload={"input": {"i": i}},
+    )
+    if i % 5 == 0:
+        return [
+            started,
+            dispatched,
+            NodeFailed.build(
+                execution_id=execution_id,
+                seq=3,
+                node_id="a",
+                attempt=1,
+                agent_id="echo",
+                error_message="boom",
+            ),
+            ExecutionFailed.build(
+                execution_id=execution_id, seq=4, error_message="node 'a' failed: boom"
+            ),
+        ]
+    return [
+        started,
+        dispatched,
+        NodeCompleted.build(
+            execution_id=execution_id,
+            seq=3,
+            node_id="a",
+            attempt=1,
+            agent_id="echo",
+            output={"echo": i},
+            duration_ms=1.5 * i,
+        ),
+        ExecutionCompleted.build(execution_id=execution_id, seq=4, output_data={"a": i}),
+    ]
+
+
+async def publish_raw(cfg: KafkaConfig, topic: str, items: Sequence[Raw]) -> list[RecordMetadata]:
+    """Publish ``(key, message or raw bytes, headers)`` in order; return where each landed."""
+    producer = make_producer(cfg)
+    await producer.start()
+    try:
+        futures = []
+        for key, value, headers in items:
+            if isinstance(value, Message):
+                hdrs = headers if headers is not None else headers_for(value)
+                payload = to_bytes(value)
+            else:
+                hdrs, payload = headers or [], value
+            futures.append(
+                await producer.send(topic, value=payload, key=key.encode(), headers=hdrs)
+            )
+        return [await f for f in futures]
+    finally:
+        await producer.stop()
+
+
+async def dead_letters(
+    cfg: KafkaConfig,
+    predicate: Callable[[DeadLetter], bool],
+    count: int = 1,
+    *,
+    within: float = 20.0,
+) -> list[DeadLetter]:
+    """Wait until ``count`` dead letters match; return them."""
+    async with TopicReader(cfg, cfg.topic(topics.DEADLETTER)) as reader:
+        found = await reader.wait_for(
+            lambda m: isinstance(m, DeadLetter) and predicate(m), count, within=within
+        )
+    return [m for m in found if isinstance(m, DeadLetter)]
+
+
+def origin_of(meta: RecordMetadata) -> Callable[[DeadLetter], bool]:
+    """A predicate: the dead letter of exactly the record at ``meta``."""
+
+    def matches(letter: DeadLetter) -> bool:
+        d = letter.data
+        return (d.origin_topic, d.origin_partition, d.origin_offset) == (
+            meta.topic,
+            meta.partition,
+            meta.offset,
+        )
+
+    return matches
+
+
+# --- services in-process -----------------------------------------------------------------
+
+
+async def fresh_topics(
+    kafka: KafkaConfig, specs: Sequence[TopicSpec] = topics.STATIC, agents: Sequence[str] = ()
+) -> KafkaConfig:
+    """A sub-prefix of the module's with its own topics: a test starts from empty ones."""
+    cfg = replace(kafka, prefix=f"{kafka.prefix}{uuid.uuid4().hex[:8]}.")
+    await ensure_topics(cfg, specs, agent_ids=agents)
+    return cfg
+
+
+def active_agent(agent_id: str) -> AgentRegistered:
+    return AgentRegistered.build(
+        agent=AgentInfo(agent_id=agent_id), registered=True, active=True, reason="test"
+    )
+
+
+@asynccontextmanager
+async def orchestrator_loop(
+    cfg: KafkaConfig, agents: Sequence[str] = ("ghost",), **options: Any
+) -> AsyncIterator[TransactionalLoop]:
+    """The orchestrator's transactional loop with its real handler, agents known active."""
+    catalog = AgentCatalog()
+    for agent_id in agents:
+        catalog.apply(active_agent(agent_id))
+    producer = make_producer(cfg)
+    await producer.start()
+    commands = cfg.topic(topics.EXECUTION_COMMANDS)
+
+    async def fire(command: FireTimer, execution_id: str) -> None:
+        await producer.send_and_wait(commands, to_bytes(command), key=execution_id.encode())
+
+    async def reject_snapshot(record: Any, error: Exception) -> None:
+        letter = dead_letter_outgoing(cfg, dead_letter(record, error, "orchestrator-recovery"))
+        key, value, headers = letter.encode()
+        await producer.send_and_wait(letter.topic, value, key=key, headers=headers)
+
+    timers = TimerScheduler(fire)
+    handler = OrchestratorHandler(
+        cfg,
+        catalog=catalog,
+        timers=timers,
+        evaluate_condition=evaluate_condition,
+        dead_letter=reject_snapshot,
+    )
+    loop = TransactionalLoop(
+        cfg,
+        group_id=f"{cfg.prefix}orchestrator",
+        input_topics=[commands, cfg.topic(topics.AGENT_RESULTS)],
+        handler=handler,
+        transactional_id_prefix=f"{cfg.prefix}orchestrator",
+        consumer_name="orchestrator",
+        **options,
+    )
+    ticking = asyncio.create_task(timers.run())
+    try:
+        async with loop:
+            yield loop
+    finally:
+        ticking.cancel()
+        await asyncio.gather(ticking, return_exceptions=True)
+        await producer.stop()
+
+
+@asynccontextmanager
+async def auth_loop(cfg: KafkaConfig, **options: Any) -> AsyncIterator[TransactionalLoop]:
+    """Auth's transactional loop with its real handler."""
+    handler = AuthHandler(cfg, partition_count=cfg.partitions)
+    loop = TransactionalLoop(  # what spine_auth.app.make_loop builds, with test options
+        cfg,
+        group_id=f"{cfg.prefix}auth",
+        input_topics=[cfg.topic(topics.AUTH_COMMANDS)],
+        handler=handler,
+        transactional_id_prefix=f"{cfg.prefix}auth",
+        consumer_name="auth",
+        **options,
+    )
+    async with loop:
+        yield loop
+
+
+@asynccontextmanager
+async def registry_service(
+    cfg: KafkaConfig, database_url: str, schema: str
+) -> AsyncIterator[ServiceContext]:
+    """The registry's ``main`` in this process, as ``serve`` would run it."""
+    settings = RegistrySettings(
+        DATABASE_URL=database_url,
+        KAFKA_BOOTSTRAP_SERVERS=cfg.bootstrap_servers,
+        SPINE_REGISTRY_SCHEMA=schema,
+    )
+    producer = make_producer(cfg)
+    await producer.start()
+    ctx = ServiceContext("registry", settings, cfg, producer, "registry-test", asyncio.Event())
+    task = asyncio.create_task(registry_main(ctx))
+    try:
+        yield ctx
+    finally:
+        ctx.stopping.set()
+        async with asyncio.timeout(30):
+            await task
+        await producer.stop()
+
+
+def start_execution(execution_id: str, flow: FlowDefinition, **input_data: Any) -> StartExecution:
+    return StartExecution.build(
+        execution_id=execution_id,
+        user_id="tester",
+        flow=flow,
+        flow_version=flow.content_hash(),
+        input_data=input_data,
+    )
+
+
+def result_of(task: AgentMessage, **output: Any) -> AgentResult:
+    d = task.data
+    return AgentResult.build(
+        cause=task,
+        execution_id=d.execution_id,
+        node_id=d.node_id,
+        attempt=d.attempt,
+        agent_id=d.to_agent,
+        status="success",
+        output=output,
+    )
+
+
+def key_hash(seed: str) -> str:
+    return (uuid.uuid5(uuid.NAMESPACE_URL, seed).hex * 2)[:64]
+
+
+def service_feed(now: datetime) -> list[tuple[topics.TopicSpec, str, Message]]:
+    """A bit of everything every projection reads."""
+    feed: list[tuple[topics.TopicSpec, str, Message]] = []
+    for i in range(12):
+        eid = f"ex-{i}"
+        feed += [(topics.EXECUTION_EVENTS, eid, m) for m in execution_events(eid, i)]
+    for i in range(4):
+        user = f"user-{i}"
+        feed += [
+            (topics.AUTH_EVENTS, user, UserCreated.build(
+                user_id=user, email=f"{user}@x.test", rate_limit=60,
+                key_hash=key_hash(user), balance=10)),
+            (topics.AUTH_EVENTS, user, CreditsAdded.build(user_id=user, amount=5, balance=15)),
+            (topics.AUTH_EVENTS, user, CreditsReserved.build(
+                user_id=user, execution_id=f"ex-{i}", amount=2, balance=13)),
+            (topics.AUTH_EVENTS, user, CreditsSettled.build(
+                user_id=user, execution_id=f"ex-{i}", outcome="completed", charged=2,
+                refunded=0, balance=13)),
+            (topics.AUTH_EVENTS, user, KeyRotated.build(
+                user_id=user, key_hash=key_hash(f"{user}-2"), previous_key_hash=key_hash(user))),
+            (topics.USAGE, user, UsageRecorded.build(
+                user_id=user, request_id=f"r{i}", method="POST", path="/x", status_code=200,
+                duration_ms=1.25 * i, credits=1)),
+        ]  # fmt: skip
+    for i in range(3):
+        info = AgentInfo(agent_id=f"agent-{i}")
+        feed += [
+            (topics.REGISTRY_EVENTS, info.agent_id, AgentRegistered.build(
+                agent=info, active=True, last_seen=now, reason="registered")),
+            (topics.REGISTRY_EVENTS, info.agent_id, AgentStatusChanged.build(
+                agent=info, active=False, last_seen=now, reason="no heartbeat")),
+        ]  # fmt: skip
+    flow = FlowDefinition(flow_id="f1", nodes=(FlowNode(id="a", agent_id="agent-0"),))
+    feed += [
+        (topics.FLOWS, "f1", FlowDefined.build(
+            flow_id="f1", flow_version=flow.content_hash(), definition=flow, source="file")),
+        (topics.FLOWS, "f2", FlowDefined.build(
+            flow_id="f2", flow_version=flow.content_hash(), definition=flow, source="api")),
+        (topics.FLOWS, "f2", FlowDeleted.build(flow_id="f2", source="api")),
+    ]  # fmt: skip
+    return feed
