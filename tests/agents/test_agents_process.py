@@ -126,7 +126,7 @@ async def test_echo_http_serves_the_contract(child_env: dict[str, str], tmp_path
         )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(120):
                 while True:
                     try:
                         health = await client.get("/health")
