@@ -24,6 +24,11 @@ class Latency:
     accepted_ms: list[float] = field(default_factory=list)  # time to the submit's answer
     truncated: bool = False  # stopped before the asked number of runs (time budget)
     breakdown: dict[str, Any] = field(default_factory=dict)  # where the time went (Spine)
+    errors: dict[str, int] = field(default_factory=dict)  # why the failed runs failed
+
+    def fail(self, reason: str) -> None:
+        self.failed += 1
+        self.errors[reason] = self.errors.get(reason, 0) + 1
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"runs": len(self.samples_ms), "failed": self.failed}
@@ -34,6 +39,8 @@ class Latency:
             acc = _percentiles(self.accepted_ms)
             out["accept_p50_ms"] = acc["p50_ms"]
             out["accept_p99_ms"] = acc["p99_ms"]
+        if self.errors:
+            out["errors"] = self.errors
         if self.breakdown:
             out["breakdown"] = self.breakdown
         return out

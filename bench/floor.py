@@ -376,7 +376,7 @@ class Floor:
             try:
                 await asyncio.wait_for(fut, 30)
             except TimeoutError:
-                out.failed += 1
+                out.fail("timeout")
                 continue
             if i >= WARMUP:
                 out.samples_ms.append((self.completed[eid] - t0) * 1000)

@@ -112,6 +112,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=2000, help="per endpoint")
     parser.add_argument("--warmup", type=int, default=100, help="per endpoint, not counted")
     parser.add_argument("--flow", default="echo_chain")
+    parser.add_argument("--only", choices=("get", "execute"), help="measure one endpoint")
     parser.add_argument(
         "--gateway-pid",
         type=int,
@@ -227,6 +228,8 @@ async def main() -> int:
         ("GET /executions/{id}", read),
         ("POST /flows/execute", execute),
     ):
+        if args.only and not name.lower().startswith(args.only) and args.only not in name:
+            continue
         await _run("warm-up", base, key, args.clients, warm, request)
         cpu = _cpu_s(pid)
         result = await _run(name, base, key, args.clients, n, request)

@@ -93,8 +93,8 @@ class CeleryPeer:
             t_accept = time.perf_counter()
             try:
                 result.get(timeout=30)
-            except Exception:
-                out.failed += 1
+            except Exception as exc:  # a timeout or the task's own error: counted, not raised
+                out.fail(type(exc).__name__)
                 continue
             t_end = time.perf_counter()
             if i >= WARMUP:
