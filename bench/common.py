@@ -35,7 +35,7 @@ class Latency:
         if self.truncated:
             out["truncated_by_budget"] = True
         out.update(_percentiles(self.samples_ms))
-        if self.accepted_ms:
+        if self.accepted_ms:  # as many as samples_ms, so at least one
             acc = _percentiles(self.accepted_ms)
             out["accept_p50_ms"] = acc["p50_ms"]
             out["accept_p99_ms"] = acc["p99_ms"]
@@ -47,9 +47,12 @@ class Latency:
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
-    if len(samples) < 2:
+    if not samples:
         return {}
-    q = statistics.quantiles(samples, n=100, method="inclusive")
+    if len(samples) == 1:
+        q = samples * 99
+    else:
+        q = statistics.quantiles(samples, n=100, method="inclusive")
     return {
         "p50_ms": round(q[49], 2),
         "p95_ms": round(q[94], 2),

@@ -30,7 +30,7 @@ from .procstats import INFRA, SERVICES, ProcessWatch, cpu_delta, read_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / ".spine" / "bench"
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 T = TypeVar("T")
 
 

@@ -126,6 +126,17 @@ class SpineClient:
                         return event
         return "stream_closed"
 
+    async def _follow_stream(self, execution_id: str, out: Latency) -> str:
+        """The stream's terminal event. A 200 answered with status ``pending`` (the gateway's
+        read model did not show the execution in time) can make the stream answer 404 for a
+        while: open it again every 0.2 s, and count it (``errors.stream_404_reopened``)."""
+        while True:
+            event = await self._await_stream(execution_id)
+            if event != "http_404":
+                return event
+            out.errors["stream_404_reopened"] = out.errors.get("stream_404_reopened", 0) + 1
+            await asyncio.sleep(0.2)
+
     async def latency(
         self, shape: str, runs: int, tick: Tick = no_tick, deadline: float | None = None
     ) -> Latency:
@@ -148,7 +159,7 @@ class SpineClient:
                 continue
             execution_id = r.json()["execution_id"]
             try:
-                event = await asyncio.wait_for(self._await_stream(execution_id), 60)
+                event = await asyncio.wait_for(self._follow_stream(execution_id, out), 60)
             except (TimeoutError, httpx.HTTPError) as exc:
                 out.fail(f"stream_{type(exc).__name__}")
                 continue
