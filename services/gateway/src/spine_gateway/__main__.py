@@ -27,10 +27,29 @@ async def main(ctx: ServiceContext) -> None:
     server = uvicorn.Server(config)
     # the runtime owns SIGTERM/SIGINT; uvicorn is told to exit when the service stops
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-    serving = asyncio.create_task(server.serve())
-    await ctx.stopping.wait()
+    serving = asyncio.create_task(_serve(server))
+    stopping = asyncio.create_task(ctx.stopping.wait())
+    done, _ = await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if serving in done:  # it ended on its own: a failed start-up is a failed process
+        stopping.cancel()
+        serving.result()
+        raise GatewayStartupFailed("the HTTP server stopped on its own")
     server.should_exit = True
     await serving
+
+
+class GatewayStartupFailed(RuntimeError):
+    """uvicorn gave up (its lifespan failed: a dependency missing or too slow)."""
+
+
+async def _serve(server: uvicorn.Server) -> None:
+    # uvicorn answers a failed start-up with sys.exit() inside this task; a SystemExit in a
+    # task escapes the event loop and left the process hanging in asyncio's shutdown,
+    # alive (its pid file too) but serving nothing. Exit through the runtime instead.
+    try:
+        await server.serve()
+    except SystemExit as exc:
+        raise GatewayStartupFailed(f"start-up failed (uvicorn exit code {exc.code})") from None
 
 
 def run() -> None:

@@ -287,48 +287,95 @@ _TERMINAL_EVENTS = {
 }
 
 
-async def _node(
-    conn: asyncpg.Connection, eid: str, node_id: str, status: str, at: datetime, **cols: Any
-) -> None:
-    names = ["status", *cols]
-    values = [status, *cols.values()]
-    sets = ", ".join(f"{n} = ${i + 4}" for i, n in enumerate(names))
-    placeholders = ", ".join(f"${i + 4}" for i in range(len(names)))
-    await conn.execute(
-        f"""INSERT INTO execution_nodes (execution_id, node_id, started_at, {", ".join(names)})
-            VALUES ($1, $2, $3, {placeholders})
-            ON CONFLICT (execution_id, node_id) DO UPDATE SET {sets}""",
+#: One statement for every node event, so a batch's node rows go in one round trip
+#: (``executemany``, in event order). The flags say which columns the event sets; on the
+#: first sight of a node the others take their defaults.
+_NODE_UPSERT = """
+INSERT INTO execution_nodes AS n (execution_id, node_id, started_at, status, agent_id, attempt,
+                                  output, error_message, completed_at)
+VALUES ($1, $2, $3, $4, $5, COALESCE($6, 0), $7::jsonb, $8, $9)
+ON CONFLICT (execution_id, node_id) DO UPDATE SET
+    status = EXCLUDED.status,
+    agent_id = CASE WHEN $10 THEN EXCLUDED.agent_id ELSE n.agent_id END,
+    attempt = CASE WHEN $6::int IS NOT NULL THEN EXCLUDED.attempt ELSE n.attempt END,
+    output = CASE WHEN $11 THEN EXCLUDED.output ELSE n.output END,
+    error_message = CASE WHEN $12 THEN EXCLUDED.error_message ELSE n.error_message END,
+    completed_at = CASE WHEN $13 THEN EXCLUDED.completed_at ELSE n.completed_at END
+"""
+
+_UNSET: Any = object()
+
+
+def _node(
+    eid: str,
+    node_id: str,
+    status: str,
+    at: datetime,
+    *,
+    agent_id: Any = _UNSET,
+    attempt: int | None = None,
+    output: Any = _UNSET,
+    error_message: Any = _UNSET,
+    completed_at: Any = _UNSET,
+) -> tuple[Any, ...]:
+    """The ``_NODE_UPSERT`` arguments of one node event."""
+
+    def value(v: Any) -> Any:
+        return None if v is _UNSET else v
+
+    return (
         eid,
         node_id,
         at,
-        *values,
+        status,
+        value(agent_id),
+        attempt,
+        value(output),
+        value(error_message),
+        value(completed_at),
+        agent_id is not _UNSET,
+        output is not _UNSET,
+        error_message is not _UNSET,
+        completed_at is not _UNSET,
     )
 
 
 def executions_projection(marks: Marks) -> Projection:
+    """Per batch: the trail in one statement, then the rows that change in event order; the
+    executions that only got newer (no status change) are touched once at the end. Round
+    trips, not rows, bound a projection's throughput, and every write waits for this one."""
+
     async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
+        new = {
+            (r["execution_id"], r["seq"])
+            for r in await conn.fetch(
+                """INSERT INTO execution_events (execution_id, seq, type, data, occurred_at)
+                   SELECT e, s, t, d::jsonb, o
+                   FROM unnest($1::text[], $2::int[], $3::text[], $4::text[],
+                               $5::timestamptz[]) AS u(e, s, t, d, o)
+                   ON CONFLICT DO NOTHING RETURNING execution_id, seq""",
+                [item.message.data.execution_id for item in batch],  # type: ignore[attr-defined]
+                [item.message.data.seq for item in batch],  # type: ignore[attr-defined]
+                [item.message.type for item in batch],
+                [_json(item.message.data.model_dump(mode="json")) for item in batch],
+                [_ts(item) for item in batch],
+            )
+        }
+        touched: dict[str, tuple[datetime, int]] = {}
+        nodes: list[tuple[Any, ...]] = []
         for item in batch:
             m = item.message
             d: Any = m.data
             eid: str = d.execution_id
             at = _ts(item)
-            inserted = await conn.fetchval(
-                """INSERT INTO execution_events (execution_id, seq, type, data, occurred_at)
-                   VALUES ($1, $2, $3, $4::jsonb, $5)
-                   ON CONFLICT DO NOTHING RETURNING 1""",
-                eid,
-                d.seq,
-                m.type,
-                _json(d.model_dump(mode="json")),
-                at,
-            )
             if isinstance(m, ExecutionStarted):
                 marks.put("execution", eid, item)
             elif m.causation_id and isinstance(m, _COMMAND_OUTCOMES):
                 # the first event a gateway's cancel or input caused is its outcome
                 marks.put("execution_cmd", m.causation_id, item, first=True)
-            if not inserted:
+            if (eid, d.seq) not in new:
                 continue  # the same seq again: already applied
+            new.discard((eid, d.seq))  # (and a repeat within this batch is one too)
             if isinstance(m, ExecutionStarted):
                 await conn.execute(
                     """INSERT INTO executions (execution_id, user_id, flow_id, flow_version,
@@ -349,38 +396,40 @@ def executions_projection(marks: Marks) -> Projection:
             extra = ""
             args: list[Any] = []
             if isinstance(m, NodeDispatched):
-                await _node(
-                    conn, eid, d.node_id, "running", at, agent_id=d.agent_id, attempt=d.attempt
+                nodes.append(
+                    _node(eid, d.node_id, "running", at, agent_id=d.agent_id, attempt=d.attempt)
                 )
             elif isinstance(m, NodeCompleted):
-                await _node(
-                    conn,
-                    eid,
-                    d.node_id,
-                    "completed",
-                    at,
-                    output=_json(d.output),
-                    completed_at=at,
-                    attempt=d.attempt,
+                nodes.append(
+                    _node(
+                        eid,
+                        d.node_id,
+                        "completed",
+                        at,
+                        output=_json(d.output),
+                        completed_at=at,
+                        attempt=d.attempt,
+                    )
                 )
             elif isinstance(m, NodeFailed):
-                await _node(
-                    conn,
-                    eid,
-                    d.node_id,
-                    "retrying" if d.will_retry else "failed",
-                    at,
-                    error_message=d.error_message,
-                    attempt=d.attempt,
-                    completed_at=None if d.will_retry else at,
+                nodes.append(
+                    _node(
+                        eid,
+                        d.node_id,
+                        "retrying" if d.will_retry else "failed",
+                        at,
+                        error_message=d.error_message,
+                        attempt=d.attempt,
+                        completed_at=None if d.will_retry else at,
+                    )
                 )
             elif isinstance(m, NodeSkipped):
-                await _node(conn, eid, d.node_id, "skipped", at, completed_at=at)
+                nodes.append(_node(eid, d.node_id, "skipped", at, completed_at=at))
             elif isinstance(m, NodeWaitingInput):
-                await _node(conn, eid, d.node_id, "waiting_input", at)
+                nodes.append(_node(eid, d.node_id, "waiting_input", at))
                 status = "waiting_input"
             elif isinstance(m, InputReceived):
-                await _node(conn, eid, d.node_id, "running", at)
+                nodes.append(_node(eid, d.node_id, "running", at))
                 status = "running"
             elif type(m) in _TERMINAL_EVENTS:
                 status = _TERMINAL_EVENTS[type(m)]  # type: ignore[index]
@@ -410,13 +459,17 @@ def executions_projection(marks: Marks) -> Projection:
                     *args,
                 )
             else:
-                await conn.execute(
-                    """UPDATE executions SET updated_at = $2, last_seq = GREATEST(last_seq, $3)
-                       WHERE execution_id = $1""",
-                    eid,
-                    at,
-                    d.seq,
-                )
+                last = touched.get(eid)
+                touched[eid] = (max(at, last[0]), max(d.seq, last[1])) if last else (at, d.seq)
+        if nodes:  # node rows are their own table: only their order among themselves counts
+            await conn.executemany(_NODE_UPSERT, nodes)
+        if touched:
+            await conn.executemany(
+                """UPDATE executions SET updated_at = GREATEST(updated_at, $2),
+                       last_seq = GREATEST(last_seq, $3)
+                   WHERE execution_id = $1""",
+                [(eid, at, seq) for eid, (at, seq) in touched.items()],
+            )
 
     return Projection(
         "gw_executions", (topics.EXECUTION_EVENTS,), apply, migrations=(EXECUTIONS_DDL,)

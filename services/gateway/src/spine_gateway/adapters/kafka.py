@@ -228,7 +228,8 @@ class ConsumerLag:
     committed offsets on the installation's topics (the prefix plus ``spine.``). Lag is
     ``end - committed`` per partition (the end is the last stable offset; a transaction's
     commit marker counts as one record). A measurement runs as its own task: a caller that
-    stops waiting (``/status`` bounds its wait) does not cancel it, the next one reuses it.
+    stops waiting (``/status`` bounds its wait) does not cancel it; later callers get the
+    last result at once while a newer one is measured.
     """
 
     def __init__(self, cfg: KafkaConfig, *, cache_s: float = 5.0) -> None:
@@ -250,12 +251,19 @@ class ConsumerLag:
             await admin.close()
 
     async def groups(self) -> dict[str, Any]:
+        """The last measurement; a stale one starts a new measurement in the background
+        (only the very first call waits for one)."""
         fresh = time.monotonic() - self._at <= self._cache_s
         if not fresh and (self._task is None or self._task.done()):
             self._task = asyncio.create_task(self._refresh(), name="gw-consumer-lag")
-        if self._task is not None and not self._task.done():
+        if self._at < 0 and self._task is not None:
             await asyncio.shield(self._task)
         return self._value
+
+    @property
+    def age_s(self) -> float | None:
+        """Seconds since the last measurement ended (None before the first)."""
+        return None if self._at < 0 else round(time.monotonic() - self._at, 3)
 
     async def _refresh(self) -> None:
         try:
@@ -299,7 +307,7 @@ class ConsumerLag:
             if mine:
                 committed[name] = mine
         wanted = sorted({tp for offsets in committed.values() for tp in offsets})
-        ends: dict[TopicPartition, int] = await self._consumer.end_offsets(wanted) if wanted else {}
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(wanted) if wanted else {}
         out: dict[str, Any] = {}
         for name, offsets in sorted(committed.items()):
             topics_lag: dict[str, int] = {}

@@ -77,6 +77,7 @@ async def status(request: Request, service: ServiceDep) -> JSONResponse:
         "projections": projections,
         "services": service.services(),
         "consumer_groups": groups,
+        "consumer_groups_age_s": service.observers.lag.age_s,
     }
     return JSONResponse(body, status_code=200 if healthy else 503)
 

@@ -1,0 +1,216 @@
+"""The gateway's executions and usage projections on a real PostgreSQL schema: the batched
+statements give the same rows whatever the batch boundaries, a repeat changes nothing, and
+a command's first outcome is marked."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from spine_contracts import (
+    CancelExecution,
+    ExecutionCancelled,
+    ExecutionCommandRejected,
+    ExecutionCompleted,
+    ExecutionStarted,
+    FlowDefinition,
+    InputReceived,
+    Message,
+    NodeCompleted,
+    NodeDispatched,
+    NodeFailed,
+    NodeWaitingInput,
+    ProvideInput,
+    UsageRecorded,
+)
+from spine_gateway.projection import (
+    EXECUTIONS_DDL,
+    USAGE_DDL,
+    Marks,
+    executions_projection,
+    usage_projection,
+)
+from spine_servicekit.projector import Incoming
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+FLOW = FlowDefinition.model_validate(
+    {"flow_id": "f", "nodes": [{"id": "a", "agent_id": "echo"}, {"id": "b", "agent_id": "echo"}]}
+)
+
+
+def _at(seconds: float) -> dict[str, Any]:
+    return {"occurred_at": T0 + timedelta(seconds=seconds)}
+
+
+def _events(eid: str) -> list[Message]:
+    common = {"execution_id": eid}
+    cancel = CancelExecution.build(execution_id=eid)
+    answer = ProvideInput.build(execution_id=eid, input={"x": 1})
+    built: list[Message] = [
+        ExecutionStarted.build(
+            **common,
+            seq=1,
+            user_id="u",
+            flow_id="f",
+            flow_version="v",
+            flow=FLOW,
+            input_data={"in": 1},
+        ),
+        NodeDispatched.build(
+            **common, seq=2, node_id="a", attempt=1, agent_id="echo", task_id="t1"
+        ),
+        NodeFailed.build(
+            **common,
+            seq=3,
+            node_id="a",
+            attempt=1,
+            agent_id="echo",
+            error_message="boom",
+            will_retry=True,
+        ),
+        NodeDispatched.build(
+            **common, seq=4, node_id="a", attempt=2, agent_id="echo", task_id="t2"
+        ),
+        NodeCompleted.build(
+            **common, seq=5, node_id="a", attempt=2, agent_id="echo", output={"o": 1}
+        ),
+        NodeWaitingInput.build(**common, seq=6, node_id="b", attempt=1, turn=1, question="?"),
+        InputReceived.build(cause=answer, **common, seq=7, node_id="b", turn=1, input={"x": 1}),
+        NodeCompleted.build(**common, seq=8, node_id="b", attempt=1, output={"o": 2}),
+        ExecutionCompleted.build(**common, seq=9, output_data={"b": {"o": 2}}),
+        ExecutionCommandRejected.build(
+            cause=cancel, **common, seq=10, command_type=cancel.type, reason="already completed"
+        ),
+    ]
+    return [m.model_copy(update=_at(i)) for i, m in enumerate(built)]
+
+
+def _incoming(messages: Sequence[Message]) -> list[Incoming]:
+    return [
+        Incoming("events", 0, offset, None, 0, message) for offset, message in enumerate(messages)
+    ]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def conn(database_url: str, pg_schema: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url)
+    await connection.execute(f'SET search_path TO "{pg_schema}"')
+    await connection.execute(EXECUTIONS_DDL)
+    await connection.execute(USAGE_DDL)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def _apply(conn: asyncpg.Connection, marks: Marks, items: list[Incoming], size: int) -> None:
+    apply = executions_projection(marks).apply
+    for i in range(0, len(items), size):
+        async with conn.transaction():
+            await apply(conn, items[i : i + size])
+
+
+async def _snapshot(conn: asyncpg.Connection, eid: str) -> dict[str, Any]:
+    ex = await conn.fetchrow("SELECT * FROM executions WHERE execution_id = $1", eid)
+    nodes = await conn.fetch(
+        "SELECT * FROM execution_nodes WHERE execution_id = $1 ORDER BY node_id", eid
+    )
+    trail = await conn.fetch(
+        "SELECT seq, type FROM execution_events WHERE execution_id = $1 ORDER BY seq", eid
+    )
+    strip = {"execution_id"}
+    return {
+        "execution": {k: v for k, v in dict(ex).items() if k not in strip},
+        "nodes": [{k: v for k, v in dict(n).items() if k not in strip} for n in nodes],
+        "trail": [tuple(r) for r in trail],
+    }
+
+
+async def test_batched_apply_gives_the_same_rows_whatever_the_batches(
+    conn: asyncpg.Connection,
+) -> None:
+    snapshots = []
+    for size in (1, 3, 100):
+        eid = f"e-{uuid.uuid4().hex[:8]}"
+        events = _events(eid)
+        marks = Marks()
+        items = _incoming(events)
+        await _apply(conn, marks, items + items[2:6], size)  # with repeats: no-ops
+        snapshots.append(await _snapshot(conn, eid))
+    assert snapshots[0] == snapshots[1] == snapshots[2]
+    snap = snapshots[0]
+    ex = snap["execution"]
+    assert ex["status"] == "completed" and ex["last_seq"] == 10
+    assert ex["created_at"] == T0 and ex["updated_at"] == T0 + timedelta(seconds=9)
+    assert ex["completed_at"] == T0 + timedelta(seconds=8)
+    a, b = snap["nodes"]
+    assert (a["status"], a["attempt"], a["agent_id"]) == ("completed", 2, "echo")
+    assert a["error_message"] == "boom" and a["completed_at"] == T0 + timedelta(seconds=4)
+    assert a["started_at"] == T0 + timedelta(seconds=1)
+    assert (b["status"], b["attempt"], b["agent_id"]) == ("completed", 1, None)
+    assert [s for s, _ in snap["trail"]] == list(range(1, 11))
+
+
+async def test_a_commands_first_outcome_is_marked(conn: asyncpg.Connection) -> None:
+    eid = f"e-{uuid.uuid4().hex[:8]}"
+    events = _events(eid)
+    marks = Marks()
+    await _apply(conn, marks, _incoming(events), 4)
+    received, rejected = events[6], events[9]
+    assert isinstance(marks.message("execution_cmd", str(received.causation_id)), InputReceived)
+    got = marks.message("execution_cmd", str(rejected.causation_id))
+    assert isinstance(got, ExecutionCommandRejected) and got.data.reason == "already completed"
+    assert marks.get("execution", eid) is not None
+    cancelled = ExecutionCancelled.build(
+        cause=CancelExecution.build(execution_id=eid), execution_id=eid, seq=11, reason="late"
+    )
+    await _apply(conn, marks, _incoming([cancelled]), 1)
+    ex = await conn.fetchrow("SELECT status FROM executions WHERE execution_id = $1", eid)
+    assert ex["status"] == "completed"  # a terminal status is final
+
+
+async def test_usage_folds_into_hours_and_totals(conn: asyncpg.Connection) -> None:
+    def usage(user: str, status: int, credits: int, minutes: int) -> UsageRecorded:
+        message = UsageRecorded.build(
+            user_id=user,
+            request_id=uuid.uuid4().hex,
+            method="GET",
+            path="/x",
+            status_code=status,
+            duration_ms=2.5,
+            credits=credits,
+        )
+        return message.model_copy(update={"occurred_at": T0 + timedelta(minutes=minutes)})
+
+    batch = _incoming(
+        [
+            usage("u1", 200, 1, 0),
+            usage("u1", 404, 0, 10),
+            usage("u1", 200, 0, 70),
+            usage("u2", 429, 0, 5),
+        ]
+    )
+    apply = usage_projection().apply
+    async with conn.transaction():
+        await apply(conn, batch[:2])
+    async with conn.transaction():
+        await apply(conn, batch[2:])
+    hours = await conn.fetch(
+        "SELECT user_id, hour, requests, errors, credits FROM usage_hourly ORDER BY 1, 2"
+    )
+    assert [tuple(h) for h in hours] == [
+        ("u1", T0, 2, 1, 1),
+        ("u1", T0 + timedelta(hours=1), 1, 0, 0),
+        ("u2", T0, 1, 1, 0),
+    ]
+    total = await conn.fetchrow("SELECT * FROM usage_totals WHERE user_id = 'u1'")
+    assert (total["requests"], total["errors"], total["credits"]) == (3, 1, 1)
+    assert total["first_request_at"] == T0
+    assert total["last_request_at"] == T0 + timedelta(minutes=70)
