@@ -28,7 +28,15 @@ from spine_contracts import (
     SettleCredits,
     StartExecution,
 )
-from spine_orchestrator.domain import Decision, Environment, ExecutionState, decide
+import orjson
+from spine_orchestrator.domain import (
+    Decision,
+    Environment,
+    ExecutionState,
+    FinishedExecution,
+    decide,
+    state_from_dict,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -253,6 +261,36 @@ def test_snapshot_round_trip_preserves_state() -> None:
     assert d.state is not None
     restored = ExecutionState.from_dict(d.state.to_dict())
     assert restored == d.state
+
+
+def test_snapshot_of_a_waiting_execution_is_json_and_round_trips() -> None:
+    f = flow(FlowNode(id="zoe", agent_id="zoe", type="input", config=NodeConfig(max_turns=3)))
+    d = decide(None, start(f, x={"nested": [1, 2]}), env())
+    d = decide(d.state, result(tasks(d)[0], status="needs_input", question="income?"), env())
+    assert isinstance(d.state, ExecutionState)
+    body = orjson.loads(orjson.dumps(d.state.to_dict()))  # what travels on the bus
+    restored = state_from_dict(body)
+    assert restored == d.state and restored.nodes["zoe"].conversation[0]["role"] == "agent"
+
+
+def test_a_finished_execution_keeps_only_what_late_input_needs() -> None:
+    f = flow(agent("a"))
+    d = decide(None, start(f), env())
+    d = decide(d.state, result(tasks(d)[0], output={"v": 1}), env())
+    assert isinstance(d.state, ExecutionState) and d.state.terminal
+    finished = FinishedExecution.of(d.state)
+    body = orjson.loads(orjson.dumps(finished.to_dict()))
+    assert "flow" not in body and state_from_dict(body) == finished
+    # a duplicate start, a late result and a timer change nothing
+    assert not decide(finished, start(f), env()).changed
+    assert not decide(finished, result(tasks(decide(None, start(f), env()))[0]), env()).changed
+    # a late cancel is rejected with the next seq, and the seq is kept for the one after
+    late = decide(finished, CancelExecution.build(execution_id="e1"), env())
+    (rejected,) = late.events
+    assert isinstance(rejected, ExecutionCommandRejected)
+    assert rejected.data.seq == d.state.seq + 1 and "already completed" in rejected.data.reason
+    again = decide(late.state, ProvideInput.build(execution_id="e1", input={}), env())
+    assert again.events[0].data.seq == d.state.seq + 2  # type: ignore[attr-defined]
 
 
 @st.composite

@@ -25,7 +25,7 @@ Rules (DESIGN §3–§4):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -133,9 +133,27 @@ class ExecutionState:
 
     # --- snapshots -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["flow"] = self.flow.model_dump(mode="json")
-        return _jsonable(data)
+        """The snapshot body, built field by field: ``dataclasses.asdict`` deep-copies the
+        flow model and every output, which made snapshots most of the orchestrator's CPU.
+        Outputs, inputs and metadata are JSON already (they came off the bus), so they are
+        shared, not copied; the encoder reads them once."""
+        return {
+            "execution_id": self.execution_id,
+            "user_id": self.user_id,
+            "flow": _flow_json(self.flow, self.flow_version),
+            "flow_version": self.flow_version,
+            "input_data": self.input_data,
+            "metadata": self.metadata,
+            "credits_reserved": self.credits_reserved,
+            "correlation_id": self.correlation_id,
+            "trace": self.trace,
+            "started_at": self.started_at.isoformat(),
+            "status": self.status,
+            "seq": self.seq,
+            "nodes": {k: _node_json(n) for k, n in self.nodes.items()},
+            "timers": {k: _timer_json(t) for k, t in self.timers.items()},
+            "error_message": self.error_message,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExecutionState:
@@ -162,6 +180,63 @@ class ExecutionState:
 
 
 @dataclass(frozen=True)
+class FinishedExecution:
+    """What is kept of a terminal execution: enough to ignore a duplicate start and to
+    reject a late cancel or input with the next ``seq``. The flow, the outputs and the
+    conversation are dropped, so memory and the state rebuilt on a partition's assignment
+    grow with live executions, not with history."""
+
+    execution_id: str
+    user_id: str
+    status: str
+    seq: int
+    correlation_id: str | None
+    trace: str | None
+    timers: Mapping[str, Timer] = field(default_factory=dict)
+
+    terminal = True
+
+    @classmethod
+    def of(cls, state: ExecutionState) -> FinishedExecution:
+        return cls(
+            state.execution_id,
+            state.user_id,
+            state.status,
+            state.seq,
+            state.correlation_id,
+            state.trace,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "finished": True,
+            "execution_id": self.execution_id,
+            "user_id": self.user_id,
+            "status": self.status,
+            "seq": self.seq,
+            "correlation_id": self.correlation_id,
+            "trace": self.trace,
+        }
+
+
+AnyState = ExecutionState | FinishedExecution
+
+
+def state_from_dict(data: Mapping[str, Any]) -> AnyState:
+    """A snapshot body back into a state (a finished one is the small form)."""
+    if data.get("finished"):
+        return FinishedExecution(
+            data["execution_id"],
+            data["user_id"],
+            data["status"],
+            data["seq"],
+            data.get("correlation_id"),
+            data.get("trace"),
+        )
+    return ExecutionState.from_dict(data)
+
+
+@dataclass(frozen=True)
 class Task:
     """An agent task to publish on the agent's tasks topic."""
 
@@ -171,7 +246,7 @@ class Task:
 
 @dataclass
 class Decision:
-    state: ExecutionState | None
+    state: AnyState | None
     events: list[Message] = field(default_factory=list)
     tasks: list[Task] = field(default_factory=list)
     commands: list[Message] = field(default_factory=list)  # settle-credits
@@ -181,8 +256,10 @@ class Decision:
         return bool(self.events or self.tasks or self.commands)
 
 
-def decide(state: ExecutionState | None, message: Message, env: Environment) -> Decision:
+def decide(state: AnyState | None, message: Message, env: Environment) -> Decision:
     """Apply one input to one execution."""
+    if isinstance(state, FinishedExecution):
+        return _decide_finished(state, message)
     if isinstance(message, StartExecution):
         if state is not None:
             return Decision(state)  # duplicate start: the execution already exists
@@ -211,6 +288,23 @@ def decide(state: ExecutionState | None, message: Message, env: Environment) -> 
     elif isinstance(message, FireTimer):
         run.on_timer(message)
     return run.decision
+
+
+def _decide_finished(state: FinishedExecution, message: Message) -> Decision:
+    if not isinstance(message, (CancelExecution, ProvideInput)):
+        return Decision(state)  # a duplicate start, a late result or timer: nothing to do
+    seq = state.seq + 1
+    event = ExecutionCommandRejected.build(
+        cause=message,
+        correlation_id=state.correlation_id,
+        tenant_id=state.user_id,
+        trace=state.trace,
+        execution_id=state.execution_id,
+        seq=seq,
+        command_type=message.type,
+        reason=f"execution is already {state.status}",
+    )
+    return Decision(replace(state, seq=seq), events=[event])
 
 
 def _reject_unknown(message: CancelExecution | ProvideInput) -> Decision:
@@ -656,11 +750,46 @@ def _dt(value: Any) -> datetime | None:
     return datetime.fromisoformat(value)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
+#: flow_version -> (definition, its JSON form): a flow's version is the hash of its
+#: normalised definition, so every execution of one version shares one dump.
+_FLOW_JSON: dict[str, tuple[FlowDefinition, dict[str, Any]]] = {}
+_FLOW_JSON_MAX = 256
+
+
+def _flow_json(flow: FlowDefinition, version: str) -> dict[str, Any]:
+    cached = _FLOW_JSON.get(version)
+    if cached is not None and (cached[0] is flow or cached[0] == flow):
+        return cached[1]
+    dumped = flow.model_dump(mode="json")
+    if len(_FLOW_JSON) >= _FLOW_JSON_MAX:
+        _FLOW_JSON.pop(next(iter(_FLOW_JSON)))
+    _FLOW_JSON[version] = (flow, dumped)
+    return dumped
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _node_json(n: NodeState) -> dict[str, Any]:
+    return {
+        "status": n.status,
+        "attempt": n.attempt,
+        "failures": n.failures,
+        "turns": n.turns,
+        "output": n.output,
+        "error": n.error,
+        "dispatched_at": _iso(n.dispatched_at),
+        "wait_started_at": _iso(n.wait_started_at),
+        "conversation": n.conversation,
+    }
+
+
+def _timer_json(t: Timer) -> dict[str, Any]:
+    return {
+        "timer_id": t.timer_id,
+        "kind": t.kind,
+        "due_at": t.due_at.isoformat(),
+        "node_id": t.node_id,
+        "attempt": t.attempt,
+    }

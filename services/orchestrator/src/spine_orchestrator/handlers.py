@@ -31,7 +31,7 @@ from spine_servicekit.logging import get_logger
 from spine_servicekit.txloop import Incoming, PoisonMessage
 
 from .catalog import AgentCatalog
-from .domain import Decision, Environment, ExecutionState, decide
+from .domain import AnyState, Decision, Environment, FinishedExecution, decide, state_from_dict
 from .timers import TimerScheduler
 
 log = get_logger(__name__)
@@ -68,7 +68,7 @@ class OrchestratorHandler:
         self._node_timeout = default_node_timeout_s
         self._input_timeout = default_input_timeout_s
         self._clock = clock
-        self._states: dict[int, dict[str, ExecutionState]] = {}
+        self._states: dict[int, dict[str, AnyState]] = {}
         self._topic_events = cfg.topic(topics.EXECUTION_EVENTS)
         self._topic_snapshots = cfg.topic(topics.EXECUTION_SNAPSHOTS)
         self._topic_auth = cfg.topic(topics.AUTH_COMMANDS)
@@ -87,7 +87,7 @@ class OrchestratorHandler:
         )
 
     async def on_assigned(self, partition: int) -> None:
-        states: dict[str, ExecutionState] = {}
+        states: dict[str, AnyState] = {}
         async for records in read_partition(self._cfg, self._topic_snapshots, partition):
             for record in records:
                 if record.value is None:
@@ -95,7 +95,7 @@ class OrchestratorHandler:
                 try:
                     snapshot = decode_record(record, self._cfg.prefix)
                     assert isinstance(snapshot, ExecutionSnapshot)
-                    state = ExecutionState.from_dict(snapshot.data.state)
+                    state = state_from_dict(snapshot.data.state)
                 except (ContractError, KeyError, TypeError, ValueError) as exc:
                     await self._poison(record, exc)
                     continue
@@ -126,7 +126,7 @@ class OrchestratorHandler:
         states = self._states.setdefault(partition, {})
         env = self._env()
         out: list[Outgoing] = []
-        changed: dict[str, ExecutionState] = {}
+        changed: dict[str, AnyState] = {}
         for incoming in batch:
             message = incoming.message
             if not isinstance(message, INPUTS):
@@ -135,8 +135,11 @@ class OrchestratorHandler:
             decision = decide(states.get(execution_id), message, env)
             out.extend(self._effects(decision, execution_id))
             if decision.state is not None and decision.changed:
-                states[execution_id] = decision.state
-                changed[execution_id] = decision.state
+                state = decision.state
+                if state.terminal and not isinstance(state, FinishedExecution):
+                    state = FinishedExecution.of(state)  # keep only what late input needs
+                states[execution_id] = state
+                changed[execution_id] = state
         for execution_id, state in changed.items():
             snapshot = ExecutionSnapshot.build(
                 correlation_id=state.correlation_id,
