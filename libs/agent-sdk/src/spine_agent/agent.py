@@ -77,6 +77,7 @@ from spine_contracts import (
     topics,
     utcnow,
 )
+from spine_servicekit import tracing
 from spine_servicekit.kafka import (
     KafkaConfig,
     Outgoing,
@@ -261,7 +262,11 @@ class Agent:
             raise HandlerMissing(f"agent {self.agent_id!r} has no @agent.handler")
         settings = settings or load_settings(AgentSettings)
         configure_logging(self.agent_id, settings.log_level, console=settings.dev_mode or None)
-        asyncio.run(self._main(settings))
+        tracing.setup(f"agent-{self.agent_id}")
+        try:
+            asyncio.run(self._main(settings))
+        finally:
+            tracing.shutdown()
 
     async def _main(self, settings: AgentSettings) -> None:
         stopping = asyncio.Event()
@@ -524,6 +529,19 @@ class _Worker:
 
     # --- one task ------------------------------------------------------------------------
     async def _execute(self, running: _Running) -> None:
+        if not tracing.ENABLED:
+            await self._run_task(running)
+            return
+        message = running.item.message  # the task's span is current while it runs and answers
+        with tracing.span(
+            f"agent {self.agent_id} {message.data.node_id}",
+            message=message,
+            kind=tracing.SpanKind.CONSUMER,
+            attributes={"spine.agent_id": self.agent_id, "spine.node_id": message.data.node_id},
+        ):
+            await self._run_task(running)
+
+    async def _run_task(self, running: _Running) -> None:
         message = running.item.message
         data = message.data
         bind(
@@ -749,6 +767,8 @@ class _Worker:
     async def _send(self, topic: str, key: str, message: Message) -> None:
         producer = self.producer
         assert producer is not None
+        if tracing.ENABLED:  # a result answers from inside its task's span
+            message = tracing.stamp(message)
         k, value, headers = Outgoing(topic, key, message).encode()
         await producer.send_and_wait(topic, value=value, key=k, headers=headers)
 

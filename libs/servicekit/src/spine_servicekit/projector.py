@@ -71,6 +71,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from spine_contracts import ContractError, Message, topics
 from spine_contracts.topics import FOREVER, TopicSpec
 
+from . import tracing
 from .kafka import (
     KafkaConfig,
     Outgoing,
@@ -605,6 +606,7 @@ class Projector:
         self, items: Sequence[_Item], positions: Mapping[TopicPartition, int], *, isolate: bool
     ) -> None:
         assert self._pool is not None and self._producer is not None
+        started_ns = time.time_ns() if tracing.ENABLED else 0
         tps = sorted({it.tp for it in items} | set(positions))  # one lock order for all replicas
         async with self._pool.acquire() as conn, _transaction(conn):
             # First, before any row lock: a rebuild holding it exclusively pauses us here.
@@ -657,6 +659,9 @@ class Projector:
                     self._consumer.seek(tp, offset)
                 except IllegalStateError:
                     pass
+        if tracing.ENABLED:
+            traced = [it.incoming.message for it in messages if it.incoming is not None]
+            tracing.record_batch(f"project {self.projection.name}", traced, started_ns)
         self.stats.batches += 1
         self.stats.applied += len(messages) - sum(it.error is not None for it in messages)
         self.stats.skipped += len(items) - len(fresh)

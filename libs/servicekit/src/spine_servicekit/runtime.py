@@ -15,6 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from . import tracing
 from .heartbeat import HeartbeatPublisher
 from .kafka import KafkaConfig, ensure_topics, instance_id, make_producer
 from .logging import configure_logging, get_logger
@@ -86,4 +87,8 @@ async def serve(service: str, settings: CommonSettings, main: Main) -> None:
 def run_service(service: str, settings: CommonSettings, main: Main) -> None:
     """Entry point helper: configure logging and run ``main`` until a stop signal."""
     configure_logging(service, settings.log_level, console=settings.dev_mode or None)
-    asyncio.run(serve(service, settings, main))
+    tracing.setup(service)
+    try:
+        asyncio.run(serve(service, settings, main))
+    finally:
+        tracing.shutdown()  # flush the spans still batched

@@ -61,6 +61,7 @@ from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import OffsetAndMetadata
 from spine_contracts import ContractError, DeadLetter, Message, topics
 
+from . import tracing
 from .kafka import (
     REPLY_TO_HEADER,
     KafkaConfig,
@@ -465,10 +466,16 @@ class TransactionalLoop:
             good.append(incoming)
 
         reset_after = False
+        traced: dict[str, Any] | None = None
+        if good and tracing.ENABLED:
+            traced, good = tracing.begin_batch(self._consumer_name, good)
         if good:
             try:
                 outgoing.extend(await self._handler.handle(p, good))
             except Exception as exc:  # the handler's bug or rejection; never an endless replay
+                if traced is not None:
+                    tracing.end_batch(traced, exc)
+                    traced = None
                 if not single:
                     self._log.warning(
                         "txloop_handler_failed",
@@ -484,8 +491,12 @@ class TransactionalLoop:
                 outgoing.append(self._dead_letter(record, exc))
                 reset_after = not isinstance(exc, PoisonMessage)
 
+        if traced is not None:
+            outgoing = tracing.stamp_caused(outgoing, traced)
         offsets = _next_offsets(records)
         error = await self._transact(slot, outgoing, offsets)
+        if traced is not None:
+            tracing.end_batch(traced, error)
         if error is None:
             self.stats.committed += 1
             self.stats.skipped += skipped

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from spine_servicekit import tracing
 from spine_servicekit.kafka import KafkaConfig, instance_id, make_producer
 from spine_servicekit.logging import get_logger
 from spine_servicekit.postgres import create_pool
@@ -166,6 +167,8 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
     app.state.metrics = GatewayMetrics()
     _install_errors(app)
     _install_middleware(app)
+    if tracing.ENABLED:
+        app.add_middleware(tracing.TracingMiddleware)
     app.include_router(ops.router)
     for router in (executions.router, catalog.router, users.router):
         app.include_router(router, prefix=API_PREFIX)

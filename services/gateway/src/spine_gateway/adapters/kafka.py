@@ -21,6 +21,7 @@ from spine_contracts import (
     topics,
 )
 from spine_contracts.topics import TopicSpec
+from spine_servicekit import tracing
 from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import (
     REPLY_TO_HEADER,
@@ -45,6 +46,8 @@ class Publisher:
     ) -> tuple[TopicPartition, int]:
         """Send, wait for the acknowledgement, return the partition and the next offset
         (what a projector must reach for read-your-writes)."""
+        if tracing.ENABLED:  # the command continues the request's trace
+            message = tracing.stamp(message)
         meta = await self._producer.send_and_wait(
             self._cfg.topic(spec),
             to_bytes(message),

@@ -32,6 +32,7 @@ import orjson
 from pydantic import ValidationError
 from spine_agent import Task, TaskFailed
 from spine_agent.http import HttpExecuteInput, HttpExecuteRequest, HttpExecuteResponse
+from spine_servicekit import tracing
 from spine_servicekit.logging import get_logger
 
 log = get_logger(__name__)
@@ -233,10 +234,20 @@ async def deliver(
         timeout = min(limits) if limits else default_timeout_s
         calls += 1
         try:
-            async with asyncio.timeout(timeout):
-                response = await client.post(
-                    url, content=body, headers=headers, timeout=httpx.Timeout(timeout)
-                )
+            with tracing.span(
+                "relay POST /execute",
+                kind=tracing.SpanKind.CLIENT,
+                attributes={"url.full": url, "spine.attempt": calls},
+            ) as span:
+                async with asyncio.timeout(timeout):
+                    response = await client.post(
+                        url,
+                        content=body,
+                        headers=tracing.inject(headers),
+                        timeout=httpx.Timeout(timeout),
+                    )
+                if span is not None:
+                    span.set_attribute("http.response.status_code", response.status_code)
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise DeliveryFailed(invalid_endpoint(endpoint, exc)) from None
         except httpx.ConnectTimeout as exc:
