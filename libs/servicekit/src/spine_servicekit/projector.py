@@ -13,8 +13,10 @@ Per fetched batch (up to ``max_batch`` records) the projector opens ONE transact
    partitions and drop records below the stored ``next_offset`` (someone else applied
    them: a replica during a rebalance, or a previous life of this process);
 2. drop messages whose ``message_id`` this projection has already applied (recorded in
-   ``<schema>.projector_messages`` in the same transaction): a message published twice,
-   at two offsets, is applied once (``Projection.dedupe``, on by default);
+   ``<schema>.projector_messages`` in the same transaction, with the record's timestamp):
+   a message published twice, at two offsets, is applied once (``Projection.dedupe``, on
+   by default) when the copies' record timestamps are less than
+   ``Projection.dedupe_window_s`` (7 days) apart;
 3. ``apply(conn, messages)`` with the decoded messages, partition order preserved;
 4. send a :class:`~spine_contracts.DeadLetter` for every record that does not decode, is
    of a type its topic does not carry, or that ``apply`` rejects (isolated by
@@ -24,7 +26,17 @@ Per fetched batch (up to ``max_batch`` records) the projector opens ONE transact
 5. store each partition's next offset and ``NOTIFY`` :data:`NOTIFY_CHANNEL`; commit.
 
 Rows, dedupe records and offsets therefore commit together: a crash at any point loses
-nothing and applies nothing twice. PostgreSQL is the source of truth for positions;
+nothing and applies nothing twice.
+
+The dedupe rows would grow for ever; at most every ``prune_interval_s`` (60 s) after a
+batch, the projector deletes, in short transactions of ``prune_batch`` rows, those older
+than the window: older than ``frontier - dedupe_window_s``, where the frontier is the
+oldest of the partitions' latest applied record timestamps (a partition with nothing left
+to read counts as "now"). A deleted row could only have dropped a copy more than the
+window apart, which step 2 applies anyway, so pruning never changes what is applied
+(and a rebuild, which prunes too, equals the live tables).
+
+PostgreSQL is the source of truth for positions;
 Kafka group offsets are committed only for lag dashboards, best effort, in group mode.
 
 A rebuild (:mod:`spine_servicekit.rebuild`) runs the same projection into a fresh
@@ -56,6 +68,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -86,6 +99,7 @@ from .logging import get_logger
 from .postgres import create_pool, drop_schema, ensure_schema, lock_key, migrate, quote_schema
 
 __all__ = [
+    "DEDUPE_WINDOW_S",
     "MESSAGES_TABLE",
     "NOTIFY_CHANNEL",
     "OFFSETS_TABLE",
@@ -125,6 +139,13 @@ CREATE TABLE IF NOT EXISTS {MESSAGES_TABLE} (
     message_id uuid NOT NULL,
     PRIMARY KEY (projection, message_id)
 )"""
+#: when each id was seen (its record's timestamp), for the window and the pruning; rows
+#: from before this migration count as seen when it ran
+_MESSAGES_SEEN_DDL = f"""
+ALTER TABLE {MESSAGES_TABLE} ADD COLUMN seen_at timestamptz NOT NULL DEFAULT now();
+CREATE INDEX {MESSAGES_TABLE}_seen ON {MESSAGES_TABLE} (projection, seen_at)"""
+#: how long a message id is remembered (by record timestamps): a week
+DEDUPE_WINDOW_S = 7 * 24 * 3600.0
 _TOPIC_WAIT_S = 15.0
 
 #: Errors worth retrying the same batch for: the database or broker may come back.
@@ -201,6 +222,8 @@ class Projection:
     migrations: tuple[str, ...] = ()
     setup: SetupFn | None = None
     dedupe: bool = True
+    #: copies whose record timestamps are further apart than this are applied again
+    dedupe_window_s: float = DEDUPE_WINDOW_S
 
 
 @dataclass
@@ -212,6 +235,7 @@ class ProjectorStats:
     skipped: int = 0
     dead_letters: int = 0
     duplicates: int = 0
+    pruned: int = 0
 
 
 @dataclass
@@ -257,6 +281,8 @@ class Projector:
         max_batch: int = 500,
         poll_timeout_ms: int = 200,
         kafka_commit_interval_s: float = 1.0,
+        prune_interval_s: float = 60.0,
+        prune_batch: int = 5000,
     ) -> None:
         quote_schema(schema)
         if max_batch < 1:
@@ -269,6 +295,11 @@ class Projector:
         self._max_batch = max_batch
         self._poll_timeout_ms = poll_timeout_ms
         self._kafka_commit_interval_s = kafka_commit_interval_s
+        self._prune_interval_s = prune_interval_s
+        self._prune_batch = prune_batch
+        self._last_prune = time.monotonic()
+        #: the latest applied record timestamp (ms) per partition, for the prune frontier
+        self._latest_ts: dict[TopicPartition, int] = {}
         self.name = f"projector:{schema}.{projection.name}"
         self.topic_names = tuple(
             kafka.topic(t) if isinstance(t, TopicSpec) else t for t in projection.topics
@@ -289,11 +320,21 @@ class Projector:
         self._ceiling: dict[TopicPartition, int] | None = None
         self._pause_key = pause_lock_key(schema)
         q = quote_schema(schema)
+        # new, or last seen more than the window before: applied (and the row renewed)
         self._sql_seen = f"""
-            INSERT INTO {q}.{MESSAGES_TABLE} (projection, message_id)
-            SELECT $1, m FROM unnest($2::uuid[]) AS u(m)
-            ON CONFLICT DO NOTHING
+            INSERT INTO {q}.{MESSAGES_TABLE} AS s (projection, message_id, seen_at)
+            SELECT $1, m, t FROM unnest($2::uuid[], $3::timestamptz[]) AS u(m, t)
+            ON CONFLICT (projection, message_id) DO UPDATE SET seen_at = EXCLUDED.seen_at
+            WHERE s.seen_at < EXCLUDED.seen_at - make_interval(secs => $4)
             RETURNING message_id"""
+        self._sql_prune = f"""
+            WITH old AS (
+                SELECT message_id FROM {q}.{MESSAGES_TABLE}
+                WHERE projection = $1 AND seen_at < $2
+                ORDER BY seen_at LIMIT $3
+                FOR UPDATE SKIP LOCKED)
+            DELETE FROM {q}.{MESSAGES_TABLE} AS s USING old
+            WHERE s.projection = $1 AND s.message_id = old.message_id"""
         self._sql_lock = f"""
             INSERT INTO {q}.{OFFSETS_TABLE} AS o (projection, topic, partition, next_offset)
             SELECT $1, t, p, 0 FROM unnest($2::text[], $3::int[]) AS u(t, p)
@@ -330,6 +371,8 @@ class Projector:
             max_batch=self._max_batch,
             poll_timeout_ms=self._poll_timeout_ms,
             kafka_commit_interval_s=self._kafka_commit_interval_s,
+            prune_interval_s=self._prune_interval_s,
+            prune_batch=self._prune_batch,
         )
 
     async def __aenter__(self) -> Projector:
@@ -348,6 +391,7 @@ class Projector:
         self._stopped = False
         self._assigned.clear()
         self._applied.clear()
+        self._latest_ts.clear()
         self._warn_unreplayable()
         try:
             self._pool = await create_pool(
@@ -544,6 +588,51 @@ class Projector:
         async with self._changed:
             self._changed.notify_all()
         await self._commit_to_kafka()
+        if self.projection.dedupe and time.monotonic() - self._last_prune >= self._prune_interval_s:
+            await self.prune()
+
+    # --- pruning the dedupe rows ---------------------------------------------------------
+
+    def prune_cutoff(self) -> datetime | None:
+        """Rows seen before this may go (None: a partition is behind with nothing applied)."""
+        consumer = self._consumer
+        frontier = time.time() * 1000
+        for tp in consumer.assignment() if consumer is not None else ():
+            highwater = consumer.highwater(tp) if consumer is not None else None
+            if highwater is not None and self._applied.get(tp, -1) >= highwater:
+                continue  # nothing left to read: whatever comes next is new
+            latest = self._latest_ts.get(tp)
+            if latest is None:
+                return None
+            frontier = min(frontier, latest)
+        return datetime.fromtimestamp(frontier / 1000, UTC) - timedelta(
+            seconds=self.projection.dedupe_window_s
+        )
+
+    async def prune(self) -> int:
+        """Delete the dedupe rows older than the window, ``prune_batch`` rows per
+        transaction; return how many went. Called by the loop every ``prune_interval_s``."""
+        self._last_prune = time.monotonic()
+        cutoff = self.prune_cutoff()
+        if cutoff is None or self._pool is None:
+            return 0
+        total = 0
+        while True:
+            async with self._batch_lock, self._pool.acquire() as conn, _transaction(conn):
+                await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", self._pause_key)
+                status = await conn.execute(
+                    self._sql_prune, self.projection.name, cutoff, self._prune_batch
+                )
+            deleted = int(status.split()[-1])
+            total += deleted
+            if deleted < self._prune_batch:
+                break
+        if total:
+            self.stats.pruned += total
+            self._log.info("projector_dedupe_pruned", rows=total, before=cutoff.isoformat())
+            async with self._changed:
+                self._changed.notify_all()
+        return total
 
     def _below_ceiling(
         self,
@@ -652,6 +741,10 @@ class Projector:
             if stored_rows != len(tps):  # the lock statement created every row
                 raise ProjectorError(f"{self.name}: stored {stored_rows} of {len(tps)} offsets")
         # Committed: publish progress, and skip what another owner applied meanwhile.
+        for it in items:
+            if it.record.timestamp is not None and it.record.timestamp >= 0:
+                latest = self._latest_ts.get(it.tp, it.record.timestamp)
+                self._latest_ts[it.tp] = max(latest, it.record.timestamp)
         for tp, offset in new.items():
             self._applied[tp] = offset
             if self._consumer is not None and offset > positions.get(tp, offset):
@@ -690,7 +783,18 @@ class Projector:
         for it in messages:
             assert it.incoming is not None
             first.setdefault(it.incoming.message.message_id, it)
-        rows = await conn.fetch(self._sql_seen, self.projection.name, list(first))
+        seen = [
+            datetime.fromtimestamp(it.incoming.timestamp_ms / 1000, UTC)
+            for it in first.values()
+            if it.incoming is not None
+        ]
+        rows = await conn.fetch(
+            self._sql_seen,
+            self.projection.name,
+            list(first),
+            seen,
+            self.projection.dedupe_window_s,
+        )
         new = {r["message_id"] for r in rows}
         kept = [it for mid, it in first.items() if mid in new]
         return kept, len(messages) - len(kept)
@@ -846,7 +950,9 @@ def _alive(conn: asyncpg.Connection) -> bool:
 async def prepare_schema(conn: asyncpg.Connection, schema: str) -> None:
     """Create ``schema`` with the projectors' ledger (offsets, applied message ids)."""
     await ensure_schema(conn, schema)
-    await migrate(conn, schema, _LEDGER_COMPONENT, [_OFFSETS_DDL, _MESSAGES_DDL])
+    await migrate(
+        conn, schema, _LEDGER_COMPONENT, [_OFFSETS_DDL, _MESSAGES_DDL, _MESSAGES_SEEN_DDL]
+    )
 
 
 async def read_offsets(
