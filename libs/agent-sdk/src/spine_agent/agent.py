@@ -77,7 +77,7 @@ from spine_contracts import (
     topics,
     utcnow,
 )
-from spine_servicekit import tracing
+from spine_servicekit import ops, tracing
 from spine_servicekit.kafka import (
     KafkaConfig,
     Outgoing,
@@ -274,14 +274,27 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         cfg = KafkaConfig.from_settings(settings, client_id=f"agent-{self.agent_id}")
-        await self.serve(
-            cfg,
-            stopping,
-            instance_id=settings.instance_id,
-            heartbeat_interval=self.heartbeat_interval or settings.heartbeat_interval_s,
-            concurrency=settings.agent_concurrency,
-            drain_timeout=settings.agent_drain_timeout_s,
-        )
+        server: ops.OpsServer | None = None
+        if settings.ops_port:
+            server = ops.OpsServer(
+                f"agent-{self.agent_id}",
+                settings.api_host,
+                settings.ops_port,
+                ready=lambda: bool(self._worker and self._worker.ready and not stopping.is_set()),
+            )
+            await server.start()
+        try:
+            await self.serve(
+                cfg,
+                stopping,
+                instance_id=settings.instance_id,
+                heartbeat_interval=self.heartbeat_interval or settings.heartbeat_interval_s,
+                concurrency=settings.agent_concurrency,
+                drain_timeout=settings.agent_drain_timeout_s,
+            )
+        finally:
+            if server is not None:
+                await server.stop()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -597,6 +610,10 @@ class _Worker:
 
     def _count(self, result: AgentResult) -> None:
         status = result.data.status
+        ops.AGENT_TASKS.labels(self.agent_id, status).inc()
+        duration_ms = result.data.metrics.get("duration_ms")
+        if duration_ms is not None:
+            ops.AGENT_TASK_DURATION.labels(self.agent_id).observe(duration_ms / 1000)
         if status == "success":
             self.stats.succeeded += 1
         elif status == "needs_input":
@@ -784,6 +801,7 @@ class _Worker:
             version=info.version,
         )
         await self._send(self.cfg.topic(topics.REGISTRY_HEARTBEATS), self.agent_id, beat)
+        ops.kafka_ok()
 
     async def _heartbeats(self) -> None:
         while True:

@@ -12,6 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from spine_contracts import ServiceHeartbeat, to_bytes, topics, utcnow
 
+from . import ops
 from .kafka import KafkaConfig
 from .logging import get_logger
 
@@ -53,6 +54,7 @@ class HeartbeatPublisher:
         await self._producer.send_and_wait(
             self._topic, to_bytes(message), key=self._instance_id.encode()
         )
+        ops.kafka_ok()
 
     async def _run(self) -> None:
         while True:

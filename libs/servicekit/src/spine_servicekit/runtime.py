@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from . import tracing
+from . import ops, tracing
 from .heartbeat import HeartbeatPublisher
 from .kafka import KafkaConfig, ensure_topics, instance_id, make_producer
 from .logging import configure_logging, get_logger
@@ -63,6 +63,12 @@ async def serve(service: str, settings: CommonSettings, main: Main) -> None:
     )
     await beats.beat()
     beats.start()
+    ops_server: ops.OpsServer | None = None
+    if settings.ops_port:
+        ops_server = ops.OpsServer(
+            service, settings.api_host, settings.ops_port, ready=lambda: not stopping.is_set()
+        )
+        await ops_server.start()
     log.info("service_started", instance_id=ident, kafka=cfg.bootstrap_servers)
     task = asyncio.create_task(main(ctx), name=f"{service}-main")
     stop_wait = asyncio.create_task(stopping.wait())
@@ -80,6 +86,8 @@ async def serve(service: str, settings: CommonSettings, main: Main) -> None:
             task.cancel()
         await asyncio.gather(task, stop_wait, return_exceptions=True)
         await beats.stop()
+        if ops_server is not None:
+            await ops_server.stop()
         await producer.stop()
         log.info("service_stopped")
 

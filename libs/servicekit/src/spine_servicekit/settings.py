@@ -41,6 +41,8 @@ class CommonSettings(BaseSettings):
     kafka_linger_ms: int = Field(0, alias="SPINE_KAFKA_LINGER_MS", ge=0)
     instance_id: str | None = Field(None, alias="SPINE_INSTANCE_ID")
     heartbeat_interval_s: float = Field(5.0, alias="SPINE_HEARTBEAT_INTERVAL", gt=0)
+    #: /metrics, /health and /ready of a process without an HTTP API (0: not served)
+    ops_port: int = Field(0, alias="SPINE_OPS_PORT", ge=0, le=65535)
 
     @property
     def auth_required(self) -> bool:

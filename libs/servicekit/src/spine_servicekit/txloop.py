@@ -61,7 +61,7 @@ from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import OffsetAndMetadata
 from spine_contracts import ContractError, DeadLetter, Message, topics
 
-from . import tracing
+from . import ops, tracing
 from .kafka import (
     REPLY_TO_HEADER,
     KafkaConfig,
@@ -494,9 +494,18 @@ class TransactionalLoop:
         if traced is not None:
             outgoing = tracing.stamp_caused(outgoing, traced)
         offsets = _next_offsets(records)
+        started = time.perf_counter()
         error = await self._transact(slot, outgoing, offsets)
         if traced is not None:
             tracing.end_batch(traced, error)
+        ops.record_unit(
+            self._consumer_name,
+            ((i.topic, i.message) for i in good),
+            len(records),
+            sum(isinstance(o.message, DeadLetter) for o in outgoing),
+            time.perf_counter() - started,
+            error is None,
+        )
         if error is None:
             self.stats.committed += 1
             self.stats.skipped += skipped
@@ -686,6 +695,7 @@ class TransactionalLoop:
         slot.ready = True
         slot.resume_at = None
         self.stats.resets += 1
+        ops.RESETS.labels(self._consumer_name).inc()
         self._log.info(
             "txloop_partition_ready",
             partition=p,
