@@ -46,6 +46,9 @@ class KafkaConfig:
     fetch_max_wait_ms: int = 10
     linger_ms: int = 0
     client_id: str = "spine"
+    #: the largest message a producer sends (``max_request_size``); the broker's
+    #: ``message.max.bytes`` (default 1048588) must allow it
+    max_message_bytes: int = 1_048_576
 
     @classmethod
     def from_settings(cls, settings: CommonSettings, client_id: str = "spine") -> KafkaConfig:
@@ -58,6 +61,7 @@ class KafkaConfig:
             fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             linger_ms=settings.kafka_linger_ms,
             client_id=client_id,
+            max_message_bytes=settings.kafka_max_message_bytes,
         )
 
     def topic(self, spec: TopicSpec) -> str:
@@ -82,6 +86,7 @@ def make_producer(
         "enable_idempotence": True,
         "linger_ms": cfg.linger_ms,
         "max_batch_size": 256 * 1024,
+        "max_request_size": cfg.max_message_bytes,
         "request_timeout_ms": 30_000,
     }
     if transactional_id is not None:

@@ -38,6 +38,7 @@ from .adapters.kafka import (
 from .adapters.postgres import ReadModel
 from .adapters.redis import RedisStore
 from .errors import GatewayError, code_for_status, error_body
+from .limits import BodySizeLimit
 from .metrics import GatewayMetrics
 from .projection import (
     Marks,
@@ -166,6 +167,9 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
     app.state.settings = settings
     app.state.metrics = GatewayMetrics()
     _install_errors(app)
+    # inside the observing middleware: a 413 is counted, and the error raised from a
+    # streamed body's receive reaches the route as itself (not inside a task group's)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     _install_middleware(app)
     if tracing.ENABLED:
         app.add_middleware(tracing.TracingMiddleware)

@@ -6,6 +6,7 @@
     ├── InsufficientCredits       402 INSUFFICIENT_CREDITS
     ├── NotFound                  404 NOT_FOUND (FLOW_NOT_FOUND, EXECUTION_NOT_FOUND, ...)
     ├── Conflict                  409 CONFLICT (USER_EXISTS, EXECUTION_TERMINAL, ...)
+    ├── PayloadTooLarge           413 PAYLOAD_TOO_LARGE (a body or message over its limit)
     ├── InvalidInput              422 VALIDATION_ERROR
     ├── RateLimited               429 RATE_LIMITED (with Retry-After)
     └── Unavailable               503 SERVICE_UNAVAILABLE (a reply that did not come in time)
@@ -63,6 +64,11 @@ class NotFound(GatewayError):
 class Conflict(GatewayError):
     status = 409
     default_code = "CONFLICT"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    default_code = "PAYLOAD_TOO_LARGE"
 
 
 class InvalidInput(GatewayError):
@@ -127,6 +133,7 @@ _DESCRIPTIONS: dict[int, str] = {
     403: "The wrong kind of key (master vs user)",
     404: "Unknown, or another tenant's",
     409: "State conflict",
+    413: "The body, or the Kafka message it makes, is over its size limit",
     422: "Invalid body, query, path or header",
     429: "Over the per-minute rate limit (see Retry-After)",
     503: "A dependency did not answer in time",
@@ -144,6 +151,7 @@ _REPLAY: dict[int, type[GatewayError]] = {
     403: Forbidden,
     404: NotFound,
     409: Conflict,
+    413: PayloadTooLarge,
     422: InvalidInput,
 }
 

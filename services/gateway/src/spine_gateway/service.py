@@ -219,12 +219,19 @@ class GatewayService:
     # --- plumbing --------------------------------------------------------------------------
 
     async def _request(
-        self, spec: TopicSpec, key: str, message: Message, request_id: str
+        self,
+        spec: TopicSpec,
+        key: str,
+        message: Message,
+        request_id: str,
+        what: str | None = None,
     ) -> GatewayReply:
         """Publish a command with this replica as reply-to and wait for its answer."""
         fut = self.replies.expect(request_id)
         try:
-            await self.publisher.publish(spec, key, message, reply_to=self.replies.replica_id)
+            await self.publisher.publish(
+                spec, key, message, reply_to=self.replies.replica_id, what=what
+            )
             async with asyncio.timeout(self.settings.reply_timeout_s):
                 return await fut
         finally:
@@ -295,7 +302,9 @@ class GatewayService:
             request_id=request_id,
         )
         try:
-            reply = await self._request(topics.AUTH_COMMANDS, user_id, cmd, request_id)
+            reply = await self._request(
+                topics.AUTH_COMMANDS, user_id, cmd, request_id, what="input_data (with the flow)"
+            )
         except TimeoutError as exc:
             # Never charge and then answer 5xx: take the reservation back first.
             withdraw = WithdrawReservation.build(
@@ -538,7 +547,9 @@ class GatewayService:
                 input=data,
                 request_id=_new_request_id(),
             )
-            await self.publisher.publish(topics.EXECUTION_COMMANDS, execution_id, cmd)
+            await self.publisher.publish(
+                topics.EXECUTION_COMMANDS, execution_id, cmd, what="input"
+            )
             outcome = await self._outcome(cmd)
             if isinstance(outcome, ExecutionCommandRejected):
                 raise Conflict(
@@ -817,7 +828,9 @@ class GatewayService:
             source="api",
             replaced_source=replaced,
         )
-        tp, nxt = await self.publisher.publish(topics.FLOWS, defn.flow_id, event)
+        tp, nxt = await self.publisher.publish(
+            topics.FLOWS, defn.flow_id, event, what="flow definition"
+        )
         await self._wait_offset(self.projectors.flows, tp, nxt)
         return {
             **await self.flow(defn.flow_id),

@@ -23,6 +23,8 @@ class GatewaySettings(CommonSettings):
     lag_cache_s: float = Field(5.0, alias="SPINE_GATEWAY_LAG_CACHE", ge=0)
     #: usage records buffered for Kafka at most (the oldest go first when Kafka is away)
     usage_buffer: int = Field(50_000, alias="SPINE_GATEWAY_USAGE_BUFFER", ge=1)
+    #: the largest request body accepted (413 above it, whether declared or streamed)
+    max_body_bytes: int = Field(1_048_576, alias="SPINE_GATEWAY_MAX_BODY_BYTES", ge=1024)
 
     @model_validator(mode="after")
     def _no_default_master_key(self) -> GatewaySettings:

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import MessageSizeTooLargeError
 from spine_contracts import (
     GatewayReply,
     Message,
@@ -33,6 +34,9 @@ from spine_servicekit.kafka import (
 )
 from spine_servicekit.logging import get_logger
 
+from ..errors import PayloadTooLarge
+from ..limits import check_message_size
+
 log = get_logger(__name__)
 
 
@@ -42,18 +46,31 @@ class Publisher:
         self._producer = producer
 
     async def publish(
-        self, spec: TopicSpec, key: str, message: Message, *, reply_to: str | None = None
+        self,
+        spec: TopicSpec,
+        key: str,
+        message: Message,
+        *,
+        reply_to: str | None = None,
+        what: str | None = None,
     ) -> tuple[TopicPartition, int]:
         """Send, wait for the acknowledgement, return the partition and the next offset
-        (what a projector must reach for read-your-writes)."""
+        (what a projector must reach for read-your-writes). A message over the size limit
+        is refused before anything is sent (413, ``what`` names the caller's payload)."""
         if tracing.ENABLED:  # the command continues the request's trace
             message = tracing.stamp(message)
-        meta = await self._producer.send_and_wait(
-            self._cfg.topic(spec),
-            to_bytes(message),
-            key=key.encode(),
-            headers=headers_for(message, reply_to),
-        )
+        value = to_bytes(message)
+        what = what or f"{message.type} message"
+        check_message_size(value, self._cfg.max_message_bytes, what)
+        try:
+            meta = await self._producer.send_and_wait(
+                self._cfg.topic(spec),
+                value,
+                key=key.encode(),
+                headers=headers_for(message, reply_to),
+            )
+        except MessageSizeTooLargeError as exc:  # headers and framing pushed it over
+            raise PayloadTooLarge(f"{what} too large for a Kafka message") from exc
         return TopicPartition(meta.topic, meta.partition), meta.offset + 1
 
 

@@ -28,7 +28,7 @@ from ..models import (
 )
 from ..service import GatewayService
 
-router = APIRouter(tags=["catalog"], responses=error_responses(400, 401, 403, 422, 429, 503))
+router = APIRouter(tags=["catalog"], responses=error_responses(400, 401, 403, 413, 422, 429, 503))
 _404 = error_responses(404)
 FlowId = Annotated[str, Path(pattern=FLOW_ID_PATTERN)]
 AgentId = Annotated[str, Path(pattern=ID_PATTERN)]

@@ -26,7 +26,9 @@ from ..models import (
 
 ExecutionId = Annotated[str, Path(pattern=ID_PATTERN)]
 
-router = APIRouter(tags=["executions"], responses=error_responses(400, 401, 403, 422, 429, 503))
+router = APIRouter(
+    tags=["executions"], responses=error_responses(400, 401, 403, 413, 422, 429, 503)
+)
 _404 = error_responses(404)
 _ACTION = error_responses(404, 409)
 _SSE_DOC: dict[int | str, dict[str, Any]] = {

@@ -22,7 +22,7 @@ from ..models import (
 )
 
 router = APIRouter(
-    prefix="/users", tags=["users"], responses=error_responses(400, 401, 403, 422, 503)
+    prefix="/users", tags=["users"], responses=error_responses(400, 401, 403, 413, 422, 503)
 )
 _LIMITED = error_responses(429)
 
