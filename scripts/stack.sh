@@ -22,6 +22,13 @@ SERVICES=(
   "agent-echo-http=spine-agent-echo-http"
   "gateway=spine-gateway"
 )
+# /metrics, /health and /ready (servicekit ops endpoint) of the processes without an HTTP API:
+# one port each on this machine (in containers and pods they all use 9102). Override one
+# with SPINE_OPS_PORT_<NAME> (e.g. SPINE_OPS_PORT_AGENT_ZOE=0 turns it off).
+declare -A OPS_PORTS=(
+  [registry]=9111 [orchestrator]=9112 [auth]=9113 [relay]=9114
+  [agent-echo]=9115 [agent-zoe]=9116 [agent-eddie]=9117
+)
 
 load_env() {
   [[ -f "$ROOT/.spine/infra.env" ]] && set -a && . "$ROOT/.spine/infra.env" && set +a
@@ -42,29 +49,24 @@ start_one() {
   local name=$1 cmd=$2
   if alive "$name"; then echo "    $name: already running (pid $(cat "$RUN/$name.pid"))"; return; fi
   if [[ ! -x "$ROOT/.venv/bin/$cmd" ]]; then echo "    $name: not installed yet ($cmd), skipped"; return; fi
-  nohup "$ROOT/.venv/bin/$cmd" >>"$LOGS/$name.log" 2>&1 &
+  local override="SPINE_OPS_PORT_${name//-/_}"; override="${override^^}"
+  SPINE_OPS_PORT="${!override:-${OPS_PORTS[$name]:-0}}" \
+    nohup "$ROOT/.venv/bin/$cmd" >>"$LOGS/$name.log" 2>&1 &
   echo $! > "$RUN/$name.pid"
   echo "    $name: started (pid $!, log .spine/logs/$name.log)"
-}
-
-wait_http() {
-  local url=$1 deadline=$((SECONDS + ${2:-60}))
-  until curl -fsS -o /dev/null "$url" 2>/dev/null; do
-    if (( SECONDS > deadline )); then
-      echo "!!  $url did not answer in time; last gateway log lines:" >&2
-      tail -n 30 "$LOGS/gateway.log" >&2 || true
-      return 1
-    fi
-    sleep 0.5
-  done
 }
 
 up() {
   load_env
   echo "==> starting services"
   for entry in "${SERVICES[@]}"; do start_one "${entry%%=*}" "${entry#*=}"; done
-  echo "==> waiting for the gateway on port $PORT"
-  wait_http "http://127.0.0.1:$PORT/health" 90
+  echo "==> waiting for the gateway on port $PORT (/health, /status and every service's heartbeat)"
+  if ! "$ROOT/.venv/bin/python" "$ROOT/scripts/wait_up.py" "$PORT" "$RUN/gateway.pid" \
+      registry orchestrator auth metrics relay gateway; then
+    echo "!!  last gateway log lines:" >&2
+    tail -n 30 "$LOGS/gateway.log" >&2 || true
+    return 1
+  fi
   echo "==> AI Spine is up: http://127.0.0.1:$PORT  (API docs: http://127.0.0.1:$PORT/docs)"
   echo "    master key: API_KEY in .env"
 }

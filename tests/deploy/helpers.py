@@ -52,6 +52,13 @@ class Process:
     scope: tuple[str, ...]
     #: Env naming the host an HTTP server binds to, and the settings field with its port.
     http_bind: tuple[str, str] | None = None
+    #: Serves the servicekit ops endpoint (/metrics, /health, /ready on SPINE_OPS_PORT,
+    #: bound to API_HOST) and is probed on it.
+    ops: bool = False
+
+    @property
+    def ops_bind(self) -> tuple[str, str] | None:
+        return ("API_HOST", "ops_port") if self.ops else None
 
     def settings_class(self) -> type[BaseSettings]:
         module, _, cls = self.settings.partition(":")
@@ -79,21 +86,28 @@ PROCESSES: tuple[Process, ...] = (
         "spine-orchestrator",
         "spine_orchestrator.settings:OrchestratorSettings",
         ("services/orchestrator/src/spine_orchestrator",),
+        ops=True,
     ),
     Process(
         "registry",
         "spine-registry",
         "spine_registry.settings:RegistrySettings",
         (_REGISTRY, f"!{_REGISTRY}/relay"),
+        ops=True,
     ),
     Process(
         "relay",
         "spine-relay",
         "spine_registry.relay.settings:RelaySettings",
         (f"{_REGISTRY}/relay", _SDK),
+        ops=True,
     ),
     Process(
-        "auth", "spine-auth", "spine_auth.settings:AuthSettings", ("services/auth/src/spine_auth",)
+        "auth",
+        "spine-auth",
+        "spine_auth.settings:AuthSettings",
+        ("services/auth/src/spine_auth",),
+        ops=True,
     ),
     Process(
         "metrics",
@@ -107,18 +121,21 @@ PROCESSES: tuple[Process, ...] = (
         "spine-agent-zoe",
         "spine_agent.settings:AgentSettings",
         ("agents/src/spine_demo_agents/zoe.py", _SDK),
+        ops=True,
     ),
     Process(
         "eddie",
         "spine-agent-eddie",
         "spine_agent.settings:AgentSettings",
         ("agents/src/spine_demo_agents/eddie.py", _SDK),
+        ops=True,
     ),
     Process(
         "echo",
         "spine-agent-echo",
         "spine_agent.settings:AgentSettings",
         ("agents/src/spine_demo_agents/echo.py", _SDK),
+        ops=True,
     ),
     Process(
         "echo-http",
@@ -165,8 +182,9 @@ def required_env(process: Process) -> set[str]:
         needed.add("KAFKA_BOOTSTRAP_SERVERS")
         text = _scope_text(process)
         needed |= {env for env, pattern in _USES.items() if pattern.search(text)}
-    if process.http_bind:
-        needed.add(process.http_bind[0])
+    for bind in (process.http_bind, process.ops_bind):
+        if bind:
+            needed.add(bind[0])
     return needed
 
 

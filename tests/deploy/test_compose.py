@@ -150,6 +150,12 @@ def structural_check(project: dict[str, Any]) -> None:
             port = getattr(settings, port_field)
             test = " ".join(map(str, service["healthcheck"]["test"]))
             assert f":{port}/" in test, f"{process.name}'s healthcheck misses port {port}"
+        elif process.ops_bind:
+            host_env, port_field = process.ops_bind
+            assert env[host_env] == "0.0.0.0", f"{process.name} must bind all interfaces"
+            port = getattr(settings, port_field)
+            test = " ".join(map(str, service["healthcheck"]["test"]))
+            assert port and f":{port}/ready" in test, f"{process.name}'s healthcheck: /ready"
 
     for name, service in services.items():
         health = service.get("healthcheck")

@@ -168,7 +168,15 @@ def test_probes_point_at_what_each_process_serves(
                 host_env = process.http_bind[0]
                 assert container_env(docs, container)[host_env] == "0.0.0.0", name
             else:
-                assert probe["exec"]["command"] == ["spine-kafka-connected"], f"{name} {kind}"
+                assert process.ops_bind, f"{name} serves neither an API nor the ops endpoint"
+                port = probe["httpGet"]["port"]
+                port = ports.get(port, port)
+                env = container_env(docs, container)
+                settings = load_process_settings(process, env)
+                assert port == settings.ops_port != 0, f"{name} {kind}"  # type: ignore[attr-defined]
+                path = "/health" if kind == "livenessProbe" else "/ready"
+                assert probe["httpGet"]["path"] == path, f"{name} {kind}"
+                assert env[process.ops_bind[0]] == "0.0.0.0", name
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

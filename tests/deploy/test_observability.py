@@ -19,7 +19,7 @@ import yaml
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from .helpers import BY_NAME, DEPLOY, environment, load_process_settings, of_kind
+from .helpers import BY_NAME, DEPLOY, PROCESSES, environment, load_process_settings, of_kind
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -52,10 +52,11 @@ def _wrappers_of(obj: Any) -> list[MetricWrapperBase]:
 def exported_metrics() -> dict[str, set[str]]:
     """Every sample name AI Spine's processes can expose -> its label names."""
     import spine_metrics.app as metrics_app
+    import spine_servicekit.ops as ops
     from spine_gateway.metrics import GatewayMetrics
 
     out: dict[str, set[str]] = {}
-    wrappers = _wrappers_of(metrics_app) + _wrappers_of(GatewayMetrics())
+    wrappers = _wrappers_of(metrics_app) + _wrappers_of(GatewayMetrics()) + _wrappers_of(ops)
     assert len(wrappers) >= 8, "the services' metrics were not found"
     for wrapper in wrappers:
         labels = set(wrapper._labelnames)
@@ -149,7 +150,8 @@ def test_dashboard_shows_what_operators_need(dashboard: dict[str, Any]) -> None:
         "p50 duration per flow": rf"histogram_quantile\(0\.5, {_DURATION}",
         "p99 duration per flow": rf"histogram_quantile\(0\.99, {_DURATION}",
         "node latency per agent": r"by \(le, agent_id\) \(rate\(spine_node_latency_seconds_bucket",
-        "consumer lag per group": r"by \(consumergroup\) \(kafka_consumergroup_lag",
+        "consumer lag per group": r"by \(group\) \(spine_consumer_lag",
+        "messages handled per consumer": r"by \(consumer\) \(rate\(spine_messages_handled_total",
         "credits spent": r"spine_credits_spent_total",
     }
     for what, pattern in needs.items():
@@ -183,6 +185,11 @@ def test_compose_scrape_config_reaches_every_metrics_endpoint(compose: dict[str,
     gateway = load_process_settings(BY_NAME["gateway"], environment(services["gateway"]))
     metrics = load_process_settings(BY_NAME["metrics"], environment(services["metrics"]))
     expected = {f"gateway:{gateway.port}", f"metrics:{metrics.metrics_port}"}  # type: ignore[attr-defined]
+    for process in PROCESSES:
+        if process.ops:
+            env = environment(services[process.name])
+            ops_port = load_process_settings(process, env).ops_port  # type: ignore[attr-defined]
+            expected.add(f"{process.name}:{ops_port}")
     assert targets == expected
     for job in config["scrape_configs"]:
         assert job["job_name"].startswith("ai-spine"), "the dashboard's `up` panel filters on it"
@@ -214,7 +221,8 @@ def test_kubernetes_scrape_config_matches_the_pod_annotations(
                 for p in c.get("ports", [])
             }
             assert int(annotations["prometheus.io/port"]) in ports, name
-        assert annotated == {"gateway", "metrics"}, "the processes that export metrics"
+        exporting = {"gateway", "metrics"} | {p.name for p in PROCESSES if p.ops}
+        assert annotated == exporting, "the processes that export metrics"
 
 
 def test_grafana_provisioning(compose: dict[str, Any]) -> None:

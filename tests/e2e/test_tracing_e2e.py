@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 from spine_flows import load_flow_file
 from spine_servicekit.kafka import KafkaConfig
 
@@ -177,3 +178,27 @@ async def test_a_start_published_without_trace_gets_one(traced: tuple[Api, Path]
         ("orchestrator", "orchestrator execution.start")
     ]
     assert done.trace is not None and done.trace.split("-")[1] == mine[0]["trace_id"]
+
+
+async def test_consumer_lag_is_a_gateway_metric(traced: tuple[Api, Path]) -> None:
+    """The lag /status shows is exported as ``spine_consumer_lag{group, topic}`` too."""
+    api, _ = traced
+    prefix = api.env["SPINE_TOPIC_PREFIX"]
+    wanted = {f"{prefix}orchestrator", f"{prefix}auth", f"{prefix}agent.zoe"}
+    async with asyncio.timeout(60):  # lag is measured in the background, a few seconds old
+        while True:
+            text = (await api.http.get("/metrics")).text
+            series = {
+                (s.labels["group"], s.labels["topic"]): s.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "spine_consumer_lag"
+                for s in family.samples
+            }
+            if wanted <= {group for group, _ in series}:
+                break
+            await asyncio.sleep(0.5)
+    status = (await api.http.get("/status")).json()["consumer_groups"]
+    for (group, topic), value in series.items():
+        assert value >= 0 and topic.startswith(f"{prefix}spine.")
+        assert topic in status[group]["topics"], (group, topic)
+    assert (f"{prefix}orchestrator", f"{prefix}spine.executions.commands") in series

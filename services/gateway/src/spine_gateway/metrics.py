@@ -33,6 +33,12 @@ class GatewayMetrics:
         self.agents_active = Gauge(
             "spine_agents_active", "Active agents in the catalogue", registry=self.registry
         )
+        self.consumer_lag = Gauge(
+            "spine_consumer_lag",
+            "Records not yet committed by each consumer group, per topic (as in /status)",
+            ["group", "topic"],
+            registry=self.registry,
+        )
         self.usage_records = Gauge(
             "spine_gateway_usage_records",
             "UsageRecorded records since start, by fate",

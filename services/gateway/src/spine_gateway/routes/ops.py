@@ -95,6 +95,11 @@ async def metrics(request: Request, service: ServiceDep) -> Response:
     m.usage_records.labels("sent").set(usage.sent)
     m.usage_records.labels("dropped").set(usage.dropped)
     m.usage_records.labels("failed").set(usage.failed)
+    groups = await service.consumer_groups()  # cached like /status's; measured in background
+    m.consumer_lag.clear()  # a group that is gone leaves no stale series
+    for group, lag in groups.items():
+        for topic, value in (lag.get("topics") or {}).items() if isinstance(lag, dict) else ():
+            m.consumer_lag.labels(group, topic).set(value)
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse(await service.metrics_summary())
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
