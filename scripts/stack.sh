@@ -56,24 +56,17 @@ start_one() {
   echo "    $name: started (pid $!, log .spine/logs/$name.log)"
 }
 
-wait_http() {
-  local url=$1 deadline=$((SECONDS + ${2:-60}))
-  until curl -fsS -o /dev/null "$url" 2>/dev/null; do
-    if (( SECONDS > deadline )); then
-      echo "!!  $url did not answer in time; last gateway log lines:" >&2
-      tail -n 30 "$LOGS/gateway.log" >&2 || true
-      return 1
-    fi
-    sleep 0.5
-  done
-}
-
 up() {
   load_env
   echo "==> starting services"
   for entry in "${SERVICES[@]}"; do start_one "${entry%%=*}" "${entry#*=}"; done
-  echo "==> waiting for the gateway on port $PORT"
-  wait_http "http://127.0.0.1:$PORT/health" 90
+  echo "==> waiting for the gateway on port $PORT (/health, /status and every service's heartbeat)"
+  if ! "$ROOT/.venv/bin/python" "$ROOT/scripts/wait_up.py" "$PORT" "$RUN/gateway.pid" \
+      registry orchestrator auth metrics relay gateway; then
+    echo "!!  last gateway log lines:" >&2
+    tail -n 30 "$LOGS/gateway.log" >&2 || true
+    return 1
+  fi
   echo "==> AI Spine is up: http://127.0.0.1:$PORT  (API docs: http://127.0.0.1:$PORT/docs)"
   echo "    master key: API_KEY in .env"
 }

@@ -674,3 +674,21 @@ async def test_metrics_json_is_the_projected_summary(api: Api) -> None:
     text = await api.http.get("/metrics")
     assert text.headers["content-type"].startswith("text/plain")
     assert "spine_gateway_usage_records" in text.text
+
+
+async def test_make_demo_runs_credit_analysis_to_a_decision(api: Api) -> None:
+    """`make demo` (scripts/demo.py) against this stack: health, catalogue, a credit_analysis
+    with two input turns followed on the stream, and the result."""
+    proc = await asyncio.create_subprocess_exec(
+        str(ROOT / ".venv" / "bin" / "python"),
+        str(ROOT / "scripts" / "demo.py"),
+        env={**os.environ, "SPINE_URL": str(api.http.base_url).rstrip("/"), "API_KEY": MASTER},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(180):
+        out, _ = await proc.communicate()
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "asks (turn 2)" in text and "completed" in text, text
+    assert "decision:" in text and "credits left:" in text, text

@@ -77,7 +77,7 @@ def make_loop(cfg: KafkaConfig, handler: AuthHandler, *, max_batch: int = 500) -
 def make_projector(cfg: KafkaConfig, settings: AuthSettings) -> Projector:
     """Replicas split the events' partitions through a consumer group; one schema for all."""
     return Projector(
-        cfg,
+        cfg.background(),
         settings.database_url,
         auth_projection(),
         schema=settings.db_schema,

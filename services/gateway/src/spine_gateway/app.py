@@ -4,9 +4,8 @@ opened here, never at import) and the one exception handler of the API."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -54,9 +53,6 @@ from .settings import GatewaySettings
 
 log = get_logger(__name__)
 API_PREFIX = "/api/v1"
-#: What no request waits for (usage, heartbeats, the metrics summary, lag) is fetched with a
-#: long broker wait: an idle consumer then costs one fetch per 250 ms instead of per 10 ms.
-BACKGROUND_FETCH_WAIT_MS = 250
 #: failures of Kafka, PostgreSQL, Redis or a projection: answered 503
 UNAVAILABLE: tuple[type[Exception], ...] = (
     TimeoutError,
@@ -77,9 +73,7 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             cfg = KafkaConfig.from_settings(settings, client_id="gateway")
-            background = dataclasses.replace(
-                cfg, fetch_max_wait_ms=max(cfg.fetch_max_wait_ms, BACKGROUND_FETCH_WAIT_MS)
-            )
+            background = cfg.background()
             producer = make_producer(cfg)
             await producer.start()
             stack.push_async_callback(producer.stop)
@@ -142,9 +136,7 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
                 marks=marks,
                 observers=Observers(heartbeats=heartbeats, summary=summary, lag=lag, usage=usage),
             )
-            async with asyncio.timeout(60):
-                for projector in projectors.all():
-                    await projector.wait_until_caught_up()
+            await _catch_up(projectors.all(), settings.catchup_timeout_s)
             app.state.service = service
             app.state.producer = producer
             dev_task: asyncio.Task[None] | None = None
@@ -272,3 +264,30 @@ def _install_middleware(app: FastAPI) -> None:
                 credits=getattr(request.state, "usage_credits", 0),
             )
         return response
+
+
+async def _catch_up(projectors: Iterable[Projector], timeout_s: float) -> None:
+    """Serve only once every projection has applied what was on the topics at start-up
+    (read-your-writes holds from the first request); say how far it got every 10 s, since a
+    gateway that was down for long replays a large backlog first."""
+    started = time.monotonic()
+    for projector in projectors:
+        wait = asyncio.ensure_future(projector.wait_until_caught_up())
+        while True:
+            left = timeout_s - (time.monotonic() - started)
+            if left <= 0:
+                wait.cancel()
+                raise TimeoutError(
+                    f"projection {projector.name} did not catch up within {timeout_s:.0f} s "
+                    "(SPINE_GATEWAY_CATCHUP_TIMEOUT)"
+                )
+            done, _ = await asyncio.wait({wait}, timeout=min(10.0, left))
+            if done:
+                wait.result()
+                break
+            log.info(
+                "gateway_catching_up",
+                projection=projector.name,
+                applied=projector.stats.applied,
+                elapsed_s=round(time.monotonic() - started, 1),
+            )

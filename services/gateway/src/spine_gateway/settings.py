@@ -19,6 +19,8 @@ class GatewaySettings(CommonSettings):
     dev_user_id: str = Field("dev", alias="SPINE_GATEWAY_DEV_USER")
     dev_user_credits: int = Field(1_000_000, alias="SPINE_GATEWAY_DEV_CREDITS", ge=0)
     sse_keepalive_s: float = Field(15.0, alias="SPINE_GATEWAY_SSE_KEEPALIVE", gt=0)
+    #: how long start-up may take to apply the topics' backlog before serving
+    catchup_timeout_s: float = Field(600.0, alias="SPINE_GATEWAY_CATCHUP_TIMEOUT", gt=0)
     #: how long /status reuses a consumer-group lag measurement
     lag_cache_s: float = Field(5.0, alias="SPINE_GATEWAY_LAG_CACHE", ge=0)
     #: usage records buffered for Kafka at most (the oldest go first when Kafka is away)

@@ -59,7 +59,10 @@ async def main(ctx: ServiceContext) -> None:
     start_http_server(settings.metrics_port, addr=settings.api_host)
     followers = [
         TopicFollower(
-            cfg, cfg.topic(spec), lambda m, _r: observe(aggregates, m), name=f"metrics-{spec.base}"
+            cfg.background(),
+            cfg.topic(spec),
+            lambda m, _r: observe(aggregates, m),
+            name=f"metrics-{spec.base}",
         )
         for spec in (topics.EXECUTION_EVENTS, topics.AUTH_EVENTS, topics.REGISTRY_EVENTS)
     ]

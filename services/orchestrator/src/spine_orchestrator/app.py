@@ -43,7 +43,7 @@ async def main(ctx: ServiceContext) -> None:
 
     catalog = AgentCatalog()
     registry = TopicFollower(
-        cfg,
+        cfg.background(),
         cfg.topic(topics.REGISTRY_EVENTS),
         lambda m, _r: catalog.apply(m),
         name="registry-follower",
@@ -82,11 +82,13 @@ async def main(ctx: ServiceContext) -> None:
         consumer_name="orchestrator",
         max_batch=settings.max_batch,
     )
-    projector = Projector(cfg, settings.database_url, PROJECTION, schema=settings.schema_name)
+    projector = Projector(
+        cfg.background(), settings.database_url, PROJECTION, schema=settings.schema_name
+    )
 
     flows_topic = cfg.topic(topics.FLOWS)
     loader = FlowLoader(settings.flows_dir, lambda m, key: publish(flows_topic, key, m))
-    flows = TopicFollower(cfg, flows_topic, loader.observe, name="flows-follower")
+    flows = TopicFollower(cfg.background(), flows_topic, loader.observe, name="flows-follower")
     await flows.start()
     await flows.wait_caught_up()
     published = await loader.scan()

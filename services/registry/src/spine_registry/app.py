@@ -90,7 +90,9 @@ async def main(ctx: ServiceContext) -> None:
         group_id=f"{cfg.prefix}registry",
         isolation_level="read_uncommitted",
     )
-    projector = Projector(cfg, settings.database_url, PROJECTION, schema=settings.schema_name)
+    projector = Projector(
+        cfg.background(), settings.database_url, PROJECTION, schema=settings.schema_name
+    )
     await projector.start()
     await consumer.start()
     sweeper = asyncio.create_task(sweep(), name="registry-sweep")

@@ -222,7 +222,10 @@ async def main(ctx: ServiceContext) -> None:
     ) as client:
         relay = Relay(ctx, settings, client)
         follower = TopicFollower(
-            ctx.kafka, ctx.kafka.topic(topics.REGISTRY_EVENTS), relay.apply, name="relay-catalog"
+            ctx.kafka.background(),
+            ctx.kafka.topic(topics.REGISTRY_EVENTS),
+            relay.apply,
+            name="relay-catalog",
         )
         await follower.start()
         try:

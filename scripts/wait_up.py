@@ -1,0 +1,83 @@
+"""Wait until `make up` is really up: the gateway answers /health, /status is healthy and
+every service started by scripts/stack.sh beats. Says what it waits for every 10 s; gives up
+at once when the gateway process is gone, or after SPINE_UP_TIMEOUT seconds (600).
+
+    python scripts/wait_up.py <port> <gateway-pid-file> <service> [<service> ...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def get(url: str) -> tuple[int, dict[str, object] | None]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 (local URL)
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        try:
+            return e.code, json.loads(e.read() or b"null")
+        except ValueError:
+            return e.code, None
+    except (OSError, ValueError):
+        return 0, None
+
+
+def alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text().strip()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def missing_services(status: dict[str, object] | None, wanted: list[str]) -> list[str]:
+    beating = {
+        s["service"]
+        for s in (status or {}).get("services", [])  # type: ignore[union-attr]
+        if isinstance(s, dict) and s.get("alive")
+    }
+    return [name for name in wanted if name not in beating]
+
+
+def main() -> int:
+    port, pid_file, wanted = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+    base = f"http://127.0.0.1:{port}"
+    timeout = float(os.environ.get("SPINE_UP_TIMEOUT", "600"))
+    started = time.monotonic()
+    said = started
+    waiting_for = "the gateway's /health (it applies the topics' backlog first)"
+    while True:
+        if not alive(pid_file):
+            print("!!  the gateway process exited; see .spine/logs/gateway.log", file=sys.stderr)
+            return 1
+        code, _ = get(f"{base}/health")
+        if code == 200:
+            code, status = get(f"{base}/status")
+            missing = missing_services(status, wanted)
+            if code == 200 and not missing:
+                print(f"==> /health and /status green in {time.monotonic() - started:.1f}s")
+                return 0
+            if code != 200:
+                components = (status or {}).get("components", {})
+                waiting_for = f"/status healthy (HTTP {code}; components {components})"
+            else:
+                waiting_for = "heartbeats from " + ", ".join(missing)
+        now = time.monotonic()
+        if now - started > timeout:
+            print(f"!!  not up after {timeout:.0f}s: still waiting for {waiting_for}", file=sys.stderr)
+            return 1
+        if now - said >= 10:
+            print(f"    ... {now - started:.0f}s: waiting for {waiting_for}", flush=True)
+            said = now
+        time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
