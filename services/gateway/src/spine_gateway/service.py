@@ -113,6 +113,8 @@ class Observers:
     started: float = field(default_factory=time.time)
 
 
+#: how long an execution answered ``pending`` is remembered (read model far behind)
+ACCEPTED_TTL_S = 3600
 #: an Idempotency-Key reserved by a request still running (value ``pending:<token>``)
 _PENDING = "pending:"
 _SLUG = re.compile(r"[^A-Za-z0-9_.\-]+")
@@ -321,7 +323,9 @@ class GatewayService:
         try:
             await self._wait_mark(self.projectors.executions, "execution", execution_id)
         except TimeoutError:
+            # Accepted but not yet visible here: reads of it wait (or answer 503), never 404.
             log.warning("execute_projection_slow", execution_id=execution_id)
+            await self.store.mark_accepted(execution_id, user_id, ACCEPTED_TTL_S)
             accepted = {
                 "execution_id": execution_id,
                 "status": "pending",
@@ -342,8 +346,25 @@ class GatewayService:
 
     async def own_execution(self, user: Row, execution_id: str) -> Row:
         row = await self.read.execution(execution_id)
+        if row is None and await self.store.accepted_by(execution_id) == str(user["user_id"]):
+            row = await self._accepted_row(execution_id)
         if row is None or row["user_id"] != user["user_id"]:
             raise NotFound(f"execution {execution_id!r} not found", code="EXECUTION_NOT_FOUND")
+        return row
+
+    async def _accepted_row(self, execution_id: str) -> Row:
+        """An execution this gateway answered as ``pending`` (the read model was behind):
+        wait for it like the execute request did, then say 503 (retry), never 404."""
+        try:
+            await self._wait_mark(self.projectors.executions, "execution", execution_id)
+        except TimeoutError:
+            pass
+        row = await self.read.execution(execution_id)
+        if row is None:
+            raise Unavailable(
+                f"execution {execution_id!r} was accepted and is not visible yet; retry",
+                extra={"execution_id": execution_id},
+            )
         return row
 
     async def execution(self, user: Row, execution_id: str) -> dict[str, Any]:

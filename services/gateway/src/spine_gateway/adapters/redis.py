@@ -45,6 +45,16 @@ class RedisStore:
         stored = await self._r.get(name)
         return stored.decode() if isinstance(stored, bytes) else str(stored or value)
 
+    async def mark_accepted(self, execution_id: str, user_id: str, ttl_s: int) -> None:
+        """Remember an execution answered before the read model showed it (any replica)."""
+        await self._r.set(f"{self._prefix}acc:{execution_id}", user_id, ex=ttl_s)
+
+    async def accepted_by(self, execution_id: str) -> str | None:
+        stored = await self._r.get(f"{self._prefix}acc:{execution_id}")
+        if stored is None:
+            return None
+        return stored.decode() if isinstance(stored, bytes) else str(stored)
+
     async def ping(self) -> bool:
         return bool(await self._r.ping())
 

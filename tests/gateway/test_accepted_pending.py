@@ -1,0 +1,105 @@
+"""An execution answered ``pending`` (the read model was behind at execute time) is never
+a 404 for its owner: reads wait for the projection, then answer 503 (retry). Fakes of the
+ports; no I/O."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+from spine_gateway.errors import NotFound, Unavailable
+from spine_gateway.service import GatewayService
+from spine_gateway.settings import GatewaySettings
+
+
+class FakeRead:
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    async def execution(self, execution_id: str) -> dict[str, Any] | None:
+        return self.rows.get(execution_id)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.accepted: dict[str, str] = {}
+
+    async def accepted_by(self, execution_id: str) -> str | None:
+        return self.accepted.get(execution_id)
+
+
+class FakeProjector:
+    """``wait_for`` returns once ``applied`` satisfies the predicate (re-checked on ``apply``)."""
+
+    def __init__(self) -> None:
+        self.applied: dict[Any, int] = {}
+        self.changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[Mapping[Any, int]], bool]) -> None:
+        while not predicate(self.applied):
+            self.changed.clear()
+            await self.changed.wait()
+
+    def apply(self, tp: str, offset: int) -> None:
+        self.applied[tp] = offset
+        self.changed.set()
+
+
+class FakeMarks:
+    def __init__(self) -> None:
+        self.marks: dict[tuple[str, str], tuple[str, int]] = {}
+
+    def get(self, kind: str, key: str) -> tuple[str, int] | None:
+        return self.marks.get((kind, key))
+
+
+class Ports:
+    def __init__(self) -> None:
+        self.read, self.store = FakeRead(), FakeStore()
+        self.projector, self.marks = FakeProjector(), FakeMarks()
+        settings = GatewaySettings(API_KEY="x" * 20, SPINE_GATEWAY_PROJECTION_TIMEOUT=0.3)
+        unused: Any = None
+        self.service = GatewayService(
+            settings,
+            publisher=unused,
+            replies=unused,
+            read=self.read,  # type: ignore[arg-type]
+            store=self.store,  # type: ignore[arg-type]
+            projectors=type("P", (), {"executions": self.projector})(),  # type: ignore[arg-type]
+            marks=self.marks,  # type: ignore[arg-type]
+            observers=unused,
+        )
+
+
+OWNER, OTHER = {"user_id": "u1"}, {"user_id": "u2"}
+
+
+async def test_the_owner_waits_until_the_projection_shows_it() -> None:
+    p = Ports()
+    p.store.accepted["e1"] = "u1"
+    read = asyncio.create_task(p.service.own_execution(OWNER, "e1"))
+    await asyncio.sleep(0)  # the read is waiting now
+    assert not read.done()
+    p.read.rows["e1"] = {"execution_id": "e1", "user_id": "u1", "status": "running"}
+    p.marks.marks[("execution", "e1")] = ("events/0", 5)
+    p.projector.apply("events/0", 5)
+    row = await asyncio.wait_for(read, 5)
+    assert row["status"] == "running"
+
+
+async def test_still_invisible_after_the_wait_is_503_not_404() -> None:
+    p = Ports()
+    p.store.accepted["e1"] = "u1"
+    with pytest.raises(Unavailable) as caught:
+        await p.service.own_execution(OWNER, "e1")
+    assert caught.value.status == 503 and "retry" in str(caught.value)
+
+
+async def test_another_user_and_an_unknown_id_are_404_at_once() -> None:
+    p = Ports()
+    p.store.accepted["e1"] = "u1"
+    for user, eid in ((OTHER, "e1"), (OWNER, "e2")):
+        with pytest.raises(NotFound):
+            await asyncio.wait_for(p.service.own_execution(user, eid), 0.1)  # no waiting
