@@ -31,12 +31,35 @@ router = APIRouter(
 )
 _404 = error_responses(404)
 _ACTION = error_responses(404, 409)
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "description": "the per-execution sequence number"},
+        "event": {"type": "string", "description": "the event type"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "type": "object",
+                "required": ["seq", "type", "data", "occurred_at"],
+                "properties": {
+                    "seq": {"type": "integer"},
+                    "type": {"type": "string"},
+                    "data": {"type": "object"},
+                    "occurred_at": {"type": "string"},
+                },
+            },
+        },
+    },
+}
 _SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Server-Sent Events: `id` = per-execution sequence number, `event` = "
         "the event type, `data` = `{seq, type, data, occurred_at}`; ends after the terminal "
         "event.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # before OpenAPI 3.2 (`itemSchema`), the schema of an event stream describes each event
+        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
     },
     **_404,
 }
