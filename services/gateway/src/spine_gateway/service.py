@@ -168,9 +168,9 @@ class GatewayService:
         return Principal(user=user)
 
     def require_master(self, principal: Principal) -> None:
+        """Even with API_KEY_REQUIRED=false: the anonymous development user may run flows,
+        never mint users or credits."""
         if principal.master:
-            return
-        if not self.settings.auth_required and principal.user is not None:
             return
         raise Forbidden("this operation needs the master key", code="MASTER_KEY_REQUIRED")
 
