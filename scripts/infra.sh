@@ -8,6 +8,10 @@
 #   scripts/infra.sh purge         down + delete Kafka/PostgreSQL/Redis data and logs
 #                                  (keeps the downloaded Kafka jars)
 #   scripts/infra.sh status        one line per component; exit 3 if something is not up
+#   scripts/infra.sh kafka-restart [--kill]
+#                                  stop the broker this script started (SIGTERM, or SIGKILL
+#                                  with --kill), start it again and wait until it is ready
+#                                  (used by `make chaos`); fails for a broker it did not start
 #
 # Environment overrides (then that component is not started, only waited for):
 #   KAFKA_BOOTSTRAP_SERVERS   e.g. 10.0.0.5:9092
@@ -689,6 +693,28 @@ cmd_purge() {
     "$PG_DIR" "$SPINE/redis" "$LOGS" "$SPINE/infra.env"
 }
 
+cmd_kafka_restart() {
+  local pid t0
+  t0="$(now)"
+  ensure_dirs
+  lock
+  pid="$(pid_of "$RUN/kafka.pid" kafka.Kafka)" ||
+    die "kafka: the broker was not started by this infra.sh ($RUN/kafka.pid); cannot restart it"
+  if [ "${1:-}" = --kill ]; then
+    say "kafka: killing (pid $pid, SIGKILL)"
+    kill -KILL "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  else
+    say "kafka: stopping (pid $pid)"
+    stop_pid "$pid" kafka 60
+  fi
+  rm -f "$RUN/kafka.pid"
+  # Ours (the pid file said so): start it here even when KAFKA_BOOTSTRAP_SERVERS names it.
+  KAFKA_BOOTSTRAP_SERVERS="" kafka_start
+  kafka_wait
+  say "kafka: restarted in $(since "$t0")"
+}
+
 cmd_status() {
   local rc=0
   have python3 || { echo "kafka:    unknown (python3 missing)"; rc=3; }
@@ -709,6 +735,7 @@ case "${1:-}" in
     ;;
   purge) cmd_purge ;;
   status) cmd_status ;;
+  kafka-restart) cmd_kafka_restart "${2:-}" ;;
   -h | --help | help) usage ;;
   *)
     usage >&2
