@@ -4,8 +4,9 @@ SHELL := /bin/bash
 UV ?= uv
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+CHAOS_ARGS ?=
 
-.PHONY: help install infra infra-down infra-status up down test test-unit lint asyncapi clean rebuild bench demo
+.PHONY: help install infra infra-down infra-status up down test test-unit lint asyncapi clean rebuild bench chaos demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,6 +48,9 @@ rebuild: install ## rebuild projections from Kafka and swap them in (SERVICE=nam
 
 bench: install ## AI Spine beside bare Kafka and Celery, < 10 min (after `make up`; BENCH_ARGS=--profile)
 	$(UV) run --frozen --group bench python -m bench.run $(BENCH_ARGS)
+
+chaos: install infra ## kill -9 every service in turn + restart Kafka under 300 executions, < 10 min (CHAOS_ARGS=--seed 7)
+	$(UV) run --frozen python -m tests.chaos.run $(CHAOS_ARGS)
 
 asyncapi: install ## regenerate docs/asyncapi.yaml from the contracts
 	$(UV) run --frozen python -m spine_contracts.asyncapi --write docs/asyncapi.yaml

@@ -39,6 +39,7 @@ import asyncio
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,7 +84,7 @@ if str(ROOT / "tests") not in sys.path:  # the e2e harness, also when run as a s
     sys.path.append(str(ROOT / "tests"))
 
 from e2e.harness import COMMANDS, Stack  # noqa: E402
-from e2e.test_gateway_e2e import MASTER, _free_port, _stack_env  # noqa: E402
+from e2e.test_gateway_e2e import MASTER, _stack_env  # noqa: E402
 
 TERMINAL = (ExecutionCompleted, ExecutionFailed, ExecutionCancelled)
 OUTCOME = {
@@ -107,6 +108,24 @@ HTTP_AGENT = "echo-http"
 APPLICANT = {"name": "Ana", "income": 6000, "amount": 12000, "term_months": 24, "debts": 300}
 
 
+def _free_port() -> int:
+    """A free port below the ephemeral range, which the many client connections of a busy
+    machine draw from (a port bound there and released may be taken before it is used)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
 def _flow(flow_id: str, cost: int, *nodes: dict[str, Any]) -> dict[str, Any]:
     return {"flow_id": flow_id, "name": flow_id, "cost": cost, "nodes": list(nodes)}
 
@@ -117,20 +136,28 @@ def _node(node_id: str, *deps: str, agent: str = "echo", **config: Any) -> dict[
     return {"id": node_id, "agent_id": agent, "depends_on": list(deps), "config": config}
 
 
-#: Flows created through the API (costs differ so a wrong charge shows in the balance).
-API_FLOWS = [
-    _flow("chaos_chain", 2, _node("a", delay_ms=700), _node("b", "a", delay_ms=700),
-          _node("c", "b", delay_ms=700)),
-    _flow("chaos_fanout", 3, _node("a", delay_ms=300),
-          *[_node(f"b{i}", "a", delay_ms=400 * i) for i in (1, 2, 3)],
-          _node("c", "b1", "b2", "b3")),
-    _flow("chaos_http", 2, _node("a", agent=HTTP_AGENT, delay_ms=500),
-          _node("b", "a", agent=HTTP_AGENT, delay_ms=300)),
-    _flow("chaos_flaky", 1, _node("a", fail_times=1, retry_backoff=0.2),
-          _node("b", "a", delay_ms=200)),
-    _flow("chaos_failing", 5, _node("a", delay_ms=300),
-          _node("b", "a", fail=True, retries=1, retry_backoff=0.2)),
-]  # fmt: skip
+def api_flows(slow: float = 1.0) -> list[dict[str, Any]]:
+    """Flows created through the API (costs differ, so a wrong charge shows in a balance);
+    ``slow`` scales the agents' work, to keep more executions in flight."""
+
+    def ms(n: int) -> int:
+        return int(n * slow)
+
+    return [
+        _flow("chaos_chain", 2, _node("a", delay_ms=ms(900)), _node("b", "a", delay_ms=ms(900)),
+              _node("c", "b", delay_ms=ms(900))),
+        _flow("chaos_fanout", 3, _node("a", delay_ms=ms(400)),
+              *[_node(f"b{i}", "a", delay_ms=ms(500 * i)) for i in (1, 2, 3)],
+              _node("c", "b1", "b2", "b3")),
+        _flow("chaos_http", 2, _node("a", agent=HTTP_AGENT, delay_ms=ms(800)),
+              _node("b", "a", agent=HTTP_AGENT, delay_ms=ms(600))),
+        _flow("chaos_flaky", 1, _node("a", fail_times=1, retry_backoff=0.2),
+              _node("b", "a", delay_ms=ms(600))),
+        _flow("chaos_failing", 5, _node("a", delay_ms=ms(600)),
+              _node("b", "a", fail=True, retries=1, retry_backoff=0.2)),
+    ]  # fmt: skip
+
+
 #: (flow_id, weight, input_data)
 MIX: list[tuple[str, int, dict[str, Any]]] = [
     ("echo_chain", 3, {"x": 1}),
@@ -150,6 +177,7 @@ class ChaosOptions:
     seed: int | None = None
     users: int = 4
     cancel_share: float = 0.1
+    slow: float = 1.0  # scales the delays of the API flows' agents
     victims: tuple[str, ...] = tuple(VICTIMS)
     broker_restart: bool = True
     #: seconds between an action (kill, broker restart) and the next one, drawn uniformly
@@ -182,6 +210,7 @@ class ChaosReport:
     actions: list[str] = field(default_factory=list)
     exits: list[str] = field(default_factory=list)  # exits by themselves, restarted
     dispatches: int = 0
+    peak_in_flight: int = 0
     tasks: int = 0
     withdrawn: int = 0
     cancels: int = 0
@@ -206,7 +235,9 @@ class ChaosReport:
             f"lost {len(self.lost)}, "
             f"duplicated {len(self.duplicated)}, balance errors {len(self.balance_errors)}, "
             f"projection errors {len(self.projection_errors)} "
-            f"({outcomes}; {self.dispatches} dispatches; seed {self.seed}; "
+            f"({outcomes}; at most {self.peak_in_flight} in flight; "
+            f"{self.cancels} cancel requests, {self.withdrawn} reservations withdrawn, "
+            f"{self.dispatches} dispatches; seed {self.seed}; "
             f"{self.took_s:.0f}s)"
         )
 
@@ -237,6 +268,7 @@ class ChaosStack(Stack):
         self.killed: set[int] = set()  # pids this run killed on purpose
         self.exits: list[tuple[str, int, float]] = []  # (name, returncode, when): by itself
         self.stopping = False
+        self.peak = 0  # most executions in flight at once
         self._watchers: list[asyncio.Task[None]] = []
         self._logs: list[Any] = []
 
@@ -295,6 +327,7 @@ class ChaosStack(Stack):
             self.started.setdefault(eid, message)
         elif isinstance(message, TERMINAL):
             self.ended.setdefault(eid, message)
+        self.peak = max(self.peak, len(self.started) - len(self.ended))
         async with self._changed:
             self._changed.notify_all()
 
@@ -432,7 +465,7 @@ class Chaos:
                   "capabilities": ["echo"]},
         )  # fmt: skip
         assert r.status_code in (200, 201, 202), r.text
-        for flow in API_FLOWS:
+        for flow in api_flows(self.options.slow):
             r = await self.client.call("POST", "/api/v1/flows", key=key, json=flow)
             assert r.status_code in (200, 201), r.text
         await self.stack.agents_active(*AGENTS, timeout=120)
@@ -483,7 +516,7 @@ class Chaos:
                     eid = r.json()["execution_id"]
                     self.accepted[eid] = (flow_id, user)
                     if self.rng.random() < self.options.cancel_share:
-                        await asyncio.sleep(self.rng.uniform(0.0, 2.5))
+                        await asyncio.sleep(self.rng.uniform(0.1, 3.0 * self.options.slow))
                         await self.cancel(eid, user)
                     return
                 code = r.json().get("error_code") if r.content else None
@@ -786,6 +819,7 @@ class Chaos:
             finally:
                 watch.cancel()
             self.report.executions = len(self.accepted)
+            self.report.peak_in_flight = self.stack.peak
             self.say(f"all ended: {len(self.accepted)} accepted; checking the logs")
             charges = await self.check_log()
             await self.check_balances(charges)
@@ -858,6 +892,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--gap", type=float, nargs=2, default=(3.0, 12.0), metavar=("MIN", "MAX"),
                         help="seconds between two actions, drawn uniformly")  # fmt: skip
+    parser.add_argument("--slow", type=float, default=2.0,
+                        help="scale the agents' work in the API flows")  # fmt: skip
     parser.add_argument("--no-broker-restart", action="store_true")
     args = parser.parse_args(argv)
     infra = _infra()
@@ -868,6 +904,7 @@ def main(argv: list[str] | None = None) -> int:
         users=args.users,
         gap=tuple(args.gap),
         broker_restart=not args.no_broker_restart,
+        slow=args.slow,
         settle_timeout=420.0,
         progress=lambda s: print(s, flush=True),
     )
