@@ -130,7 +130,7 @@ def _flow(flow_id: str, cost: int, *nodes: dict[str, Any]) -> dict[str, Any]:
     return {"flow_id": flow_id, "name": flow_id, "cost": cost, "nodes": list(nodes)}
 
 
-def _node(node_id: str, *deps: str, agent: str = "echo", **config: Any) -> dict[str, Any]:
+def _plain_node(node_id: str, *deps: str, agent: str = "echo", **config: Any) -> dict[str, Any]:
     config.setdefault("timeout", 30)
     config.setdefault("retries", 2)
     return {"id": node_id, "agent_id": agent, "depends_on": list(deps), "config": config}
@@ -142,6 +142,10 @@ def api_flows(slow: float = 1.0) -> list[dict[str, Any]]:
 
     def ms(n: int) -> int:
         return int(n * slow)
+
+    def _node(node_id: str, *deps: str, **config: Any) -> dict[str, Any]:
+        config.setdefault("timeout", 30 * max(1.0, slow / 4))
+        return _plain_node(node_id, *deps, **config)
 
     return [
         _flow("chaos_chain", 2, _node("a", delay_ms=ms(900)), _node("b", "a", delay_ms=ms(900)),
@@ -160,11 +164,11 @@ def api_flows(slow: float = 1.0) -> list[dict[str, Any]]:
 
 #: (flow_id, weight, input_data)
 MIX: list[tuple[str, int, dict[str, Any]]] = [
-    ("echo_chain", 3, {"x": 1}),
-    ("parallel_research", 2, {"topic": "chaos"}),
-    ("conditional_review", 2, APPLICANT),
-    ("chaos_chain", 3, {"x": 2}),
-    ("chaos_fanout", 2, {"x": 3}),
+    ("echo_chain", 2, {"x": 1}),
+    ("parallel_research", 1, {"topic": "chaos"}),
+    ("conditional_review", 1, APPLICANT),
+    ("chaos_chain", 4, {"x": 2}),
+    ("chaos_fanout", 3, {"x": 3}),
     ("chaos_http", 2, {"x": 4}),
     ("chaos_flaky", 1, {"x": 5}),
     ("chaos_failing", 1, {"x": 6}),
@@ -178,6 +182,7 @@ class ChaosOptions:
     users: int = 4
     cancel_share: float = 0.1
     slow: float = 1.0  # scales the delays of the API flows' agents
+    first_wave: float = 0.0  # share of the executions submitted before the first action
     victims: tuple[str, ...] = tuple(VICTIMS)
     broker_restart: bool = True
     #: seconds between an action (kill, broker restart) and the next one, drawn uniformly
@@ -612,8 +617,11 @@ class Chaos:
         self.rng.shuffle(actions)
         if self.options.broker_restart:
             actions.insert(self.rng.randrange(len(actions) + 1), "kafka")
-        chunk = self.options.executions // (len(actions) + 1)
+        first = int(self.options.executions * self.options.first_wave)
+        chunk = (self.options.executions - first) // (len(actions) + 1)
         lo, hi = self.options.gap
+        if first:
+            await self.submit_many(first, lo)
         # One wave of executions per action, submitted while the action comes at a random
         # moment; the last wave after the last action.
         for action in actions:
@@ -892,7 +900,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--gap", type=float, nargs=2, default=(3.0, 12.0), metavar=("MIN", "MAX"),
                         help="seconds between two actions, drawn uniformly")  # fmt: skip
-    parser.add_argument("--slow", type=float, default=2.0,
+    parser.add_argument(
+        "--first-wave",
+        type=float,
+        default=0.33,
+        help="share of the executions submitted before the first kill",
+    )
+    parser.add_argument("--slow", type=float, default=30.0,
                         help="scale the agents' work in the API flows")  # fmt: skip
     parser.add_argument("--no-broker-restart", action="store_true")
     args = parser.parse_args(argv)
@@ -905,6 +919,7 @@ def main(argv: list[str] | None = None) -> int:
         gap=tuple(args.gap),
         broker_restart=not args.no_broker_restart,
         slow=args.slow,
+        first_wave=args.first_wave,
         settle_timeout=420.0,
         progress=lambda s: print(s, flush=True),
     )

@@ -25,7 +25,9 @@ pytestmark = [
 async def test_kill_every_service_and_restart_the_broker_loses_and_doubles_nothing(
     infra: dict[str, str],
 ) -> None:
-    options = ChaosOptions(executions=48, gap=(1.0, 3.0), settle_timeout=150.0)
+    options = ChaosOptions(
+        executions=48, gap=(1.0, 3.0), slow=2.0, first_wave=0.25, settle_timeout=150.0
+    )
     kafka = KafkaConfig(bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"])
     report = await run_chaos(kafka, infra, options)
     print(report.details())
