@@ -58,3 +58,78 @@ async def test_skeleton_service_lifecycle(kafka: KafkaConfig, child_env: dict[st
             proc.kill()
             await proc.wait()
         await consumer.stop()
+
+
+class _RecordingLog:
+    def __init__(self) -> None:
+        self.warnings: list[dict[str, object]] = []
+        self.retried = asyncio.Event()
+
+    def warning(self, event: str, **fields: object) -> None:
+        self.warnings.append({"event": event, **fields})
+        self.retried.set()
+
+    def info(self, event: str, **fields: object) -> None:
+        pass
+
+
+async def _forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
+async def test_a_service_waits_for_a_broker_that_comes_later(kafka: KafkaConfig) -> None:
+    """Started before the broker answers, the runtime retries instead of exiting; once the
+    broker is there (here: a TCP forwarder opened on the bootstrap port) it connects."""
+    from dataclasses import replace
+
+    from spine_servicekit.runtime import _connect
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    host, _, real_port = kafka.bootstrap_servers.split(",")[0].rpartition(":")
+    cfg = replace(kafka, bootstrap_servers=f"127.0.0.1:{port}")
+    log = _RecordingLog()
+    connecting = asyncio.create_task(_connect(cfg, log, asyncio.Event(), timeout_s=60))
+    async with asyncio.timeout(30):
+        await log.retried.wait()  # nothing listens yet: it said so and waits
+    assert not connecting.done()
+    assert log.warnings[0]["event"] == "kafka_unavailable_retrying"
+
+    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection(host or "127.0.0.1", int(real_port))
+        await asyncio.gather(_forward(r, uw), _forward(ur, w))
+
+    server = await asyncio.start_server(pipe, "127.0.0.1", port)
+    try:
+        async with asyncio.timeout(60):
+            producer = await connecting
+        await producer.stop()
+    finally:
+        server.close()
+
+
+async def test_a_broker_that_never_comes_fails_the_start_after_the_timeout(
+    kafka: KafkaConfig,
+) -> None:
+    from dataclasses import replace
+
+    from aiokafka.errors import KafkaError
+    from spine_servicekit.runtime import _connect
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = _RecordingLog()
+    cfg = replace(kafka, bootstrap_servers=f"127.0.0.1:{port}")
+    with pytest.raises((KafkaError, OSError)):
+        async with asyncio.timeout(60):
+            await _connect(cfg, log, asyncio.Event(), timeout_s=2)
+    assert log.warnings, "it retried before giving up"

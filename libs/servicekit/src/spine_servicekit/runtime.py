@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from . import ops, tracing
 from .heartbeat import HeartbeatPublisher
@@ -47,11 +49,7 @@ async def serve(service: str, settings: CommonSettings, main: Main) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
 
-    created = await ensure_topics(cfg)
-    if created:
-        log.info("topics_created", count=len(created))
-    producer = make_producer(cfg)
-    await producer.start()
+    producer = await _connect(cfg, log, stopping, settings.kafka_startup_timeout_s)
     ctx = ServiceContext(service, settings, cfg, producer, ident, stopping)
     beats = HeartbeatPublisher(
         producer,
@@ -90,6 +88,41 @@ async def serve(service: str, settings: CommonSettings, main: Main) -> None:
             await ops_server.stop()
         await producer.stop()
         log.info("service_stopped")
+
+
+async def _connect(
+    cfg: KafkaConfig, log: Any, stopping: asyncio.Event, timeout_s: float
+) -> AIOKafkaProducer:
+    """Topics and the producer, retried while the broker is away (a restart, or started
+    together with the service): a service started by `make up` has no supervisor to start
+    it again, so it waits up to ``SPINE_KAFKA_STARTUP_TIMEOUT`` seconds instead of exiting."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.5
+    attempt = 0
+    while True:
+        attempt += 1
+        producer = make_producer(cfg)
+        try:
+            created = await ensure_topics(cfg)
+            if created:
+                log.info("topics_created", count=len(created))
+            await producer.start()
+            return producer
+        except (KafkaError, OSError) as exc:
+            await producer.stop()
+            if time.monotonic() + delay > deadline or stopping.is_set():
+                raise
+            log.warning(
+                "kafka_unavailable_retrying",
+                attempt=attempt,
+                retry_in_s=delay,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
+            try:
+                await asyncio.wait_for(stopping.wait(), delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, 5.0)
 
 
 def run_service(service: str, settings: CommonSettings, main: Main) -> None:

@@ -39,6 +39,8 @@ class CommonSettings(BaseSettings):
     topic_min_isr: int = Field(1, alias="SPINE_TOPIC_MIN_ISR", ge=1, le=7)
     kafka_fetch_max_wait_ms: int = Field(10, alias="SPINE_KAFKA_FETCH_MAX_WAIT_MS", ge=0)
     kafka_linger_ms: int = Field(0, alias="SPINE_KAFKA_LINGER_MS", ge=0)
+    #: how long a starting service waits for an absent broker before it gives up
+    kafka_startup_timeout_s: float = Field(120.0, alias="SPINE_KAFKA_STARTUP_TIMEOUT", ge=0)
     #: the largest Kafka message a producer sends; the broker's message.max.bytes must allow it
     kafka_max_message_bytes: int = Field(
         1_048_576, alias="SPINE_KAFKA_MAX_MESSAGE_BYTES", ge=65_536
