@@ -19,7 +19,7 @@ One process, one event loop, on fresh ``benchfloor<hex>.`` topics (deleted after
 * the **client** produces with an idempotent ``acks=all`` producer and follows the replies
   and events topics without a group (``read_committed``), like the gateway.
 
-Client settings are AI Spine's (``fetch_max_wait_ms=10``, ``linger_ms=0``), so the ratio
+Client settings are AI Spine's (``fetch_max_wait_ms=500``, ``linger_ms=0``), so the ratio
 to it measures code, not tuning. What the floor leaves out on purpose: the extra records
 AI Spine writes in the same transactions (events, snapshots), HTTP, PostgreSQL, Redis.
 """
@@ -41,7 +41,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from .common import SHAPES, WARMUP, Latency, Throughput, Tick, no_tick, out_of_time
 
-FETCH_MAX_WAIT_MS = 10  # AI Spine's SPINE_KAFKA_FETCH_MAX_WAIT_MS default
+FETCH_MAX_WAIT_MS = 500  # AI Spine's SPINE_KAFKA_FETCH_MAX_WAIT_MS default
 USER = "bench-user"
 
 Out = tuple[str, bytes, bytes]  # topic, key, value

@@ -1,7 +1,10 @@
 """Kafka client set-up shared by every service: tuned factories, topic admin, headers.
 
-aiokafka's defaults wait up to 500 ms per fetch; every hop of an execution would pay it,
-so consumers here use a small ``fetch_max_wait_ms``. Producers are idempotent with
+Consumers keep aiokafka's 500 ms ``fetch_max_wait_ms``: with ``fetch_min_bytes=1`` the
+broker answers a waiting fetch as soon as data arrives, so the bound costs no latency, while
+a small one made every idle consumer send a fetch per bound (a 10 ms bound kept most of a
+core busy on an idle 2-core stack and slowed executions by 45 %; see docs/operations.md).
+Producers are idempotent with
 ``acks=all``; readers use ``read_committed`` because the orchestrator and auth write
 in transactions.
 """
@@ -46,7 +49,7 @@ class KafkaConfig:
     partitions: int = 2
     replication: int = 1
     min_isr: int = 1
-    fetch_max_wait_ms: int = 10
+    fetch_max_wait_ms: int = 500
     linger_ms: int = 0
     client_id: str = "spine"
     #: the largest message a producer sends (``max_request_size``); the broker's
@@ -71,10 +74,9 @@ class KafkaConfig:
         return spec.name(self.prefix)
 
     def background(self) -> KafkaConfig:
-        """The same settings for a consumer no request waits on (catalogues, projections,
-        metrics): a long broker wait, so an idle one costs a fetch per 250 ms, not per 10 ms.
-        With a dozen processes of two or three such consumers each, the short wait alone
-        kept a quarter of a core busy on an idle stack (broker included)."""
+        """The settings for a consumer no request waits on (catalogues, projections,
+        metrics): at least a 250 ms broker wait even where SPINE_KAFKA_FETCH_MAX_WAIT_MS
+        is set lower for the request path."""
         wait = max(self.fetch_max_wait_ms, BACKGROUND_FETCH_WAIT_MS)
         return dataclasses.replace(self, fetch_max_wait_ms=wait)
 

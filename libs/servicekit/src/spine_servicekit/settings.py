@@ -37,7 +37,7 @@ class CommonSettings(BaseSettings):
     topic_partitions: int = Field(2, alias="SPINE_TOPIC_PARTITIONS", ge=1, le=1000)
     topic_replication: int = Field(1, alias="SPINE_TOPIC_REPLICATION", ge=1, le=7)
     topic_min_isr: int = Field(1, alias="SPINE_TOPIC_MIN_ISR", ge=1, le=7)
-    kafka_fetch_max_wait_ms: int = Field(10, alias="SPINE_KAFKA_FETCH_MAX_WAIT_MS", ge=0)
+    kafka_fetch_max_wait_ms: int = Field(500, alias="SPINE_KAFKA_FETCH_MAX_WAIT_MS", ge=0)
     kafka_linger_ms: int = Field(0, alias="SPINE_KAFKA_LINGER_MS", ge=0)
     #: how long a starting service waits for an absent broker before it gives up
     kafka_startup_timeout_s: float = Field(120.0, alias="SPINE_KAFKA_STARTUP_TIMEOUT", ge=0)

@@ -96,6 +96,8 @@ class OrchestratorHandler:
                     snapshot = decode_record(record, self._cfg.prefix)
                     assert isinstance(snapshot, ExecutionSnapshot)
                     state = state_from_dict(snapshot.data.state)
+                    if state.terminal and not isinstance(state, FinishedExecution):
+                        state = FinishedExecution.of(state)  # a full snapshot of older code
                 except (ContractError, KeyError, TypeError, ValueError) as exc:
                     await self._poison(record, exc)
                     continue
