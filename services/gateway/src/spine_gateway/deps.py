@@ -18,7 +18,8 @@ _bearer = HTTPBearer(
 )
 
 
-def get_service(request: Request) -> GatewayService:
+async def get_service(request: Request) -> GatewayService:
+    # async: FastAPI runs a plain ``def`` dependency in a worker thread, on every request
     service: GatewayService = request.app.state.service
     return service
 
