@@ -61,18 +61,22 @@ class Marks:
     event it was (a cancel ends in ``ExecutionCancelled`` or ``ExecutionCommandRejected``)."""
 
     def __init__(self, limit: int = 100_000) -> None:
-        self._marks: dict[tuple[str, str], tuple[Mark, Message]] = {}
+        self._marks: dict[tuple[str, str], tuple[Mark, Message | None]] = {}
         self._limit = limit
 
-    def put(self, kind: str, key: str, item: Incoming, *, first: bool = False) -> None:
-        """Record where ``item`` lies; with ``first``, keep an earlier record of the key."""
+    def put(
+        self, kind: str, key: str, item: Incoming, *, first: bool = False, keep: bool = False
+    ) -> None:
+        """Record where ``item`` lies; with ``first``, keep an earlier record of the key; with
+        ``keep``, the event itself too (only outcomes are read back: an ``ExecutionStarted``
+        carries the whole flow, and 100,000 of them held ~200 MB in a gateway)."""
         if first and (kind, key) in self._marks:
             return
         if len(self._marks) >= self._limit:  # bounded: the oldest half goes
             for old in list(self._marks)[: self._limit // 2]:
                 del self._marks[old]
         mark = (TopicPartition(item.topic, item.partition), item.offset + 1)
-        self._marks[(kind, key)] = (mark, item.message)
+        self._marks[(kind, key)] = (mark, item.message if keep else None)
 
     def get(self, kind: str, key: str) -> Mark | None:
         found = self._marks.get((kind, key))
@@ -372,7 +376,7 @@ def executions_projection(marks: Marks) -> Projection:
                 marks.put("execution", eid, item)
             elif m.causation_id and isinstance(m, _COMMAND_OUTCOMES):
                 # the first event a gateway's cancel or input caused is its outcome
-                marks.put("execution_cmd", m.causation_id, item, first=True)
+                marks.put("execution_cmd", m.causation_id, item, first=True, keep=True)
             if (eid, d.seq) not in new:
                 continue  # the same seq again: already applied
             new.discard((eid, d.seq))  # (and a repeat within this batch is one too)
