@@ -81,7 +81,7 @@ async def spans_until(
 
 
 def of_execution(spans: list[Span], execution_id: str) -> list[Span]:
-    return [s for s in spans if s["attributes"].get("spine.execution_id") == execution_id]
+    return [s for s in spans if s["attributes"].get("aispine.execution_id") == execution_id]
 
 
 #: (service, span name) that every traced credit_analysis execution shows

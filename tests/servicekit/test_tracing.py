@@ -175,7 +175,7 @@ def test_one_trace_across_the_hops(exporter: InMemorySpanExporter) -> None:
     failed = next(s for s in finished if s.name == "orchestrator agent.result")
     assert failed.status.status_code.name == "ERROR"
     ok = next(s for s in finished if s.name == "orchestrator execution.start")
-    assert ok.attributes is not None and ok.attributes["spine.execution_id"] == "e1"
+    assert ok.attributes is not None and ok.attributes["aispine.execution_id"] == "e1"
 
 
 def test_a_message_without_trace_starts_one_that_state_keeps(

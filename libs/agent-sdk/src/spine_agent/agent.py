@@ -550,7 +550,7 @@ class _Worker:
             f"agent {self.agent_id} {message.data.node_id}",
             message=message,
             kind=tracing.SpanKind.CONSUMER,
-            attributes={"spine.agent_id": self.agent_id, "spine.node_id": message.data.node_id},
+            attributes={"aispine.agent_id": self.agent_id, "aispine.node_id": message.data.node_id},
         ):
             await self._run_task(running)
 

@@ -265,15 +265,15 @@ def _message_attributes(message: Message, topic: str | None = None) -> dict[str,
     attrs: dict[str, Any] = {
         "messaging.system": "kafka",
         "messaging.message.id": str(message.message_id),
-        "spine.message_type": message.type,
+        "aispine.message_type": message.type,
     }
     if topic:
         attrs["messaging.destination.name"] = topic
     if message.correlation_id:
-        attrs["spine.correlation_id"] = message.correlation_id
+        attrs["aispine.correlation_id"] = message.correlation_id
     execution_id = getattr(message.data, "execution_id", None)
     if execution_id is not None:
-        attrs["spine.execution_id"] = str(execution_id)
+        attrs["aispine.execution_id"] = str(execution_id)
     return attrs
 
 
@@ -347,7 +347,7 @@ def begin_batch(consumer: str, incoming: Sequence[In]) -> tuple[dict[str, Span],
             f"{consumer} {message.type}",
             message.trace,
             SpanKind.CONSUMER,
-            {**_message_attributes(message, item.topic), "spine.consumer": consumer},
+            {**_message_attributes(message, item.topic), "aispine.consumer": consumer},
         )
         spans[str(message.message_id)] = s
         if message.trace is None:

@@ -237,7 +237,7 @@ async def deliver(
             with tracing.span(
                 "relay POST /execute",
                 kind=tracing.SpanKind.CLIENT,
-                attributes={"url.full": url, "spine.attempt": calls},
+                attributes={"url.full": url, "aispine.attempt": calls},
             ) as span:
                 async with asyncio.timeout(timeout):
                     response = await client.post(
