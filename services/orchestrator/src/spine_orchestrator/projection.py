@@ -78,76 +78,92 @@ def _json(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
+_STARTED = (
+    "INSERT INTO executions VALUES ($1,$2,$3,$4,'running',$5,NULL,NULL,$6,$7,$7,NULL)"
+    " ON CONFLICT (execution_id) DO NOTHING"
+)
+_DISPATCHED = (
+    "INSERT INTO node_runs VALUES ($1,$2,$3,$4,'running',NULL,NULL,$5,NULL) ON CONFLICT DO NOTHING"
+)
+_MESSAGE = "INSERT INTO agent_messages VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT DO NOTHING"
+_SKIPPED = (
+    "INSERT INTO node_runs VALUES ($1,$2,0,NULL,'skipped',NULL,$3,$4,$4) ON CONFLICT DO NOTHING"
+)
+_WAITING = (
+    "UPDATE node_runs SET status='waiting_input' WHERE execution_id=$1 AND node_id=$2"
+    " AND attempt=$3"
+)
+_FINISHED = (
+    "INSERT INTO node_runs VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$8)"
+    " ON CONFLICT (execution_id, node_id, attempt) DO UPDATE SET status=$5,"
+    " output=$6, error_message=$7, finished_at=$8"
+)
+_STATUS = (
+    "UPDATE executions SET status=$2, output_data=COALESCE($3::jsonb, output_data),"
+    " error_message=COALESCE($4, error_message), updated_at=GREATEST(updated_at, $5),"
+    " last_seq=GREATEST(last_seq, $6),"
+    " completed_at=CASE WHEN $2 IN ('completed','failed','cancelled') THEN $5"
+    " ELSE completed_at END WHERE execution_id=$1"
+)
+_TOUCHED = (
+    "UPDATE executions SET updated_at=GREATEST(updated_at, $2), last_seq=GREATEST(last_seq, $3)"
+    " WHERE execution_id=$1"
+)
+
+
 async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
+    """One ``executemany`` per statement kind for the whole batch, in an order that gives
+    the same rows as applying the events one by one: round trips, not rows, bound a
+    projection (one statement per event was a fifth of the orchestrator's CPU under load).
+    Status changes keep event order; ``updated_at`` and ``last_seq`` only move forward."""
+    started: list[tuple[object, ...]] = []
+    dispatched: list[tuple[object, ...]] = []
+    messages: list[tuple[object, ...]] = []
+    skipped: list[tuple[object, ...]] = []
+    waiting: list[tuple[object, ...]] = []
+    finished: list[tuple[object, ...]] = []
+    statuses: list[tuple[object, ...]] = []
+    touched: dict[str, tuple[object, int]] = {}
     for item in batch:
         m = item.message
         d = m.data
         at = m.occurred_at
         if isinstance(m, ExecutionStarted):
-            await conn.execute(
-                "INSERT INTO executions VALUES ($1,$2,$3,$4,'running',$5,NULL,NULL,$6,$7,$7,NULL)"
-                " ON CONFLICT (execution_id) DO NOTHING",
-                d.execution_id,
-                d.user_id,
-                d.flow_id,
-                d.flow_version,
-                _json(d.input_data),
-                d.seq,
-                at,
+            started.append(
+                (
+                    d.execution_id,
+                    d.user_id,
+                    d.flow_id,
+                    d.flow_version,
+                    _json(d.input_data),
+                    d.seq,
+                    at,
+                )
             )
             continue
         if isinstance(m, NodeDispatched):
-            await conn.execute(
-                "INSERT INTO node_runs VALUES ($1,$2,$3,$4,'running',NULL,NULL,$5,NULL)"
-                " ON CONFLICT DO NOTHING",
-                d.execution_id,
-                d.node_id,
-                d.attempt,
-                d.agent_id,
-                at,
-            )
-            await conn.execute(
-                "INSERT INTO agent_messages VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT DO NOTHING",
-                d.task_id,
-                d.execution_id,
-                d.node_id,
-                d.attempt,
-                d.agent_id,
-                _json(d.payload),
-                at,
+            dispatched.append((d.execution_id, d.node_id, d.attempt, d.agent_id, at))
+            messages.append(
+                (d.task_id, d.execution_id, d.node_id, d.attempt, d.agent_id, _json(d.payload), at)
             )
         elif isinstance(m, (NodeCompleted, NodeFailed)):
             ok = isinstance(m, NodeCompleted)
-            await conn.execute(
-                "INSERT INTO node_runs VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$8)"
-                " ON CONFLICT (execution_id, node_id, attempt) DO UPDATE SET status=$5,"
-                " output=$6, error_message=$7, finished_at=$8",
-                d.execution_id,
-                d.node_id,
-                d.attempt,
-                d.agent_id,
-                "completed" if ok else "failed",
-                _json(d.output) if ok else None,  # type: ignore[union-attr]
-                None if ok else d.error_message,  # type: ignore[union-attr]
-                at,
+            finished.append(
+                (
+                    d.execution_id,
+                    d.node_id,
+                    d.attempt,
+                    d.agent_id,
+                    "completed" if ok else "failed",
+                    _json(d.output) if ok else None,  # type: ignore[union-attr]
+                    None if ok else d.error_message,  # type: ignore[union-attr]
+                    at,
+                )
             )
         elif isinstance(m, NodeSkipped):
-            await conn.execute(
-                "INSERT INTO node_runs VALUES ($1,$2,0,NULL,'skipped',NULL,$3,$4,$4)"
-                " ON CONFLICT DO NOTHING",
-                d.execution_id,
-                d.node_id,
-                d.reason,
-                at,
-            )
+            skipped.append((d.execution_id, d.node_id, d.reason, at))
         elif isinstance(m, NodeWaitingInput):
-            await conn.execute(
-                "UPDATE node_runs SET status='waiting_input' WHERE execution_id=$1 AND node_id=$2"
-                " AND attempt=$3",
-                d.execution_id,
-                d.node_id,
-                d.attempt,
-            )
+            waiting.append((d.execution_id, d.node_id, d.attempt))
         status = None
         output = None
         error = None
@@ -162,26 +178,26 @@ async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
             if isinstance(m, ExecutionCancelled):
                 error = d.reason
         if status is not None:
-            await conn.execute(
-                "UPDATE executions SET status=$2, output_data=COALESCE($3::jsonb, output_data),"
-                " error_message=COALESCE($4, error_message), updated_at=$5, last_seq=$6,"
-                " completed_at=CASE WHEN $2 IN ('completed','failed','cancelled') THEN $5"
-                " ELSE completed_at END WHERE execution_id=$1",
-                d.execution_id,
-                status,
-                output,
-                error,
-                at,
-                d.seq,
-            )
+            statuses.append((d.execution_id, status, output, error, at, d.seq))
         elif hasattr(d, "seq"):
-            await conn.execute(
-                "UPDATE executions SET updated_at=$2, last_seq=GREATEST(last_seq, $3)"
-                " WHERE execution_id=$1",
-                d.execution_id,
-                at,
-                d.seq,
-            )
+            last = touched.get(d.execution_id)
+            if last is None:
+                touched[d.execution_id] = (at, d.seq)
+            else:
+                touched[d.execution_id] = (max(at, last[0]), max(d.seq, last[1]))  # type: ignore[type-var]
+    for statement, rows in (
+        (_STARTED, started),
+        (_DISPATCHED, dispatched),
+        (_MESSAGE, messages),
+        (_SKIPPED, skipped),
+        (_WAITING, waiting),
+        (_FINISHED, finished),
+        (_STATUS, statuses),
+    ):
+        if rows:
+            await conn.executemany(statement, rows)
+    if touched:
+        await conn.executemany(_TOUCHED, [(eid, at, seq) for eid, (at, seq) in touched.items()])
 
 
 PROJECTION = Projection(
