@@ -67,35 +67,8 @@ class Api:
     async def sse(
         self, key: str, execution_id: str, last_event_id: int | None = None
     ) -> list[dict[str, Any]]:
-        """Every SSE event of the execution, until the stream ends after the terminal one."""
-        headers = self.auth(key)
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = str(last_event_id)
-        events: list[dict[str, Any]] = []
-        current: dict[str, Any] = {}
-        async with (
-            asyncio.timeout(90),
-            self.http.stream(
-                "GET", f"/api/v1/executions/{execution_id}/stream", headers=headers
-            ) as r,
-        ):
-            assert r.status_code == 200, await r.aread()
-            async for line in r.aiter_lines():
-                line = line.rstrip("\r")
-                if not line:
-                    if "data" in current:
-                        events.append(current)
-                    current = {}
-                    continue
-                name, _, value = line.partition(":")
-                value = value.lstrip(" ")
-                if name == "id":
-                    current["id"] = int(value)
-                elif name == "event":
-                    current["event"] = value
-                elif name == "data":
-                    current["data"] = orjson.loads(value)
-        return events
+        """Every SSE event of the execution, until the terminal one (the stream ends there)."""
+        return await self.sse_until(key, execution_id, after=last_event_id)
 
     async def sse_until(
         self, key: str, execution_id: str, *types: str, after: int | None = None

@@ -39,6 +39,7 @@ from .kafka import (
     make_consumer,
     make_producer,
     partitions_of,
+    problem_fields,
     send_all,
 )
 from .logging import get_logger
@@ -138,11 +139,7 @@ class TopicFollower:
         log.warning(
             "follower_poison",
             follower=self._name,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            error_type=type(error).__name__,
-            error=str(error)[:500],
+            **problem_fields(record, error),
             dead_letter=send,
         )
         if not send:

@@ -222,6 +222,23 @@ def header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
     return None
 
 
+def record_key(record: ConsumerRecord[Any, Any]) -> str | None:
+    """The record's key as text (keys are ids; undecodable bytes are replaced, not fatal)."""
+    key = record.key
+    return bytes(key).decode(errors="replace") if key is not None else None
+
+
+def problem_fields(record: ConsumerRecord[Any, Any], error: BaseException) -> dict[str, Any]:
+    """The log fields of a record that could not be used: its origin and the error."""
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "error_type": type(error).__name__,
+        "error": str(error)[:500],
+    }
+
+
 def decode_record(record: ConsumerRecord[Any, Any], prefix: str = "") -> Message:
     """Decode a record and check that its type belongs on its topic (the registry's list).
 

@@ -93,6 +93,7 @@ from .kafka import (
     decode_record,
     make_consumer,
     make_producer,
+    record_key,
     send_all,
 )
 from .logging import get_logger
@@ -680,12 +681,11 @@ class Projector:
         except ContractError as exc:
             item.error = exc
             return item
-        key = record.key
         item.incoming = Incoming(
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
-            key=bytes(key).decode(errors="replace") if key is not None else None,
+            key=record_key(record),
             timestamp_ms=record.timestamp,
             message=message,
         )

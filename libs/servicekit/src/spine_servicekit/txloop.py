@@ -70,6 +70,7 @@ from .kafka import (
     decode_record,
     make_consumer,
     make_producer,
+    record_key,
     send_all,
 )
 from .logging import get_logger
@@ -738,12 +739,11 @@ class TransactionFailed(Exception):
 
 
 def _incoming(record: ConsumerRecord[Any, Any], message: Message) -> Incoming:
-    key = record.key
     return Incoming(
         topic=record.topic,
         partition=record.partition,
         offset=record.offset,
-        key=bytes(key).decode(errors="replace") if key is not None else None,
+        key=record_key(record),
         message=message,
         headers=tuple((name, bytes(value)) for name, value in record.headers or ()),
         timestamp_ms=record.timestamp,

@@ -24,7 +24,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import structlog
 from aiokafka.partitioner import murmur2
 from spine_contracts import AuthCommandRejected, ContractError, Message, topics
-from spine_servicekit.kafka import KafkaConfig, Outgoing, decode_record, read_partition
+from spine_servicekit.kafka import (
+    KafkaConfig,
+    Outgoing,
+    decode_record,
+    problem_fields,
+    read_partition,
+)
 from spine_servicekit.logging import get_logger
 from spine_servicekit.txloop import Incoming, PoisonMessage
 
@@ -148,14 +154,7 @@ class AuthHandler:
                 try:
                     batch.append(decode_record(record, self._cfg.prefix))
                 except ContractError as exc:
-                    log.error(
-                        "auth_event_skipped",
-                        topic=record.topic,
-                        partition=record.partition,
-                        offset=record.offset,
-                        error_type=type(exc).__name__,
-                        error=str(exc)[:500],
-                    )
+                    log.error("auth_event_skipped", **problem_fields(record, exc))
             yield batch
 
 

@@ -26,7 +26,13 @@ from spine_contracts import (
     topics,
     utcnow,
 )
-from spine_servicekit.kafka import KafkaConfig, Outgoing, decode_record, read_partition
+from spine_servicekit.kafka import (
+    KafkaConfig,
+    Outgoing,
+    decode_record,
+    problem_fields,
+    read_partition,
+)
 from spine_servicekit.logging import get_logger
 from spine_servicekit.txloop import Incoming, PoisonMessage
 
@@ -109,14 +115,7 @@ class OrchestratorHandler:
         log.info("partition_state_loaded", partition=partition, executions=len(states), live=live)
 
     async def _poison(self, record: ConsumerRecord[Any, Any], error: Exception) -> None:
-        log.error(
-            "snapshot_skipped",
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            error_type=type(error).__name__,
-            error=str(error)[:500],
-        )
+        log.error("snapshot_skipped", **problem_fields(record, error))
         if self._dead_letter is not None:
             await self._dead_letter(record, error)
 

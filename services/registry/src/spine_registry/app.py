@@ -35,6 +35,7 @@ from spine_servicekit.kafka import (
     ensure_topics,
     headers_for,
     make_consumer,
+    problem_fields,
 )
 from spine_servicekit.logging import get_logger
 from spine_servicekit.projector import Projector
@@ -103,11 +104,7 @@ async def main(ctx: ServiceContext) -> None:
         await producer.send(letter.topic, value, key=key, headers=headers)
         log.warning(
             "registry_dead_letter",
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            error_type=type(error).__name__,
-            error=str(error)[:500],
+            **problem_fields(record, error),
         )
 
     async def handle(record: ConsumerRecord[Any, Any]) -> None:
