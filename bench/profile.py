@@ -1,11 +1,14 @@
 """py-spy sampling of running services during a phase, summarised as top costs.
 
-``py-spy record --nonblocking --format raw`` is attached to each service's pid for the
+``py-spy record --nonblocking --gil --format raw`` is attached to each service's pid for the
 length of the phase (stopped with SIGINT, which makes it write its file). The raw format
 is one collapsed stack per line with its sample count; the summary gives, per service,
 the share of samples whose innermost frame is in each function ("self") and each package,
 and the share of samples that pass through each AI Spine function ("inclusive").
-py-spy needs ptrace (root, or CAP_SYS_PTRACE).
+py-spy needs ptrace (root, or CAP_SYS_PTRACE). ``--gil`` keeps only samples of the thread
+holding the GIL: without it, a service that is runnable but waiting for a core right after a
+socket write (the machine is saturated) showed up as 40-50 % "busy" in
+``_SelectorSocketTransport.write``, while its kernel time was under a tenth of its CPU.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Profiler:
                         "--rate",
                         str(self.rate),
                         "--nonblocking",
+                        "--gil",
                         "--format",
                         "raw",
                         "-o",
