@@ -88,6 +88,7 @@ from spine_servicekit.kafka import (
 )
 from spine_servicekit.kafka import instance_id as new_instance_id
 from spine_servicekit.logging import bind, configure_logging, get_logger
+from spine_servicekit.runtime import run_loop
 from spine_servicekit.settings import load_settings
 
 from .offsets import OffsetTracker
@@ -264,7 +265,7 @@ class Agent:
         configure_logging(self.agent_id, settings.log_level, console=settings.dev_mode or None)
         tracing.setup(f"agent-{self.agent_id}")
         try:
-            asyncio.run(self._main(settings))
+            run_loop(self._main(settings), settings.event_loop)
         finally:
             tracing.shutdown()
 

@@ -265,6 +265,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._projector._on_assigned(set(assigned))
 
 
+#: ``min_interval_s`` for projections no request waits on (measured under a burst: one
+#: PostgreSQL transaction per ~6 records before, 13.5 transactions per execution in all)
+BATCH_INTERVAL_S = 0.25
+
+
 class Projector:
     """Runs one :class:`Projection` into ``schema``: ``start()``/``stop()`` or ``async with``.
 
@@ -284,6 +289,7 @@ class Projector:
         kafka_commit_interval_s: float = 1.0,
         prune_interval_s: float = 60.0,
         prune_batch: int = 5000,
+        min_interval_s: float = 0.0,
     ) -> None:
         quote_schema(schema)
         if max_batch < 1:
@@ -298,6 +304,10 @@ class Projector:
         self._kafka_commit_interval_s = kafka_commit_interval_s
         self._prune_interval_s = prune_interval_s
         self._prune_batch = prune_batch
+        #: at least this long between the starts of two batches: a read model nobody waits
+        #: on gathers a burst into one PostgreSQL transaction (and one fetch) per interval
+        #: instead of one per handful of records; a record after a quiet spell is not held.
+        self._min_interval_s = min_interval_s
         self._last_prune = time.monotonic()
         #: the latest applied record timestamp (ms) per partition, for the prune frontier
         self._latest_ts: dict[TopicPartition, int] = {}
@@ -542,7 +552,10 @@ class Projector:
                 fetched = await self._consumer.getmany(
                     timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
                 )
+                started = time.monotonic()
                 await self._handle(fetched)
+                if fetched and self._min_interval_s > 0:
+                    await asyncio.sleep(self._min_interval_s - (time.monotonic() - started))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

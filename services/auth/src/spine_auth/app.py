@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from spine_contracts import topics
 from spine_servicekit.kafka import KafkaConfig
 from spine_servicekit.logging import get_logger
-from spine_servicekit.projector import Projector
+from spine_servicekit.projector import BATCH_INTERVAL_S, Projector
 from spine_servicekit.runtime import ServiceContext
 from spine_servicekit.txloop import TransactionalLoop
 
@@ -82,6 +82,7 @@ def make_projector(cfg: KafkaConfig, settings: AuthSettings) -> Projector:
         auth_projection(),
         schema=settings.db_schema,
         group_id=f"{cfg.prefix}auth-projector",
+        min_interval_s=BATCH_INTERVAL_S,
     )
 
 

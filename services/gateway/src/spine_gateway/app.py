@@ -22,7 +22,7 @@ from spine_servicekit import tracing
 from spine_servicekit.kafka import KafkaConfig, instance_id, make_producer
 from spine_servicekit.logging import get_logger
 from spine_servicekit.postgres import create_pool
-from spine_servicekit.projector import Projector, ProjectorError
+from spine_servicekit.projector import BATCH_INTERVAL_S, Projector, ProjectorError
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -68,6 +68,10 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
+#: the users projection (two balance events per execution) batches a burst at this pace
+USERS_BATCH_INTERVAL_S = 0.1
+
+
 def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> FastAPI:
     replica = replica_id or settings.instance_id or instance_id("gateway")
 
@@ -82,7 +86,12 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
             marks = Marks()
             projectors = Projectors(
                 users=Projector(
-                    cfg, settings.database_url, users_projection(marks), schema=settings.db_schema
+                    cfg,
+                    settings.database_url,
+                    users_projection(marks),
+                    schema=settings.db_schema,
+                    # balances move with every execution; a new user's first record is not held
+                    min_interval_s=USERS_BATCH_INTERVAL_S,
                 ),
                 flows=Projector(
                     cfg, settings.database_url, flows_projection(), schema=settings.db_schema
@@ -101,6 +110,7 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
                     settings.database_url,
                     usage_projection(),
                     schema=settings.db_schema,
+                    min_interval_s=BATCH_INTERVAL_S,
                 ),
             )
             for projector in projectors.all():  # one by one: they share the schema's ledger

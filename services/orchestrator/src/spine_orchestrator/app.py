@@ -12,7 +12,7 @@ from spine_flows import compile_condition
 from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import dead_letter, dead_letter_outgoing, headers_for
 from spine_servicekit.logging import get_logger
-from spine_servicekit.projector import Projector
+from spine_servicekit.projector import BATCH_INTERVAL_S, Projector
 from spine_servicekit.runtime import ServiceContext
 from spine_servicekit.txloop import TransactionalLoop
 
@@ -83,7 +83,11 @@ async def main(ctx: ServiceContext) -> None:
         max_batch=settings.max_batch,
     )
     projector = Projector(
-        cfg.background(), settings.database_url, PROJECTION, schema=settings.schema_name
+        cfg.background(),
+        settings.database_url,
+        PROJECTION,
+        schema=settings.schema_name,
+        min_interval_s=BATCH_INTERVAL_S,
     )
 
     flows_topic = cfg.topic(topics.FLOWS)
