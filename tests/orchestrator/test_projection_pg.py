@@ -1,0 +1,135 @@
+"""The orchestrator's projection on a real PostgreSQL schema: it keeps no table of applied
+message ids (``dedupe=False``), so applying events again — early or late repeats, in any
+batches — must leave exactly the rows of applying each once (G6)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from spine_contracts import (
+    ExecutionCompleted,
+    ExecutionStarted,
+    FlowDefinition,
+    InputReceived,
+    Message,
+    NodeCompleted,
+    NodeDispatched,
+    NodeFailed,
+    NodeWaitingInput,
+    ProvideInput,
+)
+from spine_orchestrator.projection import MIGRATIONS, PROJECTION
+from spine_servicekit.projector import Incoming
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+FLOW = FlowDefinition.model_validate(
+    {"flow_id": "f", "nodes": [{"id": "a", "agent_id": "echo"}, {"id": "b", "agent_id": "echo"}]}
+)
+
+
+def _events(eid: str) -> list[Message]:
+    common: dict[str, Any] = {"execution_id": eid}
+    answer = ProvideInput.build(execution_id=eid, input={"x": 1})
+    built: list[Message] = [
+        ExecutionStarted.build(
+            **common, seq=1, user_id="u", flow_id="f", flow_version="v", flow=FLOW, input_data={}
+        ),
+        NodeDispatched.build(
+            **common, seq=2, node_id="a", attempt=1, agent_id="echo", task_id=f"{eid}:t1"
+        ),
+        NodeFailed.build(
+            **common,
+            seq=3,
+            node_id="a",
+            attempt=1,
+            agent_id="echo",
+            error_message="boom",
+            will_retry=True,
+        ),
+        NodeDispatched.build(
+            **common, seq=4, node_id="a", attempt=2, agent_id="echo", task_id=f"{eid}:t2"
+        ),
+        NodeCompleted.build(
+            **common, seq=5, node_id="a", attempt=2, agent_id="echo", output={"o": 1}
+        ),
+        NodeDispatched.build(
+            **common, seq=6, node_id="b", attempt=1, agent_id="echo", task_id=f"{eid}:t3"
+        ),
+        NodeWaitingInput.build(**common, seq=7, node_id="b", attempt=1, turn=1, question="?"),
+        InputReceived.build(cause=answer, **common, seq=8, node_id="b", turn=1, input={"x": 1}),
+        NodeCompleted.build(**common, seq=9, node_id="b", attempt=1, agent_id="echo", output={}),
+        ExecutionCompleted.build(**common, seq=10, output_data={"b": {}}),
+    ]
+    return [
+        m.model_copy(update={"occurred_at": T0 + timedelta(seconds=i)}) for i, m in enumerate(built)
+    ]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def conn(database_url: str, pg_schema: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url)
+    await connection.execute(f'SET search_path TO "{pg_schema}"')
+    for ddl in MIGRATIONS:
+        await connection.execute(ddl)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def _apply(conn: asyncpg.Connection, messages: list[Message], size: int) -> None:
+    items = [Incoming("events", 0, i, None, 0, m) for i, m in enumerate(messages)]
+    for i in range(0, len(items), size):
+        async with conn.transaction():
+            await PROJECTION.apply(conn, items[i : i + size])
+
+
+async def _rows(conn: asyncpg.Connection, eid: str) -> dict[str, Any]:
+    def strip(rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+        return [
+            {k: v for k, v in dict(r).items() if k not in ("execution_id", "task_id")} for r in rows
+        ]
+
+    return {
+        "execution": strip(await conn.fetch("SELECT * FROM executions WHERE execution_id=$1", eid)),
+        "nodes": strip(
+            await conn.fetch(
+                "SELECT * FROM node_runs WHERE execution_id=$1 ORDER BY node_id, attempt", eid
+            )
+        ),
+        "messages": strip(
+            await conn.fetch(
+                "SELECT * FROM agent_messages WHERE execution_id=$1 ORDER BY task_id", eid
+            )
+        ),
+    }
+
+
+async def test_repeats_in_any_batches_leave_the_rows_of_one_application(
+    conn: asyncpg.Connection,
+) -> None:
+    assert PROJECTION.dedupe is False
+    once_id = f"e-{uuid.uuid4().hex[:8]}"
+    await _apply(conn, _events(once_id), 100)
+    once = await _rows(conn, once_id)
+    assert once["execution"][0]["status"] == "completed"
+    assert [(n["node_id"], n["attempt"], n["status"]) for n in once["nodes"]] == [
+        ("a", 1, "failed"),
+        ("a", 2, "completed"),
+        ("b", 1, "completed"),
+    ]
+    for size in (1, 3, 100):
+        eid = f"e-{uuid.uuid4().hex[:8]}"
+        events = _events(eid)
+        # an early repeat, then late repeats of a waiting node and an older status
+        replayed = events[:3] + events[1:3] + events[3:] + events[5:8] + events[:2]
+        await _apply(conn, replayed, size)
+        assert await _rows(conn, eid) == once, f"batches of {size}"
