@@ -14,12 +14,15 @@ import pytest
 import pytest_asyncio
 from spine_contracts import (
     CancelExecution,
+    CreditsReserved,
+    CreditsSettled,
     ExecutionCancelled,
     ExecutionCommandRejected,
     ExecutionCompleted,
     ExecutionStarted,
     FlowDefinition,
     InputReceived,
+    KeyRotated,
     Message,
     NodeCompleted,
     NodeDispatched,
@@ -27,13 +30,16 @@ from spine_contracts import (
     NodeWaitingInput,
     ProvideInput,
     UsageRecorded,
+    UserCreated,
 )
 from spine_gateway.projection import (
     EXECUTIONS_DDL,
     USAGE_DDL,
+    USERS_DDL,
     Marks,
     executions_projection,
     usage_projection,
+    users_projection,
 )
 from spine_servicekit.projector import Incoming
 
@@ -104,6 +110,7 @@ async def conn(database_url: str, pg_schema: str) -> AsyncIterator[asyncpg.Conne
     await connection.execute(f'SET search_path TO "{pg_schema}"')
     await connection.execute(EXECUTIONS_DDL)
     await connection.execute(USAGE_DDL)
+    await connection.execute(USERS_DDL)
     try:
         yield connection
     finally:
@@ -214,3 +221,49 @@ async def test_usage_folds_into_hours_and_totals(conn: asyncpg.Connection) -> No
     assert (total["requests"], total["errors"], total["credits"]) == (3, 1, 1)
     assert total["first_request_at"] == T0
     assert total["last_request_at"] == T0 + timedelta(minutes=70)
+
+
+async def test_users_balances_fold_per_batch_and_keep_the_order_of_the_rest(
+    conn: asyncpg.Connection,
+) -> None:
+    """A run of balance events for one user becomes one update; a key rotation between
+    them still lands in order, so every batch size gives the one-by-one rows."""
+    rows = []
+    for size in (1, 2, 100):
+        uid = f"u-{uuid.uuid4().hex[:8]}"
+        h1, h2, h3 = (uuid.uuid4().hex * 2 for _ in range(3))
+        built: list[Message] = [
+            UserCreated.build(
+                user_id=uid, email=f"{uid}@x.test", rate_limit=5, key_hash=h1, balance=10
+            ),
+            CreditsReserved.build(user_id=uid, execution_id="e1", amount=2, balance=8),
+            KeyRotated.build(user_id=uid, key_hash=h2, previous_key_hash=h1),
+            CreditsReserved.build(user_id=uid, execution_id="e2", amount=2, balance=6),
+            CreditsSettled.build(
+                user_id=uid,
+                execution_id="e1",
+                outcome="completed",
+                charged=2,
+                refunded=0,
+                balance=6,
+            ),
+            CreditsSettled.build(
+                user_id=uid,
+                execution_id="e2",
+                outcome="failed",
+                charged=0,
+                refunded=2,
+                balance=8,
+            ),
+            KeyRotated.build(user_id=uid, key_hash=h3, previous_key_hash=h2),
+        ]
+        items = _incoming([m.model_copy(update=_at(i)) for i, m in enumerate(built)])
+        apply = users_projection(Marks()).apply
+        for i in range(0, len(items), size):
+            async with conn.transaction():
+                await apply(conn, items[i : i + size])
+        row = dict(await conn.fetchrow("SELECT * FROM users WHERE user_id = $1", uid))
+        assert (row["balance"], row["key_hash"]) == (8, h3)
+        assert row["updated_at"] == T0 + timedelta(seconds=6)
+        rows.append({k: v for k, v in row.items() if k not in ("user_id", "email", "key_hash")})
+    assert rows[0] == rows[1] == rows[2]

@@ -114,10 +114,36 @@ CREATE INDEX users_email ON users (lower(email));
 """
 
 
+_BALANCE_EVENTS = (
+    CreditsAdded,
+    CreditsReserved,
+    CreditsRejected,
+    ReservationWithdrawn,
+    CreditsSettled,
+)
+
+
 def users_projection(marks: Marks) -> Projection:
+    """Balance events carry the balance after them, so a batch's run of them for one user
+    is one update (the last); every execution moves a balance twice."""
+
     async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
+        balances: dict[str, tuple[int, datetime]] = {}
+
+        async def flush() -> None:
+            if balances:
+                await conn.executemany(
+                    "UPDATE users SET balance = $2, updated_at = $3 WHERE user_id = $1",
+                    [(uid, balance, at) for uid, (balance, at) in balances.items()],
+                )
+                balances.clear()
+
         for item in batch:
             m = item.message
+            if isinstance(m, _BALANCE_EVENTS):
+                balances[m.data.user_id] = (m.data.balance, _ts(item))
+                continue
+            await flush()  # keep the order of every other statement
             if isinstance(m, UserCreated):
                 d = m.data
                 await conn.execute(
@@ -142,20 +168,7 @@ def users_projection(marks: Marks) -> Projection:
                     m.data.key_hash,
                     _ts(item),
                 )
-            elif isinstance(
-                m,
-                CreditsAdded
-                | CreditsReserved
-                | CreditsRejected
-                | ReservationWithdrawn
-                | CreditsSettled,
-            ):
-                await conn.execute(
-                    "UPDATE users SET balance = $2, updated_at = $3 WHERE user_id = $1",
-                    m.data.user_id,
-                    m.data.balance,
-                    _ts(item),
-                )
+        await flush()
 
     return Projection("gw_users", (topics.AUTH_EVENTS,), apply, migrations=(USERS_DDL,))
 
