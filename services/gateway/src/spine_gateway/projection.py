@@ -374,7 +374,7 @@ def executions_projection(marks: Marks) -> Projection:
                 [item.message.data.execution_id for item in batch],  # type: ignore[attr-defined]
                 [item.message.data.seq for item in batch],  # type: ignore[attr-defined]
                 [item.message.type for item in batch],
-                [_json(item.message.data.model_dump(mode="json")) for item in batch],
+                [item.message.data.model_dump_json() for item in batch],
                 [_ts(item) for item in batch],
             )
         }
