@@ -68,10 +68,6 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
-#: the users projection (two balance events per execution) batches a burst at this pace
-USERS_BATCH_INTERVAL_S = 0.1
-
-
 def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> FastAPI:
     replica = replica_id or settings.instance_id or instance_id("gateway")
 
@@ -85,13 +81,9 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
             stack.push_async_callback(producer.stop)
             marks = Marks()
             projectors = Projectors(
+                # not paced: an execute's answer shows the reserved balance right after it
                 users=Projector(
-                    cfg,
-                    settings.database_url,
-                    users_projection(marks),
-                    schema=settings.db_schema,
-                    # balances move with every execution; a new user's first record is not held
-                    min_interval_s=USERS_BATCH_INTERVAL_S,
+                    cfg, settings.database_url, users_projection(marks), schema=settings.db_schema
                 ),
                 flows=Projector(
                     cfg, settings.database_url, flows_projection(), schema=settings.db_schema
