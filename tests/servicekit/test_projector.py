@@ -440,3 +440,33 @@ async def test_transactional_input_skips_aborted_records_and_reaches_end_offsets
     assert sum(ends.values()) > 60  # records plus markers
     assert await read_offsets(db, pg_schema, NAME) == ends
     assert await snapshot(db, pg_schema) == Snapshot(50, 50, 50, 30, 20, 50)
+
+
+async def test_pacing_holds_only_bursts(
+    cfg: KafkaConfig, database_url: str, pg_schema: str
+) -> None:
+    """``min_interval_s`` with ``pace_from``: records one at a time are applied at once (a
+    request waits on them); after a batch of ``pace_from`` or more the next waits."""
+
+    def paced() -> Projector:
+        return Projector(
+            cfg,
+            database_url,
+            projection(),
+            schema=pg_schema,
+            max_batch=100,
+            min_interval_s=60.0,
+            pace_from=50,
+        )
+
+    async with paced() as projector:
+        for eid in ids(3, "single"):  # each alone: a 60 s pause would time these out
+            metas = await produce(cfg, [started(eid)])
+            async with asyncio.timeout(10):
+                await projector.wait_for_offsets(end_offsets(metas))
+    await produce(cfg, [started(e) for e in ids(400, "burst")])
+    async with paced() as projector:  # a backlog: the first batch is a full one (100)
+        async with asyncio.timeout(10):
+            await projector.wait_for(lambda _: projector.stats.applied >= 50)
+        await asyncio.sleep(1.0)  # the absence of the next batch: nothing to await
+        assert projector.stats.applied < 400

@@ -265,6 +265,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._projector._on_assigned(set(assigned))
 
 
+def _count(fetched: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> int:
+    return sum(len(records) for records in fetched.values())
+
+
 #: ``min_interval_s`` for projections no request waits on (measured under a burst: one
 #: PostgreSQL transaction per ~6 records before, 13.5 transactions per execution in all)
 BATCH_INTERVAL_S = 0.25
@@ -290,6 +294,7 @@ class Projector:
         prune_interval_s: float = 60.0,
         prune_batch: int = 5000,
         min_interval_s: float = 0.0,
+        pace_from: int = 1,
     ) -> None:
         quote_schema(schema)
         if max_batch < 1:
@@ -308,6 +313,9 @@ class Projector:
         #: on gathers a burst into one PostgreSQL transaction (and one fetch) per interval
         #: instead of one per handful of records; a record after a quiet spell is not held.
         self._min_interval_s = min_interval_s
+        #: ... but only after a batch of at least this many records: a read model a request
+        #: waits on stays immediate one record at a time and paces only under a burst
+        self._pace_from = max(1, pace_from)
         self._last_prune = time.monotonic()
         #: the latest applied record timestamp (ms) per partition, for the prune frontier
         self._latest_ts: dict[TopicPartition, int] = {}
@@ -554,7 +562,7 @@ class Projector:
                 )
                 started = time.monotonic()
                 await self._handle(fetched)
-                if fetched and self._min_interval_s > 0:
+                if self._min_interval_s > 0 and _count(fetched) >= self._pace_from:
                     await asyncio.sleep(self._min_interval_s - (time.monotonic() - started))
         except asyncio.CancelledError:
             raise

@@ -68,6 +68,13 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
+#: The read models requests wait on (users, executions) take a batch at most every 50 ms once
+#: a batch holds this many records: under a burst, fewer and larger PostgreSQL transactions;
+#: one execution at a time (1-3 records per batch) is never held.
+BURST_RECORDS = 16
+BURST_INTERVAL_S = 0.05
+
+
 def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> FastAPI:
     replica = replica_id or settings.instance_id or instance_id("gateway")
 
@@ -81,9 +88,15 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
             stack.push_async_callback(producer.stop)
             marks = Marks()
             projectors = Projectors(
-                # not paced: an execute's answer shows the reserved balance right after it
+                # paced only under a burst: one at a time, an execute's answer already shows
+                # the reserved balance
                 users=Projector(
-                    cfg, settings.database_url, users_projection(marks), schema=settings.db_schema
+                    cfg,
+                    settings.database_url,
+                    users_projection(marks),
+                    schema=settings.db_schema,
+                    min_interval_s=BURST_INTERVAL_S,
+                    pace_from=BURST_RECORDS,
                 ),
                 flows=Projector(
                     cfg, settings.database_url, flows_projection(), schema=settings.db_schema
@@ -96,6 +109,8 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
                     settings.database_url,
                     executions_projection(marks),
                     schema=settings.db_schema,
+                    min_interval_s=BURST_INTERVAL_S,
+                    pace_from=BURST_RECORDS,
                 ),
                 usage=Projector(
                     background,

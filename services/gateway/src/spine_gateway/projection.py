@@ -320,6 +320,23 @@ ON CONFLICT (execution_id, node_id) DO UPDATE SET
     completed_at = CASE WHEN $13 THEN EXCLUDED.completed_at ELSE n.completed_at END
 """
 
+#: One statement for every status change (executemany, in event order); the flags say
+#: whether it ends the execution, sets the output and sets the error message.
+_STATUS_UPDATE = """
+UPDATE executions SET status = $2, updated_at = $3, last_seq = GREATEST(last_seq, $4),
+    completed_at = CASE WHEN $5 THEN $3 ELSE completed_at END,
+    output_data = CASE WHEN $6 THEN $7::jsonb ELSE output_data END,
+    error_message = CASE WHEN $8 THEN $9 ELSE error_message END
+WHERE execution_id = $1 AND status NOT IN ('completed', 'failed', 'cancelled')
+"""
+
+_STARTED_INSERT = """
+INSERT INTO executions (execution_id, user_id, flow_id, flow_version, status, input_data,
+                        metadata, last_seq, created_at, updated_at)
+VALUES ($1, $2, $3, $4, 'running', $5::jsonb, $6::jsonb, $7, $8, $8)
+ON CONFLICT (execution_id) DO NOTHING
+"""
+
 _UNSET: Any = object()
 
 
@@ -380,6 +397,8 @@ def executions_projection(marks: Marks) -> Projection:
         }
         touched: dict[str, tuple[datetime, int]] = {}
         nodes: list[tuple[Any, ...]] = []
+        started: list[tuple[Any, ...]] = []
+        statuses: list[tuple[Any, ...]] = []
         for item in batch:
             m = item.message
             d: Any = m.data
@@ -394,24 +413,22 @@ def executions_projection(marks: Marks) -> Projection:
                 continue  # the same seq again: already applied
             new.discard((eid, d.seq))  # (and a repeat within this batch is one too)
             if isinstance(m, ExecutionStarted):
-                await conn.execute(
-                    """INSERT INTO executions (execution_id, user_id, flow_id, flow_version,
-                           status, input_data, metadata, last_seq, created_at, updated_at)
-                       VALUES ($1, $2, $3, $4, 'running', $5::jsonb, $6::jsonb, $7, $8, $8)
-                       ON CONFLICT (execution_id) DO NOTHING""",
-                    eid,
-                    d.user_id,
-                    d.flow_id,
-                    d.flow_version,
-                    _json(d.input_data),
-                    _json(d.metadata),
-                    d.seq,
-                    at,
+                started.append(
+                    (
+                        eid,
+                        d.user_id,
+                        d.flow_id,
+                        d.flow_version,
+                        _json(d.input_data),
+                        _json(d.metadata),
+                        d.seq,
+                        at,
+                    )
                 )
                 continue
             status: str | None = None
-            extra = ""
-            args: list[Any] = []
+            output: str | None = None
+            error: str | None = None
             if isinstance(m, NodeDispatched):
                 nodes.append(
                     _node(eid, d.node_id, "running", at, agent_id=d.agent_id, attempt=d.attempt)
@@ -450,34 +467,30 @@ def executions_projection(marks: Marks) -> Projection:
                 status = "running"
             elif type(m) in _TERMINAL_EVENTS:
                 status = _TERMINAL_EVENTS[type(m)]  # type: ignore[index]
-                extra = ", completed_at = $4"
-                args = [at]
                 if isinstance(m, ExecutionCompleted):
-                    extra += ", output_data = $5::jsonb"
-                    args.append(_json(d.output_data))
+                    output = _json(d.output_data)
                 elif isinstance(m, ExecutionFailed):
-                    extra += ", error_message = $5"
-                    args.append(d.error_message)
+                    error = d.error_message
                 elif isinstance(m, ExecutionCancelled):
-                    extra += ", error_message = $5"
-                    args.append(d.reason)
+                    error = d.reason
             elif isinstance(m, ExecutionCommandRejected):
                 pass
             if status is not None:
                 # a terminal status is final; a late event never reopens it
-                await conn.execute(
-                    f"""UPDATE executions SET status = $2, updated_at = $3,
-                            last_seq = GREATEST(last_seq, {d.seq:d}){extra}
-                        WHERE execution_id = $1
-                          AND status NOT IN ('completed', 'failed', 'cancelled')""",
-                    eid,
-                    status,
-                    at,
-                    *args,
+                terminal = type(m) in _TERMINAL_EVENTS
+                statuses.append(
+                    (eid, status, at, d.seq, terminal, output is not None, output)
+                    + (error is not None, error)
                 )
             else:
                 last = touched.get(eid)
                 touched[eid] = (max(at, last[0]), max(d.seq, last[1])) if last else (at, d.seq)
+        # An execution's start precedes its status changes in the batch, and each statement
+        # keeps event order: the rows of applying the events one by one, in 2-4 round trips.
+        if started:
+            await conn.executemany(_STARTED_INSERT, started)
+        if statuses:
+            await conn.executemany(_STATUS_UPDATE, statuses)
         if nodes:  # node rows are their own table: only their order among themselves counts
             await conn.executemany(_NODE_UPSERT, nodes)
         if touched:
