@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka.structs import RecordMetadata
@@ -21,10 +21,12 @@ from spine_contracts import (
     AgentRegistered,
     AgentResult,
     AgentStatusChanged,
+    CancelExecution,
     CreditsAdded,
     CreditsReserved,
     CreditsSettled,
     DeadLetter,
+    ExecutionCommandRejected,
     ExecutionCompleted,
     ExecutionFailed,
     ExecutionStarted,
@@ -33,11 +35,14 @@ from spine_contracts import (
     FlowDefinition,
     FlowDeleted,
     FlowNode,
+    InputReceived,
     KeyRotated,
     Message,
     NodeCompleted,
     NodeDispatched,
     NodeFailed,
+    NodeWaitingInput,
+    ProvideInput,
     StartExecution,
     UsageRecorded,
     UserCreated,
@@ -74,6 +79,60 @@ POISON: dict[str, bytes] = {
     "invalid-body": b'{"type": "execution.started", "data": {"execution_id": 5}}',
     "future-version": b'{"type": "execution.started", "version": 99, "data": {}}',
 }
+
+
+#: the two-node flow of :func:`execution_trail`
+TRAIL_FLOW = FlowDefinition(
+    flow_id="f", nodes=(FlowNode(id="a", agent_id="echo"), FlowNode(id="b", agent_id="echo"))
+)
+
+
+def execution_trail(eid: str, t0: datetime) -> list[Message]:
+    """Every kind of execution event, one second apart from ``t0``: a node that fails once
+    and is retried, a node that waits for input, completion, then a rejected late cancel.
+    For the projections' "same rows whatever the batches and repeats" tests."""
+    common: dict[str, Any] = {"execution_id": eid}
+    cancel = CancelExecution.build(execution_id=eid)
+    answer = ProvideInput.build(execution_id=eid, input={"x": 1})
+    built: list[Message] = [
+        ExecutionStarted.build(
+            **common,
+            seq=1,
+            user_id="u",
+            flow_id="f",
+            flow_version="v",
+            flow=TRAIL_FLOW,
+            input_data={"in": 1},
+        ),
+        NodeDispatched.build(
+            **common, seq=2, node_id="a", attempt=1, agent_id="echo", task_id=f"{eid}:t1"
+        ),
+        NodeFailed.build(
+            **common,
+            seq=3,
+            node_id="a",
+            attempt=1,
+            agent_id="echo",
+            error_message="boom",
+            will_retry=True,
+        ),
+        NodeDispatched.build(
+            **common, seq=4, node_id="a", attempt=2, agent_id="echo", task_id=f"{eid}:t2"
+        ),
+        NodeCompleted.build(
+            **common, seq=5, node_id="a", attempt=2, agent_id="echo", output={"o": 1}
+        ),
+        NodeWaitingInput.build(**common, seq=6, node_id="b", attempt=1, turn=1, question="?"),
+        InputReceived.build(cause=answer, **common, seq=7, node_id="b", turn=1, input={"x": 1}),
+        NodeCompleted.build(**common, seq=8, node_id="b", attempt=1, output={"o": 2}),
+        ExecutionCompleted.build(**common, seq=9, output_data={"b": {"o": 2}}),
+        ExecutionCommandRejected.build(
+            cause=cancel, **common, seq=10, command_type=cancel.type, reason="already completed"
+        ),
+    ]
+    return [
+        m.model_copy(update={"occurred_at": t0 + timedelta(seconds=i)}) for i, m in enumerate(built)
+    ]
 
 
 def execution_events(execution_id: str, i: int) -> list[Message]:

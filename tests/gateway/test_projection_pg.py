@@ -12,23 +12,17 @@ from typing import Any
 import asyncpg
 import pytest
 import pytest_asyncio
+from crash.helpers import execution_trail
 from spine_contracts import (
     CancelExecution,
     CreditsReserved,
     CreditsSettled,
     ExecutionCancelled,
     ExecutionCommandRejected,
-    ExecutionCompleted,
-    ExecutionStarted,
     FlowDefinition,
     InputReceived,
     KeyRotated,
     Message,
-    NodeCompleted,
-    NodeDispatched,
-    NodeFailed,
-    NodeWaitingInput,
-    ProvideInput,
     UsageRecorded,
     UserCreated,
 )
@@ -56,46 +50,7 @@ def _at(seconds: float) -> dict[str, Any]:
 
 
 def _events(eid: str) -> list[Message]:
-    common = {"execution_id": eid}
-    cancel = CancelExecution.build(execution_id=eid)
-    answer = ProvideInput.build(execution_id=eid, input={"x": 1})
-    built: list[Message] = [
-        ExecutionStarted.build(
-            **common,
-            seq=1,
-            user_id="u",
-            flow_id="f",
-            flow_version="v",
-            flow=FLOW,
-            input_data={"in": 1},
-        ),
-        NodeDispatched.build(
-            **common, seq=2, node_id="a", attempt=1, agent_id="echo", task_id="t1"
-        ),
-        NodeFailed.build(
-            **common,
-            seq=3,
-            node_id="a",
-            attempt=1,
-            agent_id="echo",
-            error_message="boom",
-            will_retry=True,
-        ),
-        NodeDispatched.build(
-            **common, seq=4, node_id="a", attempt=2, agent_id="echo", task_id="t2"
-        ),
-        NodeCompleted.build(
-            **common, seq=5, node_id="a", attempt=2, agent_id="echo", output={"o": 1}
-        ),
-        NodeWaitingInput.build(**common, seq=6, node_id="b", attempt=1, turn=1, question="?"),
-        InputReceived.build(cause=answer, **common, seq=7, node_id="b", turn=1, input={"x": 1}),
-        NodeCompleted.build(**common, seq=8, node_id="b", attempt=1, output={"o": 2}),
-        ExecutionCompleted.build(**common, seq=9, output_data={"b": {"o": 2}}),
-        ExecutionCommandRejected.build(
-            cause=cancel, **common, seq=10, command_type=cancel.type, reason="already completed"
-        ),
-    ]
-    return [m.model_copy(update=_at(i)) for i, m in enumerate(built)]
+    return execution_trail(eid, T0)
 
 
 def _incoming(messages: Sequence[Message]) -> list[Incoming]:

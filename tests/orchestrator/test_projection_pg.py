@@ -6,23 +6,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 import pytest_asyncio
+from crash.helpers import execution_trail
 from spine_contracts import (
-    ExecutionCompleted,
-    ExecutionStarted,
-    FlowDefinition,
-    InputReceived,
     Message,
-    NodeCompleted,
-    NodeDispatched,
-    NodeFailed,
-    NodeWaitingInput,
-    ProvideInput,
 )
 from spine_orchestrator.projection import MIGRATIONS, PROJECTION
 from spine_servicekit.projector import Incoming
@@ -30,47 +22,10 @@ from spine_servicekit.projector import Incoming
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-FLOW = FlowDefinition.model_validate(
-    {"flow_id": "f", "nodes": [{"id": "a", "agent_id": "echo"}, {"id": "b", "agent_id": "echo"}]}
-)
 
 
 def _events(eid: str) -> list[Message]:
-    common: dict[str, Any] = {"execution_id": eid}
-    answer = ProvideInput.build(execution_id=eid, input={"x": 1})
-    built: list[Message] = [
-        ExecutionStarted.build(
-            **common, seq=1, user_id="u", flow_id="f", flow_version="v", flow=FLOW, input_data={}
-        ),
-        NodeDispatched.build(
-            **common, seq=2, node_id="a", attempt=1, agent_id="echo", task_id=f"{eid}:t1"
-        ),
-        NodeFailed.build(
-            **common,
-            seq=3,
-            node_id="a",
-            attempt=1,
-            agent_id="echo",
-            error_message="boom",
-            will_retry=True,
-        ),
-        NodeDispatched.build(
-            **common, seq=4, node_id="a", attempt=2, agent_id="echo", task_id=f"{eid}:t2"
-        ),
-        NodeCompleted.build(
-            **common, seq=5, node_id="a", attempt=2, agent_id="echo", output={"o": 1}
-        ),
-        NodeDispatched.build(
-            **common, seq=6, node_id="b", attempt=1, agent_id="echo", task_id=f"{eid}:t3"
-        ),
-        NodeWaitingInput.build(**common, seq=7, node_id="b", attempt=1, turn=1, question="?"),
-        InputReceived.build(cause=answer, **common, seq=8, node_id="b", turn=1, input={"x": 1}),
-        NodeCompleted.build(**common, seq=9, node_id="b", attempt=1, agent_id="echo", output={}),
-        ExecutionCompleted.build(**common, seq=10, output_data={"b": {}}),
-    ]
-    return [
-        m.model_copy(update={"occurred_at": T0 + timedelta(seconds=i)}) for i, m in enumerate(built)
-    ]
+    return execution_trail(eid, T0)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -130,6 +85,6 @@ async def test_repeats_in_any_batches_leave_the_rows_of_one_application(
         eid = f"e-{uuid.uuid4().hex[:8]}"
         events = _events(eid)
         # an early repeat, then late repeats of a waiting node and an older status
-        replayed = events[:3] + events[1:3] + events[3:] + events[5:8] + events[:2]
+        replayed = events[:3] + events[1:3] + events[3:] + events[5:7] + events[:2]
         await _apply(conn, replayed, size)
         assert await _rows(conn, eid) == once, f"batches of {size}"

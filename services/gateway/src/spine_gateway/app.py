@@ -22,7 +22,7 @@ from spine_servicekit import tracing
 from spine_servicekit.kafka import KafkaConfig, instance_id, make_producer
 from spine_servicekit.logging import get_logger
 from spine_servicekit.postgres import create_pool
-from spine_servicekit.projector import BATCH_INTERVAL_S, Projector, ProjectorError
+from spine_servicekit.projector import BATCH_INTERVAL_S, Projection, Projector, ProjectorError
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -87,38 +87,21 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
             await producer.start()
             stack.push_async_callback(producer.stop)
             marks = Marks()
+            burst: dict[str, Any] = {"min_interval_s": BURST_INTERVAL_S, "pace_from": BURST_RECORDS}
+
+            def projector(kafka: KafkaConfig, projection: Projection, **pacing: Any) -> Projector:
+                return Projector(
+                    kafka, settings.database_url, projection, schema=settings.db_schema, **pacing
+                )
+
             projectors = Projectors(
                 # paced only under a burst: one at a time, an execute's answer already shows
                 # the reserved balance
-                users=Projector(
-                    cfg,
-                    settings.database_url,
-                    users_projection(marks),
-                    schema=settings.db_schema,
-                    min_interval_s=BURST_INTERVAL_S,
-                    pace_from=BURST_RECORDS,
-                ),
-                flows=Projector(
-                    cfg, settings.database_url, flows_projection(), schema=settings.db_schema
-                ),
-                agents=Projector(
-                    cfg, settings.database_url, agents_projection(marks), schema=settings.db_schema
-                ),
-                executions=Projector(
-                    cfg,
-                    settings.database_url,
-                    executions_projection(marks),
-                    schema=settings.db_schema,
-                    min_interval_s=BURST_INTERVAL_S,
-                    pace_from=BURST_RECORDS,
-                ),
-                usage=Projector(
-                    background,
-                    settings.database_url,
-                    usage_projection(),
-                    schema=settings.db_schema,
-                    min_interval_s=BATCH_INTERVAL_S,
-                ),
+                users=projector(cfg, users_projection(marks), **burst),
+                flows=projector(cfg, flows_projection()),
+                agents=projector(cfg, agents_projection(marks)),
+                executions=projector(cfg, executions_projection(marks), **burst),
+                usage=projector(background, usage_projection(), min_interval_s=BATCH_INTERVAL_S),
             )
             for projector in projectors.all():  # one by one: they share the schema's ledger
                 await projector.start()

@@ -320,13 +320,13 @@ ON CONFLICT (execution_id, node_id) DO UPDATE SET
     completed_at = CASE WHEN $13 THEN EXCLUDED.completed_at ELSE n.completed_at END
 """
 
-#: One statement for every status change (executemany, in event order); the flags say
-#: whether it ends the execution, sets the output and sets the error message.
+#: One statement for every status change (executemany, in event order); $5 says whether it
+#: ends the execution, a null output or error message leaves the column as it is.
 _STATUS_UPDATE = """
 UPDATE executions SET status = $2, updated_at = $3, last_seq = GREATEST(last_seq, $4),
     completed_at = CASE WHEN $5 THEN $3 ELSE completed_at END,
-    output_data = CASE WHEN $6 THEN $7::jsonb ELSE output_data END,
-    error_message = CASE WHEN $8 THEN $9 ELSE error_message END
+    output_data = COALESCE($6::jsonb, output_data),
+    error_message = COALESCE($7, error_message)
 WHERE execution_id = $1 AND status NOT IN ('completed', 'failed', 'cancelled')
 """
 
@@ -478,10 +478,7 @@ def executions_projection(marks: Marks) -> Projection:
             if status is not None:
                 # a terminal status is final; a late event never reopens it
                 terminal = type(m) in _TERMINAL_EVENTS
-                statuses.append(
-                    (eid, status, at, d.seq, terminal, output is not None, output)
-                    + (error is not None, error)
-                )
+                statuses.append((eid, status, at, d.seq, terminal, output, error))
             else:
                 last = touched.get(eid)
                 touched[eid] = (max(at, last[0]), max(d.seq, last[1])) if last else (at, d.seq)
