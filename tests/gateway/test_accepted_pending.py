@@ -1,17 +1,21 @@
 """An execution answered ``pending`` (the read model was behind at execute time) is never
-a 404 for its owner: reads wait for the projection, then answer 503 (retry). Fakes of the
-ports; no I/O."""
+a 404 for its owner: reads wait for the projection, then answer 503 (retry). A read never
+shows less than the execution's stream already showed. Fakes of the ports; no I/O."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
+from crash.helpers import execution_trail
 from spine_gateway.errors import NotFound, Unavailable
 from spine_gateway.service import GatewayService
 from spine_gateway.settings import GatewaySettings
+from spine_servicekit.projector import Incoming
 
 
 class FakeRead:
@@ -42,7 +46,15 @@ class FakeProjector:
             self.changed.clear()
             await self.changed.wait()
 
-    def apply(self, tp: str, offset: int) -> None:
+    async def wait_for_offsets(self, targets: Mapping[Any, int]) -> None:
+        await self.wait_for(
+            lambda applied: all(applied.get(t, -1) >= n for t, n in targets.items())
+        )
+
+    def applied_offsets(self) -> dict[Any, int]:
+        return dict(self.applied)
+
+    def apply(self, tp: Any, offset: int) -> None:
         self.applied[tp] = offset
         self.changed.set()
 
@@ -103,3 +115,22 @@ async def test_another_user_and_an_unknown_id_are_404_at_once() -> None:
     for user, eid in ((OTHER, "e1"), (OWNER, "e2")):
         with pytest.raises(NotFound):
             await asyncio.wait_for(p.service.own_execution(user, eid), 0.1)  # no waiting
+
+
+async def test_a_read_after_a_streamed_event_waits_until_the_read_model_has_it() -> None:
+    p = Ports()
+    trail = execution_trail("e1", datetime(2026, 12, 6, tzinfo=UTC))
+    tp = TopicPartition("events", 0)
+    p.read.rows["e1"] = {"execution_id": "e1", "user_id": "u1", "status": "running"}
+    p.projector.apply(tp, 7)
+    # the executions projector decoded the completion (a stream may have sent it already)
+    p.service.live.tap([Incoming(tp.topic, tp.partition, 7, None, 0, trail[-2])])
+    read = asyncio.create_task(p.service.own_execution(OWNER, "e1"))
+    await asyncio.sleep(0)
+    assert not read.done()  # the read model has not stored it yet
+    p.read.rows["e1"] = {"execution_id": "e1", "user_id": "u1", "status": "completed"}
+    p.projector.apply(tp, 8)
+    row = await asyncio.wait_for(read, 5)
+    assert row["status"] == "completed"
+    # once stored, reads do not wait
+    assert (await asyncio.wait_for(p.service.own_execution(OWNER, "e1"), 0.1))["user_id"] == "u1"

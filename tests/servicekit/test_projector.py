@@ -470,3 +470,27 @@ async def test_pacing_holds_only_bursts(
             await projector.wait_for(lambda _: projector.stats.applied >= 50)
         await asyncio.sleep(1.0)  # the absence of the next batch: nothing to await
         assert projector.stats.applied < 400
+
+
+async def test_tap_sees_each_batch_before_it_is_applied_and_cannot_stop_the_loop(
+    cfg: KafkaConfig, database_url: str, pg_schema: str
+) -> None:
+    """The gateway streams from the tap: every record, decoded, ahead of its PostgreSQL
+    transaction; a tap that raises is logged, the read model goes on."""
+    metas = await produce(cfg, lifecycle(ids(60, "tap")))
+    tapped: list[tuple[int, int]] = []  # (record offset, applied offset of its partition then)
+    projector: Projector
+
+    def tap(batch: Sequence[Incoming]) -> None:
+        applied = projector.applied_offsets()
+        for item in batch:
+            tapped.append((item.offset, applied.get(TopicPartition(item.topic, item.partition), 0)))
+        raise RuntimeError("a broken subscriber")
+
+    projector = Projector(cfg, database_url, projection(), schema=pg_schema, max_batch=25, tap=tap)
+    async with projector:
+        async with asyncio.timeout(20):
+            await projector.wait_for_offsets(end_offsets(metas))
+    assert len(tapped) == len(metas) == 120
+    assert all(applied <= offset for offset, applied in tapped)  # none was applied yet
+    assert projector.stats.applied == 120

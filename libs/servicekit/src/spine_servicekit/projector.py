@@ -295,6 +295,7 @@ class Projector:
         prune_batch: int = 5000,
         min_interval_s: float = 0.0,
         pace_from: int = 1,
+        tap: Callable[[Sequence[Incoming]], None] | None = None,
     ) -> None:
         quote_schema(schema)
         if max_batch < 1:
@@ -316,6 +317,8 @@ class Projector:
         #: ... but only after a batch of at least this many records: a read model a request
         #: waits on stays immediate one record at a time and paces only under a burst
         self._pace_from = max(1, pace_from)
+        #: sees every decoded batch before it is applied (a live feed; must not block or raise)
+        self._tap = tap
         self._last_prune = time.monotonic()
         #: the latest applied record timestamp (ms) per partition, for the prune frontier
         self._latest_ts: dict[TopicPartition, int] = {}
@@ -588,6 +591,8 @@ class Projector:
         moved = {tp: p for tp, p in positions.items() if p > self._applied.get(tp, 0)}
         if not items and not moved:
             return
+        if self._tap is not None:
+            self._feed_tap(items)
         # Positions of partitions without records move past transaction markers too.
         positions = {tp: p for tp, p in positions.items() if tp in moved or tp in fetched}
         isolate = False
@@ -612,6 +617,13 @@ class Projector:
         await self._commit_to_kafka()
         if self.projection.dedupe and time.monotonic() - self._last_prune >= self._prune_interval_s:
             await self.prune()
+
+    def _feed_tap(self, items: Sequence[_Item]) -> None:
+        assert self._tap is not None
+        try:
+            self._tap([it.incoming for it in items if it.incoming is not None])
+        except Exception as exc:  # a live feed never stops the read model
+            self._log.error("projector_tap_failed", exc_info=exc)
 
     # --- pruning the dedupe rows ---------------------------------------------------------
 

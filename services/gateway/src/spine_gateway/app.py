@@ -40,6 +40,7 @@ from .adapters.postgres import ReadModel
 from .adapters.redis import RedisStore
 from .errors import GatewayError, code_for_status, error_body
 from .limits import BodySizeLimit
+from .live import LiveTrail
 from .metrics import GatewayMetrics
 from .projection import (
     Marks,
@@ -87,6 +88,7 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
             await producer.start()
             stack.push_async_callback(producer.stop)
             marks = Marks()
+            live = LiveTrail()
             burst: dict[str, Any] = {"min_interval_s": BURST_INTERVAL_S, "pace_from": BURST_RECORDS}
 
             def projector(kafka: KafkaConfig, projection: Projection, **pacing: Any) -> Projector:
@@ -100,7 +102,7 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
                 users=projector(cfg, users_projection(marks), **burst),
                 flows=projector(cfg, flows_projection()),
                 agents=projector(cfg, agents_projection(marks)),
-                executions=projector(cfg, executions_projection(marks), **burst),
+                executions=projector(cfg, executions_projection(marks), tap=live.tap, **burst),
                 usage=projector(background, usage_projection(), min_interval_s=BATCH_INTERVAL_S),
             )
             for projector in projectors.all():  # one by one: they share the schema's ledger
@@ -138,6 +140,7 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
                 projectors=projectors,
                 marks=marks,
                 observers=Observers(heartbeats=heartbeats, summary=summary, lag=lag, usage=usage),
+                live=live,
             )
             await _catch_up(projectors.all(), settings.catchup_timeout_s)
             app.state.service = service

@@ -68,13 +68,12 @@ from .errors import (
     replayed,
 )
 from .keys import generate_key, hash_key, same_secret
+from .live import LiveTrail, event_view, follow_trail
 from .projection import Marks
 from .ratelimit import RateDecision
 from .settings import GatewaySettings
 
 log = get_logger(__name__)
-
-TERMINAL_EVENT_TYPES = frozenset({"execution.completed", "execution.failed", "execution.cancelled"})
 
 
 @dataclass(frozen=True)
@@ -140,6 +139,7 @@ class GatewayService:
         projectors: Projectors,
         marks: Marks,
         observers: Observers,
+        live: LiveTrail | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
@@ -149,6 +149,8 @@ class GatewayService:
         self.projectors = projectors
         self.marks = marks
         self.observers = observers
+        #: the executions projector's tap (``app.py`` wires it); streams follow it
+        self.live = live or LiveTrail()
 
     # --- authentication and limits ---------------------------------------------------------
 
@@ -345,12 +347,25 @@ class GatewayService:
         }
 
     async def own_execution(self, user: Row, execution_id: str) -> Row:
+        await self._seen_stored(execution_id)
         row = await self.read.execution(execution_id)
         if row is None and await self.store.accepted_by(execution_id) == str(user["user_id"]):
             row = await self._accepted_row(execution_id)
         if row is None or row["user_id"] != user["user_id"]:
             raise NotFound(f"execution {execution_id!r} not found", code="EXECUTION_NOT_FOUND")
         return row
+
+    async def _seen_stored(self, execution_id: str) -> None:
+        """Wait until the read model holds every event of the execution this replica has
+        decoded: a read after a stream's event shows at least that event."""
+        projector = self.projectors.executions
+        mark = self.live.pending(execution_id, projector.applied_offsets())
+        if mark is None:
+            return
+        try:
+            await self._wait_offset(projector, *mark)
+        except TimeoutError:
+            log.warning("read_model_behind_stream", execution_id=execution_id)
 
     async def _accepted_row(self, execution_id: str) -> Row:
         """An execution this gateway answered as ``pending`` (the read model was behind):
@@ -568,9 +583,7 @@ class GatewayService:
                 input=data,
                 request_id=_new_request_id(),
             )
-            await self.publisher.publish(
-                topics.EXECUTION_COMMANDS, execution_id, cmd, what="input"
-            )
+            await self.publisher.publish(topics.EXECUTION_COMMANDS, execution_id, cmd, what="input")
             outcome = await self._outcome(cmd)
             if isinstance(outcome, ExecutionCommandRejected):
                 raise Conflict(
@@ -595,12 +608,7 @@ class GatewayService:
 
     @staticmethod
     def _event_view(e: Row) -> dict[str, Any]:
-        return {
-            "seq": e["seq"],
-            "type": e["type"],
-            "data": e["data"],
-            "occurred_at": _iso(e["occurred_at"]),
-        }
+        return event_view(e["seq"], e["type"], e["data"], e["occurred_at"])
 
     async def events(self, user: Row, execution_id: str) -> dict[str, Any]:
         await self.own_execution(user, execution_id)
@@ -650,26 +658,25 @@ class GatewayService:
     ) -> AsyncIterator[dict[str, str]]:
         """The trail from after ``last_event_id``, live, until the terminal event."""
         await self.own_execution(user, execution_id)
-        projector = self.projectors.executions
+
+        async def stored_after(seq: int) -> list[dict[str, Any]]:
+            stored = await self.read.events(execution_id, after_seq=seq)
+            return [self._event_view(e) for e in stored]
 
         async def gen() -> AsyncIterator[dict[str, str]]:
-            last = -1 if last_event_id is None else last_event_id
-            while True:
-                seen = projector.applied_offsets()  # before the query: no missed wake-up
-                for e in await self.read.events(execution_id, after_seq=last):
-                    last = int(e["seq"])
+            with self.live.subscribe(execution_id) as queue:  # before the first read: no gap
+                async for view in follow_trail(
+                    queue,
+                    stored_after,
+                    lambda: self._seen_stored(execution_id),
+                    after=-1 if last_event_id is None else last_event_id,
+                    idle_s=self.settings.sse_keepalive_s,
+                ):
                     yield {
-                        "id": str(last),
-                        "event": str(e["type"]),
-                        "data": orjson.dumps(self._event_view(e)).decode(),
+                        "id": str(view["seq"]),
+                        "event": str(view["type"]),
+                        "data": orjson.dumps(view).decode(),
                     }
-                    if e["type"] in TERMINAL_EVENT_TYPES:
-                        return
-                try:
-                    async with asyncio.timeout(self.settings.sse_keepalive_s):
-                        await projector.wait_for(lambda applied, seen=seen: dict(applied) != seen)
-                except TimeoutError:
-                    continue
 
         return gen()
 
