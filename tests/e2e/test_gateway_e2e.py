@@ -368,6 +368,9 @@ async def test_flows_api_and_catalogues(api: Api) -> None:
     assert (await api.execute(key, "api_echo", {"x": 1})).status_code == 200
     assert (await api.http.delete("/api/v1/flows/api_echo", headers=h)).status_code == 200
     assert (await api.http.get("/api/v1/flows/api_echo", headers=h)).status_code == 404
+    # the execute above cached the flow; its deletion is seen by the next one
+    r = await api.execute(key, "api_echo", {"x": 1})
+    assert r.status_code == 404 and r.json()["error_code"] == "FLOW_NOT_FOUND", r.text
 
     agents = (await api.http.get("/agents", headers=h)).json()["agents"]
     assert {"echo", "zoe", "eddie"} <= {a["agent_id"] for a in agents}

@@ -494,3 +494,27 @@ async def test_tap_sees_each_batch_before_it_is_applied_and_cannot_stop_the_loop
     assert len(tapped) == len(metas) == 120
     assert all(applied <= offset for offset, applied in tapped)  # none was applied yet
     assert projector.stats.applied == 120
+
+
+async def test_on_applied_sees_each_batch_once_committed_before_any_waiter_wakes(
+    cfg: KafkaConfig, database_url: str, pg_schema: str
+) -> None:
+    """The gateway drops cached rows here: by then the read model has the change, and a
+    request woken by the commit cannot find the old row in the cache."""
+    metas = await produce(cfg, lifecycle(ids(40, "hook")))
+    seen: list[tuple[int, int]] = []  # (record offset, applied offset of its partition then)
+    projector: Projector
+
+    def on_applied(batch: Sequence[Incoming]) -> None:
+        applied = projector.applied_offsets()
+        for item in batch:
+            seen.append((item.offset, applied[TopicPartition(item.topic, item.partition)]))
+
+    projector = Projector(
+        cfg, database_url, projection(), schema=pg_schema, max_batch=10, on_applied=on_applied
+    )
+    async with projector:
+        async with asyncio.timeout(20):
+            await projector.wait_for_offsets(end_offsets(metas))
+        assert len(seen) == len(metas) == 80  # before the last waiter woke
+    assert all(applied > offset for offset, applied in seen)  # each one committed already

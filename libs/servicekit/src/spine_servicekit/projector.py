@@ -296,6 +296,7 @@ class Projector:
         min_interval_s: float = 0.0,
         pace_from: int = 1,
         tap: Callable[[Sequence[Incoming]], None] | None = None,
+        on_applied: Callable[[Sequence[Incoming]], None] | None = None,
     ) -> None:
         quote_schema(schema)
         if max_batch < 1:
@@ -319,6 +320,8 @@ class Projector:
         self._pace_from = max(1, pace_from)
         #: sees every decoded batch before it is applied (a live feed; must not block or raise)
         self._tap = tap
+        #: sees every batch once it is committed, before any waiter wakes (cache invalidation)
+        self._on_applied = on_applied
         self._last_prune = time.monotonic()
         #: the latest applied record timestamp (ms) per partition, for the prune frontier
         self._latest_ts: dict[TopicPartition, int] = {}
@@ -592,7 +595,7 @@ class Projector:
         if not items and not moved:
             return
         if self._tap is not None:
-            self._feed_tap(items)
+            self._feed(self._tap, items)
         # Positions of partitions without records move past transaction markers too.
         positions = {tp: p for tp, p in positions.items() if tp in moved or tp in fetched}
         isolate = False
@@ -612,18 +615,21 @@ class Projector:
                     "projector_batch_retry", attempt=attempt, delay_s=delay, error=repr(exc)
                 )
                 await asyncio.sleep(delay)
+        if self._on_applied is not None:
+            self._feed(self._on_applied, items)
         async with self._changed:
             self._changed.notify_all()
         await self._commit_to_kafka()
         if self.projection.dedupe and time.monotonic() - self._last_prune >= self._prune_interval_s:
             await self.prune()
 
-    def _feed_tap(self, items: Sequence[_Item]) -> None:
-        assert self._tap is not None
+    def _feed(self, hook: Callable[[Sequence[Incoming]], None], items: Sequence[_Item]) -> None:
         try:
-            self._tap([it.incoming for it in items if it.incoming is not None])
-        except Exception as exc:  # a live feed never stops the read model
-            self._log.error("projector_tap_failed", exc_info=exc)
+            hook([it.incoming for it in items if it.incoming is not None])
+        except Exception as exc:  # a hook never stops the read model
+            self._log.error(
+                "projector_hook_failed", hook=getattr(hook, "__name__", ""), exc_info=exc
+            )
 
     # --- pruning the dedupe rows ---------------------------------------------------------
 

@@ -18,9 +18,7 @@ DEFAULT_MASTER_KEY = "change-me"
 
 
 class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", alias="KAFKA_BOOTSTRAP_SERVERS")
     database_url: str = Field("postgresql://spine:spine@127.0.0.1:5432/spine", alias="DATABASE_URL")

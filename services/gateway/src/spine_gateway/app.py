@@ -38,6 +38,7 @@ from .adapters.kafka import (
 )
 from .adapters.postgres import ReadModel
 from .adapters.redis import RedisStore
+from .cache import drop_changed_flows, drop_changed_users
 from .errors import GatewayError, code_for_status, error_body
 from .limits import BodySizeLimit
 from .live import LiveTrail
@@ -51,7 +52,7 @@ from .projection import (
     users_projection,
 )
 from .routes import catalog, executions, ops, users
-from .service import GatewayService, Observers, Projectors
+from .service import Caches, GatewayService, Observers, Projectors
 from .settings import GatewaySettings
 
 log = get_logger(__name__)
@@ -89,6 +90,7 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
             stack.push_async_callback(producer.stop)
             marks = Marks()
             live = LiveTrail()
+            caches = Caches()
             burst: dict[str, Any] = {"min_interval_s": BURST_INTERVAL_S, "pace_from": BURST_RECORDS}
 
             def projector(kafka: KafkaConfig, projection: Projection, **pacing: Any) -> Projector:
@@ -99,8 +101,15 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
             projectors = Projectors(
                 # paced only under a burst: one at a time, an execute's answer already shows
                 # the reserved balance
-                users=projector(cfg, users_projection(marks), **burst),
-                flows=projector(cfg, flows_projection()),
+                users=projector(
+                    cfg,
+                    users_projection(marks),
+                    on_applied=drop_changed_users(caches.users_by_key),
+                    **burst,
+                ),
+                flows=projector(
+                    cfg, flows_projection(), on_applied=drop_changed_flows(caches.flows)
+                ),
                 agents=projector(cfg, agents_projection(marks)),
                 executions=projector(cfg, executions_projection(marks), tap=live.tap, **burst),
                 usage=projector(background, usage_projection(), min_interval_s=BATCH_INTERVAL_S),
@@ -141,6 +150,7 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
                 marks=marks,
                 observers=Observers(heartbeats=heartbeats, summary=summary, lag=lag, usage=usage),
                 live=live,
+                caches=caches,
             )
             await _catch_up(projectors.all(), settings.catchup_timeout_s)
             app.state.service = service

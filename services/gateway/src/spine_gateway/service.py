@@ -55,6 +55,7 @@ from .adapters.kafka import (
 )
 from .adapters.postgres import ReadModel, Row
 from .adapters.redis import RedisStore
+from .cache import ReadCache
 from .errors import (
     Conflict,
     Forbidden,
@@ -102,6 +103,17 @@ class Projectors:
 
 
 @dataclass
+class Caches:
+    """What every request reads, kept until its projection commits a change (cache.py)."""
+
+    users_by_key: ReadCache[str, Row] = field(default_factory=ReadCache)
+    #: a flow's row with its parsed definition
+    flows: ReadCache[str, tuple[Row, FlowDefinition]] = field(
+        default_factory=lambda: ReadCache(limit=1_000)
+    )
+
+
+@dataclass
 class Observers:
     """What the operations endpoints read besides the read model."""
 
@@ -140,6 +152,7 @@ class GatewayService:
         marks: Marks,
         observers: Observers,
         live: LiveTrail | None = None,
+        caches: Caches | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
@@ -151,6 +164,8 @@ class GatewayService:
         self.observers = observers
         #: the executions projector's tap (``app.py`` wires it); streams follow it
         self.live = live or LiveTrail()
+        #: invalidated by the users and flows projectors (``app.py`` wires them)
+        self.caches = caches or Caches()
 
     # --- authentication and limits ---------------------------------------------------------
 
@@ -164,7 +179,9 @@ class GatewayService:
         if same_secret(token, self.settings.api_key):
             return Principal(master=True)
         digest = hash_key(token)
-        user = await self.read.user_by_key_hash(digest)
+        user = await self.caches.users_by_key.get(
+            digest, lambda: self.read.user_by_key_hash(digest)
+        )
         if user is None or not same_secret(digest, str(user["key_hash"])):
             raise Unauthorized("invalid API key", code="INVALID_API_KEY")
         return Principal(user=user)
@@ -280,9 +297,10 @@ class GatewayService:
     ) -> tuple[dict[str, Any], int]:
         """The accepted execution, and the credits this request reserved (0 for a replay)."""
         user_id = str(user["user_id"])
-        flow_row = await self.read.flow(flow_id)
-        if flow_row is None:
+        found = await self.caches.flows.get(flow_id, lambda: self._flow_to_run(flow_id))
+        if found is None:
             raise NotFound(f"flow {flow_id!r} not found", code="FLOW_NOT_FOUND")
+        flow_row, flow = found
         execution_id = str(uuid.uuid4())
         if idempotency_key:
             execution_id = await self.store.claim_idempotency(
@@ -291,7 +309,6 @@ class GatewayService:
             existing = await self.read.execution(execution_id)
             if existing is not None and existing["user_id"] == user_id:
                 return self._accepted(existing), 0
-        flow = FlowDefinition.model_validate(flow_row["definition"])
         request_id = _new_request_id()
         cmd = ReserveCredits.build(
             correlation_id=execution_id,
@@ -337,6 +354,12 @@ class GatewayService:
         row = await self.read.execution(execution_id)
         assert row is not None
         return self._accepted(row), flow.cost
+
+    async def _flow_to_run(self, flow_id: str) -> tuple[Row, FlowDefinition] | None:
+        row = await self.read.flow(flow_id)
+        if row is None:
+            return None
+        return row, FlowDefinition.model_validate(row["definition"])
 
     @staticmethod
     def _accepted(row: Row) -> dict[str, Any]:
@@ -709,7 +732,9 @@ class GatewayService:
             "credits_used_last_24h": int(u["credits_24h"]),
             "last_request_at": _iso(last),
         }
-        return {**self.user_view(user), "usage": usage}
+        # the principal's row may come from the key cache, whose balance is not kept fresh
+        current = await self.read.user(str(user["user_id"])) or user
+        return {**self.user_view(current), "usage": usage}
 
     def record_usage(
         self,

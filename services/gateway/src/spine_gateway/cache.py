@@ -1,0 +1,85 @@
+"""Read-model rows every request reads (the user behind a key, the flow to run), kept in
+memory and dropped by their projection once it has committed a change to them.
+
+Only facts that change through a few events are cached: a key's user (``KeyRotated`` and
+``UserCreated`` drop it; its balance is not read from here) and a flow (``FlowDefined``,
+``FlowDeleted``). A load that raced a change is not kept: every drop moves a generation,
+and a row read before the drop cannot be stored after it. Misses are never cached, so a new
+key or flow works as soon as its projection has it. Pure: the loads are passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, Generic, TypeVar
+
+from spine_contracts import FlowDefined, FlowDeleted, KeyRotated, UserCreated
+from spine_servicekit.projector import Incoming
+
+from .adapters.postgres import Row
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class ReadCache(Generic[K, V]):
+    def __init__(self, limit: int = 10_000) -> None:
+        self._values: dict[K, V] = {}
+        self._generation = 0
+        self._limit = limit
+        self.hits = 0
+        self.loads = 0
+
+    async def get(self, key: K, load: Callable[[], Awaitable[V | None]]) -> V | None:
+        found = self._values.get(key)
+        if found is not None:
+            self.hits += 1
+            return found
+        generation = self._generation
+        value = await load()
+        self.loads += 1
+        if value is not None and generation == self._generation:
+            if len(self._values) >= self._limit:  # bounded: the oldest half goes
+                for old in list(self._values)[: self._limit // 2]:
+                    del self._values[old]
+            self._values[key] = value
+        return value
+
+    def drop(self, matches: Callable[[K, V], bool]) -> None:
+        """Forget the entries ``matches`` names (called after the change is committed)."""
+        self._generation += 1
+        for key in [k for k, v in self._values.items() if matches(k, v)]:
+            del self._values[key]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def drop_changed_users(cache: ReadCache[str, Row]) -> Callable[[Sequence[Incoming]], None]:
+    """The users projector's after-commit hook: a rotated key stops working here at once."""
+
+    def on_applied(batch: Sequence[Incoming]) -> None:
+        users = {
+            item.message.data.user_id
+            for item in batch
+            if isinstance(item.message, KeyRotated | UserCreated)
+        }
+        if users:
+            cache.drop(lambda _key, row: row["user_id"] in users)
+
+    return on_applied
+
+
+def drop_changed_flows(cache: ReadCache[str, Any]) -> Callable[[Sequence[Incoming]], None]:
+    """The flows projector's after-commit hook: the next execution runs the new definition."""
+
+    def on_applied(batch: Sequence[Incoming]) -> None:
+        flows = {
+            item.message.data.flow_id
+            for item in batch
+            if isinstance(item.message, FlowDefined | FlowDeleted)
+        }
+        if flows:
+            cache.drop(lambda key, _value: key in flows)
+
+    return on_applied
