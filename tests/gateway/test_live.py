@@ -57,8 +57,14 @@ async def collect(
     return out
 
 
-async def never_called() -> None:
-    raise AssertionError("no gap expected")
+class CatchUps:
+    """``catch_up`` that counts its calls (the store is already complete)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> None:
+        self.calls += 1
 
 
 def test_a_live_event_looks_like_the_stored_one() -> None:
@@ -107,10 +113,12 @@ async def test_stored_then_live_in_seq_order_until_terminal() -> None:
     for m in trail[2:]:  # the third is both stored and live: sent once
         queue.put_nowait(m)
     queue.put_nowait(trail[1])  # a repeat of an old one
-    views = await collect(queue, store, never_called)
+    catch_up = CatchUps()
+    views = await collect(queue, store, catch_up)
     assert [v["seq"] for v in views] == [m.data.seq for m in trail]  # type: ignore[attr-defined]
     assert views[-1]["type"] == "execution.completed"
     assert store.reads == [-1]  # the store was read once: the rest came live
+    assert catch_up.calls == 1  # only the one before the first read
 
 
 async def test_a_gap_in_the_live_events_waits_and_reads_the_store_again() -> None:
@@ -121,13 +129,14 @@ async def test_a_gap_in_the_live_events_waits_and_reads_the_store_again() -> Non
 
     async def catch_up() -> None:  # the read model stores what was decoded before subscribing
         caught_up.append(True)
-        store.messages = trail[:4]
+        if len(caught_up) > 1:  # the first is before the first read
+            store.messages = trail[:4]
 
     for m in trail[3:]:  # 2 and 3 were decoded before the stream subscribed
         queue.put_nowait(m)
     views = await collect(queue, store, catch_up)
     assert [v["seq"] for v in views] == [m.data.seq for m in trail]  # type: ignore[attr-defined]
-    assert caught_up == [True]
+    assert caught_up == [True, True]
     assert store.reads == [-1, 1]
 
 
@@ -137,7 +146,7 @@ async def test_quiet_stream_reads_the_store_again_and_resumes_after_last_event_i
     queue: asyncio.Queue[Message] = asyncio.Queue()
 
     async def collecting() -> list[View]:
-        return await collect(queue, store, never_called, after=1)
+        return await collect(queue, store, CatchUps(), after=1)
 
     task = asyncio.create_task(collecting())
     await store.read.wait()  # the first read happened; nothing live arrives
@@ -149,6 +158,22 @@ async def test_quiet_stream_reads_the_store_again_and_resumes_after_last_event_i
 
 async def test_terminal_in_the_store_ends_without_waiting_for_live_events() -> None:
     trail = trail_until_terminal("e")
-    views = await collect(asyncio.Queue(), Store(trail), never_called)
+    views = await collect(asyncio.Queue(), Store(trail), CatchUps())
     assert views[-1]["type"] == "execution.completed"
     assert len(views) == len(trail)
+
+
+async def test_the_terminal_event_decoded_just_before_subscribing_is_not_missed() -> None:
+    """Decoded before the stream subscribed (so never on its queue) and not yet stored when
+    the stream opened: the first catch-up waits for the store, no idle wait needed."""
+    trail = trail_until_terminal("e")
+    store = Store(trail[:-1])
+
+    async def catch_up() -> None:
+        store.messages = trail  # the read model commits what it had decoded
+
+    views: list[View] = []
+    async with asyncio.timeout(1):  # far below idle_s: only the catch-up can deliver it
+        async for view in follow_trail(asyncio.Queue(), store.after, catch_up, after=-1, idle_s=60):
+            views.append(view)
+    assert views[-1]["type"] == "execution.completed"

@@ -98,10 +98,13 @@ async def follow_trail(
     idle_s: float,
 ) -> AsyncIterator[View]:
     """The trail after ``after`` until its terminal event: first what is stored, then live
-    events in ``seq`` order. A live event past a gap (decoded before the stream subscribed,
-    not stored when it read) waits for ``catch_up`` and reads the store again; so does a
-    quiet spell of ``idle_s``, in case an event never reached this replica's tap."""
+    events in ``seq`` order. Called once ``queue`` is subscribed: ``catch_up`` first waits
+    until the store holds every event decoded before that, so none falls between the store
+    and the queue (the terminal one would not be followed by a gap that reveals it). A live
+    event past a gap still waits for ``catch_up`` and reads the store again; so does a quiet
+    spell of ``idle_s``, in case an event never reached this replica's tap."""
     last = after
+    await catch_up()
     while True:
         for view in await stored_after(last):
             last = int(view["seq"])
