@@ -25,13 +25,18 @@ class Latency:
     truncated: bool = False  # stopped before the asked number of runs (time budget)
     breakdown: dict[str, Any] = field(default_factory=dict)  # where the time went (Spine)
     errors: dict[str, int] = field(default_factory=dict)  # why the failed runs failed
+    warmup_runs: int = WARMUP  # unmeasured executions before the measured ones
 
     def fail(self, reason: str) -> None:
         self.failed += 1
         self.errors[reason] = self.errors.get(reason, 0) + 1
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"runs": len(self.samples_ms), "failed": self.failed}
+        out: dict[str, Any] = {
+            "runs": len(self.samples_ms),
+            "failed": self.failed,
+            "warmup_runs": self.warmup_runs,
+        }
         if self.truncated:
             out["truncated_by_budget"] = True
         out.update(_percentiles(self.samples_ms))

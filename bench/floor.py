@@ -360,14 +360,29 @@ class Floor:
         return eid, orjson.dumps(cmd)
 
     async def latency(
-        self, shape: str, runs: int, tick: Tick = no_tick, deadline: float | None = None
+        self,
+        shape: str,
+        runs: int,
+        tick: Tick = no_tick,
+        deadline: float | None = None,
+        warmup_s: float = 0.0,
     ) -> Latency:
+        """``warmup_s``: unmeasured executions for that long first (besides the WARMUP ones):
+        a broker started moments ago by ``make up`` runs its first seconds of transactions
+        before the JVM has compiled them, and the floor, measured first, would pay for it."""
         out = Latency([])
         loop = asyncio.get_running_loop()
-        for i in range(WARMUP + runs):
+        warm_until = time.perf_counter() + warmup_s
+        warmed = measured = 0
+        while measured < runs:
             if out_of_time(deadline):
                 out.truncated = True
                 break
+            warming = warmed < WARMUP or time.perf_counter() < warm_until
+            if warming:
+                warmed += 1
+            else:
+                measured += 1
             eid, value = self._reserve(shape)
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters[eid] = fut
@@ -378,10 +393,11 @@ class Floor:
             except TimeoutError:
                 out.fail("timeout")
                 continue
-            if i >= WARMUP:
+            if not warming:
                 out.samples_ms.append((self.completed[eid] - t0) * 1000)
                 out.accepted_ms.append((self.replied.get(eid, t0) - t0) * 1000)
                 tick(1)
+        out.warmup_runs = warmed
         return out
 
     async def throughput(
