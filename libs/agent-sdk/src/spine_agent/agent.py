@@ -446,7 +446,6 @@ class _Worker:
             for tp, records in batch.items():
                 for record in records:
                     self._accept(tp, record)
-            self._start_backlog()  # the tasks just fetched start before a commit round trip
             await self._commit()
 
     @property
