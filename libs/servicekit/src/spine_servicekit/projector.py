@@ -198,6 +198,8 @@ class Incoming:
 
 ApplyFn = Callable[[asyncpg.Connection, Sequence[Incoming]], Awaitable[None]]
 SetupFn = Callable[[asyncpg.Connection], Awaitable[None]]
+#: a projector's ``tap`` or ``on_applied``: sees a batch, must not block
+BatchHook = Callable[[Sequence[Incoming]], None]
 
 
 @dataclass(frozen=True)
@@ -295,8 +297,8 @@ class Projector:
         prune_batch: int = 5000,
         min_interval_s: float = 0.0,
         pace_from: int = 1,
-        tap: Callable[[Sequence[Incoming]], None] | None = None,
-        on_applied: Callable[[Sequence[Incoming]], None] | None = None,
+        tap: BatchHook | None = None,
+        on_applied: BatchHook | None = None,
     ) -> None:
         quote_schema(schema)
         if max_batch < 1:
@@ -623,7 +625,7 @@ class Projector:
         if self.projection.dedupe and time.monotonic() - self._last_prune >= self._prune_interval_s:
             await self.prune()
 
-    def _feed(self, hook: Callable[[Sequence[Incoming]], None], items: Sequence[_Item]) -> None:
+    def _feed(self, hook: BatchHook, items: Sequence[_Item]) -> None:
         try:
             hook([it.incoming for it in items if it.incoming is not None])
         except Exception as exc:  # a hook never stops the read model

@@ -93,9 +93,9 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
             caches = Caches()
             burst: dict[str, Any] = {"min_interval_s": BURST_INTERVAL_S, "pace_from": BURST_RECORDS}
 
-            def projector(kafka: KafkaConfig, projection: Projection, **pacing: Any) -> Projector:
+            def projector(kafka: KafkaConfig, projection: Projection, **options: Any) -> Projector:
                 return Projector(
-                    kafka, settings.database_url, projection, schema=settings.db_schema, **pacing
+                    kafka, settings.database_url, projection, schema=settings.db_schema, **options
                 )
 
             projectors = Projectors(

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
-from spine_contracts import FlowDefined, FlowDeleted, KeyRotated, UserCreated
-from spine_servicekit.projector import Incoming
+from spine_contracts import FlowDefined, FlowDeleted, KeyRotated, Message, UserCreated
+from spine_servicekit.projector import BatchHook, Incoming
 
 from .adapters.postgres import Row
 
@@ -55,31 +55,31 @@ class ReadCache(Generic[K, V]):
         return len(self._values)
 
 
-def drop_changed_users(cache: ReadCache[str, Row]) -> Callable[[Sequence[Incoming]], None]:
-    """The users projector's after-commit hook: a rotated key stops working here at once."""
+def _dropper(
+    cache: ReadCache[K, V],
+    kinds: tuple[type[Message], ...],
+    field: str,
+    changed: Callable[[K, V, set[str]], bool],
+) -> BatchHook:
+    """An after-commit hook: the ``field`` of every ``kinds`` event names what changed."""
 
     def on_applied(batch: Sequence[Incoming]) -> None:
-        users = {
-            item.message.data.user_id
-            for item in batch
-            if isinstance(item.message, KeyRotated | UserCreated)
+        ids = {
+            getattr(item.message.data, field) for item in batch if isinstance(item.message, kinds)
         }
-        if users:
-            cache.drop(lambda _key, row: row["user_id"] in users)
+        if ids:
+            cache.drop(lambda key, value: changed(key, value, ids))
 
     return on_applied
 
 
-def drop_changed_flows(cache: ReadCache[str, Any]) -> Callable[[Sequence[Incoming]], None]:
-    """The flows projector's after-commit hook: the next execution runs the new definition."""
+def drop_changed_users(cache: ReadCache[str, Row]) -> BatchHook:
+    """The users projector's hook: a rotated key stops working here at once."""
+    return _dropper(
+        cache, (KeyRotated, UserCreated), "user_id", lambda _key, row, ids: row["user_id"] in ids
+    )
 
-    def on_applied(batch: Sequence[Incoming]) -> None:
-        flows = {
-            item.message.data.flow_id
-            for item in batch
-            if isinstance(item.message, FlowDefined | FlowDeleted)
-        }
-        if flows:
-            cache.drop(lambda key, _value: key in flows)
 
-    return on_applied
+def drop_changed_flows(cache: ReadCache[str, Any]) -> BatchHook:
+    """The flows projector's hook: the next execution runs the new definition."""
+    return _dropper(cache, (FlowDefined, FlowDeleted), "flow_id", lambda key, _v, ids: key in ids)
