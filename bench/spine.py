@@ -1,6 +1,7 @@
 """AI Spine as `make up` runs it, driven through the gateway's HTTP API only.
 
-* latency: one execution at a time — ``POST /api/v1/flows/execute``, then
+* latency: one execution at a time, by aiohttp over keep-alive connections —
+  ``POST /api/v1/flows/execute``, then
   ``GET /api/v1/executions/{id}/stream`` until the terminal SSE event; the figure is the
   time from sending the POST to reading that event (the POST's own answer time is kept too);
 * throughput: ``n`` executions submitted at once by one async aiohttp client with a bounded
@@ -108,33 +109,44 @@ class SpineClient:
         r = await self.client.get("/api/v1/users/me", headers=self._auth)
         return r.json().get("balance") if r.status_code == 200 else None
 
-    async def _submit(self, flow_id: str) -> httpx.Response:
-        return await self.client.post(
-            "/api/v1/flows/execute",
-            json={"flow_id": flow_id, "input_data": INPUT, "metadata": {"bench": True}},
-            headers=self._auth,
+    def _session(self, limit: int) -> aiohttp.ClientSession:
+        """aiohttp, not httpx, for the measured requests: per request it costs the client a
+        sixth of the CPU (measured: httpx 17.8 ms per POST), and the client shares the two
+        cores with everything it measures."""
+        return aiohttp.ClientSession(
+            base_url=self.base_url,
+            connector=aiohttp.TCPConnector(limit=limit, keepalive_timeout=2.0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=60.0),
+            json_serialize=lambda o: orjson.dumps(o).decode(),
         )
 
-    async def _await_stream(self, execution_id: str) -> str:
+    async def _submit(self, session: aiohttp.ClientSession, flow_id: str) -> tuple[int, bytes]:
+        body = {"flow_id": flow_id, "input_data": INPUT, "metadata": {"bench": True}}
+        async with session.post("/api/v1/flows/execute", json=body, headers=self._auth) as r:
+            return r.status, await r.read()
+
+    async def _await_stream(self, session: aiohttp.ClientSession, execution_id: str) -> str:
         """Read the execution's SSE stream until its terminal event; return that event."""
-        async with self.client.stream(
-            "GET", f"/api/v1/executions/{execution_id}/stream", headers=self._auth
+        async with session.get(
+            f"/api/v1/executions/{execution_id}/stream", headers=self._auth
         ) as response:
-            if response.status_code != 200:
-                return f"http_{response.status_code}"
-            async for line in response.aiter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
+            if response.status != 200:
+                return f"http_{response.status}"
+            async for raw in response.content:
+                if raw.startswith(b"event:"):
+                    event = raw[6:].strip().decode()
                     if event in TERMINAL:
                         return event
         return "stream_closed"
 
-    async def _follow_stream(self, execution_id: str, out: Latency) -> str:
+    async def _follow_stream(
+        self, session: aiohttp.ClientSession, execution_id: str, out: Latency
+    ) -> str:
         """The stream's terminal event. A 200 answered with status ``pending`` (the gateway's
         read model did not show the execution in time) can make the stream answer 404 for a
         while: open it again every 0.2 s, and count it (``errors.stream_404_reopened``)."""
         while True:
-            event = await self._await_stream(execution_id)
+            event = await self._await_stream(session, execution_id)
             if event != "http_404":
                 return event
             out.errors["stream_404_reopened"] = out.errors.get("stream_404_reopened", 0) + 1
@@ -146,35 +158,38 @@ class SpineClient:
         flow_id = FLOW_IDS[shape]
         out = Latency([])
         marks: list[tuple[str, float, float, float]] = []  # id, sent, answered, streamed
-        for i in range(WARMUP + runs):
-            if out_of_time(deadline):
-                out.truncated = True
-                break
-            wall0, t0 = time.time(), time.perf_counter()
-            try:
-                r = await self._submit(flow_id)
-            except httpx.HTTPError as exc:
-                out.fail(type(exc).__name__)
-                continue
-            t_accept = time.perf_counter()
-            if r.status_code != 200:
-                out.fail(f"http_{r.status_code}")
-                continue
-            execution_id = r.json()["execution_id"]
-            try:
-                event = await asyncio.wait_for(self._follow_stream(execution_id, out), 60)
-            except (TimeoutError, httpx.HTTPError) as exc:
-                out.fail(f"stream_{type(exc).__name__}")
-                continue
-            t_end = time.perf_counter()
-            if event != "execution.completed":
-                out.fail(event)
-                continue
-            if i >= WARMUP:
-                out.samples_ms.append((t_end - t0) * 1000)
-                out.accepted_ms.append((t_accept - t0) * 1000)
-                marks.append((execution_id, wall0, wall0 + t_accept - t0, wall0 + t_end - t0))
-                tick(1)
+        async with self._session(limit=2) as session:
+            for i in range(WARMUP + runs):
+                if out_of_time(deadline):
+                    out.truncated = True
+                    break
+                wall0, t0 = time.time(), time.perf_counter()
+                try:
+                    status, payload = await self._submit(session, flow_id)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    out.fail(type(exc).__name__)
+                    continue
+                t_accept = time.perf_counter()
+                if status != 200:
+                    out.fail(f"http_{status}")
+                    continue
+                execution_id = orjson.loads(payload)["execution_id"]
+                try:
+                    event = await asyncio.wait_for(
+                        self._follow_stream(session, execution_id, out), 60
+                    )
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    out.fail(f"stream_{type(exc).__name__}")
+                    continue
+                t_end = time.perf_counter()
+                if event != "execution.completed":
+                    out.fail(event)
+                    continue
+                if i >= WARMUP:
+                    out.samples_ms.append((t_end - t0) * 1000)
+                    out.accepted_ms.append((t_accept - t0) * 1000)
+                    marks.append((execution_id, wall0, wall0 + t_accept - t0, wall0 + t_end - t0))
+                    tick(1)
         out.breakdown = await self._breakdown(marks)
         return out
 
@@ -256,14 +271,7 @@ class SpineClient:
         drain.follower = EventsFollower(bootstrap, events_topic, on_terminal)
         await drain.follower.start()
 
-        # aiohttp, not httpx, for the burst: per request it costs the client a sixth of the CPU
-        # (measured: httpx 17.8 ms per POST, a fifth of the 2-core machine at 20 POST/s).
-        session = aiohttp.ClientSession(
-            base_url=self.base_url,
-            connector=aiohttp.TCPConnector(limit=self.pool, keepalive_timeout=2.0),
-            timeout=aiohttp.ClientTimeout(total=None, sock_read=60.0),
-            json_serialize=lambda o: orjson.dumps(o).decode(),
-        )
+        session = self._session(limit=self.pool)
         body = {"flow_id": flow_id, "input_data": INPUT, "metadata": {"bench": True}}
 
         async def one() -> None:

@@ -38,6 +38,20 @@ def lock_key(*parts: str) -> int:
     return zlib.crc32("\x1f".join(parts).encode())
 
 
+class PoolConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection released without asyncpg's reset query.
+
+    asyncpg sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on every
+    release: one more round trip per projector batch and per read. Pool connections here
+    only hold transaction-scoped state (``pg_advisory_xact_lock*``, ``SET LOCAL``) and never
+    LISTEN, so there is nothing to reset; an open transaction is still rolled back. Session
+    locks and listeners use their own ``asyncpg.connect`` connection (rebuild, notify).
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def create_pool(
     database_url: str,
     *,
@@ -53,6 +67,7 @@ async def create_pool(
         server_settings["search_path"] = f"{quote_schema(schema)}, public"
     if application_name:
         server_settings["application_name"] = application_name[:63]
+    options.setdefault("connection_class", PoolConnection)
     pool = await asyncpg.create_pool(
         database_url,
         min_size=min_size,

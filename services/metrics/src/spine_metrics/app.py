@@ -59,7 +59,7 @@ async def main(ctx: ServiceContext) -> None:
     start_http_server(settings.metrics_port, addr=settings.api_host)
     followers = [
         TopicFollower(
-            cfg.background(),
+            cfg.batched(),
             cfg.topic(spec),
             lambda m, _r: observe(aggregates, m),
             name=f"metrics-{spec.base}",
