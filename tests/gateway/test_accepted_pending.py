@@ -1,15 +1,19 @@
-"""An execution answered ``pending`` (the read model was behind at execute time) is never
-a 404 for its owner: reads wait for the projection, then answer 503 (retry). A read never
-shows less than the execution's stream already showed. Fakes of the ports; no I/O."""
+"""Execute answers from the decoded start, before the read model stores it; an accepted
+execution is never a 404 for its owner: reads wait for the projection, then answer 503
+(retry). A read never shows less than the execution's stream already showed. Fakes of the
+ports; no I/O."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 from aiokafka import TopicPartition
 from crash.helpers import execution_trail
 from spine_gateway.errors import NotFound, Unavailable
@@ -17,13 +21,19 @@ from spine_gateway.service import GatewayService
 from spine_gateway.settings import GatewaySettings
 from spine_servicekit.projector import Incoming
 
+FLOWS = Path(__file__).resolve().parents[2] / "flows"
+
 
 class FakeRead:
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
+        self.flows: dict[str, dict[str, Any]] = {}
 
     async def execution(self, execution_id: str) -> dict[str, Any] | None:
         return self.rows.get(execution_id)
+
+    async def flow(self, flow_id: str) -> dict[str, Any] | None:
+        return self.flows.get(flow_id)
 
 
 class FakeStore:
@@ -32,6 +42,9 @@ class FakeStore:
 
     async def accepted_by(self, execution_id: str) -> str | None:
         return self.accepted.get(execution_id)
+
+    async def mark_accepted(self, execution_id: str, user_id: str, ttl_s: int) -> None:
+        self.accepted[execution_id] = user_id
 
 
 class FakeProjector:
@@ -71,6 +84,7 @@ class Ports:
     def __init__(self) -> None:
         self.read, self.store = FakeRead(), FakeStore()
         self.projector, self.marks = FakeProjector(), FakeMarks()
+        self.users = FakeProjector()
         settings = GatewaySettings(API_KEY="x" * 20, SPINE_GATEWAY_PROJECTION_TIMEOUT=0.3)
         unused: Any = None
         self.service = GatewayService(
@@ -79,7 +93,7 @@ class Ports:
             replies=unused,
             read=self.read,  # type: ignore[arg-type]
             store=self.store,  # type: ignore[arg-type]
-            projectors=type("P", (), {"executions": self.projector})(),  # type: ignore[arg-type]
+            projectors=SimpleNamespace(executions=self.projector, users=self.users),  # type: ignore[arg-type]
             marks=self.marks,  # type: ignore[arg-type]
             observers=unused,
         )
@@ -134,3 +148,55 @@ async def test_a_read_after_a_streamed_event_waits_until_the_read_model_has_it()
     assert row["status"] == "completed"
     # once stored, reads do not wait
     assert (await asyncio.wait_for(p.service.own_execution(OWNER, "e1"), 0.1))["user_id"] == "u1"
+
+
+async def test_execute_answers_from_the_decoded_start_and_a_read_then_waits_for_the_store() -> None:
+    p = Ports()
+    definition = yaml.safe_load((FLOWS / "echo_chain.yaml").read_text())
+    p.read.flows["echo_chain"] = {"flow_version": "v1", "definition": definition}
+    tp = TopicPartition("events", 0)
+    decoded: list[Any] = []
+
+    async def auth_accepts(_spec: Any, _key: str, cmd: Any, _rid: str, **_: Any) -> Any:
+        # auth and the orchestrator did their part; the executions projector decodes the
+        # start (and the first dispatch) in one batch, its PostgreSQL transaction still to come
+        trail = execution_trail(cmd.data.execution_id, datetime(2026, 12, 6, tzinfo=UTC))
+        decoded.extend(trail[:2])
+        p.marks.marks[("reserved", cmd.data.execution_id)] = ("auth-events/0", 1)
+        p.service.live.tap(
+            [Incoming(tp.topic, tp.partition, 3 + i, None, 0, m) for i, m in enumerate(trail[:2])]
+        )
+        return SimpleNamespace(data=SimpleNamespace(ok=True))
+
+    p.service._request = auth_accepts  # type: ignore[method-assign]
+    execute = asyncio.create_task(p.service.execute(OWNER, "echo_chain", {"x": 1}, {}, None))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not execute.done()  # the start is decoded, the reserved balance not yet stored
+    p.users.apply("auth-events/0", 1)
+    answer, cost = await asyncio.wait_for(execute, 5)
+    eid = answer["execution_id"]
+    assert answer["status"] == "running" and cost > 0
+    assert answer["created_at"] == decoded[0].occurred_at.isoformat()
+    assert eid not in p.read.rows  # answered before the read model stored it ...
+    assert p.store.accepted[eid] == "u1"  # ... so any replica's read of it waits, never 404
+    read = asyncio.create_task(p.service.own_execution(OWNER, eid))
+    await asyncio.sleep(0)
+    assert not read.done()
+    p.read.rows[eid] = {"execution_id": eid, "user_id": "u1", "status": "running"}
+    p.projector.apply(tp, 5)
+    assert (await asyncio.wait_for(read, 5))["status"] == "running"
+
+
+async def test_execute_whose_start_is_not_decoded_in_time_answers_pending() -> None:
+    p = Ports()
+    definition = yaml.safe_load((FLOWS / "echo_chain.yaml").read_text())
+    p.read.flows["echo_chain"] = {"flow_version": "v1", "definition": definition}
+
+    async def auth_accepts(*_: Any, **__: Any) -> Any:
+        return SimpleNamespace(data=SimpleNamespace(ok=True))
+
+    p.service._request = auth_accepts  # type: ignore[method-assign]
+    answer, _ = await p.service.execute(OWNER, "echo_chain", {}, {}, None)
+    assert answer["status"] == "pending"
+    assert p.store.accepted[answer["execution_id"]] == "u1"

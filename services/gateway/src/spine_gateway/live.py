@@ -25,6 +25,7 @@ Mark = tuple[TopicPartition, int]
 View = dict[str, Any]
 
 TERMINAL_EVENT_TYPES = frozenset({"execution.completed", "execution.failed", "execution.cancelled"})
+STARTED_EVENT_TYPE = "execution.started"
 
 
 def event_view(seq: int, type_: str, data: Any, occurred_at: datetime | None) -> View:
@@ -87,6 +88,20 @@ class LiveTrail:
 
     def subscribers(self) -> int:
         return sum(len(q) for q in self._subscribers.values())
+
+
+async def await_started(queue: asyncio.Queue[Message]) -> tuple[str, datetime | None]:
+    """The status and creation time the execute answer gives, once this replica decodes the
+    execution's start: what its read-model row will say (``running``, or the end if the
+    start and the end came in one batch). ``queue`` is subscribed before the command goes."""
+    while (message := await queue.get()).type != STARTED_EVENT_TYPE:
+        pass
+    status = "running"
+    while not queue.empty():  # the rest of the start's batch is queued already
+        later = queue.get_nowait()
+        if later.type in TERMINAL_EVENT_TYPES:
+            status = later.type.removeprefix("execution.")
+    return status, message.occurred_at
 
 
 async def follow_trail(

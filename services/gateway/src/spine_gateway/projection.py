@@ -142,6 +142,8 @@ def users_projection(marks: Marks) -> Projection:
             m = item.message
             if isinstance(m, _BALANCE_EVENTS):
                 balances[m.data.user_id] = (m.data.balance, _ts(item))
+                if isinstance(m, CreditsReserved):  # an execute's answer shows the balance
+                    marks.put("reserved", m.data.execution_id, item)
                 continue
             await flush()  # keep the order of every other statement
             if isinstance(m, UserCreated):

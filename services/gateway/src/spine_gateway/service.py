@@ -8,6 +8,7 @@ another service over HTTP nor reads another service's tables.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -69,7 +70,7 @@ from .errors import (
     replayed,
 )
 from .keys import generate_key, hash_key, same_secret
-from .live import LiveTrail, event_view, follow_trail
+from .live import LiveTrail, await_started, event_view, follow_trail
 from .projection import Marks
 from .ratelimit import RateDecision
 from .settings import GatewaySettings
@@ -306,8 +307,8 @@ class GatewayService:
             execution_id = await self.store.claim_idempotency(
                 user_id, idempotency_key, execution_id, self.settings.idempotency_ttl_s
             )
-            existing = await self.read.execution(execution_id)
-            if existing is not None and existing["user_id"] == user_id:
+            existing = await self._visible_execution(user_id, execution_id)
+            if existing is not None:
                 return self._accepted(existing), 0
         request_id = _new_request_id()
         cmd = ReserveCredits.build(
@@ -322,38 +323,51 @@ class GatewayService:
             metadata=metadata,
             request_id=request_id,
         )
-        try:
-            reply = await self._request(
-                topics.AUTH_COMMANDS, user_id, cmd, request_id, what="input_data (with the flow)"
+        # Subscribed before the command goes: the start cannot be decoded unseen.
+        with self.live.subscribe(execution_id) as trail:
+            try:
+                reply = await self._request(
+                    topics.AUTH_COMMANDS,
+                    user_id,
+                    cmd,
+                    request_id,
+                    what="input_data (with the flow)",
+                )
+            except TimeoutError as exc:
+                # Never charge and then answer 5xx: take the reservation back first.
+                withdraw = WithdrawReservation.build(
+                    cause=cmd, user_id=user_id, execution_id=execution_id
+                )
+                await self.publisher.publish(topics.AUTH_COMMANDS, user_id, withdraw)
+                log.warning("execute_reply_timeout", execution_id=execution_id)
+                raise Unavailable(
+                    "the credit reservation was not confirmed in time; nothing was charged",
+                    extra={"execution_id": execution_id},
+                ) from exc
+            if not reply.data.ok:
+                raise from_reply(reply.data.error_code, reply.data.message)
+            # Answered from the decoded start, not the read model: a read on this replica
+            # first waits until its read model holds what was decoded (own_execution), and
+            # the mark makes any other replica wait for its own, never answer 404.
+            # The users projection applies the reservation meanwhile: GET /users/me after the
+            # answer shows the balance it left.
+            marked = asyncio.ensure_future(
+                self.store.mark_accepted(execution_id, user_id, ACCEPTED_TTL_S)
             )
-        except TimeoutError as exc:
-            # Never charge and then answer 5xx: take the reservation back first.
-            withdraw = WithdrawReservation.build(
-                cause=cmd, user_id=user_id, execution_id=execution_id
+            reserved = asyncio.ensure_future(
+                self._wait_mark(self.projectors.users, "reserved", execution_id)
             )
-            await self.publisher.publish(topics.AUTH_COMMANDS, user_id, withdraw)
-            log.warning("execute_reply_timeout", execution_id=execution_id)
-            raise Unavailable(
-                "the credit reservation was not confirmed in time; nothing was charged",
-                extra={"execution_id": execution_id},
-            ) from exc
-        if not reply.data.ok:
-            raise from_reply(reply.data.error_code, reply.data.message)
-        try:
-            await self._wait_mark(self.projectors.executions, "execution", execution_id)
-        except TimeoutError:
-            # Accepted but not yet visible here: reads of it wait (or answer 503), never 404.
-            log.warning("execute_projection_slow", execution_id=execution_id)
-            await self.store.mark_accepted(execution_id, user_id, ACCEPTED_TTL_S)
-            accepted = {
-                "execution_id": execution_id,
-                "status": "pending",
-                "created_at": datetime.now(UTC).isoformat(),
-            }
-            return accepted, flow.cost
-        row = await self.read.execution(execution_id)
-        assert row is not None
-        return self._accepted(row), flow.cost
+            try:
+                async with asyncio.timeout(self.settings.projection_timeout_s):
+                    status, created_at = await await_started(trail)
+            except TimeoutError:
+                log.warning("execute_start_slow", execution_id=execution_id)
+                status, created_at = "pending", datetime.now(UTC)
+            await marked
+            with contextlib.suppress(TimeoutError):
+                await reserved
+        accepted = {"execution_id": execution_id, "status": status, "created_at": _iso(created_at)}
+        return accepted, flow.cost
 
     async def _flow_to_run(self, flow_id: str) -> tuple[Row, FlowDefinition] | None:
         row = await self.read.flow(flow_id)
@@ -370,13 +384,20 @@ class GatewayService:
         }
 
     async def own_execution(self, user: Row, execution_id: str) -> Row:
-        await self._seen_stored(execution_id)
-        row = await self.read.execution(execution_id)
-        if row is None and await self.store.accepted_by(execution_id) == str(user["user_id"]):
-            row = await self._accepted_row(execution_id)
-        if row is None or row["user_id"] != user["user_id"]:
+        row = await self._visible_execution(str(user["user_id"]), execution_id)
+        if row is None:
             raise NotFound(f"execution {execution_id!r} not found", code="EXECUTION_NOT_FOUND")
         return row
+
+    async def _visible_execution(self, user_id: str, execution_id: str) -> Row | None:
+        """The user's execution as the read model shows it, once it shows at least what this
+        replica decoded; an accepted one not stored yet is waited for (503 if it stays
+        invisible), because execute answers from the decoded start."""
+        await self._seen_stored(execution_id)
+        row = await self.read.execution(execution_id)
+        if row is None and await self.store.accepted_by(execution_id) == user_id:
+            row = await self._accepted_row(execution_id)
+        return row if row is not None and str(row["user_id"]) == user_id else None
 
     async def _seen_stored(self, execution_id: str) -> None:
         """Wait until the read model holds every event of the execution this replica has
@@ -391,8 +412,8 @@ class GatewayService:
             log.warning("read_model_behind_stream", execution_id=execution_id)
 
     async def _accepted_row(self, execution_id: str) -> Row:
-        """An execution this gateway answered as ``pending`` (the read model was behind):
-        wait for it like the execute request did, then say 503 (retry), never 404."""
+        """An accepted execution this replica's read model does not show yet: wait for its
+        start to be stored, then say 503 (retry), never 404."""
         try:
             await self._wait_mark(self.projectors.executions, "execution", execution_id)
         except TimeoutError:
