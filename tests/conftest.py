@@ -37,7 +37,10 @@ def infra() -> dict[str, str]:
     """Effective ``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL`` and ``REDIS_URL``."""
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "infra.sh"), "up"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if result.returncode != 0:
         pytest.fail(

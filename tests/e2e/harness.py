@@ -81,7 +81,7 @@ class Stack:
     async def spawn(self, name: str, extra_env: dict[str, str] | None = None) -> None:
         command = COMMANDS.get(name.split("#")[0], [name])
         env = {**self.env, **(extra_env or {}), "SPINE_INSTANCE_ID": f"{name}-test"}
-        log = open(self.logs / f"test-{self.kafka.prefix}{name}.log", "ab")  # noqa: SIM115
+        log = open(self.logs / f"test-{self.kafka.prefix}{name}.log", "ab")  # noqa: ASYNC230, SIM115
         self.procs[name] = await asyncio.create_subprocess_exec(
             str(BIN / command[0]), *command[1:], env=env, stdout=log, stderr=log, cwd=ROOT
         )
@@ -121,12 +121,12 @@ class Stack:
                 )
                 self._changed.notify_all()
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 60.0) -> None:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
             async with self._changed:
                 await self._changed.wait_for(predicate)
 
-    async def agents_active(self, *agent_ids: str, timeout: float = 90.0) -> None:
+    async def agents_active(self, *agent_ids: str, timeout: float = 90.0) -> None:  # noqa: ASYNC109
         await self.wait_for(lambda: all(self.agents.get(a) for a in agent_ids), timeout)
 
     # --- commands ----------------------------------------------------------------------
@@ -175,12 +175,12 @@ class Stack:
         self,
         execution_id: str,
         cls: type[Message] | tuple[type[Message], ...],
-        timeout: float = 60.0,
+        timeout: float = 60.0,  # noqa: ASYNC109
     ) -> Any:
         await self.wait_for(lambda: bool(self.of_type(execution_id, cls)), timeout)
         return self.of_type(execution_id, cls)[0]
 
-    async def terminal(self, execution_id: str, timeout: float = 60.0) -> Any:
+    async def terminal(self, execution_id: str, timeout: float = 60.0) -> Any:  # noqa: ASYNC109
         return await self.wait_event(execution_id, TERMINAL_EVENTS, timeout)
 
 

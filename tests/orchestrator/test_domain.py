@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from spine_contracts import (
@@ -28,7 +29,6 @@ from spine_contracts import (
     SettleCredits,
     StartExecution,
 )
-import orjson
 from spine_orchestrator.domain import (
     Decision,
     Environment,

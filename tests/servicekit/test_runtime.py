@@ -35,13 +35,21 @@ async def test_skeleton_service_lifecycle(kafka: KafkaConfig, child_env: dict[st
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**child_env, "SPINE_INSTANCE_ID": instance, "SPINE_HEARTBEAT_INTERVAL": "0.5",
-           "SPINE_METRICS_PORT": str(port)}
+    env = {
+        **child_env,
+        "SPINE_INSTANCE_ID": instance,
+        "SPINE_HEARTBEAT_INTERVAL": "0.5",
+        "SPINE_METRICS_PORT": str(port),
+    }
     consumer = make_consumer(kafka, kafka.topic(topics.SERVICE_HEARTBEATS), group_id=None)
     await consumer.start()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "spine_metrics", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "spine_metrics",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     try:
         beat = await _next_beat(consumer, instance, "ok")

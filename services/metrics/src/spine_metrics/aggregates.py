@@ -14,7 +14,7 @@ compacted), which recomputes both exactly.
 from __future__ import annotations
 
 import uuid
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from spine_contracts import (
@@ -42,8 +42,10 @@ class Aggregates:
     started: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     flow_of: dict[str, str] = field(default_factory=dict)
-    durations_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    node_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    #: the count and sum of execution durations: their mean without keeping every one (a list
+    #: per flow grew with the history, and every summary sorted all of it)
+    durations: int = 0
+    durations_total_ms: float = 0.0
     credits_spent: int = 0
     active_agents: set[str] = field(default_factory=set)
     duplicates: int = 0
@@ -73,11 +75,11 @@ class Aggregates:
             out.append(("executions_finished", f"{flow}|{outcome}", 1, "counter"))
             duration = message.data.duration_ms  # type: ignore[attr-defined]
             if duration is not None:
-                self.durations_ms[flow].append(duration)
+                self.durations += 1
+                self.durations_total_ms += duration
                 out.append(("execution_duration", flow, duration / 1000, "histogram"))
         elif isinstance(message, NodeCompleted) and message.data.agent_id:
             if message.data.duration_ms is not None:
-                self.node_ms[message.data.agent_id].append(message.data.duration_ms)
                 out.append(
                     (
                         "node_latency",
@@ -99,7 +101,6 @@ class Aggregates:
 
     def summary(self) -> dict[str, float | None]:
         finished = sum(self.outcomes.values())
-        all_ms = sorted(v for values in self.durations_ms.values() for v in values)
         return {
             "executions_total": float(self.started),
             "executions_completed": float(self.outcomes["completed"]),
@@ -107,7 +108,9 @@ class Aggregates:
             "executions_cancelled": float(self.outcomes["cancelled"]),
             "success_rate": self.outcomes["completed"] / finished if finished else None,
             "failure_rate": self.outcomes["failed"] / finished if finished else None,
-            "average_execution_ms": sum(all_ms) / len(all_ms) if all_ms else None,
+            "average_execution_ms": (
+                self.durations_total_ms / self.durations if self.durations else None
+            ),
             "active_agents": float(len(self.active_agents)),
             "credits_spent": float(self.credits_spent),
         }
