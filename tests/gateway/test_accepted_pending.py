@@ -200,3 +200,26 @@ async def test_execute_whose_start_is_not_decoded_in_time_answers_pending() -> N
     answer, _ = await p.service.execute(OWNER, "echo_chain", {}, {}, None)
     assert answer["status"] == "pending"
     assert p.store.accepted[answer["execution_id"]] == "u1"
+
+
+async def test_a_client_gone_while_execute_waits_leaves_no_wait_behind() -> None:
+    p = Ports()
+    definition = yaml.safe_load((FLOWS / "echo_chain.yaml").read_text())
+    p.read.flows["echo_chain"] = {"flow_version": "v1", "definition": definition}
+
+    async def auth_accepts(*_: Any, **__: Any) -> Any:
+        return SimpleNamespace(data=SimpleNamespace(ok=True))
+
+    p.service._request = auth_accepts  # type: ignore[method-assign]
+    before = len(asyncio.all_tasks())
+    execute = asyncio.create_task(p.service.execute(OWNER, "echo_chain", {}, {}, None))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(asyncio.all_tasks()) > before + 1  # the request and its background waits
+    execute.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await execute
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(asyncio.all_tasks()) == before
+    assert list(p.store.accepted.values()) == ["u1"]  # the execution runs on: still marked

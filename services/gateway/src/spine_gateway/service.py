@@ -136,6 +136,12 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Read a background future's outcome, so an error nobody awaited is not logged as lost."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -358,14 +364,19 @@ class GatewayService:
                 self._wait_mark(self.projectors.users, "reserved", execution_id)
             )
             try:
-                async with asyncio.timeout(self.settings.projection_timeout_s):
-                    status, created_at = await await_started(trail)
-            except TimeoutError:
-                log.warning("execute_start_slow", execution_id=execution_id)
-                status, created_at = "pending", datetime.now(UTC)
-            await marked
-            with contextlib.suppress(TimeoutError):
-                await reserved
+                try:
+                    async with asyncio.timeout(self.settings.projection_timeout_s):
+                        status, created_at = await await_started(trail)
+                except TimeoutError:
+                    log.warning("execute_start_slow", execution_id=execution_id)
+                    status, created_at = "pending", datetime.now(UTC)
+                await marked
+                with contextlib.suppress(TimeoutError):
+                    await reserved
+            finally:  # a client gone meanwhile leaves no wait behind, nor an unread error
+                reserved.cancel()
+                marked.add_done_callback(_retrieve)
+                reserved.add_done_callback(_retrieve)
         accepted = {"execution_id": execution_id, "status": status, "created_at": _iso(created_at)}
         return accepted, flow.cost
 
