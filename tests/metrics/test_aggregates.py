@@ -11,7 +11,7 @@ from spine_contracts import (
     FlowNode,
     NodeCompleted,
 )
-from spine_metrics.aggregates import Aggregates
+from spine_metrics.aggregates import Aggregates, RecentIds
 
 FLOW = FlowDefinition(flow_id="f", nodes=(FlowNode(id="a", agent_id="echo"),))
 
@@ -59,3 +59,16 @@ def test_the_mean_duration_keeps_no_list_of_durations() -> None:
     assert not agg.flow_of  # finished executions are forgotten
     sizes = [len(v) for v in vars(agg).values() if isinstance(v, list | dict) and v is not agg.seen]
     assert max(sizes, default=0) < 10  # nothing else grows with the history
+
+
+def test_a_repeat_is_folded_once_while_remembered_and_the_oldest_ids_are_forgotten() -> None:
+    agg = Aggregates(seen=RecentIds(limit=3))
+    first = started("e0")
+    agg.apply(first)
+    agg.apply(first)
+    assert agg.started == 1 and agg.duplicates == 1
+    for i in range(1, 4):
+        agg.apply(started(f"e{i}"))
+    assert len(agg.seen) == 3
+    agg.apply(first)  # forgotten after three newer ids: counted again
+    assert agg.started == 5 and agg.duplicates == 1

@@ -125,7 +125,7 @@ class Observers:
     started: float = field(default_factory=time.time)
 
 
-#: how long an execution answered ``pending`` is remembered (read model far behind)
+#: how long an accepted execution is remembered in Redis (reads of it wait, never 404)
 ACCEPTED_TTL_S = 3600
 #: an Idempotency-Key reserved by a request still running (value ``pending:<token>``)
 _PENDING = "pending:"

@@ -4,7 +4,7 @@
 latency per agent, credits spent and active agents; ``summary()`` is what the compacted
 summary topic (and the gateway's ``/metrics`` JSON) carries.
 
-Duplicates: ``apply`` remembers the last ``remember`` message ids it folded and ignores a
+Duplicates: ``apply`` remembers the last 200,000 message ids it folded and ignores a
 message it has seen, so a message published twice is counted once. The dedupe record
 and the aggregates change in the same synchronous step and are lost together: after a
 restart the service folds its topics again from offset 0 (they are kept forever or
@@ -14,7 +14,7 @@ compacted), which recomputes both exactly.
 from __future__ import annotations
 
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from spine_contracts import (
@@ -38,6 +38,31 @@ OUTCOMES = {
 
 
 @dataclass
+class RecentIds:
+    """The last ``limit`` message ids folded, as 128-bit ints: a set to look them up and a
+    queue to forget the oldest (~19 MB for 200,000, against ~44 MB as ``UUID`` keys of an
+    ``OrderedDict``)."""
+
+    limit: int = 200_000
+    _keys: set[int] = field(default_factory=set)
+    _order: deque[int] = field(default_factory=deque)
+
+    def add(self, message_id: uuid.UUID) -> bool:
+        """Remember ``message_id``; False if it is remembered already."""
+        key = message_id.int
+        if key in self._keys:
+            return False
+        self._keys.add(key)
+        self._order.append(key)
+        if len(self._order) > self.limit:
+            self._keys.discard(self._order.popleft())
+        return True
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+@dataclass
 class Aggregates:
     started: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -49,8 +74,7 @@ class Aggregates:
     credits_spent: int = 0
     active_agents: set[str] = field(default_factory=set)
     duplicates: int = 0
-    remember: int = 200_000
-    seen: OrderedDict[uuid.UUID, None] = field(default_factory=OrderedDict)
+    seen: RecentIds = field(default_factory=RecentIds)
 
     def apply(self, message: Message) -> list[tuple[str, str, float, str]]:
         """Fold one event; return Prometheus observations ``(metric, label, value, kind)``.
@@ -58,12 +82,9 @@ class Aggregates:
         A message whose id was folded before changes nothing and observes nothing.
         """
         out: list[tuple[str, str, float, str]] = []
-        if message.message_id in self.seen:
+        if not self.seen.add(message.message_id):
             self.duplicates += 1
             return out
-        self.seen[message.message_id] = None
-        if len(self.seen) > self.remember:
-            self.seen.popitem(last=False)
         if isinstance(message, ExecutionStarted):
             self.started += 1
             self.flow_of[message.data.execution_id] = message.data.flow_id
