@@ -10,7 +10,14 @@ import orjson
 from aiokafka import TopicPartition
 from crash.helpers import execution_trail
 from spine_contracts import Message
-from spine_gateway.live import LiveTrail, View, event_view, follow_trail, live_view
+from spine_gateway.live import (
+    LiveTrail,
+    View,
+    await_started,
+    event_view,
+    follow_trail,
+    live_view,
+)
 from spine_servicekit.projector import Incoming
 
 T0 = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
@@ -177,3 +184,22 @@ async def test_the_terminal_event_decoded_just_before_subscribing_is_not_missed(
         async for view in follow_trail(asyncio.Queue(), store.after, catch_up, after=-1, idle_s=60):
             views.append(view)
     assert views[-1]["type"] == "execution.completed"
+
+
+async def test_the_execute_answer_is_the_start_or_the_end_decoded_with_it() -> None:
+    trail = trail_until_terminal("e1")
+    live = LiveTrail()
+    with live.subscribe("e1") as queue:  # the start and its first dispatch in one batch
+        live.tap([incoming(m, i) for i, m in enumerate(trail[:2])])
+        assert await asyncio.wait_for(await_started(queue), 1) == ("running", trail[0].occurred_at)
+    with live.subscribe("e1") as queue:  # the start and the end in one batch
+        live.tap([incoming(m, i) for i, m in enumerate(trail)])
+        status, _ = await asyncio.wait_for(await_started(queue), 1)
+        assert status == "completed"
+    with live.subscribe("e1") as queue:  # no start yet: it keeps waiting
+        live.tap([incoming(trail[1], 1)])
+        waiting = asyncio.ensure_future(await_started(queue))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        live.tap([incoming(trail[0], 0)])
+        assert (await asyncio.wait_for(waiting, 1))[0] == "running"
