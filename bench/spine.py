@@ -40,6 +40,10 @@ class SpineUnavailable(RuntimeError):
     """The stack does not answer as `make up` leaves it."""
 
 
+def _execute_body(flow_id: str) -> dict[str, Any]:
+    return {"flow_id": flow_id, "input_data": INPUT, "metadata": {"bench": True}}
+
+
 class SpineClient:
     def __init__(self, base_url: str, master_key: str, *, pool: int = 100) -> None:
         self.base_url = base_url.rstrip("/")
@@ -121,8 +125,9 @@ class SpineClient:
         )
 
     async def _submit(self, session: aiohttp.ClientSession, flow_id: str) -> tuple[int, bytes]:
-        body = {"flow_id": flow_id, "input_data": INPUT, "metadata": {"bench": True}}
-        async with session.post("/api/v1/flows/execute", json=body, headers=self._auth) as r:
+        async with session.post(
+            "/api/v1/flows/execute", json=_execute_body(flow_id), headers=self._auth
+        ) as r:
             return r.status, await r.read()
 
     async def _await_stream(self, session: aiohttp.ClientSession, execution_id: str) -> str:
@@ -272,7 +277,7 @@ class SpineClient:
         await drain.follower.start()
 
         session = self._session(limit=self.pool)
-        body = {"flow_id": flow_id, "input_data": INPUT, "metadata": {"bench": True}}
+        body = _execute_body(flow_id)
 
         async def one() -> None:
             try:

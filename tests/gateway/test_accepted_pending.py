@@ -102,6 +102,21 @@ class Ports:
 OWNER, OTHER = {"user_id": "u1"}, {"user_id": "u2"}
 
 
+def executing_ports(on_request: Callable[[Any], None] = lambda _cmd: None) -> Ports:
+    """Ports with the echo_chain flow, where auth accepts every reservation; ``on_request``
+    sees the command first (what the other services did before the reply came)."""
+    p = Ports()
+    definition = yaml.safe_load((FLOWS / "echo_chain.yaml").read_text())
+    p.read.flows["echo_chain"] = {"flow_version": "v1", "definition": definition}
+
+    async def auth_accepts(_spec: Any, _key: str, cmd: Any, _rid: str, **_: Any) -> Any:
+        on_request(cmd)
+        return SimpleNamespace(data=SimpleNamespace(ok=True))
+
+    p.service._request = auth_accepts  # type: ignore[method-assign]
+    return p
+
+
 async def test_the_owner_waits_until_the_projection_shows_it() -> None:
     p = Ports()
     p.store.accepted["e1"] = "u1"
@@ -151,13 +166,10 @@ async def test_a_read_after_a_streamed_event_waits_until_the_read_model_has_it()
 
 
 async def test_execute_answers_from_the_decoded_start_and_a_read_then_waits_for_the_store() -> None:
-    p = Ports()
-    definition = yaml.safe_load((FLOWS / "echo_chain.yaml").read_text())
-    p.read.flows["echo_chain"] = {"flow_version": "v1", "definition": definition}
     tp = TopicPartition("events", 0)
     decoded: list[Any] = []
 
-    async def auth_accepts(_spec: Any, _key: str, cmd: Any, _rid: str, **_: Any) -> Any:
+    def start_decoded(cmd: Any) -> None:
         # auth and the orchestrator did their part; the executions projector decodes the
         # start (and the first dispatch) in one batch, its PostgreSQL transaction still to come
         trail = execution_trail(cmd.data.execution_id, datetime(2026, 12, 6, tzinfo=UTC))
@@ -166,9 +178,8 @@ async def test_execute_answers_from_the_decoded_start_and_a_read_then_waits_for_
         p.service.live.tap(
             [Incoming(tp.topic, tp.partition, 3 + i, None, 0, m) for i, m in enumerate(trail[:2])]
         )
-        return SimpleNamespace(data=SimpleNamespace(ok=True))
 
-    p.service._request = auth_accepts  # type: ignore[method-assign]
+    p = executing_ports(start_decoded)
     execute = asyncio.create_task(p.service.execute(OWNER, "echo_chain", {"x": 1}, {}, None))
     for _ in range(20):
         await asyncio.sleep(0)
@@ -189,28 +200,14 @@ async def test_execute_answers_from_the_decoded_start_and_a_read_then_waits_for_
 
 
 async def test_execute_whose_start_is_not_decoded_in_time_answers_pending() -> None:
-    p = Ports()
-    definition = yaml.safe_load((FLOWS / "echo_chain.yaml").read_text())
-    p.read.flows["echo_chain"] = {"flow_version": "v1", "definition": definition}
-
-    async def auth_accepts(*_: Any, **__: Any) -> Any:
-        return SimpleNamespace(data=SimpleNamespace(ok=True))
-
-    p.service._request = auth_accepts  # type: ignore[method-assign]
+    p = executing_ports()
     answer, _ = await p.service.execute(OWNER, "echo_chain", {}, {}, None)
     assert answer["status"] == "pending"
     assert p.store.accepted[answer["execution_id"]] == "u1"
 
 
 async def test_a_client_gone_while_execute_waits_leaves_no_wait_behind() -> None:
-    p = Ports()
-    definition = yaml.safe_load((FLOWS / "echo_chain.yaml").read_text())
-    p.read.flows["echo_chain"] = {"flow_version": "v1", "definition": definition}
-
-    async def auth_accepts(*_: Any, **__: Any) -> Any:
-        return SimpleNamespace(data=SimpleNamespace(ok=True))
-
-    p.service._request = auth_accepts  # type: ignore[method-assign]
+    p = executing_ports()
     before = len(asyncio.all_tasks())
     execute = asyncio.create_task(p.service.execute(OWNER, "echo_chain", {}, {}, None))
     for _ in range(20):

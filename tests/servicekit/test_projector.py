@@ -472,6 +472,20 @@ async def test_pacing_holds_only_bursts(
         assert projector.stats.applied < 400
 
 
+def offsets_recorder(
+    into: list[tuple[int, int]], projector: Callable[[], Projector]
+) -> Callable[[Sequence[Incoming]], None]:
+    """A hook that records each item's offset beside its partition's applied offset then."""
+
+    def record(batch: Sequence[Incoming]) -> None:
+        applied = projector().applied_offsets()
+        for item in batch:
+            tp = TopicPartition(item.topic, item.partition)
+            into.append((item.offset, applied.get(tp, 0)))
+
+    return record
+
+
 async def test_tap_sees_each_batch_before_it_is_applied_and_cannot_stop_the_loop(
     cfg: KafkaConfig, database_url: str, pg_schema: str
 ) -> None:
@@ -480,11 +494,10 @@ async def test_tap_sees_each_batch_before_it_is_applied_and_cannot_stop_the_loop
     metas = await produce(cfg, lifecycle(ids(60, "tap")))
     tapped: list[tuple[int, int]] = []  # (record offset, applied offset of its partition then)
     projector: Projector
+    record = offsets_recorder(tapped, lambda: projector)
 
     def tap(batch: Sequence[Incoming]) -> None:
-        applied = projector.applied_offsets()
-        for item in batch:
-            tapped.append((item.offset, applied.get(TopicPartition(item.topic, item.partition), 0)))
+        record(batch)
         raise RuntimeError("a broken subscriber")
 
     projector = Projector(cfg, database_url, projection(), schema=pg_schema, max_batch=25, tap=tap)
@@ -504,11 +517,7 @@ async def test_on_applied_sees_each_batch_once_committed_before_any_waiter_wakes
     metas = await produce(cfg, lifecycle(ids(40, "hook")))
     seen: list[tuple[int, int]] = []  # (record offset, applied offset of its partition then)
     projector: Projector
-
-    def on_applied(batch: Sequence[Incoming]) -> None:
-        applied = projector.applied_offsets()
-        for item in batch:
-            seen.append((item.offset, applied[TopicPartition(item.topic, item.partition)]))
+    on_applied = offsets_recorder(seen, lambda: projector)
 
     projector = Projector(
         cfg, database_url, projection(), schema=pg_schema, max_batch=10, on_applied=on_applied
