@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,6 +39,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.structs import OffsetAndMetadata
 
+from .checks import Tally
 from .common import SHAPES, WARMUP, Latency, Throughput, Tick, no_tick, out_of_time
 
 FETCH_MAX_WAIT_MS = 500  # AI Spine's SPINE_KAFKA_FETCH_MAX_WAIT_MS default
@@ -154,6 +155,9 @@ class AgentHop:
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._partitions = 0
+        # for the checks: tasks read (dispatches) and answered (runs), by "execution:node"
+        self.dispatches: Counter[str] = Counter()
+        self.runs: Counter[str] = Counter()
 
     async def start(self, partitions: int) -> None:
         self._partitions = partitions
@@ -173,9 +177,11 @@ class AgentHop:
             for tp, records in batches.items():
                 for record in records:
                     task = orjson.loads(record.value)
+                    self.dispatches[f"{task['e']}:{task['n']}"] += 1
                     result = {"e": task["e"], "n": task["n"], "output": {"echo": task["input"]}}
                     value = orjson.dumps(result)
                     futures.append(await producer.send(self.results, value=value, key=record.key))
+                    self.runs[f"{task['e']}:{task['n']}"] += 1
                 done[tp] = OffsetAndMetadata(records[-1].offset + 1, "")
             if futures:
                 await asyncio.gather(*futures)  # a task counts as done once its result is acked
@@ -228,6 +234,9 @@ class Floor:
         self.on_completed: Tick = no_tick
         self._expected: set[str] = set()  # a throughput phase's executions not yet completed
         self._all_done = asyncio.Event()
+        # for the checks, decoded after the measured window: submitted ids, completed records
+        self.submitted: list[str] = []
+        self.completed_records: dict[str, list[bytes]] = defaultdict(list)
 
     # -- the decisions -----------------------------------------------------------------------
 
@@ -342,7 +351,8 @@ class Floor:
                     if tp.topic == self.t_replies:
                         self.replied[eid] = now
                         continue
-                    self.completed[eid] = now
+                    self.completed.setdefault(eid, now)
+                    self.completed_records[eid].append(record.value)
                     self.on_completed(1)
                     if eid in self._expected:
                         self._expected.discard(eid)
@@ -356,6 +366,7 @@ class Floor:
 
     def _reserve(self, shape: str) -> tuple[str, bytes]:
         eid = str(uuid.uuid4())
+        self.submitted.append(eid)
         cmd = {"e": eid, "shape": shape, "user": USER, "input": {"text": "hello", "n": 1}}
         return eid, orjson.dumps(cmd)
 
@@ -431,6 +442,26 @@ class Floor:
             elapsed_s=(max(done) if not unfinished else t_stop) - t0,
             submit_s=t_submit - t0,
         )
+
+    def tally(self) -> Tally:
+        """What the phase since the last call saw, for ``bench.checks.audit`` (and forget it).
+
+        Dispatches are the tasks the agent read (``read_committed``: each is a committed
+        dispatch), runs the results it produced; the floor's tasks have one attempt.
+        """
+        out = Tally(accepted=set(self.submitted))
+        for eid in self.submitted:
+            for value in self.completed_records.pop(eid, ()):
+                out.end(eid, "completed", orjson.loads(value)["output"])
+        for key, n in self.agent.dispatches.items():
+            eid, node = key.split(":", 1)
+            out.dispatches[(eid, node, 1)] = n
+            out.agent_work.add(eid)
+        out.runs.update(self.agent.runs)
+        self.submitted = []
+        self.agent.dispatches.clear()
+        self.agent.runs.clear()
+        return out
 
     @property
     def transactions(self) -> int:
