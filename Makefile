@@ -34,10 +34,10 @@ demo: ## the original demo over HTTP: credit_analysis with two input turns, live
 	$(UV) run --frozen python scripts/demo.py
 
 test: install infra ## the whole suite against real Kafka, PostgreSQL and Redis
-	$(UV) run --frozen pytest $(PYTEST_ARGS)
+	$(UV) run --frozen --group bench pytest $(PYTEST_ARGS)
 
 test-unit: install ## the fast part: no I/O
-	$(UV) run --frozen pytest -m "not integration" $(PYTEST_ARGS)
+	$(UV) run --frozen --group bench pytest -m "not integration" $(PYTEST_ARGS)
 
 lint: install ## ruff format check and lint
 	$(UV) run --frozen ruff format --check libs services tests
