@@ -26,6 +26,7 @@ class Latency:
     breakdown: dict[str, Any] = field(default_factory=dict)  # where the time went (Spine)
     errors: dict[str, int] = field(default_factory=dict)  # why the failed runs failed
     warmup_runs: int = WARMUP  # unmeasured executions before the measured ones
+    executions: set[str] = field(default_factory=set)  # accepted ids, warm-up included
 
     def fail(self, reason: str) -> None:
         self.failed += 1
@@ -77,9 +78,16 @@ class Throughput:
     unfinished: int = 0  # accepted, not terminal when the phase ended (deadline)
     lost: int | None = 0  # accepted and never seen terminal (None: not checked)
     errors: dict[str, int] = field(default_factory=dict)
+    executions: set[str] = field(default_factory=set)  # accepted ids
+
+    @property
+    def finished(self) -> bool:
+        """Every submission answered and every accepted execution terminal in the phase: only
+        then is completed / elapsed a rate (a cut phase's count says nothing of a backlog)."""
+        return self.unfinished == 0 and self.elapsed_s > 0
 
     def summary(self) -> dict[str, Any]:
-        rate = self.completed / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        rate = round(self.completed / self.elapsed_s, 1) if self.finished else None
         out: dict[str, Any] = {
             "submitted": self.submitted,
             "completed": self.completed,
@@ -88,8 +96,10 @@ class Throughput:
             "lost": self.lost,
             "elapsed_s": round(self.elapsed_s, 2),
             "submit_s": round(self.submit_s, 2),
-            "executions_per_s": round(rate, 1),
+            "executions_per_s": rate,
         }
+        if not self.finished:
+            out["not_finished"] = True
         if self.errors:
             out["errors"] = self.errors
         return out

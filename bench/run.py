@@ -1,10 +1,13 @@
-"""`make bench`: AI Spine beside the bare-Kafka floor and a Celery peer, on this machine.
+"""`make bench`: AI Spine beside the frozen floor and two Celery configurations, in rounds.
 
-    uv run --group bench python -m bench.run [--runs 300] [--n 3000] [--budget 570] [--profile]
+    uv run --group bench python -m bench.run [--rounds 3] [--runs 100] [--n 1000] [--profile]
 
-Needs the stack of `make up` (the gateway must answer on PORT from .env). Prints a table
-while it goes, then one JSON line with every figure (also written to
-.spine/bench/last.json). See bench/README.md for what each figure means.
+Needs the stack of `make up` (the gateway must answer on PORT from .env). The contestants
+take turns (floor, AI Spine, Celery fast, Celery matched; repeated --rounds times); every
+execution's output, dispatches, terminal events and the bench user's balance are checked,
+and a failed check fails the run (exit 1). Prints the tables while it goes, then one JSON
+line with every figure (also .spine/bench/last.json), then the headline as the last line,
+JSON. See bench/README.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -25,8 +28,19 @@ from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
-from .common import Latency, Throughput, progress
+from .checks import Audit
+from .common import FLOW_IDS, Latency, Throughput, progress
+from .contestants import (
+    CeleryContestant,
+    Check,
+    Contestant,
+    FloorContestant,
+    SpineContestant,
+    merge_audit,
+)
+from .peer import CeleryPeer
 from .procstats import INFRA, SERVICES, ProcessWatch, cpu_delta, read_pid
+from .rounds import CONTESTANTS, NOT_FINISHED, SHAPES, Round, _get, headline, headline_text, rate
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / ".spine" / "bench"
@@ -144,24 +158,16 @@ class Runner:
         self.env = env
         self.watch = ProcessWatch()
         self.phases: list[Phase] = []
-        self.results: dict[str, dict[str, dict[str, Any]]] = {
-            "floor": {},
-            "spine": {},
-            "celery": {},
-        }
+        self.rounds: list[Round] = []
+        self.cpu_ms: list[dict[str, dict[str, float | None]]] = []  # per round
+        self.audits: dict[str, Audit] = {}  # contestant -> every phase's audit merged
         self.plan = Plan(args.budget)
         self.notes: list[str] = []
         self.profile: dict[str, Any] = {}
 
-    async def phase(
-        self, name: str, run: Callable[[Phase], Awaitable[Any]], *, optional: bool = False
-    ) -> Any:
+    async def phase(self, name: str, run: Callable[[Phase], Awaitable[Any]]) -> Any:
         ph = Phase(name)
         self.phases.append(ph)
-        if optional and not self.plan.fits(name):
-            ph.skipped = "time budget"
-            console.print(f"  [yellow]{name}: skipped (not enough of the time budget left)[/]")
-            return None
         if name in self.plan.order:
             ph.deadline = self.plan.deadline(name)
         before, busy0, t0 = self.watch.cpu(), machine_busy_s(), time.monotonic()
@@ -176,12 +182,30 @@ class Runner:
         return value
 
     def record(
-        self, system: str, shape: str, kind: str, value: Latency | Throughput, ph: Phase
+        self,
+        contestant: str,
+        shape: str,
+        kind: str,
+        value: Latency | Throughput,
+        checked: Audit,
+        ph: Phase,
     ) -> None:
         summary = value.summary()
+        summary["checks"] = checked.summary()
         ph.result = summary
-        self.results[system].setdefault(shape, {})[kind] = summary
-        console.print(f"  {ph.name:<28} {_one_line(summary)}")
+        self.rounds[-1].setdefault(contestant, {}).setdefault(shape, {})[kind] = summary
+        merge_audit(self.audits.setdefault(contestant, Audit()), checked)
+        if isinstance(value, Throughput):
+            per_exec = (
+                round(1000 * ph.machine_busy_s / value.completed, 1)
+                if value.finished and value.completed
+                else None
+            )
+            summary["machine_cpu_ms_per_execution"] = per_exec
+            self.cpu_ms[-1].setdefault(contestant, {})[shape] = per_exec
+        flag = "" if checked.ok else f"  [red]CHECK FAILED: {checked.failures}[/]"
+        reruns = f" reruns={checked.reruns}" if checked.reruns else ""
+        console.print(f"  {ph.name:<34} {_one_line(summary)}{reruns}{flag}")
 
 
 def _one_line(s: dict[str, Any]) -> str:
@@ -191,23 +215,16 @@ def _one_line(s: dict[str, Any]) -> str:
             f"p99={s['p99_ms']:.1f} ms" + (" (truncated)" if s.get("truncated_by_budget") else "")
         )
     if "executions_per_s" in s:
+        rate = s["executions_per_s"]
+        shown = f"{rate:.1f}/s" if rate is not None else NOT_FINISHED
         return (
-            f"{s['completed']}/{s['submitted']} completed in {s['elapsed_s']:.1f} s = "
-            f"{s['executions_per_s']:.1f}/s, unfinished={s['unfinished_at_deadline']} "
-            f"lost={s['lost']}"
+            f"{s['completed']}/{s['submitted']} completed in {s['elapsed_s']:.1f} s = {shown}, "
+            f"unfinished={s['unfinished_at_deadline']} lost={s['lost']}"
         )
     return json.dumps(s)
 
 
-async def run_latency(
-    label: str, total: int, go: Callable[..., Awaitable[Latency]], **kw: Any
-) -> Latency:
-    with progress() as bar:
-        task = bar.add_task(label, total=total)
-        return await go(tick=lambda n=1: bar.advance(task, n), **kw)
-
-
-async def run_throughput(label: str, total: int, go: Callable[..., Awaitable[T]], **kw: Any) -> T:
+async def _with_bar(label: str, total: int, go: Callable[..., Awaitable[T]], **kw: Any) -> T:
     with progress() as bar:
         task = bar.add_task(label, total=total)
         return await go(tick=lambda n=1: bar.advance(task, n), **kw)
@@ -215,10 +232,20 @@ async def run_throughput(label: str, total: int, go: Callable[..., Awaitable[T]]
 
 # -- the run -----------------------------------------------------------------------------------
 
+#: (kind, contestant) -> share of the time left when the phase starts (see Plan)
+WEIGHTS = {
+    ("latency", "floor"): 0.5,
+    ("throughput", "floor"): 0.3,
+    ("latency", "spine"): 1.5,
+    ("throughput", "spine"): 2.0,
+    ("latency", "celery-fast"): 0.4,
+    ("throughput", "celery-fast"): 1.2,
+    ("latency", "celery-matched"): 0.5,
+    ("throughput", "celery-matched"): 1.5,
+}
+
 
 async def main_async(args: argparse.Namespace) -> int:
-    from .floor import Floor
-    from .peer import CeleryPeer
     from .spine import SpineClient, SpineUnavailable
 
     env = load_env()
@@ -234,6 +261,11 @@ async def main_async(args: argparse.Namespace) -> int:
     r = Runner(args, env)
     started_at = datetime.now(UTC)
     load_start = os.getloadavg()
+    only = set(args.only.split(",")) if args.only else set(CONTESTANTS)
+    unknown = only - set(CONTESTANTS)
+    if unknown:
+        console.print(f"[red]error:[/] --only: unknown contestant(s) {sorted(unknown)}")
+        return 2
 
     # -- preflight: the stack must be up
     client = SpineClient(base_url, master, pool=args.pool)
@@ -245,6 +277,7 @@ async def main_async(args: argparse.Namespace) -> int:
         return 2
     if not master:
         console.print("[red]error:[/] API_KEY (the master key) is not in .env nor the environment")
+        await client.close()
         return 2
     missing = []
     for name in SERVICES + INFRA:
@@ -264,213 +297,153 @@ async def main_async(args: argparse.Namespace) -> int:
     r.watch.add("bench-client", os.getpid(), tree=False)
     if missing:
         r.notes.append(f"not running (not measured): {', '.join(missing)}")
-    await client.create_user()
-    flows = {
+    start_balance = await client.create_user()
+    flows_state = {
         shape: await client.ensure_flow(flow_id, ROOT / "flows" / f"{flow_id}.yaml")
-        for shape, flow_id in (("chain", "echo_chain"), ("fanout", "echo_fanout"))
+        for shape, flow_id in FLOW_IDS.items()
     }
+    flows = {shape: await client.flow(flow_id) for shape, flow_id in FLOW_IDS.items()}
     partitions = await _partitions(bootstrap, f"{prefix}spine.executions.commands")
-    events_topic = f"{prefix}spine.executions.events"
     console.print(
         f"[bold]AI Spine bench[/] {started_at:%Y-%m-%d %H:%M:%S} UTC · gateway {base_url} · "
-        f"{os.cpu_count()} cores · load {load_start[0]:.2f} · runs={args.runs} n={args.n} "
-        f"budget={args.budget:.0f}s · partitions={partitions}"
+        f"{os.cpu_count()} cores · load {load_start[0]:.2f} · rounds={args.rounds} "
+        f"runs={args.runs} n={args.n}/{args.n_fanout} budget={args.budget:.0f}s · "
+        f"partitions={partitions}"
     )
     for note in r.notes:
         console.print(f"  [dim]{note}[/]")
-    r.watch.start()
 
+    spine = SpineContestant(
+        client,
+        bootstrap,
+        prefix,
+        flows,
+        drain_s=args.drain,
+        inject=frozenset(args.inject.split(",")) if args.inject else frozenset(),
+    )
+    contestants: list[Contestant] = []
+    peers: list[CeleryPeer] = []
+    if "floor" in only:
+        contestants.append(FloorContestant(bootstrap, partitions, args.broker_warmup))
+    if "spine" in only:
+        contestants.append(spine)
+    for config in ("fast", "matched"):
+        if f"celery-{config}" in only:
+            peer = CeleryPeer(ROOT, OUT / f"celery-{config}-worker.log", config=config)
+            peers.append(peer)
+            contestants.append(CeleryContestant(peer))
     plan = r.plan
-    # name, weight (share of the time left), minimum seconds, mandatory
-    for name, weight, minimum, mandatory in (
-        ("floor chain latency", 1.0, 10, True),
-        ("floor chain throughput", 0.5, 5, True),
-        ("floor fanout latency", 1.0, 10, True),
-        ("floor fanout throughput", 0.5, 5, True),
-        ("celery chain latency", 1.0, 10, True),
-        ("celery chain throughput", 1.5, 15, True),
-        ("celery fanout latency", 1.0, 10, True),
-        ("celery fanout throughput", 1.0, 15, False),
-        ("spine chain latency", 2.5, 20, True),
-        ("spine fanout latency", 2.0, 20, True),
-        ("spine chain throughput", 3.0, 40, True),
-        ("spine fanout throughput", 2.0, 40, False),
-    ):
-        plan.add(name, weight, minimum, mandatory)
+    for i in range(1, args.rounds + 1):
+        for c in contestants:
+            for kind in ("latency", "throughput"):
+                for shape in SHAPES:
+                    plan.add(f"r{i} {c.name} {shape} {kind}", WEIGHTS[(kind, c.name)], 5.0)
 
-    # -- idle: what the stack costs while nothing happens
-    async def idle(ph: Phase) -> None:
-        await asyncio.sleep(args.idle)
-
-    await r.phase("idle", idle)
-    idle_phase = r.phases[-1]
-    idle_pct = {k: round(100 * v / idle_phase.wall_s, 1) for k, v in idle_phase.cpu_s.items()}
-
-    # -- 1. the floor (fresh topics and hops per flow: a cut phase leaves no backlog behind)
-    if not args.skip_floor:
-        for shape in ("chain", "fanout"):
-            async with Floor(bootstrap, partitions) as floor:
-
-                async def f_lat(ph: Phase, shape: str = shape) -> None:
-                    lat = await run_latency(
-                        ph.name,
-                        args.runs,
-                        floor.latency,
-                        shape=shape,
-                        runs=args.runs,
-                        deadline=ph.deadline,
-                        # the broker's first transactions after `make up` run cold
-                        warmup_s=args.broker_warmup if shape == "chain" else 0.0,
-                    )
-                    r.record("floor", shape, "latency", lat, ph)
-
-                async def f_tput(ph: Phase, shape: str = shape) -> None:
-                    tp = await run_throughput(
-                        ph.name,
-                        args.n,
-                        floor.throughput,
-                        shape=shape,
-                        n=args.n,
-                        deadline=ph.deadline,
-                    )
-                    r.record("floor", shape, "throughput", tp, ph)
-
-                await r.phase(f"floor {shape} latency", f_lat)
-                await r.phase(f"floor {shape} throughput", f_tput)
-
-    # -- 2. the peer (a worker restarted, its Redis DB emptied, after a cut phase)
-    if not args.skip_celery:
-        peer = CeleryPeer(ROOT, OUT / "celery-worker.log")
-        pid = await asyncio.to_thread(peer.start)
-        r.watch.add("celery-worker", pid, tree=True)
-        try:
-            for shape in ("chain", "fanout"):
-
-                async def c_lat(ph: Phase, shape: str = shape) -> None:
-                    lat = await run_latency(
-                        ph.name,
-                        args.runs,
-                        _threaded(peer.latency),
-                        shape=shape,
-                        runs=args.runs,
-                        deadline=ph.deadline,
-                    )
-                    r.record("celery", shape, "latency", lat, ph)
-
-                async def c_tput(ph: Phase, shape: str = shape) -> Throughput:
-                    tp = await run_throughput(
-                        ph.name,
-                        args.n,
-                        _threaded(peer.throughput),
-                        shape=shape,
-                        n=args.n,
-                        deadline=ph.deadline,
-                    )
-                    r.record("celery", shape, "throughput", tp, ph)
-                    return tp
-
-                await r.phase(f"celery {shape} latency", c_lat)
-                tp = await r.phase(
-                    f"celery {shape} throughput",
-                    c_tput,
-                    optional=not plan.mandatory[f"celery {shape} throughput"],
-                )
-                if shape == "chain" and tp is not None and tp.unfinished:
-                    await asyncio.to_thread(peer.stop)
-                    pid = await asyncio.to_thread(peer.start)
-                    r.watch.add("celery-worker", pid, tree=True)
-        finally:
-            await asyncio.to_thread(peer.stop)
-
-    # -- 3. AI Spine through its HTTP API
-    from .profile import Profiler
-
-    drains = []
+    exit_code = 0
+    balance_problem: str | None = None
     try:
-        for shape in ("chain", "fanout"):
+        for peer in peers:
+            console.print(f"  starting the Celery worker ({peer.config}) ...")
+            await asyncio.to_thread(peer.start)
+            for name, pid in peer.pids().items():
+                r.watch.add(name, pid, tree=True)
+        r.watch.start()
 
-            async def s_lat(ph: Phase, shape: str = shape) -> None:
-                lat = await run_latency(
-                    ph.name,
-                    args.runs,
-                    client.latency,
-                    shape=shape,
-                    runs=args.runs,
-                    deadline=ph.deadline,
-                )
-                r.record("spine", shape, "latency", lat, ph)
+        async def idle(ph: Phase) -> None:
+            await asyncio.sleep(args.idle)
 
-            await r.phase(f"spine {shape} latency", s_lat)
-        for shape in ("chain", "fanout"):
+        await r.phase("idle", idle)
+        idle_phase = r.phases[-1]
+        idle_pct = {k: round(100 * v / idle_phase.wall_s, 1) for k, v in idle_phase.cpu_s.items()}
 
-            async def s_tput(ph: Phase, shape: str = shape) -> None:
-                profiler = None
-                if args.profile and shape == "chain":
-                    profiler = Profiler(OUT / f"profile-{started_at:%Y%m%dT%H%M%S}")
-                    targets = {
-                        n: u.pid
-                        for n, u in r.watch.units.items()
-                        if n in ("orchestrator", "gateway", "agent-echo", "auth")
-                    }
-                    profiler.start(targets)
-                    for n, p in profiler.pids().items():
-                        r.watch.add(n, p, tree=False)
+        for i in range(1, args.rounds + 1):
+            console.print(f"[bold]round {i} of {args.rounds}[/]")
+            r.rounds.append({})
+            r.cpu_ms.append({})
+            for c in contestants:
+                await c.open()
                 try:
-                    tp, drain = await run_throughput(
-                        ph.name,
-                        args.n,
-                        client.throughput,
-                        shape=shape,
-                        n=args.n,
-                        events_topic=events_topic,
-                        bootstrap=bootstrap,
-                        deadline=ph.deadline - args.drain,
-                    )
+                    await _turn(r, c, i, args, started_at)
                 finally:
-                    if profiler is not None:
-                        r.profile = profiler.stop()
-                        r.profile["_dir"] = str(profiler.out_dir)
-                drains.append((shape, tp, drain))
-                r.record("spine", shape, "throughput", tp, ph)
-                if tp.unfinished:
-                    # finish this tail before anything else is measured
-                    left = await drain.finish(ph.deadline)
-                    _settle(r, shape, tp, left)
-
-            await r.phase(
-                f"spine {shape} throughput",
-                s_tput,
-                optional=not plan.mandatory[f"spine {shape} throughput"],
-            )
-    finally:
-        for shape, tp, drain in drains:
-            if drain.follower is not None:
-                _settle(
-                    r,
-                    shape,
-                    tp,
-                    await drain.finish(None if not tp.unfinished else time.monotonic() + 5),
-                )
+                    await c.close()
+        if "spine" in only:
+            late, balance_problem = await spine.final_checks(start_balance)
+            merge_audit(r.audits.setdefault("spine", Audit()), late)
         balance = await client.balance()
+    finally:
+        await spine.shutdown()
+        for peer in peers:
+            await asyncio.to_thread(peer.stop)
         await client.close()
         r.watch.stop()
 
-    _report(r, started_at, load_start, idle_pct, flows, balance, base_url, partitions)
-    return 0
+    checks = _checks(r, balance_problem, start_balance, balance if "spine" in only else None)
+    if not checks["ok"]:
+        exit_code = 1
+    _report(r, started_at, load_start, idle_pct, flows_state, base_url, partitions, checks)
+    return exit_code
 
 
-def _settle(r: Runner, shape: str, tp: Throughput, left: int) -> None:
-    entry = r.results["spine"][shape]["throughput"]
-    entry["lost"] = 0 if left == 0 else None
-    entry["not_terminal_at_end_of_run"] = left
-    tp.lost = entry["lost"]
+async def _turn(
+    r: Runner, c: Contestant, i: int, args: argparse.Namespace, started_at: datetime
+) -> None:
+    """One contestant's phases in round ``i``: latency of both flows, then throughput."""
+    for shape in SHAPES:
+
+        async def lat(ph: Phase, shape: str = shape) -> tuple[Latency, Check]:
+            return await _with_bar(
+                ph.name, args.runs, c.latency, shape=shape, runs=args.runs, deadline=ph.deadline
+            )
+
+        value, check = await r.phase(f"r{i} {c.name} {shape} latency", lat)
+        r.record(c.name, shape, "latency", value, await check(), r.phases[-1])
+    for shape in SHAPES:
+        n = args.n if shape == "chain" else args.n_fanout
+
+        async def tput(ph: Phase, shape: str = shape, n: int = n) -> tuple[Throughput, Check]:
+            profiler = None
+            if args.profile and c.name == "spine" and shape == "chain" and i == 1:
+                from .profile import Profiler
+
+                profiler = Profiler(OUT / f"profile-{started_at:%Y%m%dT%H%M%S}")
+                targets = {
+                    name: u.pid
+                    for name, u in r.watch.units.items()
+                    if name in ("orchestrator", "gateway", "agent-echo", "auth")
+                }
+                profiler.start(targets)
+                for name, pid in profiler.pids().items():
+                    r.watch.add(name, pid, tree=False)
+            try:
+                return await _with_bar(
+                    ph.name, n, c.throughput, shape=shape, n=n, deadline=ph.deadline
+                )
+            finally:
+                if profiler is not None:
+                    r.profile = profiler.stop()
+                    r.profile["_dir"] = str(profiler.out_dir)
+
+        value, check = await r.phase(f"r{i} {c.name} {shape} throughput", tput)
+        r.record(c.name, shape, "throughput", value, await check(), r.phases[-1])
+        if isinstance(c, CeleryContestant) and value.unfinished:
+            # its backlog would run into the next phase: a fresh worker and queue
+            await asyncio.to_thread(c.peer.restart)
+            for name, pid in c.peer.pids().items():
+                r.watch.add(name, pid, tree=True)
 
 
-def _threaded(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
-    async def call(**kw: Any) -> T:
-        return await asyncio.to_thread(fn, **kw)
-
-    return call
+def _checks(
+    r: Runner, balance_problem: str | None, start: int, final: int | None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"contestants": {c: a.summary() for c, a in r.audits.items()}}
+    failures = {c: a.failures for c, a in r.audits.items() if a.failures}
+    if balance_problem:
+        failures.setdefault("spine", {})["balance"] = 1
+    out["balance"] = {"start": start, "final": final, "problem": balance_problem}
+    out["ok"] = not failures
+    out["failures"] = failures
+    out["agent_reruns"] = {c: a.reruns for c, a in r.audits.items()}
+    return out
 
 
 async def _partitions(bootstrap: str, topic: str) -> int:
@@ -486,26 +459,10 @@ async def _partitions(bootstrap: str, topic: str) -> int:
 # -- the report --------------------------------------------------------------------------------
 
 
-def _get(d: dict[str, Any], *path: str) -> Any:
-    for key in path:
-        if not isinstance(d, dict) or key not in d:
-            return None
-        d = d[key]
-    return d
-
-
-def _ratio(a: Any, b: Any) -> float | None:
-    if isinstance(a, int | float) and isinstance(b, int | float) and b:
-        return round(a / b, 2)
-    return None
-
-
-def _abbrev(phase: str) -> str:
-    words = phase.split()
-    if len(words) != 3:
-        return phase
-    system, shape, kind = words
-    return f"{system[0].upper()} {shape[:2]} {'lat' if kind == 'latency' else 'tput'}"
+def _fmt(v: Any, digits: int = 1) -> str:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return f"{v:.{digits}f}"
+    return "" if v is None else str(v)
 
 
 def _report(
@@ -514,134 +471,94 @@ def _report(
     load_start: tuple[float, float, float],
     idle_pct: dict[str, float],
     flows: dict[str, str],
-    balance: int | None,
     base_url: str,
     partitions: int,
+    checks: dict[str, Any],
 ) -> None:
-    res = r.results
-    lat = Table(title="Latency of one execution at a time (ms)", title_justify="left")
-    for col in ("system", "flow", "runs", "p50", "p95", "p99", "accepted p50"):
-        lat.add_column(col, justify="right" if col not in ("system", "flow") else "left")
-    tput = Table(title="Throughput: n executions submitted at once", title_justify="left")
+    table = Table(title="Each round (latency ms: one execution at a time)", title_justify="left")
     for col in (
-        "system",
+        "round",
+        "contestant",
         "flow",
-        "completed",
-        "unfinished",
-        "lost",
-        "submit s",
-        "elapsed s",
+        "p50",
+        "p95",
+        "p99",
+        "accept p50",
         "exec/s",
+        "CPU ms/exec",
+        "checked",
+        "re-runs",
     ):
-        tput.add_column(col, justify="right" if col not in ("system", "flow") else "left")
-    for system in ("floor", "spine", "celery"):
-        for shape in ("chain", "fanout"):
-            row = _get(res, system, shape, "latency")
-            if row:
-                lat.add_row(
-                    system,
+        table.add_column(col, justify="left" if col in ("contestant", "flow") else "right")
+    for i, rnd in enumerate(r.rounds, 1):
+        for c in CONTESTANTS:
+            for shape in SHAPES:
+                lat = _get(rnd, c, shape, "latency") or {}
+                tp = _get(rnd, c, shape, "throughput") or {}
+                if not lat and not tp:
+                    continue
+                checked = sum((_get(x, "checks", "checked") or 0) for x in (lat, tp))
+                reruns = sum((_get(x, "checks", "agent_reruns") or 0) for x in (lat, tp))
+                bad = {
+                    k: v
+                    for x in (lat, tp)
+                    for k, v in (_get(x, "checks", "failures") or {}).items()
+                }
+                table.add_row(
+                    str(i),
+                    c,
                     shape,
-                    str(row["runs"]) + ("*" if row.get("truncated_by_budget") else ""),
-                    f"{row.get('p50_ms', 0):.1f}",
-                    f"{row.get('p95_ms', 0):.1f}",
-                    f"{row.get('p99_ms', 0):.1f}",
-                    f"{row.get('accept_p50_ms', 0):.1f}",
-                )
-            row = _get(res, system, shape, "throughput")
-            if row:
-                tput.add_row(
-                    system,
-                    shape,
-                    f"{row['completed']}/{row['submitted']}",
-                    str(row["unfinished_at_deadline"]),
-                    "?" if row["lost"] is None else str(row["lost"]),
-                    f"{row['submit_s']:.1f}",
-                    f"{row['elapsed_s']:.1f}",
-                    f"{row['executions_per_s']:.1f}",
+                    _fmt(lat.get("p50_ms")) + ("*" if lat.get("truncated_by_budget") else ""),
+                    _fmt(lat.get("p95_ms")),
+                    _fmt(lat.get("p99_ms")),
+                    _fmt(lat.get("accept_p50_ms")),
+                    _fmt(rate(tp) if tp else None),
+                    _fmt(tp.get("machine_cpu_ms_per_execution")),
+                    str(checked) + (f" [red]{bad}[/]" if bad else ""),
+                    str(reruns),
                 )
     console.print()
-    console.print(lat)
-    breakdown = Table(
-        title="Where one AI Spine execution's time goes (p50 ms, from its event trail)",
-        title_justify="left",
-    )
-    for col in ("flow", "sent→started", "node round trip", "completed→client", "answer−started"):
-        breakdown.add_column(col, justify="left" if col == "flow" else "right")
-    for shape in ("chain", "fanout"):
-        b = _get(res, "spine", shape, "latency", "breakdown")
-        if b:
-            breakdown.add_row(
-                shape,
-                *[
-                    str(b.get(k))
-                    for k in (
-                        "to_started_p50_ms",
-                        "node_round_trip_p50_ms",
-                        "completed_to_client_p50_ms",
-                        "answered_after_started_p50_ms",
-                    )
-                ],
-            )
-    if breakdown.row_count:
-        console.print(breakdown)
-    console.print(tput)
+    console.print(table)
 
-    ratios = {
-        "spine_p50/floor_p50": _ratio(
-            _get(res, "spine", "chain", "latency", "p50_ms"),
-            _get(res, "floor", "chain", "latency", "p50_ms"),
-        ),
-        "spine_throughput/celery_throughput": _ratio(
-            _get(res, "spine", "chain", "throughput", "executions_per_s"),
-            _get(res, "celery", "chain", "throughput", "executions_per_s"),
-        ),
-        "spine_p50/celery_p50": _ratio(
-            _get(res, "spine", "chain", "latency", "p50_ms"),
-            _get(res, "celery", "chain", "latency", "p50_ms"),
-        ),
-        "spine_throughput/floor_throughput": _ratio(
-            _get(res, "spine", "chain", "throughput", "executions_per_s"),
-            _get(res, "floor", "chain", "throughput", "executions_per_s"),
-        ),
-        "fanout_spine_p50/floor_p50": _ratio(
-            _get(res, "spine", "fanout", "latency", "p50_ms"),
-            _get(res, "floor", "fanout", "latency", "p50_ms"),
-        ),
-        "fanout_spine_throughput/celery_throughput": _ratio(
-            _get(res, "spine", "fanout", "throughput", "executions_per_s"),
-            _get(res, "celery", "fanout", "throughput", "executions_per_s"),
-        ),
-    }
-    console.print("Ratios: " + "  ".join(f"{k} = {v}" for k, v in ratios.items()))
-
-    # CPU seconds per process and phase
-    measured = [p for p in r.phases if not p.skipped]
+    # CPU seconds per process, by contestant and kind, over all rounds and both flows
+    measured = [p for p in r.phases if not p.skipped and p.name != "idle"]
+    groups: dict[str, list[Phase]] = {}
+    for p in measured:
+        _, contestant, _, kind = p.name.split()
+        groups.setdefault(f"{contestant} {'lat' if kind == 'latency' else 'tput'}", []).append(p)
     units = sorted(
         {u for p in measured for u in p.cpu_s},
         key=lambda u: -sum(p.cpu_s.get(u, 0) for p in measured),
     )
     cpu = Table(
-        title="CPU seconds per process and phase (2 cores = 2 CPU-s per wall second; "
-        "F/C/S = floor/Celery/AI Spine, ch/fa = chain/fan-out)",
+        title="CPU seconds per process, by contestant and phase kind, all rounds "
+        "(2 cores = 2 CPU-s per wall second)",
         title_justify="left",
     )
     cpu.add_column("process", no_wrap=True, min_width=16)
-    for p in measured:
-        cpu.add_column(_abbrev(p.name), justify="right", no_wrap=True)
+    for g in groups:
+        cpu.add_column(g, justify="right", no_wrap=True)
     cpu.add_column("idle %", justify="right")
     for u in units:
         cpu.add_row(
             u,
-            *[f"{p.cpu_s[u]:.1f}" if u in p.cpu_s else "" for p in measured],
-            f"{idle_pct.get(u, 0):.1f}" if u in idle_pct else "",
+            *[_fmt(sum(p.cpu_s.get(u, 0.0) for p in ps)) for ps in groups.values()],
+            _fmt(idle_pct.get(u)),
         )
     cpu.add_row(
         "[dim]other processes[/]",
-        *[f"{max(0.0, p.machine_busy_s - sum(p.cpu_s.values())):.1f}" for p in measured],
+        *[
+            _fmt(sum(max(0.0, p.machine_busy_s - sum(p.cpu_s.values())) for p in ps))
+            for ps in groups.values()
+        ],
         "",
     )
-    cpu.add_row("[bold]machine busy[/]", *[f"{p.machine_busy_s:.1f}" for p in measured], "")
-    cpu.add_row("[bold]wall s[/]", *[f"{p.wall_s:.1f}" for p in measured], "")
+    cpu.add_row(
+        "[bold]machine busy[/]",
+        *[_fmt(sum(p.machine_busy_s for p in ps)) for ps in groups.values()],
+        "",
+    )
+    cpu.add_row("[bold]wall s[/]", *[_fmt(sum(p.wall_s for p in ps)) for ps in groups.values()], "")
     console.print(cpu)
 
     memory = r.watch.memory_report()
@@ -659,33 +576,8 @@ def _report(
             str(row.get("vmhwm_mb", "")),
         )
     console.print(mem)
-
     if r.profile:
-        for service, prof in r.profile.items():
-            if service.startswith("_"):
-                continue
-            if "error" in prof:
-                console.print(f"profile {service}: [red]{prof['error']}[/]")
-                continue
-            t = Table(
-                title=f"py-spy {service}: {prof['busy_samples']} busy samples of {prof['samples']}",
-                title_justify="left",
-            )
-            t.add_column("self % by package")
-            t.add_column("self % by function")
-            t.add_column("inclusive % (AI Spine code)")
-            rows = max(
-                len(prof[k])
-                for k in ("self_by_package_pct", "self_by_function_pct", "inclusive_spine_pct")
-            )
-            for i in range(min(rows, 10)):
-                cells = []
-                for k in ("self_by_package_pct", "self_by_function_pct", "inclusive_spine_pct"):
-                    cells.append(
-                        f"{prof[k][i][1]:5.1f} {prof[k][i][0]}" if i < len(prof[k]) else ""
-                    )
-                t.add_row(*cells)
-            console.print(t)
+        _print_profile(r.profile)
 
     wall = sum(p.wall_s for p in measured)
     other = sum(max(0.0, p.machine_busy_s - sum(p.cpu_s.values())) for p in measured)
@@ -697,12 +589,31 @@ def _report(
             f"{cores} cores during the measured phases; figures are slower than on a quiet "
             "machine[/]"
         )
+    client_cpu = round(sum(p.cpu_s.get("bench-client", 0.0) for p in measured), 1)
+    head = headline(r.rounds, r.cpu_ms, checks, client_cpu)
+    console.print("[bold]Ratios[/] (each round's, then the median of the rounds):")
+    for line in headline_text(head):
+        console.print("  " + line)
+    console.print(f"bench client CPU: {client_cpu} s over the measured phases")
+    if checks["ok"]:
+        console.print(
+            "[green]checks: every output, dispatch, terminal event and the balance as expected[/]"
+        )
+    else:
+        console.print(f"[red]CHECKS FAILED: {json.dumps(checks['failures'])}[/]")
+        for c, a in checks["contestants"].items():
+            for kind, shown in a.get("examples", {}).items():
+                for example in shown:
+                    console.print(f"  [red]{c} {kind}:[/] {example}")
+        if checks["balance"]["problem"]:
+            console.print(f"  [red]spine balance:[/] {checks['balance']['problem']}")
     total = round(time.monotonic() - r.plan.started, 1)
     console.print(
         f"total {total} s (budget {r.args.budget:.0f} s); load average now {os.getloadavg()[0]:.2f}"
     )
     line = {
         "bench": "ai-spine",
+        "version": 2,
         "started_at": started_at.isoformat(),
         "elapsed_s": total,
         "machine": {
@@ -712,19 +623,20 @@ def _report(
             "other_processes_cpu_pct": other_share,
         },
         "config": {
+            "rounds": r.args.rounds,
             "runs": r.args.runs,
             "n": r.args.n,
+            "n_fanout": r.args.n_fanout,
             "budget_s": r.args.budget,
             "http_pool": r.args.pool,
             "gateway": base_url,
             "partitions": partitions,
             "flows": flows,
             "profile": bool(r.profile),
+            "inject": r.args.inject or None,
         },
-        "floor": res["floor"],
-        "spine": res["spine"],
-        "celery": res["celery"],
-        "ratios": ratios,
+        "rounds": r.rounds,
+        "headline": head,
         "cpu_s": {
             p.name: {
                 **p.cpu_s,
@@ -734,11 +646,8 @@ def _report(
             }
             for p in measured
         },
-        "cpu_kernel_s": {p.name: p.sys_s for p in measured},
         "idle_cpu_pct": idle_pct,
-        "skipped": [p.name for p in r.phases if p.skipped],
         "memory_mb": memory,
-        "bench_user_balance_after": balance,
         "notes": r.notes,
         **({"profile": r.profile} if r.profile else {}),
     }
@@ -748,14 +657,49 @@ def _report(
     with (OUT / "history.jsonl").open("a") as fh:
         fh.write(text + "\n")
     print(text, flush=True)
+    print(json.dumps({"headline": head}, separators=(",", ":")), flush=True)
+
+
+def _print_profile(profile: dict[str, Any]) -> None:
+    for service, prof in profile.items():
+        if service.startswith("_"):
+            continue
+        if "error" in prof:
+            console.print(f"profile {service}: [red]{prof['error']}[/]")
+            continue
+        t = Table(
+            title=f"py-spy {service}: {prof['busy_samples']} busy samples of {prof['samples']}",
+            title_justify="left",
+        )
+        t.add_column("self % by package")
+        t.add_column("self % by function")
+        t.add_column("inclusive % (AI Spine code)")
+        keys = ("self_by_package_pct", "self_by_function_pct", "inclusive_spine_pct")
+        rows = max(len(prof[k]) for k in keys)
+        for i in range(min(rows, 10)):
+            t.add_row(
+                *[f"{prof[k][i][1]:5.1f} {prof[k][i][0]}" if i < len(prof[k]) else "" for k in keys]
+            )
+        console.print(t)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--runs", type=int, default=300, help="measured runs per latency phase")
-    parser.add_argument("--n", type=int, default=3000, help="executions per throughput phase")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every contestant (>= 1)")
+    parser.add_argument(
+        "--runs", type=int, default=100, help="measured runs per latency phase and round"
+    )
+    parser.add_argument(
+        "--n", type=int, default=1000, help="executions per chain throughput phase and round"
+    )
+    parser.add_argument(
+        "--n-fanout",
+        type=int,
+        default=300,
+        help="executions per fan-out throughput phase and round (Celery's chord is slow)",
+    )
     parser.add_argument(
         "--budget",
         type=float,
@@ -769,11 +713,15 @@ def main() -> None:
     parser.add_argument(
         "--drain",
         type=float,
-        default=30.0,
-        help="seconds kept after an AI Spine throughput phase's deadline to see "
-        "its unfinished executions end (the 'lost' check)",
+        default=15.0,
+        help="seconds kept at the end of an AI Spine throughput phase to see its unfinished "
+        "executions end (they are checked again at the end of the run)",
     )
     parser.add_argument("--url", help="gateway base URL (default http://127.0.0.1:$PORT)")
+    parser.add_argument(
+        "--only",
+        help="comma-separated contestants to run (floor, spine, celery-fast, celery-matched)",
+    )
     parser.add_argument(
         "--broker-warmup",
         type=float,
@@ -784,12 +732,14 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy the orchestrator, gateway, auth and echo agent during the "
+        help="py-spy the orchestrator, gateway, auth and echo agent during round 1's "
         "AI Spine chain throughput phase (perturbs that phase's figures)",
     )
-    parser.add_argument("--skip-floor", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--skip-celery", action="store_true", help=argparse.SUPPRESS)
+    # tests only: break the run on purpose to prove the checks catch it (double, balance)
+    parser.add_argument("--inject", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1 or args.runs < 1 or args.n < 1 or args.n_fanout < 1:
+        parser.error("--rounds, --runs, --n and --n-fanout must be at least 1")
     sys.exit(asyncio.run(main_async(args)))
 
 

@@ -20,6 +20,8 @@ import asyncio
 import statistics
 import time
 import uuid
+from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from .checks import Tally
 from .common import FLOW_IDS, WARMUP, Latency, Throughput, Tick, no_tick, out_of_time
 
 TERMINAL = {"execution.completed", "execution.failed", "execution.cancelled"}
@@ -79,7 +82,7 @@ class SpineClient:
         if r.status_code != 200:
             raise SpineUnavailable(f"{self.base_url}/health answered {r.status_code}: {r.text}")
 
-    async def create_user(self, credits: int = 10_000_000) -> None:
+    async def create_user(self, credits: int = 10_000_000) -> int:
         """A fresh bench user with enough credits and a rate limit no bench reaches."""
         tag = uuid.uuid4().hex[:10]
         r = await self.client.post(
@@ -97,6 +100,7 @@ class SpineClient:
             raise SpineUnavailable(f"cannot create the bench user: {r.status_code} {r.text}")
         body = r.json()
         self.user_key, self.user_id = body["api_key"], body["user_id"]
+        return int(body["balance"])
 
     async def ensure_flow(self, flow_id: str, path: Path) -> str:
         """'present' if the gateway knows the flow, else define it from its file ('defined')."""
@@ -112,6 +116,35 @@ class SpineClient:
     async def balance(self) -> int | None:
         r = await self.client.get("/api/v1/users/me", headers=self._auth)
         return r.json().get("balance") if r.status_code == 200 else None
+
+    async def balance_when(self, ok: Callable[[int | None], bool], timeout: float) -> int | None:  # noqa: ASYNC109
+        """The balance once ``ok`` holds, or the last one read after ``timeout`` s: refunds
+        and settlements reach the gateway's read model a moment after the terminal event,
+        and the gateway offers nothing to await, so this polls."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = await self.balance()
+            if ok(value) or time.monotonic() >= deadline:
+                return value
+            await asyncio.sleep(0.2)
+
+    async def add_credits(self, credits: int) -> None:
+        """The master key adds credits to the bench user (a test's injected balance error)."""
+        r = await self.client.post(
+            "/api/v1/users/add-credits",
+            json={"user_id": self.user_id, "credits": credits},
+            headers={"Authorization": f"Bearer {self.master_key}"},
+        )
+        if r.status_code != 200:
+            raise SpineUnavailable(f"cannot add credits: {r.status_code} {r.text}")
+
+    async def flow(self, flow_id: str) -> dict[str, Any]:
+        """The flow as the gateway holds it (its nodes and cost decide the expected output
+        and the charge)."""
+        r = await self.client.get(f"/api/v1/flows/{flow_id}", headers=self._auth)
+        if r.status_code != 200:
+            raise SpineUnavailable(f"flow {flow_id}: {r.status_code} {r.text}")
+        return dict(r.json())
 
     def _session(self, limit: int) -> aiohttp.ClientSession:
         """aiohttp, not httpx, for the measured requests: per request it costs the client a
@@ -179,6 +212,7 @@ class SpineClient:
                     out.fail(f"http_{status}")
                     continue
                 execution_id = orjson.loads(payload)["execution_id"]
+                out.executions.add(execution_id)
                 try:
                     event = await asyncio.wait_for(
                         self._follow_stream(session, execution_id, out), 60
@@ -253,18 +287,17 @@ class SpineClient:
         self,
         shape: str,
         n: int,
-        events_topic: str,
-        bootstrap: str,
+        observer: SpineObserver,
         tick: Tick = no_tick,
         deadline: float | None = None,
     ) -> tuple[Throughput, Drain]:
         """Submit ``n`` executions at once; measure until all are terminal or ``deadline``.
 
-        Returns the figures and a :class:`Drain` that keeps following the events, so the
+        Returns the figures and a :class:`Drain` that keeps listening to the observer, so the
         caller can still check, later, that the unfinished ones are not lost.
         """
         flow_id = FLOW_IDS[shape]
-        drain = Drain()
+        drain = Drain(observer)
         errors: dict[str, int] = {}
 
         def on_terminal(execution_id: str, kind: str, at: float) -> None:
@@ -273,8 +306,7 @@ class SpineClient:
                 tick(1)
                 drain.changed.set()
 
-        drain.follower = EventsFollower(bootstrap, events_topic, on_terminal)
-        await drain.follower.start()
+        observer.listeners.append(on_terminal)
 
         session = self._session(limit=self.pool)
         body = _execute_body(flow_id)
@@ -314,6 +346,7 @@ class SpineClient:
             + (0 if submit.done() else n - len(drain.accepted) - sum(errors.values()))
         )
         figures = Throughput(
+            executions=drain.accepted,
             submitted=len(drain.accepted),
             completed=len(completed),
             failed=len(seen) - len(completed) + sum(errors.values()),
@@ -329,10 +362,10 @@ class SpineClient:
 class Drain:
     """The tail of a throughput phase: executions still running when it had to end."""
 
-    def __init__(self) -> None:
+    def __init__(self, observer: SpineObserver) -> None:
         self.accepted: set[str] = set()
         self.terminal: dict[str, tuple[str, float]] = {}
-        self.follower: EventsFollower | None = None
+        self.observer: SpineObserver | None = observer
         self.submit: asyncio.Future[Any] | None = None
         self.changed = asyncio.Event()
 
@@ -358,21 +391,37 @@ class Drain:
                 await asyncio.gather(self.submit, return_exceptions=True)
             return len(self.accepted - self.terminal.keys())
         finally:
-            if self.follower is not None:
-                await self.follower.stop()
-                self.follower = None
+            if self.observer is not None:
+                self.observer.listeners.clear()
+                self.observer = None
 
 
 def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-class EventsFollower:
-    """Follow the execution events topic from its end; report terminal events by id."""
+Listener = Callable[[str, str, float], None]
+STORED = {"agent.message", "agent.result", "execution.node_completed", *TERMINAL}
 
-    def __init__(self, bootstrap: str, topic: str, on_terminal: Any) -> None:
-        self.topic = topic
-        self.on_terminal = on_terminal
+
+class SpineObserver:
+    """What AI Spine did, read from the bus — the checks' observation points.
+
+    Follows from their end, without a group and ``read_committed``: the execution events
+    (terminal events, agent nodes completed), the echo agent's tasks (each record is one
+    dispatch of one (execution, node, attempt)) and the agent results (each record is one
+    run of a task, counted by its idempotency key). During a phase it only reads headers
+    and keeps the records' bytes; :meth:`tally` decodes them afterwards, so the client's
+    CPU stays off the measured window as far as it can. ``listeners`` hear every terminal
+    event as it arrives (the throughput phase's clock).
+    """
+
+    def __init__(self, bootstrap: str, prefix: str, agent_id: str = "echo") -> None:
+        self.topics = [
+            f"{prefix}spine.executions.events",
+            f"{prefix}spine.agents.{agent_id}.tasks",
+            f"{prefix}spine.agents.results",
+        ]
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=None,
@@ -381,22 +430,28 @@ class EventsFollower:
             fetch_max_wait_ms=100,
             max_poll_records=2000,
         )
+        self.records: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        self.first_terminal: dict[str, tuple[str, float]] = {}
+        self.listeners: list[Listener] = []
+        self._tps: list[TopicPartition] = []
+        self._read = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.consumer.start()
-        partitions = self.consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            await self.consumer._client.force_metadata_update()  # noqa: SLF001
-            partitions = self.consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            raise SpineUnavailable(f"topic {self.topic} does not exist")
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve the positions now: "end" must mean before our first request
+        for topic in self.topics:
+            partitions = self.consumer.partitions_for_topic(topic)
+            if not partitions:
+                await self.consumer._client.force_metadata_update()  # noqa: SLF001
+                partitions = self.consumer.partitions_for_topic(topic)
+            if not partitions:
+                raise SpineUnavailable(f"topic {topic} does not exist")
+            self._tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+        self.consumer.assign(self._tps)
+        await self.consumer.seek_to_end(*self._tps)
+        for tp in self._tps:  # resolve the positions now: "end" must mean before our first request
             await self.consumer.position(tp)
-        self._task = asyncio.create_task(self._run(), name="events-follower")
+        self._task = asyncio.create_task(self._run(), name="spine-observer")
 
     async def _run(self) -> None:
         while True:
@@ -408,8 +463,63 @@ class EventsFollower:
                         (bytes(v).decode() for k, v in record.headers or () if k == "message-type"),
                         None,
                     )
-                    if kind in TERMINAL and record.key is not None:
-                        self.on_terminal(record.key.decode(), kind, now)
+                    if kind not in STORED or record.key is None:
+                        continue
+                    execution_id = record.key.decode()
+                    self.records[execution_id].append((kind, record.value))
+                    if kind in TERMINAL and execution_id not in self.first_terminal:
+                        self.first_terminal[execution_id] = (kind, now)
+                        for listener in self.listeners:
+                            listener(execution_id, kind, now)
+            self._read.set()
+
+    async def caught_up(self, timeout: float = 30.0) -> bool:  # noqa: ASYNC109
+        """Read to the end: until every partition's position reaches the last stable offset
+        taken now (so a duplicate committed before this call is seen)."""
+        ends = await self.consumer.end_offsets(self._tps)
+        async with asyncio.timeout(timeout):
+            while True:
+                positions = [await self.consumer.position(tp) for tp in self._tps]
+                if all(pos >= ends[tp] for pos, tp in zip(positions, self._tps, strict=True)):
+                    return True
+                self._read.clear()
+                await self._read.wait()
+
+    async def wait_terminal(self, ids: set[str], deadline: float | None) -> set[str]:
+        """Until each of ``ids`` was seen terminal (or ``deadline``); the ones still not."""
+        waiting = ids - self.first_terminal.keys()
+        while waiting and not out_of_time(deadline):
+            self._read.clear()
+            try:
+                await asyncio.wait_for(self._read.wait(), _left(deadline))
+            except TimeoutError:
+                break
+            waiting -= self.first_terminal.keys()
+        return waiting
+
+    def tally(self, accepted: set[str], keep: set[str] = frozenset()) -> Tally:  # type: ignore[assignment]
+        """Decode what was kept for ``accepted`` into a :class:`Tally`; forget everything but
+        the executions in ``keep`` (still running: their audit comes later, whole)."""
+        out = Tally(accepted=set(accepted) - keep)
+        for execution_id in out.accepted:
+            for kind, value in self.records.get(execution_id, ()):
+                data = orjson.loads(value)["data"]
+                if kind == "agent.message":
+                    out.dispatches[(execution_id, data["node_id"], data["attempt"])] += 1
+                elif kind == "agent.result":
+                    out.runs[f"{execution_id}:{data['node_id']}:{data['attempt']}"] += 1
+                elif kind == "execution.node_completed":
+                    if data.get("agent_id"):
+                        out.agent_work.add(execution_id)
+                else:
+                    out.end(execution_id, kind.removeprefix("execution."), data.get("output_data"))
+        for execution_id in list(self.records):
+            if execution_id not in keep:
+                del self.records[execution_id]
+        for execution_id in list(self.first_terminal):
+            if execution_id not in keep:
+                del self.first_terminal[execution_id]
+        return out
 
     async def stop(self) -> None:
         if self._task is not None:
