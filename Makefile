@@ -40,8 +40,8 @@ test-unit: install ## the fast part: no I/O
 	$(UV) run --frozen --group bench pytest -m "not integration" $(PYTEST_ARGS)
 
 lint: install ## ruff format check and lint
-	$(UV) run --frozen ruff format --check libs services tests
-	$(UV) run --frozen ruff check libs services tests
+	$(UV) run --frozen ruff format --check libs services tests bench
+	$(UV) run --frozen ruff check libs services tests bench
 
 rebuild: install ## rebuild projections from Kafka and swap them in (SERVICE=name; REBUILD_ARGS=--check-only)
 	@UV=$(UV) bash scripts/rebuild.sh $(SERVICE) $(REBUILD_ARGS)

@@ -651,10 +651,11 @@ def _report(
         "notes": r.notes,
         **({"profile": r.profile} if r.profile else {}),
     }
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = Path(r.args.out)
+    out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(line, separators=(",", ":"))
-    (OUT / "last.json").write_text(text + "\n")
-    with (OUT / "history.jsonl").open("a") as fh:
+    (out / "last.json").write_text(text + "\n")
+    with (out / "history.jsonl").open("a") as fh:
         fh.write(text + "\n")
     print(text, flush=True)
     print(json.dumps({"headline": head}, separators=(",", ":")), flush=True)
@@ -718,6 +719,9 @@ def main() -> None:
         "executions end (they are checked again at the end of the run)",
     )
     parser.add_argument("--url", help="gateway base URL (default http://127.0.0.1:$PORT)")
+    parser.add_argument(
+        "--out", default=str(OUT), help="where last.json and history.jsonl go (.spine/bench)"
+    )
     parser.add_argument(
         "--only",
         help="comma-separated contestants to run (floor, spine, celery-fast, celery-matched)",
