@@ -59,15 +59,20 @@ async def main() -> None:
         for i in range(args.runs + 10):
             execution_id = f"bench-{uuid.uuid4().hex[:12]}"
             command = StartExecution.build(
-                execution_id=execution_id, user_id="bench", flow=flow,
-                flow_version=flow_version(flow), input_data=APPLICANT,
+                execution_id=execution_id,
+                user_id="bench",
+                flow=flow,
+                flow_version=flow_version(flow),
+                input_data=APPLICANT,
             )
             fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
             waiting[execution_id] = fut
             t0 = time.perf_counter()
             await producer.send_and_wait(
-                cfg.topic(topics.EXECUTION_COMMANDS), to_bytes(command),
-                key=execution_id.encode(), headers=headers_for(command),
+                cfg.topic(topics.EXECUTION_COMMANDS),
+                to_bytes(command),
+                key=execution_id.encode(),
+                headers=headers_for(command),
             )
             result = await asyncio.wait_for(fut, 60)
             if not isinstance(result, ExecutionCompleted):
@@ -78,8 +83,10 @@ async def main() -> None:
         await producer.stop()
         await follower.stop()
     q = statistics.quantiles(samples, n=100, method="inclusive")
-    print(f"credit_analysis runs={len(samples)} failed={failures} "
-          f"p50={q[49]:.1f} ms p95={q[94]:.1f} ms p99={q[98]:.1f} ms")
+    print(
+        f"credit_analysis runs={len(samples)} failed={failures} "
+        f"p50={q[49]:.1f} ms p95={q[94]:.1f} ms p99={q[98]:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

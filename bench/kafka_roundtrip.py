@@ -16,8 +16,13 @@ import uuid
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from spine_contracts import topics
-from spine_servicekit.kafka import KafkaConfig, delete_topics_with_prefix, ensure_topics
-from spine_servicekit.kafka import make_consumer, make_producer
+from spine_servicekit.kafka import (
+    KafkaConfig,
+    delete_topics_with_prefix,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
 
 
 async def measure(cfg: KafkaConfig, ours: bool, n: int, transactional: bool) -> list[float]:
@@ -27,14 +32,19 @@ async def measure(cfg: KafkaConfig, ours: bool, n: int, transactional: bool) -> 
     isolation = "read_committed" if transactional else "read_uncommitted"
     if ours:
         producer = make_producer(cfg, transactional_id=txn_id)
-        consumer = make_consumer(cfg, topic, group_id=group, auto_offset_reset="latest",
-                                 isolation_level=isolation)
+        consumer = make_consumer(
+            cfg, topic, group_id=group, auto_offset_reset="latest", isolation_level=isolation
+        )
     else:
-        producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap_servers,
-                                    transactional_id=txn_id)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=cfg.bootstrap_servers, transactional_id=txn_id
+        )
         consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=cfg.bootstrap_servers, group_id=group,
-            auto_offset_reset="latest", isolation_level=isolation,
+            topic,
+            bootstrap_servers=cfg.bootstrap_servers,
+            group_id=group,
+            auto_offset_reset="latest",
+            isolation_level=isolation,
         )
     await producer.start()
     await consumer.start()
@@ -54,8 +64,11 @@ async def measure(cfg: KafkaConfig, ours: bool, n: int, transactional: bool) -> 
             got = False
             while not got:
                 batches = await consumer.getmany(timeout_ms=1000)
-                got = any(r.value and orjson.loads(r.value)["i"] == i
-                          for recs in batches.values() for r in recs)
+                got = any(
+                    r.value and orjson.loads(r.value)["i"] == i
+                    for recs in batches.values()
+                    for r in recs
+                )
             if i >= 20:  # warm-up excluded
                 samples.append((time.perf_counter() - t0) * 1000)
         return samples
@@ -75,7 +88,8 @@ async def main() -> None:
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     cfg = KafkaConfig(
         bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-        prefix=prefix, partitions=1,
+        prefix=prefix,
+        partitions=1,
     )
     await ensure_topics(cfg, [topics.USAGE])
     try:
@@ -83,8 +97,10 @@ async def main() -> None:
             for label, ours in (("spine settings", True), ("aiokafka defaults", False)):
                 s = await measure(cfg, ours, args.messages, txn)
                 kind = "transactional+read_committed" if txn else "plain"
-                print(f"{kind:29s} {label:18s} n={len(s)} "
-                      f"p50={pct(s, 50):.2f} ms  p99={pct(s, 99):.2f} ms")
+                print(
+                    f"{kind:29s} {label:18s} n={len(s)} "
+                    f"p50={pct(s, 50):.2f} ms  p99={pct(s, 99):.2f} ms"
+                )
     finally:
         await delete_topics_with_prefix(cfg, prefix)
 
