@@ -329,7 +329,7 @@ async def main_async(args: argparse.Namespace) -> int:
         contestants.append(spine)
     for config in ("fast", "matched"):
         if f"celery-{config}" in only:
-            peer = CeleryPeer(ROOT, OUT / f"celery-{config}-worker.log", config=config)
+            peer = CeleryPeer(ROOT, config=config)
             peers.append(peer)
             contestants.append(CeleryContestant(peer))
     plan = r.plan
@@ -345,8 +345,7 @@ async def main_async(args: argparse.Namespace) -> int:
         for peer in peers:
             console.print(f"  starting the Celery worker ({peer.config}) ...")
             await asyncio.to_thread(peer.start)
-            for name, pid in peer.pids().items():
-                r.watch.add(name, pid, tree=True)
+            _watch_peer(r, peer)
         r.watch.start()
 
         async def idle(ph: Phase) -> None:
@@ -427,9 +426,15 @@ async def _turn(
         r.record(c.name, shape, "throughput", value, await check(), r.phases[-1])
         if isinstance(c, CeleryContestant) and value.unfinished:
             # its backlog would run into the next phase: a fresh worker and queue
-            await asyncio.to_thread(c.peer.restart)
-            for name, pid in c.peer.pids().items():
-                r.watch.add(name, pid, tree=True)
+            await asyncio.to_thread(c.peer.stop)
+            await asyncio.to_thread(c.peer.start)
+            _watch_peer(r, c.peer)
+
+
+def _watch_peer(r: Runner, peer: CeleryPeer) -> None:
+    """Measure a (re)started Celery worker's tree and, for matched, its own Redis."""
+    for part, pid in peer.pids().items():
+        r.watch.add(f"celery-{peer.config}-{part}", pid, tree=True)
 
 
 def _checks(
