@@ -4,12 +4,13 @@ SHELL := /bin/bash
 UV ?= uv
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+SCENARIO_ARGS ?=
 CHAOS_ARGS ?=
 
-.PHONY: help install infra infra-down infra-status up down test test-unit lint asyncapi clean rebuild bench chaos demo
+.PHONY: help install infra infra-down infra-status up down test test-unit lint asyncapi clean rebuild bench bench-scenarios chaos demo
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 install: ## install uv and the Python workspace
 	@bash scripts/bootstrap.sh
@@ -48,6 +49,9 @@ rebuild: install ## rebuild projections from Kafka and swap them in (SERVICE=nam
 
 bench: install ## AI Spine beside bare Kafka and Celery, < 10 min (after `make up`; BENCH_ARGS=--profile)
 	$(UV) run --frozen --group bench python -m bench.run $(BENCH_ARGS)
+
+bench-scenarios: install ## open-loop rates, a tenant during a burst, kill -9 mid-load; < 15 min (after `make up`; SCENARIO_ARGS=--help)
+	$(UV) run --frozen --group bench python -m bench.scenarios $(SCENARIO_ARGS)
 
 chaos: install infra ## kill -9 every service in turn + restart Kafka under 300 executions, < 10 min (CHAOS_ARGS=--seed 7)
 	$(UV) run --frozen python -m tests.chaos.run $(CHAOS_ARGS)

@@ -358,6 +358,165 @@ class SpineClient:
         )
         return figures, drain
 
+    # -- scenarios (bench/scenarios.py) --------------------------------------------------------
+
+    async def one_at_a_time(
+        self,
+        shape: str,
+        *,
+        runs: int | None = None,
+        stop: asyncio.Event | None = None,
+        warmup: int = 0,
+        deadline: float | None = None,
+    ) -> Latency:
+        """Closed loop, as :meth:`latency` (POST, then the SSE stream to the terminal event),
+        until ``runs`` were measured, ``stop`` is set or ``deadline`` — a tenant whose next
+        execution waits for its previous one. No breakdown; ``warmup`` runs not counted."""
+        flow_id = FLOW_IDS[shape]
+        out = Latency([], warmup_runs=warmup)
+        async with self._session(limit=2) as session:
+            i = 0
+            while runs is None or len(out.samples_ms) < runs:
+                if (stop is not None and stop.is_set()) or out_of_time(deadline):
+                    out.truncated = runs is not None
+                    break
+                i += 1
+                t0 = time.perf_counter()
+                try:
+                    status, payload = await self._submit(session, flow_id)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    out.fail(type(exc).__name__)
+                    continue
+                t_accept = time.perf_counter()
+                if status != 200:
+                    out.fail(f"http_{status}")
+                    continue
+                execution_id = orjson.loads(payload)["execution_id"]
+                out.executions.add(execution_id)
+                try:
+                    event = await asyncio.wait_for(
+                        self._follow_stream(session, execution_id, out), 60
+                    )
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    out.fail(f"stream_{type(exc).__name__}")
+                    continue
+                if event != "execution.completed":
+                    out.fail(event)
+                elif i > warmup:
+                    out.samples_ms.append((time.perf_counter() - t0) * 1000)
+                    out.accepted_ms.append((t_accept - t0) * 1000)
+        return out
+
+    async def open_loop(
+        self,
+        shape: str,
+        rate_per_s: float,
+        seconds: float,
+        observer: SpineObserver,
+        deadline: float | None = None,
+        tick: Tick = no_tick,
+    ) -> tuple[dict[str, tuple[float, float | None]], dict[str, Any]]:
+        """Submit ``rate_per_s`` executions a second for ``seconds`` on a fixed schedule
+        (submission ``i`` at ``start + i / rate``, whatever the earlier ones are doing), then
+        wait until every accepted one is terminal or ``deadline``.
+
+        Returns ``{execution_id: (sent, latency_ms)}`` — ``sent`` in seconds after the
+        schedule's start, ``latency_ms`` from the request's issue to the observer reading its
+        ``execution.completed`` (``None`` if it did not complete; a wait for a free connection
+        of the pool counts, as the system's backlog it is) — and counts like
+        :meth:`bench.peer.CeleryPeer.open_loop`'s: submitted, accepted, completed, failed,
+        unfinished, late (a send more than 5 ms behind schedule), max_lag_ms, max_in_flight
+        (requests awaiting their answer; at the pool's size they queue in the client),
+        errors, and ``t0`` (the schedule's start, ``perf_counter``)."""
+        body = _execute_body(FLOW_IDS[shape])
+        count = max(1, round(rate_per_s * seconds))
+        sent: dict[str, float] = {}
+        terminal: dict[str, tuple[str, float]] = {}
+        errors: dict[str, int] = {}
+        changed = asyncio.Event()
+        late, max_lag, in_flight, max_in_flight = 0, 0.0, 0, 0
+
+        def on_terminal(execution_id: str, kind: str, at: float) -> None:
+            terminal[execution_id] = (kind, at)
+            if execution_id in sent:
+                tick(1)
+                changed.set()
+
+        async def one(session: aiohttp.ClientSession, t_send: float) -> None:
+            nonlocal in_flight, max_in_flight
+            in_flight += 1
+            max_in_flight = max(max_in_flight, in_flight)
+            try:
+                async with session.post(
+                    "/api/v1/flows/execute", json=body, headers=self._auth
+                ) as r:
+                    status, payload = r.status, await r.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                return
+            finally:
+                in_flight -= 1
+            if status != 200:
+                errors[f"http_{status}"] = errors.get(f"http_{status}", 0) + 1
+                return
+            execution_id = orjson.loads(payload)["execution_id"]
+            sent[execution_id] = t_send
+            if execution_id in terminal:  # finished before its answer reached us
+                tick(1)
+            changed.set()
+
+        observer.listeners.append(on_terminal)
+        tasks: set[asyncio.Task[None]] = set()
+        submitted = 0
+        start = time.perf_counter() + 0.01
+        try:
+            async with self._session(limit=self.pool) as session:
+                for i in range(count):
+                    due = start + i / rate_per_s
+                    if (wait := due - time.perf_counter()) > 0:
+                        await asyncio.sleep(wait)
+                    if out_of_time(deadline):
+                        break
+                    now = time.perf_counter()
+                    late += now - due > 0.005
+                    max_lag = max(max_lag, now - due)
+                    task = asyncio.create_task(one(session, now))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    submitted += 1
+                if tasks:
+                    await asyncio.wait(set(tasks), timeout=_left(deadline))
+                while not sent.keys() <= terminal.keys() and not out_of_time(deadline):
+                    changed.clear()
+                    try:
+                        await asyncio.wait_for(changed.wait(), _left(deadline))
+                    except TimeoutError:
+                        break
+                for task in list(tasks):  # unanswered at the deadline
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            observer.listeners.remove(on_terminal)
+        timeline: dict[str, tuple[float, float | None]] = {}
+        for execution_id, t_send in sent.items():
+            kind, at = terminal.get(execution_id, (None, 0.0))
+            done = kind == "execution.completed"
+            timeline[execution_id] = (t_send - start, (at - t_send) * 1000 if done else None)
+        ended = [terminal[e][0] for e in sent if e in terminal]
+        extra = {
+            "submitted": submitted,
+            "accepted": len(sent),
+            "completed": sum(1 for k in ended if k == "execution.completed"),
+            "failed": sum(1 for k in ended if k != "execution.completed") + sum(errors.values()),
+            "unfinished": len(sent) - len(ended),
+            "late": late,
+            "max_lag_ms": round(max_lag * 1000, 2),
+            "max_in_flight": max_in_flight,
+            "errors": errors,
+            "t0": start,
+        }
+        return timeline, extra
+
 
 class Drain:
     """The tail of a throughput phase: executions still running when it had to end."""
