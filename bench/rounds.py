@@ -113,6 +113,7 @@ def headline(
             "rounds": [rr[name] for rr in ratio_rounds],
         }
         for name in (ratio_rounds[0] if ratio_rounds else {})
+        if any(rr[name] is not None for rr in ratio_rounds)  # both contestants ran
     }
     cpu: dict[str, dict[str, Any]] = {}
     for c in CONTESTANTS:
