@@ -703,15 +703,15 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every contestant (>= 1)")
     parser.add_argument(
-        "--runs", type=int, default=100, help="measured runs per latency phase and round"
+        "--runs", type=int, default=60, help="measured runs per latency phase and round"
     )
     parser.add_argument(
-        "--n", type=int, default=1000, help="executions per chain throughput phase and round"
+        "--n", type=int, default=600, help="executions per chain throughput phase and round"
     )
     parser.add_argument(
         "--n-fanout",
         type=int,
-        default=300,
+        default=150,
         help="executions per fan-out throughput phase and round (Celery's chord is slow)",
     )
     parser.add_argument(
