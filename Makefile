@@ -47,7 +47,7 @@ lint: install ## ruff format check and lint
 rebuild: install ## rebuild projections from Kafka and swap them in (SERVICE=name; REBUILD_ARGS=--check-only)
 	@UV=$(UV) bash scripts/rebuild.sh $(SERVICE) $(REBUILD_ARGS)
 
-bench: install ## AI Spine beside bare Kafka and Celery, < 10 min (after `make up`; BENCH_ARGS=--profile)
+bench: install ## AI Spine beside the frozen floor and two Celerys, in rounds, checked; < 10 min (after `make up`)
 	$(UV) run --frozen --group bench python -m bench.run $(BENCH_ARGS)
 
 bench-scenarios: install ## open-loop rates, a tenant during a burst, kill -9 mid-load; < 15 min (after `make up`; SCENARIO_ARGS=--help)
