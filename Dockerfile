@@ -26,6 +26,7 @@ WORKDIR /src
 # not reinstall them. Every workspace member's pyproject.toml is listed (tests/deploy checks).
 COPY pyproject.toml uv.lock ./
 COPY libs/contracts/pyproject.toml libs/contracts/
+COPY libs/kafkakit/pyproject.toml libs/kafkakit/
 COPY libs/servicekit/pyproject.toml libs/servicekit/
 COPY libs/flows/pyproject.toml libs/flows/
 COPY libs/agent-sdk/pyproject.toml libs/agent-sdk/

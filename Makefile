@@ -40,9 +40,11 @@ test: install infra ## the whole suite against real Kafka, PostgreSQL and Redis
 test-unit: install ## the fast part: no I/O
 	$(UV) run --frozen --group bench pytest -m "not integration" $(PYTEST_ARGS)
 
-lint: install ## ruff format check and lint
-	$(UV) run --frozen ruff format --check libs services tests bench
-	$(UV) run --frozen ruff check libs services tests bench
+lint: install ## ruff format check and lint, the import contracts, mypy (pyproject.toml)
+	$(UV) run --frozen ruff format --check libs services agents tests bench
+	$(UV) run --frozen ruff check libs services agents tests bench
+	$(UV) run --frozen lint-imports
+	$(UV) run --frozen mypy
 
 rebuild: install ## rebuild projections from Kafka and swap them in (SERVICE=name; REBUILD_ARGS=--check-only)
 	@UV=$(UV) bash scripts/rebuild.sh $(SERVICE) $(REBUILD_ARGS)

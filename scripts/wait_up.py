@@ -71,7 +71,9 @@ def main() -> int:
                 waiting_for = "heartbeats from " + ", ".join(missing)
         now = time.monotonic()
         if now - started > timeout:
-            print(f"!!  not up after {timeout:.0f}s: still waiting for {waiting_for}", file=sys.stderr)
+            print(
+                f"!!  not up after {timeout:.0f}s: still waiting for {waiting_for}", file=sys.stderr
+            )
             return 1
         if now - said >= 10:
             print(f"    ... {now - started:.0f}s: waiting for {waiting_for}", flush=True)

@@ -69,6 +69,7 @@ def incoming(
         partition=partition,
         offset=0,
         key=key if key is not None else message.data.user_id,  # type: ignore[attr-defined]
+        timestamp_ms=0,
         message=message,
         headers=headers,
     )

@@ -1,4 +1,4 @@
-"""The topic registry matches DESIGN §2, and topic names live nowhere else."""
+"""The topic registry matches docs/guarantees.md, Per topic, and topic names live nowhere else."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from spine_contracts import MESSAGE_TYPES, Message, topics
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# DESIGN §2's table, by topic.
-DESIGN_RETENTION = {
+# the per-topic table of docs/guarantees.md, by topic.
+TOPIC_RETENTION = {
     "spine.flows": "compacted",
     "spine.auth.commands": "7 d",
     "spine.auth.events": "forever",
@@ -55,12 +55,12 @@ def test_topic_names_are_unique() -> None:
 
 
 def test_registry_is_the_design_table() -> None:
-    assert {spec.base for spec in topics.ALL} == set(DESIGN_RETENTION)
+    assert {spec.base for spec in topics.ALL} == set(TOPIC_RETENTION)
 
 
 @pytest.mark.parametrize("spec", topics.ALL, ids=lambda s: s.base)
 def test_retention_matches_design(spec: topics.TopicSpec) -> None:
-    assert spec.retention_label == DESIGN_RETENTION[spec.base]
+    assert spec.retention_label == TOPIC_RETENTION[spec.base]
 
 
 def test_every_message_type_is_on_exactly_one_topic() -> None:
@@ -131,7 +131,7 @@ def test_co_partitioned_topics_share_key_and_partition_count() -> None:
 
 
 def test_compacted_topics_have_cleanup_compact() -> None:
-    compacted = {base for base, label in DESIGN_RETENTION.items() if label == "compacted"}
+    compacted = {base for base, label in TOPIC_RETENTION.items() if label == "compacted"}
     for spec in topics.ALL:
         config = spec.kafka_config()
         if spec.base in compacted:

@@ -25,7 +25,7 @@ from unittest import mock
 import pytest
 import yaml
 from pydantic_settings import BaseSettings
-from spine_servicekit.settings import CommonSettings
+from spine_kafka.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -68,7 +68,7 @@ class Process:
 
     @property
     def kafka_native(self) -> bool:
-        return issubclass(self.settings_class(), CommonSettings)
+        return issubclass(self.settings_class(), KafkaSettings)
 
 
 _SDK = "libs/agent-sdk/src/spine_agent"

@@ -1,4 +1,4 @@
-"""One trace per execution, across real processes (DESIGN §9, issue 8).
+"""One trace per execution, across real processes (docs/deploy.md, observability, issue 8).
 
 Every process of the stack runs with ``SPINE_OTEL_FILE`` (tracing.JsonLinesExporter: each
 finished span as one JSON line, one file per process); the test runs ``credit_analysis``

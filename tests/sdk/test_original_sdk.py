@@ -99,7 +99,7 @@ async def test_the_original_sdk_sees_our_errors(api: Api) -> None:
             await sdk(client.cancel_execution, eid)
         assert terminal.value.status_code == 409
 
-        # out of credits: 402 with error_code INSUFFICIENT_CREDITS (DESIGN §6)
+        # out of credits: 402 with error_code INSUFFICIENT_CREDITS (docs/api.md)
         with pytest.raises(APIError) as broke:
             await sdk(client.execute_flow, "echo_chain", {"x": 2})
         assert broke.value.status_code == 402

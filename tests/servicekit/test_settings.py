@@ -1,4 +1,4 @@
-"""Settings: env names of DESIGN §10 and a clear message for a bad value."""
+"""Settings: env names of README.md, Configuration and a clear message for a bad value."""
 
 from __future__ import annotations
 

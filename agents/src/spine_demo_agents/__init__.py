@@ -1,4 +1,4 @@
-"""The demo agents that ship with AI Spine (DESIGN §5): real agents over the real bus.
+"""The demo agents that ship with AI Spine (docs/agents.md): real agents over the real bus.
 
 * :mod:`.zoe` — conversational intake: asks for the missing ``required_fields``.
 * :mod:`.eddie` — deterministic credit-risk scoring.

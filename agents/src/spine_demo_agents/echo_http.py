@@ -1,4 +1,4 @@
-"""echo-http — the original HTTP agent contract (DESIGN §5), served by uvicorn.
+"""echo-http — the original HTTP agent contract (docs/agents.md), served by uvicorn.
 
 ``GET /health`` → ``{agent_id, version, capabilities, ready, endpoint, rate_limit}``;
 ``POST /execute`` with ``{execution_id, node_id, input: {user_message, context,
@@ -33,14 +33,13 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from spine_agent import LogLevel, configure_logging, get_logger, load_settings
 from spine_agent.http import (
     HttpExecuteOutput,
     HttpExecuteRequest,
     HttpExecuteResponse,
     HttpHealth,
 )
-from spine_servicekit.logging import configure_logging, get_logger
-from spine_servicekit.settings import LogLevel, load_settings
 
 HANG_SECONDS = 3600.0
 VERSION = "1.0.0"

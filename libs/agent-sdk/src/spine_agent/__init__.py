@@ -13,16 +13,19 @@
     agent.run()
 
 See ``docs/agents.md`` for the task fields, delivery guarantees and the HTTP contract.
+A process that serves the HTTP contract instead (``spine_agent.http``) uses the same
+logging and settings helpers: ``configure_logging``, ``get_logger``, ``load_settings``.
 """
 
 from __future__ import annotations
 
 from spine_contracts import AgentInfo
+from spine_kafka.logging import configure_logging, get_logger
 
 from .agent import Agent, AgentError, AgentFailed, AgentStats, HandlerMissing
 from .offsets import OffsetTracker
 from .results import InvalidOutput, describe_error, jsonable_output, result_for
-from .settings import AgentSettings
+from .settings import AgentSettings, LogLevel, SettingsError, load_settings
 from .task import NeedsInput, Task, TaskFailed
 
 __all__ = [
@@ -34,11 +37,16 @@ __all__ = [
     "AgentStats",
     "HandlerMissing",
     "InvalidOutput",
+    "LogLevel",
     "NeedsInput",
     "OffsetTracker",
+    "SettingsError",
     "Task",
     "TaskFailed",
+    "configure_logging",
     "describe_error",
+    "get_logger",
     "jsonable_output",
+    "load_settings",
     "result_for",
 ]

@@ -11,7 +11,7 @@
     if __name__ == "__main__":
         agent.run()
 
-What :meth:`Agent.serve` does (DESIGN §5):
+What :meth:`Agent.serve` does (docs/agents.md):
 
 * creates the agent's tasks topic when missing, publishes ``RegisterAgent`` (transport
   ``kafka``) and an ``AgentHeartbeat`` every ``heartbeat_interval`` (with ``in_flight``) —
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import signal
 import time
 import uuid
@@ -77,8 +78,9 @@ from spine_contracts import (
     topics,
     utcnow,
 )
-from spine_servicekit import ops, tracing
-from spine_servicekit.kafka import (
+from spine_kafka import ops
+from spine_kafka.aio import run_loop, wait_any
+from spine_kafka.clients import (
     KafkaConfig,
     Outgoing,
     dead_letter,
@@ -86,10 +88,14 @@ from spine_servicekit.kafka import (
     make_consumer,
     make_producer,
 )
-from spine_servicekit.kafka import instance_id as new_instance_id
-from spine_servicekit.logging import bind, configure_logging, get_logger
-from spine_servicekit.runtime import run_loop
-from spine_servicekit.settings import load_settings
+from spine_kafka.clients import instance_id as new_instance_id
+from spine_kafka.logging import bind, configure_logging, get_logger
+from spine_kafka.settings import load_settings
+
+try:  # the ``otel`` extra: without OpenTelemetry installed an agent runs untraced
+    from spine_kafka import tracing
+except ImportError:
+    tracing = None  # type: ignore[assignment]
 
 from .offsets import OffsetTracker
 from .results import InvalidOutput, describe_error, result_for
@@ -103,6 +109,13 @@ Hook: TypeAlias = Callable[[], Awaitable[None]]
 log = get_logger("spine_agent")
 
 DEFAULT_HEARTBEAT_S = 5.0
+#: Environment that asks for traces (see spine_kafka.tracing), which the otel extra provides
+_OTEL_ASKED = (
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "SPINE_OTEL_FILE",
+)
 #: Attempts to publish one result before the agent gives up and stops (the task is then
 #: not committed, so it runs again after a restart). The producer retries inside each.
 PUBLISH_ATTEMPTS = 3
@@ -263,11 +276,15 @@ class Agent:
             raise HandlerMissing(f"agent {self.agent_id!r} has no @agent.handler")
         settings = settings or load_settings(AgentSettings)
         configure_logging(self.agent_id, settings.log_level, console=settings.dev_mode or None)
-        tracing.setup(f"agent-{self.agent_id}")
+        if tracing is not None:
+            tracing.setup(f"agent-{self.agent_id}")
+        elif any(os.environ.get(n, "").lower() not in ("", "none") for n in _OTEL_ASKED):
+            log.warning("tracing_unavailable", install="spine-agent-sdk[otel]")
         try:
             run_loop(self._main(settings), settings.event_loop)
         finally:
-            tracing.shutdown()
+            if tracing is not None:
+                tracing.shutdown()
 
     async def _main(self, settings: AgentSettings) -> None:
         stopping = asyncio.Event()
@@ -437,7 +454,7 @@ class _Worker:
             if saturated:
                 # Paused partitions return nothing, but polling keeps the member alive.
                 self.slot_freed.clear()
-                await _wait_any(self.slot_freed, self.stopping, within=self.poll_timeout_s)
+                await wait_any(self.slot_freed, self.stopping, within=self.poll_timeout_s)
                 batch = await consumer.getmany(timeout_ms=0, max_records=self.concurrency)
             else:
                 batch = await consumer.getmany(
@@ -543,7 +560,7 @@ class _Worker:
 
     # --- one task ------------------------------------------------------------------------
     async def _execute(self, running: _Running) -> None:
-        if not tracing.ENABLED:
+        if tracing is None or not tracing.ENABLED:
             await self._run_task(running)
             return
         message = running.item.message  # the task's span is current while it runs and answers
@@ -785,7 +802,7 @@ class _Worker:
     async def _send(self, topic: str, key: str, message: Message) -> None:
         producer = self.producer
         assert producer is not None
-        if tracing.ENABLED:  # a result answers from inside its task's span
+        if tracing is not None and tracing.ENABLED:  # a result answers from inside its task's span
             message = tracing.stamp(message)
         k, value, headers = Outgoing(topic, key, message).encode()
         await producer.send_and_wait(topic, value=value, key=k, headers=headers)
@@ -815,12 +832,3 @@ class _Worker:
 
 def _counters(stats: AgentStats) -> dict[str, int]:
     return {k: v for k, v in vars(stats).items() if isinstance(v, int)}
-
-
-async def _wait_any(*events: asyncio.Event, within: float) -> None:
-    waiters = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()

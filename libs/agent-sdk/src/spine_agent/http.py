@@ -1,4 +1,4 @@
-"""The HTTP agent contract of the original product (DESIGN §5), as pydantic models.
+"""The HTTP agent contract of the original product (docs/agents.md), as pydantic models.
 
 An HTTP agent serves ``GET /health`` (:class:`HttpHealth`) and ``POST /execute``
 (:class:`HttpExecuteRequest` → :class:`HttpExecuteResponse`); the registry's relay turns

@@ -1,12 +1,14 @@
-"""Settings of an agent process: the shared ones (DESIGN §10) plus the agent's knobs."""
+"""Settings of an agent process: what every process on the bus reads plus the agent's knobs."""
 
 from __future__ import annotations
 
 from pydantic import Field
-from spine_servicekit.settings import CommonSettings
+from spine_kafka.settings import LogLevel, ProcessSettings, SettingsError, load_settings
+
+__all__ = ["AgentSettings", "LogLevel", "SettingsError", "load_settings"]
 
 
-class AgentSettings(CommonSettings):
+class AgentSettings(ProcessSettings):
     """``SPINE_AGENT_*`` override what the agent's code chose; unset means "as coded"."""
 
     agent_concurrency: int | None = Field(None, alias="SPINE_AGENT_CONCURRENCY", ge=1, le=10_000)

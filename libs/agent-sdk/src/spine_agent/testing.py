@@ -24,7 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from spine_contracts import AgentMessage, ContractError, Message, parse
-from spine_servicekit.kafka import KafkaConfig, Outgoing, make_consumer, make_producer
+from spine_kafka.clients import KafkaConfig, Outgoing, make_consumer, make_producer
 
 from .agent import Agent
 

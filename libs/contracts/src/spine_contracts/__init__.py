@@ -7,7 +7,7 @@ here; topic names only from :mod:`spine_contracts.topics`.
 from __future__ import annotations
 
 from . import topics
-from .codec import MESSAGE_TYPES, AnyMessage, parse, parse_as, register_upcaster, to_bytes
+from .codec import MESSAGE_TYPES, parse, parse_as, register_upcaster, to_bytes
 from .envelope import Body, Message, utcnow
 from .errors import (
     ContractError,
@@ -81,7 +81,6 @@ __all__ = [
     "AgentRegistered",
     "AgentResult",
     "AgentStatusChanged",
-    "AnyMessage",
     "AuthCommandRejected",
     "Body",
     "CancelExecution",

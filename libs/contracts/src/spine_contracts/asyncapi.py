@@ -1,4 +1,4 @@
-"""The AsyncAPI 3.0 document of every topic, generated from the registry (DESIGN §2).
+"""The AsyncAPI 3.0 document of every topic, generated from the registry.
 
 The committed ``docs/asyncapi.yaml`` is this module's output, so agent authors can read what to
 subscribe to without reading Python. Regenerate it with ``make asyncapi``; CI runs

@@ -7,10 +7,10 @@ body of that version into the next one, step by step, until the current version.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, TypeAlias, Union
+from typing import Any
 
 import orjson
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
 from . import topics
 from .envelope import Message
@@ -23,10 +23,6 @@ for _spec in topics.ALL:
     for _cls in _spec.messages:
         MESSAGE_TYPES[_cls.model_fields["type"].default] = _cls
 
-AnyMessage: TypeAlias = Annotated[  # type: ignore[valid-type]
-    Union[tuple(MESSAGE_TYPES.values())],  # noqa: UP007
-    Field(discriminator="type"),
-]
 _UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
 

@@ -1,4 +1,4 @@
-"""The envelope every message travels in (DESIGN §2).
+"""The envelope every message travels in (docs/guarantees.md, Per topic).
 
 A concrete message subclasses :class:`Message`, fixes ``type`` with a ``Literal`` and
 types ``data`` with its body model. ``build`` creates one from body fields and an

@@ -1,4 +1,4 @@
-"""The flow definition (DESIGN §4) as it travels on the bus.
+"""The flow definition (docs/flows.md) as it travels on the bus.
 
 ``StartExecution`` embeds a whole :class:`FlowDefinition`, so an execution stays pinned to
 the definition it began with. File-level validation (file, node and field in every

@@ -1,4 +1,5 @@
-"""The topic registry: every topic name, key, retention and cleanup policy (DESIGN §2).
+"""The topic registry: every topic name, key, retention and cleanup policy (the per-topic
+table of docs/guarantees.md).
 
 Topic names appear here and nowhere else. Names carry an optional namespace prefix
 (``SPINE_TOPIC_PREFIX``) so parallel test runs and installations share one cluster.
@@ -59,7 +60,7 @@ class TopicSpec:
 
 
 # fmt: off
-# One spec per row of DESIGN §2's table; kept table-like on purpose.
+# One spec per row of the per-topic table of docs/guarantees.md; kept table-like on purpose.
 FLOWS = TopicSpec(
     "spine.flows", "flow_id", FOREVER, "compact",
     (flows.FlowDefined, flows.FlowDeleted),

@@ -222,7 +222,7 @@ class Condition:
 
 
 def _check_data(value: object, name: str, expression: str) -> None:
-    # orjson (C, ~1 µs for a typical payload) refuses nesting past 255 levels; only what
+    # orjson (fast, in C) refuses nesting past 255 levels; only what
     # it cannot encode for another reason (a Mapping that is not a dict, a huge int) needs
     # the slower walk.
     try:

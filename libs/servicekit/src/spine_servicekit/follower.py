@@ -30,8 +30,7 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from spine_contracts import ContractError, Message
-
-from .kafka import (
+from spine_kafka.clients import (
     KafkaConfig,
     dead_letter,
     dead_letter_outgoing,
@@ -42,7 +41,7 @@ from .kafka import (
     problem_fields,
     send_all,
 )
-from .logging import get_logger
+from spine_kafka.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -11,10 +11,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from spine_contracts import ServiceHeartbeat, to_bytes, topics, utcnow
-
-from . import ops
-from .kafka import KafkaConfig
-from .logging import get_logger
+from spine_kafka import ops
+from spine_kafka.clients import KafkaConfig
+from spine_kafka.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -1,7 +1,7 @@
 """PostgreSQL plumbing shared by services: pools, schemas and numbered migrations.
 
-Every service keeps its tables in its own schema (DESIGN §8), and the schema is always a
-parameter, never a literal: a rebuild replays into a fresh schema and swaps it in. A pool
+Every service keeps its tables in its own schema (docs/operations.md), and the schema is
+always a parameter, never a literal: a rebuild replays into a fresh schema and swaps it in. A pool
 made by :func:`create_pool` puts that schema first on the ``search_path``, so a
 projection's SQL names its tables unqualified and works unchanged in any schema.
 

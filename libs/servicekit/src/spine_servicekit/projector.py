@@ -2,7 +2,8 @@
 
 A service describes its read model as a :class:`Projection` (name, source topics,
 migrations, an ``apply`` coroutine) and runs it with a :class:`Projector` into a schema
-that is always a parameter (DESIGN §8: a rebuild replays into a fresh schema and swaps).
+that is always a parameter (a rebuild replays into a fresh schema and swaps; see
+docs/operations.md).
 
 Per fetched batch (up to ``max_batch`` records) the projector opens ONE transaction:
 
@@ -81,11 +82,11 @@ from aiokafka import (
 )
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import IllegalStateError, KafkaError
-from spine_contracts import ContractError, Message, topics
+from spine_contracts import ContractError, topics
 from spine_contracts.topics import FOREVER, TopicSpec
-
-from . import tracing
-from .kafka import (
+from spine_kafka import tracing
+from spine_kafka.clients import (
+    Incoming,
     KafkaConfig,
     Outgoing,
     dead_letter,
@@ -93,10 +94,10 @@ from .kafka import (
     decode_record,
     make_consumer,
     make_producer,
-    record_key,
     send_all,
 )
-from .logging import get_logger
+from spine_kafka.logging import get_logger
+
 from .postgres import create_pool, drop_schema, ensure_schema, lock_key, migrate, quote_schema
 
 __all__ = [
@@ -184,18 +185,6 @@ def pause_lock_key(schema: str) -> int:
     return lock_key("projector-pause", schema)
 
 
-@dataclass(frozen=True)
-class Incoming:
-    """One decoded record handed to ``apply``, with where it came from."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
-    timestamp_ms: int
-    message: Message
-
-
 ApplyFn = Callable[[asyncpg.Connection, Sequence[Incoming]], Awaitable[None]]
 SetupFn = Callable[[asyncpg.Connection], Awaitable[None]]
 #: a projector's ``tap`` or ``on_applied``: sees a batch, must not block
@@ -271,8 +260,8 @@ def _count(fetched: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> 
     return sum(len(records) for records in fetched.values())
 
 
-#: ``min_interval_s`` for projections no request waits on (measured under a burst: one
-#: PostgreSQL transaction per ~6 records before, 13.5 transactions per execution in all)
+#: ``min_interval_s`` for projections no request waits on: under a burst, one PostgreSQL
+#: transaction per interval instead of one per handful of records
 BATCH_INTERVAL_S = 0.25
 
 
@@ -722,14 +711,7 @@ class Projector:
         except ContractError as exc:
             item.error = exc
             return item
-        item.incoming = Incoming(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record_key(record),
-            timestamp_ms=record.timestamp,
-            message=message,
-        )
+        item.incoming = Incoming.of(record, message)
         return item
 
     async def _transact(

@@ -1,4 +1,5 @@
-"""Rebuild a service's read model from Kafka and swap it in while the service runs (DESIGN §8).
+"""Rebuild a service's read model from Kafka and swap it in while the service runs
+(docs/operations.md).
 
 ::
 
@@ -37,7 +38,9 @@ For one service (its schema ``S`` holds every projection of the service):
 Projections must derive every column from the events (never ``now()``), which is what
 makes a rebuild equal the live tables exactly rather than "up to timestamps".
 
-:data:`TARGETS` names each service's projections and schema setting by import path, so
+Each service registers its projections, and the settings field naming their schema, as a
+:class:`ServiceProjections` under the ``ai_spine.projections`` entry points: this module
+names no service. :data:`TARGETS` lists the registered ones without loading them, so
 importing this module imports no service and opens nothing.
 
     RebuildError
@@ -48,23 +51,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from importlib.metadata import EntryPoint, entry_points
 
 import asyncpg
 from aiokafka import TopicPartition
-from pydantic import Field
+from pydantic import Field, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from spine_contracts import topics
 from spine_contracts.topics import FOREVER, TopicSpec
+from spine_kafka.clients import KafkaConfig
+from spine_kafka.logging import configure_logging, get_logger
 
-from .kafka import KafkaConfig
-from .logging import configure_logging, get_logger
 from .postgres import drop_schema, lock_key, migrate, quote_schema
 from .projector import (
     MESSAGES_TABLE,
@@ -78,17 +80,25 @@ from .projector import (
 from .settings import CommonSettings, load_settings
 
 __all__ = [
+    "ENTRY_POINTS",
     "TARGETS",
     "RebuildError",
     "RebuildMismatch",
     "RebuildReport",
+    "ServiceProjections",
     "TableCheck",
     "Target",
     "rebuild_schema",
+    "registered_targets",
     "replayable",
 ]
 
 log = get_logger(__name__)
+
+#: The entry-point group where a service registers its projections, in its pyproject.toml:
+#: ``[project.entry-points."ai_spine.projections"]`` ``<service> = "<module>:<attribute>"``
+#: naming a :class:`ServiceProjections`.
+ENTRY_POINTS = "ai_spine.projections"
 
 #: Tables of the projectors' own ledger; compared separately (offsets) or not at all.
 _LEDGER_TABLES = frozenset({"schema_migrations", OFFSETS_TABLE, MESSAGES_TABLE})
@@ -108,66 +118,62 @@ class RebuildMismatch(RebuildError):
 
 
 @dataclass(frozen=True)
+class ServiceProjections:
+    """What a service registers under the ``ai_spine.projections`` entry points: the
+    projections that fill its schema, and the settings field that names that schema."""
+
+    projections: Callable[[], Iterable[Projection]]
+    settings: type[BaseSettings]
+    schema_field: str = "db_schema"
+
+
+class _EnvOnly(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+
+@dataclass(frozen=True)
 class Target:
-    """Where a service's projections and schema setting live (import paths, loaded lazily)."""
+    """One registered service; its entry point is loaded (the service imported) on first use."""
 
     service: str
-    projections: str  # "module:callable" returning a sequence of Projection
-    settings: str  # "module:SettingsClass"
-    schema_field: str
+    entry_point: EntryPoint
+
+    def _registered(self) -> ServiceProjections:
+        found = self.entry_point.load()
+        if not isinstance(found, ServiceProjections):
+            raise RebuildError(
+                f"entry point {ENTRY_POINTS}:{self.service} ({self.entry_point.value}) is "
+                f"not a ServiceProjections"
+            )
+        return found
 
     def load_projections(self) -> tuple[Projection, ...]:
-        factory = _import(self.projections)
-        return tuple(factory())
+        return tuple(self._registered().projections())
 
     def schema(self) -> str:
-        """The schema the service uses: its settings field's env variable, else the default."""
-        settings_cls = _import(self.settings)
-        info = settings_cls.model_fields[self.schema_field]
-        alias = info.alias or self.schema_field.upper()
+        """The schema the service uses: its settings field's env variable, else the default.
 
-        class _SchemaOnly(BaseSettings):
-            model_config = SettingsConfigDict(
-                env_file=".env", env_file_encoding="utf-8", extra="ignore"
-            )
-            value: str = Field(info.default, alias=alias)
-
-        schema = _SchemaOnly().value
+        Only that field is read: the rest of the service's settings (its secrets, say) may
+        not be valid where the rebuild runs."""
+        registered = self._registered()
+        info = registered.settings.model_fields[registered.schema_field]
+        alias = info.alias or registered.schema_field.upper()
+        only = create_model(
+            "_SchemaOnly", __base__=_EnvOnly, value=(str, Field(info.default, alias=alias))
+        )
+        schema = str(only().value)  # type: ignore[attr-defined]
         quote_schema(schema)
         return schema
 
 
-TARGETS: dict[str, Target] = {
-    "orchestrator": Target(
-        "orchestrator",
-        "spine_orchestrator.projection:projections",
-        "spine_orchestrator.settings:OrchestratorSettings",
-        "schema_name",
-    ),
-    "registry": Target(
-        "registry",
-        "spine_registry.projection:projections",
-        "spine_registry.settings:RegistrySettings",
-        "schema_name",
-    ),
-    "auth": Target(
-        "auth",
-        "spine_auth.projector:projections",
-        "spine_auth.settings:AuthSettings",
-        "db_schema",
-    ),
-    "gateway": Target(
-        "gateway",
-        "spine_gateway.projection:rebuild_projections",
-        "spine_gateway.settings:GatewaySettings",
-        "db_schema",
-    ),
-}
+def registered_targets() -> dict[str, Target]:
+    """Every installed service that registered projections, by name (nothing imported)."""
+    found = sorted(entry_points(group=ENTRY_POINTS), key=lambda ep: ep.name)
+    return {ep.name: Target(ep.name, ep) for ep in found}
 
 
-def _import(path: str) -> Any:
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
+#: The services whose schemas ``make rebuild`` rebuilds, from the installed entry points.
+TARGETS: Mapping[str, Target] = registered_targets()
 
 
 def replayable(projection: Projection, kafka: KafkaConfig) -> bool:
@@ -611,4 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, not this ``__main__`` copy: the services register
+    # instances of spine_servicekit.rebuild.ServiceProjections, a class this copy redefines.
+    from spine_servicekit.rebuild import main as _main
+
+    sys.exit(_main())

@@ -10,20 +10,28 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from spine_kafka import ops, tracing
+from spine_kafka.aio import run_loop
+from spine_kafka.clients import KafkaConfig, ensure_topics, instance_id, make_producer
+from spine_kafka.logging import configure_logging, get_logger
 
-from . import ops, tracing
 from .heartbeat import HeartbeatPublisher
-from .kafka import KafkaConfig, ensure_topics, instance_id, make_producer
-from .logging import configure_logging, get_logger
 from .settings import CommonSettings
 
-T = TypeVar("T")
+__all__ = [
+    "GRACE_SECONDS",
+    "Main",
+    "ServiceContext",
+    "run_loop",
+    "run_service",
+    "serve",
+]
 
 
 @dataclass
@@ -39,7 +47,7 @@ class ServiceContext:
 
 GRACE_SECONDS = 15.0
 
-Main = Callable[[ServiceContext], Awaitable[None]]
+Main = Callable[[ServiceContext], Coroutine[Any, Any, None]]
 
 
 async def serve(service: str, settings: CommonSettings, main: Main) -> None:
@@ -125,22 +133,6 @@ async def _connect(
             except TimeoutError:
                 pass
             delay = min(delay * 2, 5.0)
-
-
-def run_loop(main: Coroutine[Any, Any, T], event_loop: str = "uvloop") -> T:
-    """``asyncio.run`` on uvloop where it is installed and chosen (``SPINE_EVENT_LOOP``).
-
-    Measured under a burst of executions: asyncio's own loop was 10-18 % of each busy
-    service's CPU (selector, handles, transports in Python)."""
-    if event_loop == "uvloop":
-        try:
-            import uvloop
-        except ImportError:  # not on this platform: the standard loop does the same work
-            pass
-        else:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                return runner.run(main)
-    return asyncio.run(main)
 
 
 def run_service(service: str, settings: CommonSettings, main: Main) -> None:

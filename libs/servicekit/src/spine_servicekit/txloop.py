@@ -1,4 +1,4 @@
-"""The transactional consume–decide–produce loop of the orchestrator and auth (DESIGN §3).
+"""The transactional consume–decide–produce loop of the orchestrator and auth (docs/guarantees.md).
 
 One consumer in a group reads N co-partitioned input topics (same partition count, key =
 entity id); the range assignor gives partition *p* of every input topic to one member. For
@@ -59,21 +59,19 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import OffsetAndMetadata
-from spine_contracts import ContractError, DeadLetter, Message, topics
-
-from . import ops, tracing
-from .kafka import (
-    REPLY_TO_HEADER,
+from spine_contracts import ContractError, DeadLetter, topics
+from spine_kafka import ops, tracing
+from spine_kafka.clients import (
+    Incoming,
     KafkaConfig,
     Outgoing,
     dead_letter,
     decode_record,
     make_consumer,
     make_producer,
-    record_key,
     send_all,
 )
-from .logging import get_logger
+from spine_kafka.logging import get_logger
 
 __all__ = [
     "Incoming",
@@ -88,26 +86,6 @@ __all__ = [
 log = get_logger(__name__)
 
 ProducerFactory = Callable[[str], AIOKafkaProducer]
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """One decoded input record, with where it came from."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
-    message: Message
-    headers: tuple[tuple[str, bytes], ...] = ()
-    timestamp_ms: int = 0
-
-    @property
-    def reply_to(self) -> str | None:
-        for name, value in self.headers:
-            if name == REPLY_TO_HEADER:
-                return bytes(value).decode()
-        return None
 
 
 class PoisonMessage(Exception):
@@ -462,7 +440,7 @@ class TransactionalLoop:
             except ContractError as exc:
                 outgoing.append(self._dead_letter(record, exc))
                 continue
-            incoming = _incoming(record, message)
+            incoming = Incoming.of(record, message, headers=True)
             by_offset[(record.topic, record.offset)] = record
             good.append(incoming)
 
@@ -736,18 +714,6 @@ class TransactionalLoop:
 
 class TransactionFailed(Exception):
     """Dead-letter error of a record whose transaction failed alone, non-retriably, twice."""
-
-
-def _incoming(record: ConsumerRecord[Any, Any], message: Message) -> Incoming:
-    return Incoming(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record_key(record),
-        message=message,
-        headers=tuple((name, bytes(value)) for name, value in record.headers or ()),
-        timestamp_ms=record.timestamp,
-    )
 
 
 def _next_offsets(

@@ -12,7 +12,7 @@ was decided on. No I/O, no clock, no randomness: stdlib and contracts only.
 The service is the single writer per user (all of a user's commands are on one partition
 and are decided in order), so a check such as "balance >= cost" never races.
 
-Rules (DESIGN §3 step 2, §7; the credit policy is written up in ``docs/credits.md``):
+Rules (the credit policy is written up in ``docs/credits.md``):
 
 * ``CreateUser``: a new user starts with ``credits``. An existing user_id is refused with
   ``AuthCommandRejected`` (USER_EXISTS). E-mail uniqueness cannot be checked here: two
@@ -41,7 +41,7 @@ Idempotency, derived from the events alone so that it survives a rebuild:
   remembers the last :data:`HANDLED_KEPT` ``CreateUser``/``RotateKey``/``AddCredits``
   message ids per user (and those of refused ``SettleCredits``), so the same message
   delivered again emits nothing new and is answered again (``message_id`` is the
-  envelope's idempotency key, DESIGN §2).
+  envelope's idempotency key, docs/guarantees.md, Per topic).
 * A ``CreateUser`` carrying the key hash the user was created with is the creating
   request repeated (the gateway draws a fresh random key per request), even as a new
   message; likewise a ``RotateKey`` to the current hash.

@@ -39,6 +39,9 @@ from spine_contracts import (
     topics,
 )
 from spine_servicekit.projector import Incoming, Projection
+from spine_servicekit.rebuild import ServiceProjections
+
+from .settings import AuthSettings
 
 NAME = "auth"
 
@@ -171,3 +174,7 @@ def auth_projection() -> Projection:
 def projections() -> tuple[Projection, ...]:
     """Every projection kept in auth's schema (what ``make rebuild`` replays)."""
     return (auth_projection(),)
+
+
+#: what ``make rebuild`` finds under the ``ai_spine.projections`` entry points (pyproject.toml)
+REBUILD = ServiceProjections(projections, AuthSettings)

@@ -90,7 +90,7 @@ class Aggregates:
             self.flow_of[message.data.execution_id] = message.data.flow_id
             out.append(("executions_started", message.data.flow_id, 1, "counter"))
         elif type(message) in OUTCOMES:
-            outcome = OUTCOMES[type(message)]  # type: ignore[index]
+            outcome = OUTCOMES[type(message)]
             self.outcomes[outcome] += 1
             flow = self.flow_of.pop(message.data.execution_id, "unknown")  # type: ignore[attr-defined]
             out.append(("executions_finished", f"{flow}|{outcome}", 1, "counter"))

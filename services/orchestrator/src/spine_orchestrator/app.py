@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import ConsumerRecord
 from spine_contracts import FireTimer, Message, to_bytes, topics
-from spine_flows import compile_condition
+from spine_flows import evaluate_condition
 from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import dead_letter, dead_letter_outgoing, headers_for
 from spine_servicekit.logging import get_logger
@@ -24,10 +23,6 @@ from .settings import OrchestratorSettings
 from .timers import TimerScheduler
 
 log = get_logger(__name__)
-
-
-def evaluate_condition(expr: str, input_data: Mapping[str, Any], nodes: Mapping[str, Any]) -> bool:
-    return compile_condition(expr).evaluate(input_data, nodes)
 
 
 async def main(ctx: ServiceContext) -> None:
@@ -86,7 +81,7 @@ async def main(ctx: ServiceContext) -> None:
         cfg.background(),
         settings.database_url,
         PROJECTION,
-        schema=settings.schema_name,
+        schema=settings.db_schema,
         min_interval_s=BATCH_INTERVAL_S,
     )
 

@@ -7,7 +7,7 @@ the effects to publish (execution events, agent tasks and cancels, the settle-cr
 command). The Kafka adapter publishes a decision's effects, the snapshot of the new state
 and the input's offset in one transaction, so a decision happens exactly once.
 
-Rules (DESIGN §3–§4):
+Rules (docs/guarantees.md, docs/flows.md):
 * every node whose dependencies are all done is dispatched at once;
 * a node whose ``when`` is false is skipped, and so is a node whose dependencies were all
   skipped; a node with some completed dependencies runs with those outputs;
@@ -133,8 +133,8 @@ class ExecutionState:
 
     # --- snapshots -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The snapshot body, built field by field: ``dataclasses.asdict`` deep-copies the
-        flow model and every output, which made snapshots most of the orchestrator's CPU.
+        """The snapshot body, built field by field: ``dataclasses.asdict`` would deep-copy the
+        flow model and every output of every snapshot.
         Outputs, inputs and metadata are JSON already (they came off the bus), so they are
         shared, not copied; the encoder reads them once."""
         return {

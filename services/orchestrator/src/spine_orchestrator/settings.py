@@ -19,6 +19,6 @@ class OrchestratorSettings(CommonSettings):
         gt=0,
         description="how long an input node waits for the human when it sets no input_timeout",
     )
-    schema_name: str = Field("orchestrator", alias="SPINE_ORCHESTRATOR_SCHEMA")
+    db_schema: str = Field("orchestrator", alias="SPINE_ORCHESTRATOR_SCHEMA")
     max_batch: int = Field(500, alias="SPINE_ORCHESTRATOR_MAX_BATCH", ge=1)
     watch_flows: bool = Field(True, alias="SPINE_ORCHESTRATOR_WATCH_FLOWS")

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from spine_contracts import FireTimer, utcnow
 
-from .domain import ExecutionState, Timer
+from .domain import AnyState, Timer
 
 Publish = Callable[[FireTimer, str], Awaitable[None]]
 
@@ -29,7 +29,7 @@ class TimerScheduler:
         self._context: dict[str, tuple[str | None, str | None, str | None]] = {}
         self._wakeup = asyncio.Event()
 
-    def sync(self, state: ExecutionState) -> None:
+    def sync(self, state: AnyState) -> None:
         """Mirror the timers of one execution (call after every decision)."""
         timers = {} if state.terminal else dict(state.timers)
         if not timers:

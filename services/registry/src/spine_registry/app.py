@@ -92,7 +92,7 @@ async def main(ctx: ServiceContext) -> None:
         isolation_level="read_uncommitted",
     )
     projector = Projector(
-        cfg.background(), settings.database_url, PROJECTION, schema=settings.schema_name
+        cfg.background(), settings.database_url, PROJECTION, schema=settings.db_schema
     )
     await projector.start()
     await consumer.start()

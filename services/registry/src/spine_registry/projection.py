@@ -8,6 +8,9 @@ import asyncpg
 import orjson
 from spine_contracts import AgentDeregistered, AgentRegistered, AgentStatusChanged, topics
 from spine_servicekit.projector import Incoming, Projection
+from spine_servicekit.rebuild import ServiceProjections
+
+from .settings import RegistrySettings
 
 MIGRATIONS = (
     """
@@ -57,3 +60,7 @@ PROJECTION = Projection(
 def projections() -> tuple[Projection, ...]:
     """Every projection kept in the registry's schema (what ``make rebuild`` replays)."""
     return (PROJECTION,)
+
+
+#: what ``make rebuild`` finds under the ``ai_spine.projections`` entry points (pyproject.toml)
+REBUILD = ServiceProjections(projections, RegistrySettings)

@@ -1,4 +1,4 @@
-"""The relay: delivery to HTTP agents (DESIGN §5), its own process ``spine-relay``.
+"""The relay: delivery to HTTP agents (docs/agents.md), its own process ``spine-relay``.
 
 Kafka tasks of every registered HTTP agent become ``POST {endpoint}/execute`` calls and
 their answers ``AgentResult``s; ``GET {endpoint}/health`` probes become the agent's

@@ -27,6 +27,7 @@ import httpx
 from aiokafka.errors import KafkaError
 from spine_agent import Agent, Task
 from spine_contracts import AgentHeartbeat, AgentInfo, Message, topics
+from spine_kafka.aio import wait_any
 from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import Outgoing
 from spine_servicekit.logging import bind, get_logger
@@ -201,15 +202,6 @@ class Relay:
             await asyncio.gather(*self.stopping_links, return_exceptions=True)
 
 
-async def _wait_any(*events: asyncio.Event, within: float) -> None:
-    waiters = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-
-
 async def main(ctx: ServiceContext) -> None:
     settings = ctx.settings
     assert isinstance(settings, RelaySettings)
@@ -235,7 +227,7 @@ async def main(ctx: ServiceContext) -> None:
                 relay.changed.clear()
                 await relay.reconcile()
                 relay.check()
-                await _wait_any(relay.changed, ctx.stopping, within=1.0)
+                await wait_any(relay.changed, ctx.stopping, within=1.0)
         finally:
             await follower.stop()
             await relay.close()

@@ -1,4 +1,4 @@
-"""One task to one HTTP agent: the request, the retries and the answer (DESIGN §5).
+"""One task to one HTTP agent: the request, the retries and the answer (docs/agents.md).
 
 * :func:`build_request` maps a :class:`~spine_agent.Task` onto the original ``POST
   /execute`` body;
@@ -155,7 +155,7 @@ class RetryPolicy:
 
     def backoff(self, retry: int, rng: random.Random) -> float:
         """The delay before retry number ``retry`` (1 for the first)."""
-        base = min(self.max_backoff_s, self.backoff_s * 2 ** (retry - 1))
+        base = min(self.max_backoff_s, self.backoff_s * 2.0 ** (retry - 1))
         return base * (1 - self.jitter * rng.random())
 
     def delay(self, retry: int, retry_after: float | None, rng: random.Random) -> float:

@@ -1,4 +1,4 @@
-"""Relay settings: the shared ones (DESIGN §10) plus ``SPINE_RELAY_*`` knobs."""
+"""Relay settings: the shared ones (README.md, Configuration) plus ``SPINE_RELAY_*`` knobs."""
 
 from __future__ import annotations
 
