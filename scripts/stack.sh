@@ -67,6 +67,10 @@ up() {
     tail -n 30 "$LOGS/gateway.log" >&2 || true
     return 1
   fi
+  if alive agent-echo-http; then
+    echo "==> registering the demo HTTP agent echo-http (as compose's init job does)"
+    "$ROOT/.venv/bin/python" "$ROOT/scripts/register_echo_http.py" || return 1
+  fi
   echo "==> AI Spine is up: http://127.0.0.1:$PORT  (API docs: http://127.0.0.1:$PORT/docs)"
   echo "    master key: API_KEY in .env"
 }

@@ -16,9 +16,12 @@ import pytest
 import yaml
 from aiokafka import TopicPartition
 from crash.helpers import execution_trail
+from spine_gateway.cache import ReadCache
 from spine_gateway.errors import NotFound, Unavailable
-from spine_gateway.service import GatewayService
-from spine_gateway.settings import GatewaySettings
+from spine_gateway.executions import ExecutionsService
+from spine_gateway.idempotency import Idempotency
+from spine_gateway.live import LiveTrail
+from spine_gateway.visibility import ReadYourWrites
 from spine_servicekit.projector import Incoming
 
 FLOWS = Path(__file__).resolve().parents[2] / "flows"
@@ -79,27 +82,46 @@ class FakeMarks:
     def get(self, kind: str, key: str) -> tuple[str, int] | None:
         return self.marks.get((kind, key))
 
+    def message(self, kind: str, key: str) -> Any:
+        return None
+
+
+class FakeCommands:
+    """Auth's reply to a reservation: ``None`` never comes; else accepted."""
+
+    def __init__(self) -> None:
+        self.on_request: Callable[[Any], None] | None = None
+
+    async def request(self, _spec: Any, _key: str, cmd: Any, _rid: str, **_: Any) -> Any:
+        if self.on_request is None:
+            raise AssertionError("no command expected")
+        self.on_request(cmd)
+        return SimpleNamespace(data=SimpleNamespace(ok=True))
+
 
 class Ports:
     def __init__(self) -> None:
         self.read, self.store = FakeRead(), FakeStore()
         self.projector, self.marks = FakeProjector(), FakeMarks()
         self.users = FakeProjector()
-        settings = GatewaySettings(API_KEY="x" * 20, SPINE_GATEWAY_PROJECTION_TIMEOUT=0.3)
+        self.live = LiveTrail()
+        self.commands = FakeCommands()
         unused: Any = None
-        self.service = GatewayService(
-            settings,
-            publisher=unused,
-            replies=unused,
+        self.service = ExecutionsService(
+            commands=self.commands,  # type: ignore[arg-type]
             read=self.read,  # type: ignore[arg-type]
             store=self.store,  # type: ignore[arg-type]
-            projectors=SimpleNamespace(executions=self.projector, users=self.users),  # type: ignore[arg-type]
-            marks=self.marks,  # type: ignore[arg-type]
-            observers=unused,
+            rw=ReadYourWrites(self.marks, self.live, 0.3),  # type: ignore[arg-type]
+            idempotency=Idempotency(unused, ttl_s=60, wait_s=1),  # no key: no store
+            executions=self.projector,  # type: ignore[arg-type]
+            users=self.users,  # type: ignore[arg-type]
+            live=self.live,
+            flows=ReadCache(),
+            start_timeout_s=0.3,
         )
 
 
-OWNER, OTHER = {"user_id": "u1"}, {"user_id": "u2"}
+OWNER, OTHER = "u1", "u2"
 
 
 def executing_ports(on_request: Callable[[Any], None] = lambda _cmd: None) -> Ports:
@@ -109,18 +131,14 @@ def executing_ports(on_request: Callable[[Any], None] = lambda _cmd: None) -> Po
     definition = yaml.safe_load((FLOWS / "echo_chain.yaml").read_text())
     p.read.flows["echo_chain"] = {"flow_version": "v1", "definition": definition}
 
-    async def auth_accepts(_spec: Any, _key: str, cmd: Any, _rid: str, **_: Any) -> Any:
-        on_request(cmd)
-        return SimpleNamespace(data=SimpleNamespace(ok=True))
-
-    p.service._request = auth_accepts  # type: ignore[method-assign]
+    p.commands.on_request = on_request
     return p
 
 
 async def test_the_owner_waits_until_the_projection_shows_it() -> None:
     p = Ports()
     p.store.accepted["e1"] = "u1"
-    read = asyncio.create_task(p.service.own_execution(OWNER, "e1"))
+    read = asyncio.create_task(p.service.own(OWNER, "e1"))
     await asyncio.sleep(0)  # the read is waiting now
     assert not read.done()
     p.read.rows["e1"] = {"execution_id": "e1", "user_id": "u1", "status": "running"}
@@ -134,7 +152,7 @@ async def test_still_invisible_after_the_wait_is_503_not_404() -> None:
     p = Ports()
     p.store.accepted["e1"] = "u1"
     with pytest.raises(Unavailable) as caught:
-        await p.service.own_execution(OWNER, "e1")
+        await p.service.own(OWNER, "e1")
     assert caught.value.status == 503 and "retry" in str(caught.value)
 
 
@@ -143,7 +161,7 @@ async def test_another_user_and_an_unknown_id_are_404_at_once() -> None:
     p.store.accepted["e1"] = "u1"
     for user, eid in ((OTHER, "e1"), (OWNER, "e2")):
         with pytest.raises(NotFound):
-            await asyncio.wait_for(p.service.own_execution(user, eid), 0.1)  # no waiting
+            await asyncio.wait_for(p.service.own(user, eid), 0.1)  # no waiting
 
 
 async def test_a_read_after_a_streamed_event_waits_until_the_read_model_has_it() -> None:
@@ -153,8 +171,8 @@ async def test_a_read_after_a_streamed_event_waits_until_the_read_model_has_it()
     p.read.rows["e1"] = {"execution_id": "e1", "user_id": "u1", "status": "running"}
     p.projector.apply(tp, 7)
     # the executions projector decoded the completion (a stream may have sent it already)
-    p.service.live.tap([Incoming(tp.topic, tp.partition, 7, None, 0, trail[-2])])
-    read = asyncio.create_task(p.service.own_execution(OWNER, "e1"))
+    p.live.tap([Incoming(tp.topic, tp.partition, 7, None, 0, trail[-2])])
+    read = asyncio.create_task(p.service.own(OWNER, "e1"))
     await asyncio.sleep(0)
     assert not read.done()  # the read model has not stored it yet
     p.read.rows["e1"] = {"execution_id": "e1", "user_id": "u1", "status": "completed"}
@@ -162,7 +180,7 @@ async def test_a_read_after_a_streamed_event_waits_until_the_read_model_has_it()
     row = await asyncio.wait_for(read, 5)
     assert row["status"] == "completed"
     # once stored, reads do not wait
-    assert (await asyncio.wait_for(p.service.own_execution(OWNER, "e1"), 0.1))["user_id"] == "u1"
+    assert (await asyncio.wait_for(p.service.own(OWNER, "e1"), 0.1))["user_id"] == "u1"
 
 
 async def test_execute_answers_from_the_decoded_start_and_a_read_then_waits_for_the_store() -> None:
@@ -175,7 +193,7 @@ async def test_execute_answers_from_the_decoded_start_and_a_read_then_waits_for_
         trail = execution_trail(cmd.data.execution_id, datetime(2026, 12, 6, tzinfo=UTC))
         decoded.extend(trail[:2])
         p.marks.marks[("reserved", cmd.data.execution_id)] = ("auth-events/0", 1)
-        p.service.live.tap(
+        p.live.tap(
             [Incoming(tp.topic, tp.partition, 3 + i, None, 0, m) for i, m in enumerate(trail[:2])]
         )
 
@@ -186,12 +204,12 @@ async def test_execute_answers_from_the_decoded_start_and_a_read_then_waits_for_
     assert not execute.done()  # the start is decoded, the reserved balance not yet stored
     p.users.apply("auth-events/0", 1)
     answer, cost = await asyncio.wait_for(execute, 5)
-    eid = answer["execution_id"]
-    assert answer["status"] == "running" and cost > 0
-    assert answer["created_at"] == decoded[0].occurred_at.isoformat()
+    eid = answer.execution_id
+    assert answer.status == "running" and cost > 0
+    assert answer.created_at == decoded[0].occurred_at.isoformat()
     assert eid not in p.read.rows  # answered before the read model stored it ...
     assert p.store.accepted[eid] == "u1"  # ... so any replica's read of it waits, never 404
-    read = asyncio.create_task(p.service.own_execution(OWNER, eid))
+    read = asyncio.create_task(p.service.own(OWNER, eid))
     await asyncio.sleep(0)
     assert not read.done()
     p.read.rows[eid] = {"execution_id": eid, "user_id": "u1", "status": "running"}
@@ -202,8 +220,8 @@ async def test_execute_answers_from_the_decoded_start_and_a_read_then_waits_for_
 async def test_execute_whose_start_is_not_decoded_in_time_answers_pending() -> None:
     p = executing_ports()
     answer, _ = await p.service.execute(OWNER, "echo_chain", {}, {}, None)
-    assert answer["status"] == "pending"
-    assert p.store.accepted[answer["execution_id"]] == "u1"
+    assert answer.status == "pending"
+    assert p.store.accepted[answer.execution_id] == "u1"
 
 
 async def test_a_client_gone_while_execute_waits_leaves_no_wait_behind() -> None:

@@ -3,7 +3,6 @@ answers at once while a new measurement runs (fakes of the admin client and cons
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -86,7 +85,8 @@ async def test_a_stale_measurement_is_answered_while_a_new_one_runs() -> None:
     assert first[f"{P}auth"]["lag"] == 3 and lag.age_s is not None
     consumer.ends[CMDS0] = 10
     assert (await lag.groups())[f"{P}auth"]["lag"] == 3  # the last one, at once
-    await asyncio.sleep(0.01)  # the background measurement finishes
+    assert lag._task is not None
+    await lag._task  # the background measurement finishes
     assert (await lag.groups())[f"{P}auth"]["lag"] == 9
     await lag.stop()
 

@@ -1,154 +1,168 @@
-"""Idempotency-Key on cancel and input: the first answer for every repeat, concurrent ones
-included (a fake of the Redis port with the same SET NX semantics; no I/O)."""
+"""Idempotency-Key (execute, cancel, input), against the real Redis: the first answer for
+every repeat (concurrent ones too, across two gateway replicas' stores), another body under
+the same key refused, a 5xx or a crash leaving the key open for a retry with the same
+operation id, and one key of two tenants staying two requests."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+from spine_gateway.adapters.redis import RedisStore
 from spine_gateway.errors import Conflict, InvalidInput, NotFound, Unavailable
-from spine_gateway.service import GatewayService
-from spine_gateway.settings import GatewaySettings
+from spine_gateway.idempotency import Idempotency
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 
-class FakeStore:
-    """The idempotency half of ``RedisStore``, in memory."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-
-    async def reserve_idempotent(self, user_id: str, key: str, token: str, ttl_s: int) -> bool:
-        await asyncio.sleep(0)  # a round trip: lets concurrent requests interleave
-        name = f"{user_id}:{key}"
-        if name in self.data:
-            return False
-        self.data[name] = token
-        return True
-
-    async def get_idempotent(self, user_id: str, key: str) -> str | None:
-        await asyncio.sleep(0)
-        return self.data.get(f"{user_id}:{key}")
-
-    async def release_idempotent(self, user_id: str, key: str, token: str) -> None:
-        if self.data.get(f"{user_id}:{key}") == token:
-            del self.data[f"{user_id}:{key}"]
-
-    async def put_idempotent(self, user_id: str, key: str, value: str, ttl_s: int) -> None:
-        self.data[f"{user_id}:{key}"] = value
+@pytest_asyncio.fixture(loop_scope="session")
+async def stores(redis_url: str) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+    """Two gateway replicas' stores (own clients) on one fresh prefix; cleaned afterwards."""
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+    clients = [Redis.from_url(redis_url), Redis.from_url(redis_url)]
+    yield RedisStore(clients[0], prefix), RedisStore(clients[1], prefix)
+    async for name in clients[0].scan_iter(f"spine:gw:{prefix}*"):
+        await clients[0].delete(name)
+    for c in clients:
+        await c.aclose()
 
 
-def _service(store: FakeStore) -> GatewayService:
-    settings = GatewaySettings(
-        API_KEY="x" * 20, SPINE_GATEWAY_REPLY_TIMEOUT=0.2, SPINE_GATEWAY_PROJECTION_TIMEOUT=0.2
-    )
-    unused: Any = None
-    return GatewayService(
-        settings,
-        publisher=unused,
-        replies=unused,
-        read=unused,
-        store=store,  # type: ignore[arg-type]
-        projectors=unused,
-        marks=unused,
-        observers=unused,
-    )
+def idem(store: RedisStore, wait_s: float = 5.0) -> Idempotency:
+    return Idempotency(store, ttl_s=600, wait_s=wait_s)
 
 
-USER = {"user_id": "u1"}
+async def test_concurrent_duplicates_on_two_replicas_run_once_and_share_the_answer(
+    stores: tuple[RedisStore, RedisStore],
+) -> None:
+    runs: list[str] = []
+    started, release = asyncio.Event(), asyncio.Event()
 
-
-async def test_concurrent_duplicates_run_once_and_share_the_first_answer() -> None:
-    service = _service(FakeStore())
-    runs = 0
-    release = asyncio.Event()
-
-    async def run() -> dict[str, Any]:
-        nonlocal runs
-        runs += 1
+    async def act(op: str) -> dict[str, Any]:
+        runs.append(op)
+        started.set()
         await release.wait()  # the duplicates arrive while the first is still working
-        return {"status": "cancelled", "n": runs}
+        return {"status": "cancelled", "op": op}
 
+    replicas = [idem(stores[i % 2]) for i in range(6)]
     tasks = [
-        asyncio.create_task(service._idempotent(USER, "k", "cancel:e1", run)) for _ in range(5)
+        asyncio.create_task(r.run("u1", "cancel:e1", "k", {"reason": None}, act)) for r in replicas
     ]
-    await asyncio.sleep(0.05)
+    await started.wait()  # the first claim acts; the others wait on the key's channel
+    for _ in range(20):  # let the duplicates reach Redis and find the key taken
+        await asyncio.sleep(0)
     release.set()
     answers = await asyncio.gather(*tasks)
-    assert runs == 1
-    assert answers == [{"status": "cancelled", "n": 1}] * 5
+    assert len(runs) == 1
+    assert [a for a, _ in answers] == [{"status": "cancelled", "op": runs[0]}] * 6
+    assert sorted(replay for _, replay in answers) == [False] + [True] * 5
 
 
-async def test_a_refusal_is_an_answer_too() -> None:
-    service = _service(FakeStore())
+async def test_a_refusal_is_an_answer_too(stores: tuple[RedisStore, RedisStore]) -> None:
     calls = 0
 
-    async def run() -> dict[str, Any]:
+    async def act(_op: str) -> dict[str, Any]:
         nonlocal calls
         calls += 1
         raise Conflict("execution 'e1' is already completed", code="EXECUTION_TERMINAL")
 
-    for _ in range(3):
+    for store in (*stores, stores[0]):
         with pytest.raises(Conflict) as caught:
-            await service._idempotent(USER, "k", "cancel:e1", run)
+            await idem(store).run("u1", "cancel:e1", "k", {}, act)
         assert caught.value.code == "EXECUTION_TERMINAL" and caught.value.status == 409
     assert calls == 1
 
 
-async def test_a_5xx_or_a_crash_releases_the_key_for_a_retry() -> None:
-    store = FakeStore()
-    service = _service(store)
-    outcomes: list[Any] = [Unavailable("auth is away"), RuntimeError("bug"), {"ok": True}]
+@pytest.mark.parametrize("error", [NotFound("no"), InvalidInput("bad")])
+async def test_4xx_answers_replay_with_their_status(
+    stores: tuple[RedisStore, RedisStore], error: Exception
+) -> None:
+    async def act(_op: str) -> dict[str, Any]:
+        raise error
 
-    async def run() -> dict[str, Any]:
+    for store in stores:
+        with pytest.raises(type(error)):
+            await idem(store).run("u1", "input:e1", "k", {}, act)
+
+
+async def test_a_5xx_or_a_crash_leaves_the_key_open_with_the_same_operation_id(
+    stores: tuple[RedisStore, RedisStore],
+) -> None:
+    outcomes: list[Any] = [Unavailable("auth is away"), RuntimeError("bug"), {"ok": True}]
+    ops: list[str] = []
+
+    async def act(op: str) -> dict[str, Any]:
+        ops.append(op)
         outcome = outcomes.pop(0)
         if isinstance(outcome, BaseException):
             raise outcome
         return dict(outcome)
 
+    store = stores[0]
     with pytest.raises(Unavailable):
-        await service._idempotent(USER, "k", "input:e1", run)
+        await idem(store).run("u1", "execute", "k", {"a": 1}, act)
     with pytest.raises(RuntimeError):
-        await service._idempotent(USER, "k", "input:e1", run)
-    assert await service._idempotent(USER, "k", "input:e1", run) == {"ok": True}
-    assert await service._idempotent(USER, "k", "input:e1", run) == {"ok": True}  # kept
-    assert outcomes == []
+        await idem(stores[1]).run("u1", "execute", "k", {"a": 1}, act)
+    assert await idem(store).run("u1", "execute", "k", {"a": 1}, act) == ({"ok": True}, False)
+    assert await idem(store).run("u1", "execute", "k", {"a": 1}, act) == ({"ok": True}, True)
+    assert outcomes == [] and len(set(ops)) == 1  # every retry acted as the same operation
 
 
-async def test_keys_are_per_user_and_per_scope() -> None:
-    service = _service(FakeStore())
+async def test_the_same_key_with_another_body_is_refused(
+    stores: tuple[RedisStore, RedisStore],
+) -> None:
+    async def act(op: str) -> dict[str, Any]:
+        return {"execution_id": op}
 
-    async def answer(value: str) -> dict[str, Any]:
-        return {"v": value}
-
-    assert await service._idempotent(USER, "k", "cancel:e1", lambda: answer("a")) == {"v": "a"}
-    assert await service._idempotent(USER, "k", "input:e1", lambda: answer("b")) == {"v": "b"}
-    other = {"user_id": "u2"}
-    assert await service._idempotent(other, "k", "cancel:e1", lambda: answer("c")) == {"v": "c"}
-    assert await service._idempotent(USER, None, "cancel:e1", lambda: answer("d")) == {"v": "d"}
+    first, _ = await idem(stores[0]).run("u1", "execute", "k", {"flow_id": "a", "x": 1}, act)
+    again, replay = await idem(stores[1]).run("u1", "execute", "k", {"x": 1, "flow_id": "a"}, act)
+    assert replay and again == first  # key order does not make another body
+    with pytest.raises(InvalidInput) as caught:
+        await idem(stores[0]).run("u1", "execute", "k", {"flow_id": "b", "x": 1}, act)
+    assert caught.value.code == "IDEMPOTENCY_KEY_REUSED" and caught.value.status == 422
 
 
-async def test_a_key_still_in_use_past_the_wait_is_409(monkeypatch: pytest.MonkeyPatch) -> None:
-    store = FakeStore()
-    service = _service(store)
-    store.data["u1:cancel:e1:k"] = "pending:someone-else"  # a request that never finishes
-    monkeypatch.setattr(GatewayService, "_idempotency_wait_s", 0.1)
+async def test_keys_are_per_tenant_and_per_scope(stores: tuple[RedisStore, RedisStore]) -> None:
+    async def act(op: str) -> dict[str, Any]:
+        return {"op": op}
+
+    store = stores[0]
+    a, _ = await idem(store).run("u1", "execute", "k", {}, act)
+    b, replay_b = await idem(store).run("u2", "execute", "k", {}, act)  # another tenant
+    c, _ = await idem(store).run("u1", "cancel:e1", "k", {}, act)  # another route
+    d, _ = await idem(store).run("u1", "execute", None, {}, act)  # no key: always acts
+    assert not replay_b and len({a["op"], b["op"], c["op"], d["op"]}) == 4
+
+
+async def test_a_key_still_in_use_past_the_wait_is_409(
+    stores: tuple[RedisStore, RedisStore],
+) -> None:
+    started = asyncio.Event()
+
+    async def never(_op: str) -> dict[str, Any]:
+        started.set()
+        await asyncio.Event().wait()  # a request that never finishes
+        raise AssertionError
+
+    holder = asyncio.create_task(idem(stores[0]).run("u1", "cancel:e2", "k", {}, never))
+    await started.wait()
+
+    async def act(_op: str) -> dict[str, Any]:
+        raise AssertionError("must not run")
+
     with pytest.raises(Conflict) as caught:
-
-        async def run() -> dict[str, Any]:
-            raise AssertionError("must not run")
-
-        await asyncio.wait_for(service._idempotent(USER, "k", "cancel:e1", run), 10)
+        await idem(stores[1], wait_s=0.3).run("u1", "cancel:e2", "k", {}, act)
     assert caught.value.code == "IDEMPOTENCY_KEY_IN_USE"
+    holder.cancel()  # the holder goes away: the key is open again, a retry acts
+    with pytest.raises(asyncio.CancelledError):
+        await holder
 
+    async def finally_acts(op: str) -> dict[str, Any]:
+        return {"op": op}
 
-@pytest.mark.parametrize("error", [NotFound("no"), InvalidInput("bad")])
-async def test_4xx_answers_replay_with_their_status(error: Exception) -> None:
-    service = _service(FakeStore())
-
-    async def run() -> dict[str, Any]:
-        raise error
-
-    for _ in range(2):
-        with pytest.raises(type(error)):
-            await service._idempotent(USER, "k", "cancel:e1", run)
+    answer, replay = await idem(stores[1]).run("u1", "cancel:e2", "k", {}, finally_acts)
+    assert not replay and "op" in answer

@@ -26,7 +26,7 @@ async def main(ctx: ServiceContext) -> None:
     )
     server = uvicorn.Server(config)
     # the runtime owns SIGTERM/SIGINT; uvicorn is told to exit when the service stops
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     serving = asyncio.create_task(_serve(server))
     stopping = asyncio.create_task(ctx.stopping.wait())
     done, _ = await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,5 +1,6 @@
-"""The gateway's only wiring: the FastAPI factory, its lifespan (clients and pools are
-opened here, never at import) and the one exception handler of the API."""
+"""The FastAPI factory: its lifespan opens the gateway's parts (``wiring.py``: clients and
+pools are opened there, never at import), the routers of every resource, the middleware,
+and the one exception handler of the API."""
 
 from __future__ import annotations
 
@@ -14,46 +15,26 @@ from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from spine_servicekit import tracing
-from spine_servicekit.kafka import KafkaConfig, instance_id, make_producer
+from spine_servicekit.kafka import instance_id
 from spine_servicekit.logging import get_logger
-from spine_servicekit.postgres import create_pool
-from spine_servicekit.projector import BATCH_INTERVAL_S, Projection, Projector, ProjectorError
+from spine_servicekit.projector import Projector, ProjectorError
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .adapters.kafka import (
-    ConsumerLag,
-    Heartbeats,
-    MetricsSummary,
-    Publisher,
-    Replies,
-    UsageRecorder,
-)
-from .adapters.postgres import ReadModel
-from .adapters.redis import RedisStore
-from .cache import drop_changed_flows, drop_changed_users
+from .deps import Gateway
 from .errors import GatewayError, code_for_status, error_body
 from .limits import BodySizeLimit
-from .live import LiveTrail
 from .metrics import GatewayMetrics
-from .projection import (
-    Marks,
-    agents_projection,
-    executions_projection,
-    flows_projection,
-    usage_projection,
-    users_projection,
-)
-from .routes import catalog, executions, ops, users
-from .service import Caches, GatewayService, Observers, Projectors
+from .routes import agents, executions, flows, ops, users
 from .settings import GatewaySettings
+from .wiring import open_gateway
 
 log = get_logger(__name__)
 API_PREFIX = "/api/v1"
@@ -70,94 +51,18 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
-#: The read models requests wait on (users, executions) take a batch at most every 50 ms once
-#: a batch holds this many records: under a burst, fewer and larger PostgreSQL transactions;
-#: one execution at a time (1-3 records per batch) is never held.
-BURST_RECORDS = 16
-BURST_INTERVAL_S = 0.05
-
-
 def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> FastAPI:
     replica = replica_id or settings.instance_id or instance_id("gateway")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            cfg = KafkaConfig.from_settings(settings, client_id="gateway")
-            background = cfg.background()
-            producer = make_producer(cfg)
-            await producer.start()
-            stack.push_async_callback(producer.stop)
-            marks = Marks()
-            live = LiveTrail()
-            caches = Caches()
-            burst: dict[str, Any] = {"min_interval_s": BURST_INTERVAL_S, "pace_from": BURST_RECORDS}
-
-            def projector(kafka: KafkaConfig, projection: Projection, **options: Any) -> Projector:
-                return Projector(
-                    kafka, settings.database_url, projection, schema=settings.db_schema, **options
-                )
-
-            projectors = Projectors(
-                # paced only under a burst: one at a time, an execute's answer already shows
-                # the reserved balance
-                users=projector(
-                    cfg,
-                    users_projection(marks),
-                    on_applied=drop_changed_users(caches.users_by_key),
-                    **burst,
-                ),
-                flows=projector(
-                    cfg, flows_projection(), on_applied=drop_changed_flows(caches.flows)
-                ),
-                agents=projector(cfg, agents_projection(marks)),
-                executions=projector(cfg, executions_projection(marks), tap=live.tap, **burst),
-                usage=projector(background, usage_projection(), min_interval_s=BATCH_INTERVAL_S),
-            )
-            for projector in projectors.all():  # one by one: they share the schema's ledger
-                await projector.start()
-                stack.push_async_callback(projector.stop)
-            pool = await create_pool(
-                settings.database_url,
-                schema=settings.db_schema,
-                application_name=f"gateway:{replica}",
-                min_size=2,
-                max_size=20,
-                reset=_keep_session,
-            )
-            stack.push_async_callback(pool.close)
-            redis = Redis.from_url(settings.redis_url)
-            stack.push_async_callback(redis.aclose)
-            replies = Replies(cfg, replica)
-            heartbeats = Heartbeats(background)
-            summary = MetricsSummary(background)
-            usage = UsageRecorder(cfg, max_pending=settings.usage_buffer)
-            lag = ConsumerLag(background, cache_s=settings.lag_cache_s)
-            stack.push_async_callback(lag.stop)
-            for part in (replies, heartbeats, summary, usage):
-                stack.push_async_callback(part.stop)
-            # independent clients: connect them side by side (each stop is safe unstarted)
-            await asyncio.gather(
-                replies.start(), heartbeats.start(), summary.start(), usage.start()
-            )
-            service = GatewayService(
-                settings,
-                publisher=Publisher(cfg, producer),
-                replies=replies,
-                read=ReadModel(pool),
-                store=RedisStore(redis, settings.topic_prefix),
-                projectors=projectors,
-                marks=marks,
-                observers=Observers(heartbeats=heartbeats, summary=summary, lag=lag, usage=usage),
-                live=live,
-                caches=caches,
-            )
-            await _catch_up(projectors.all(), settings.catchup_timeout_s)
-            app.state.service = service
-            app.state.producer = producer
+            gateway, projectors = await open_gateway(stack, settings, replica, app.state.metrics)
+            await _catch_up(projectors, settings.catchup_timeout_s)
+            app.state.gateway = gateway
             dev_task: asyncio.Task[None] | None = None
             if not settings.auth_required:
-                dev_task = asyncio.create_task(_dev_user(service), name="gw-dev-user")
+                dev_task = asyncio.create_task(_dev_user(gateway), name="gw-dev-user")
             log.info("gateway_ready", replica_id=replica, port=settings.port)
             try:
                 yield
@@ -166,7 +71,8 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
                     dev_task.cancel()
                     await asyncio.gather(dev_task, return_exceptions=True)
 
-    app = FastAPI(
+    # /docs and /redoc load their scripts from this package, not a CDN: they work offline
+    app = FastAPIOffline(
         title="AI Spine",
         version=__version__,
         lifespan=lifespan,
@@ -181,16 +87,20 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
     _install_middleware(app)
     if tracing.ENABLED:
         app.add_middleware(tracing.TracingMiddleware)
+    # every path under /api/v1 and, as the original served them, at the root
     app.include_router(ops.router)
-    for router in (executions.router, catalog.router, users.router):
+    app.include_router(ops.router, prefix=API_PREFIX, include_in_schema=False)
+    for router in (executions.router, flows.router, agents.router, users.router):
         app.include_router(router, prefix=API_PREFIX)
         app.include_router(router, include_in_schema=False)  # the original's root aliases
     return app
 
 
-async def _dev_user(service: GatewayService) -> None:
+async def _dev_user(gateway: Gateway) -> None:
     try:
-        await service.ensure_dev_user()
+        await gateway.users.ensure_dev_user(
+            gateway.settings.dev_user_id, gateway.settings.dev_user_credits
+        )
     except Exception as exc:  # the dev user is a convenience; say why it is missing
         log.error("dev_user_failed", error=repr(exc))
 
@@ -229,6 +139,12 @@ def _install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's "error parsing the body" (not UTF-8, not JSON): a bad body, answered
+            # like every other one, so the API has one status for it
+            return _error_response(
+                422, "VALIDATION_ERROR", f"invalid request: body: {exc.detail}", errors=[]
+            )
         response = _error_response(
             exc.status_code, code_for_status(exc.status_code), str(exc.detail)
         )
@@ -258,7 +174,7 @@ def _install_middleware(app: FastAPI) -> None:
 class _Observe:
     """Request metrics, rate-limit headers and usage records, as pure ASGI middleware:
     Starlette's ``BaseHTTPMiddleware`` (``@app.middleware``) runs every request through an
-    extra task and memory stream, a measurable share of the gateway's CPU under load."""
+    extra task and memory stream (bench/README.md, "Measurements behind the code")."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -299,8 +215,8 @@ class _Observe:
         metrics.latency.labels(label).observe(elapsed)
         user_id = state.get("usage_user")
         if user_id is not None:  # an authenticated user's request: usage, fire and forget
-            service: GatewayService = app.state.service
-            service.record_usage(
+            gateway: Gateway = app.state.gateway
+            gateway.users.record_usage(
                 user_id,
                 method=method,
                 path=scope["path"],
@@ -335,9 +251,3 @@ async def _catch_up(projectors: Iterable[Projector], timeout_s: float) -> None:
                 applied=projector.stats.applied,
                 elapsed_s=round(time.monotonic() - started, 1),
             )
-
-
-async def _keep_session(_conn: asyncpg.Connection) -> None:
-    """The read pool's connections only run single statements (no LISTEN, cursors, session
-    locks or SET), so the default reset on release (``RESET ALL``, ``UNLISTEN *`` ...) would
-    be one more round trip per request for nothing."""

@@ -1,14 +1,36 @@
-"""Dependencies as ``Annotated`` aliases so routes read as signatures."""
+"""Dependencies as ``Annotated`` aliases so routes read as signatures: who is calling
+(``UserDep``, ``MasterDep``: decided by ``identity.permit``) and the resource services."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .adapters.postgres import Row
-from .service import GatewayService, Principal
+from .adapters.postgres import UserRow
+from .agents import AgentsService
+from .executions import ExecutionsService
+from .flows import FlowsService
+from .identity import Identity, Permission, Principal, permit
+from .operations import OperationsService
+from .settings import GatewaySettings
+from .users import UsersService
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """Everything a request can reach, built once by ``app.py``'s lifespan."""
+
+    settings: GatewaySettings
+    identity: Identity
+    users: UsersService
+    flows: FlowsService
+    agents: AgentsService
+    executions: ExecutionsService
+    operations: OperationsService
+
 
 # auto_error=False: a missing or malformed header is answered in the API's own error shape
 _bearer = HTTPBearer(
@@ -18,45 +40,72 @@ _bearer = HTTPBearer(
 )
 
 
-async def get_service(request: Request) -> GatewayService:
+async def get_gateway(request: Request) -> Gateway:
     # async: FastAPI runs a plain ``def`` dependency in a worker thread, on every request
-    service: GatewayService = request.app.state.service
-    return service
+    gateway: Gateway = request.app.state.gateway
+    return gateway
 
 
-ServiceDep = Annotated[GatewayService, Depends(get_service)]
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
 async def get_principal(
-    service: ServiceDep,
+    gateway: GatewayDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> Principal:
     token = credentials.credentials.strip() if credentials is not None else None
-    return await service.authenticate(token or None)
+    return await gateway.identity.authenticate(token or None)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-async def get_user(request: Request, service: ServiceDep, principal: PrincipalDep) -> Row:
-    user = service.require_user(principal)
-    request.state.usage_user = str(user["user_id"])  # counted even when rate-limited
-    request.state.rate = await service.check_rate(user)
-    return user
+async def get_user(request: Request, gateway: GatewayDep, principal: PrincipalDep) -> UserRow:
+    permit(principal, Permission.USER)
+    assert principal.user is not None
+    request.state.usage_user = principal.user_id  # counted even when rate-limited
+    request.state.rate = await gateway.identity.rate(principal.user)
+    return principal.user
 
 
-async def get_master(service: ServiceDep, principal: PrincipalDep) -> Principal:
-    service.require_master(principal)
+async def get_master(principal: PrincipalDep) -> Principal:
+    permit(principal, Permission.MASTER)
     return principal
 
 
-UserDep = Annotated[Row, Depends(get_user)]
+async def _users(gateway: GatewayDep) -> UsersService:
+    return gateway.users
+
+
+async def _flows(gateway: GatewayDep) -> FlowsService:
+    return gateway.flows
+
+
+async def _agents(gateway: GatewayDep) -> AgentsService:
+    return gateway.agents
+
+
+async def _executions(gateway: GatewayDep) -> ExecutionsService:
+    return gateway.executions
+
+
+async def _operations(gateway: GatewayDep) -> OperationsService:
+    return gateway.operations
+
+
+UserDep = Annotated[UserRow, Depends(get_user)]
 MasterDep = Annotated[Principal, Depends(get_master)]
+UsersDep = Annotated[UsersService, Depends(_users)]
+FlowsDep = Annotated[FlowsService, Depends(_flows)]
+AgentsDep = Annotated[AgentsService, Depends(_agents)]
+ExecutionsDep = Annotated[ExecutionsService, Depends(_executions)]
+OperationsDep = Annotated[OperationsService, Depends(_operations)]
 IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         max_length=200,
-        description="Repeat a request safely: the same key (per user) gets the first answer.",
+        description="Repeat a request safely: the same key (per user) gets the first answer; "
+        "the same key with another body is refused (422 IDEMPOTENCY_KEY_REUSED).",
     ),
 ]

@@ -1,6 +1,6 @@
 """Execution events as the gateway decodes them, before its read model has stored them.
 
-A stream is fed from here (DESIGN §2: the gateway reads the execution events for its streams),
+A stream is fed from here (the gateway reads the execution events for its streams),
 so the client sees an event a PostgreSQL transaction sooner; the stored trail fills in what
 came before the stream opened and any gap. Reads must never show less than a stream already
 showed: :meth:`LiveTrail.pending` names the offset the read model has to reach first.

@@ -1,20 +1,76 @@
 """Request bodies and response models of the HTTP API.
 
 Response models allow extra fields (``extra="allow"``): they document and validate what a
-client can rely on without dropping what the service adds. The OpenAPI document built from
-them is what schemathesis checks the running gateway against.
+client can rely on without dropping what the service adds. Each view is built once, by its
+``of`` constructor over the read model's typed rows, and sent as is (``routes.answer``).
+The OpenAPI document built from them is what schemathesis checks the running gateway
+against. Names end in ``View`` or ``Request`` where a contract message has the plain name.
 """
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .adapters.postgres import (
+    AgentRow,
+    EventRow,
+    ExecutionRow,
+    FlowRow,
+    NodeRow,
+    UsageRow,
+    UserRow,
+)
 
 #: ids in paths (executions, users, agents): what the services generate and accept
 ID_PATTERN = r"^[A-Za-z0-9_.:@\-]{1,128}$"
 #: flow ids are free text in flow files; only NUL (which PostgreSQL cannot store) is refused
 FLOW_ID_PATTERN = r"^[^\x00]{1,128}$"
+
+
+#: what orjson (the bus's codec) can encode: 64-bit integers, signed or unsigned
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def json_problem(value: Any, path: str = "") -> str | None:
+    """Where and why a JSON value cannot travel on the bus, or ``None``: an integer beyond
+    64 bits, a float that is not finite (``NaN``, ``1e400``), a string with a lone surrogate
+    (``"\\ud800"``: not UTF-8) or a NUL (PostgreSQL stores neither text nor jsonb with it)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return None if _INT_MIN <= value <= _INT_MAX else f"{path}: integer beyond 64 bits"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path}: number not finite ({value})"
+    if isinstance(value, str):
+        return _text_problem(value, path)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            name = str(k).encode("utf-8", "backslashreplace").decode()  # printable in the error
+            here = f"{path}.{name}" if path else name
+            problem = _text_problem(str(k), f"{here} (key)") or json_problem(v, here)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            problem = json_problem(v, f"{path}[{i}]")
+            if problem:
+                return problem
+    return None
+
+
+def _text_problem(text: str, path: str) -> str | None:
+    if "\x00" in text:
+        return f"{path}: text must not contain NUL characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{path}: text is not valid Unicode (a lone surrogate)"
+    return None
 
 
 def has_nul(value: Any) -> bool:
@@ -36,9 +92,11 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     @model_validator(mode="after")
-    def _no_nul(self) -> _Request:
-        if has_nul(self.__dict__) or has_nul(self.__pydantic_extra__ or {}):
-            raise ValueError("text must not contain NUL characters")
+    def _travels(self) -> _Request:
+        """Bad input is a 422 naming the field, never a 500 from the codec later."""
+        problem = json_problem(self.__dict__) or json_problem(self.__pydantic_extra__ or {})
+        if problem:
+            raise ValueError(problem)
         return self
 
 
@@ -104,6 +162,10 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 class ErrorBody(_Open):
     """Every error: FastAPI's ``detail`` plus the original SDK's ``message``/``error_code``."""
 
@@ -125,6 +187,14 @@ class ExecutionAccepted(_Open):
     status: str
     created_at: str | None
 
+    @classmethod
+    def of(cls, row: ExecutionRow) -> ExecutionAccepted:
+        return cls(
+            execution_id=row["execution_id"],
+            status=row["status"],
+            created_at=iso(row["created_at"]),
+        )
+
 
 class NodeView(_Open):
     node_id: str
@@ -135,6 +205,19 @@ class NodeView(_Open):
     error_message: str | None
     started_at: str | None
     completed_at: str | None
+
+    @classmethod
+    def of(cls, n: NodeRow) -> NodeView:
+        return cls(
+            node_id=n["node_id"],
+            status=n["status"],
+            agent_id=n["agent_id"],
+            attempt=n["attempt"],
+            output=n["output"],
+            error_message=n["error_message"],
+            started_at=iso(n["started_at"]),
+            completed_at=iso(n["completed_at"]),
+        )
 
 
 class ExecutionView(_Open):
@@ -150,6 +233,23 @@ class ExecutionView(_Open):
     updated_at: str | None
     completed_at: str | None
     nodes: dict[str, NodeView] | None = None
+
+    @classmethod
+    def of(cls, row: ExecutionRow, nodes: list[NodeRow] | None = None) -> ExecutionView:
+        return cls(
+            execution_id=row["execution_id"],
+            flow_id=row["flow_id"],
+            flow_version=row["flow_version"],
+            status=row["status"],
+            input_data=row["input_data"],
+            output_data=row["output_data"],
+            error_message=row["error_message"],
+            metadata=row["metadata"],
+            created_at=iso(row["created_at"]),
+            updated_at=iso(row["updated_at"]),
+            completed_at=iso(row["completed_at"]),
+            nodes=None if nodes is None else {n["node_id"]: NodeView.of(n) for n in nodes},
+        )
 
 
 class ExecutionList(_Open):
@@ -173,6 +273,10 @@ class EventView(_Open):
     data: dict[str, Any]
     occurred_at: str | None
 
+    @classmethod
+    def of(cls, e: EventRow) -> EventView:
+        return cls(seq=e["seq"], type=e["type"], data=e["data"], occurred_at=iso(e["occurred_at"]))
+
 
 class EventList(_Open):
     execution_id: str
@@ -186,6 +290,24 @@ class Results(_Open):
     error_message: str | None
     nodes: dict[str, dict[str, Any]]
 
+    @classmethod
+    def of(cls, row: ExecutionRow, nodes: list[NodeRow]) -> Results:
+        return cls(
+            execution_id=row["execution_id"],
+            status=row["status"],
+            output_data=row["output_data"],
+            error_message=row["error_message"],
+            nodes={
+                n["node_id"]: {
+                    "status": n["status"],
+                    "agent_id": n["agent_id"],
+                    "output": n["output"],
+                    "error_message": n["error_message"],
+                }
+                for n in nodes
+            },
+        )
+
 
 class MessageView(_Open):
     seq: int
@@ -195,6 +317,20 @@ class MessageView(_Open):
     attempt: int
     payload: dict[str, Any]
     sent_at: str | None
+
+    @classmethod
+    def of(cls, e: EventRow) -> MessageView:
+        """A ``node_dispatched`` event as the original's message log showed it."""
+        d = e["data"]
+        return cls(
+            seq=e["seq"],
+            node_id=d["node_id"],
+            agent_id=d["agent_id"],
+            task_id=d["task_id"],
+            attempt=d["attempt"],
+            payload=d["payload"],
+            sent_at=iso(e["occurred_at"]),
+        )
 
 
 class MessageList(_Open):
@@ -213,6 +349,22 @@ class FlowView(_Open):
     nodes: list[dict[str, Any]]
     definition: dict[str, Any]
     updated_at: str | None
+
+    @classmethod
+    def of(cls, f: FlowRow) -> FlowView:
+        d = f["definition"]
+        return cls(
+            flow_id=f["flow_id"],
+            name=d.get("name", ""),
+            description=d.get("description", ""),
+            version=d.get("version", ""),
+            flow_version=f["flow_version"],
+            cost=d.get("cost", 1),
+            source=f["source"],
+            nodes=d.get("nodes", []),
+            definition=d,
+            updated_at=iso(f["updated_at"]),
+        )
 
 
 class FlowList(_Open):
@@ -237,6 +389,21 @@ class AgentView(_Open):
     active: bool | None = None
     configuration: dict[str, Any] = Field(default_factory=dict)
 
+    @classmethod
+    def of(cls, a: AgentRow) -> AgentView:
+        info = a["info"]
+        return cls.model_validate(
+            {
+                **info,
+                # the original SDK's Agent model reads ``type`` and ``configuration``
+                "type": info.get("agent_type", "processor"),
+                "configuration": info.get("metadata", {}).get("configuration", {}),
+                "status": "active" if a["active"] else "inactive",
+                "active": a["active"],
+                "last_seen": iso(a["last_seen"]),
+            }
+        )
+
 
 class AgentList(_Open):
     agents: list[AgentView]
@@ -255,6 +422,17 @@ class Usage(_Open):
     credits_used_last_24h: int
     last_request_at: str | None
 
+    @classmethod
+    def of(cls, u: UsageRow) -> Usage:
+        return cls(
+            requests_total=int(u["requests"] or 0),
+            requests_last_24h=int(u["requests_24h"]),
+            errors_last_24h=int(u["errors_24h"]),
+            credits_used_total=int(u["credits"] or 0),
+            credits_used_last_24h=int(u["credits_24h"]),
+            last_request_at=iso(u["last_request_at"]),
+        )
+
 
 class UserView(_Open):
     user_id: str
@@ -267,16 +445,38 @@ class UserView(_Open):
     created_at: str | None
     updated_at: str | None
 
+    @classmethod
+    def fields_of(cls, u: UserRow) -> dict[str, Any]:
+        """The fields every user view shares (``credits`` is the original's name of the
+        balance)."""
+        return {
+            "user_id": u["user_id"],
+            "email": u["email"],
+            "name": u["name"],
+            "organization": u["organization"],
+            "credits": u["balance"],
+            "balance": u["balance"],
+            "rate_limit": u["rate_limit"],
+            "created_at": iso(u["created_at"]),
+            "updated_at": iso(u["updated_at"]),
+        }
+
+    @classmethod
+    def of(cls, u: UserRow) -> UserView:
+        return cls(**cls.fields_of(u))
+
 
 class Me(UserView):
     usage: Usage
 
 
-class UserCreated(UserView):
+class NewUserView(UserView):
+    """The created user with its key, shown once."""
+
     api_key: str
 
 
-class KeyRotated(_Open):
+class NewKeyView(_Open):
     user_id: str
     api_key: str
     message: str
@@ -295,7 +495,7 @@ class Status(_Open):
     consumer_groups: dict[str, Any]
 
 
-class MetricsSummary(_Open):
+class MetricsSummaryView(_Open):
     timestamp: str
     executions_total: int
     executions_active: int

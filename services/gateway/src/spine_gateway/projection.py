@@ -1,4 +1,4 @@
-"""The gateway's own read model: four projections into its schema (DESIGN §6, §8).
+"""The gateway's own read model: five projections into its schema (docs/api.md, docs/operations.md).
 
 * ``gw_users``      ← ``spine.auth.events``: user, key hash, balance, rate limit.
 * ``gw_flows``      ← ``spine.flows``: the current definition of every flow.
@@ -52,6 +52,9 @@ from spine_contracts import (
     topics,
 )
 from spine_servicekit.projector import Incoming, Projection
+from spine_servicekit.rebuild import ServiceProjections
+
+from .settings import GatewaySettings
 
 Mark = tuple[TopicPartition, int]
 
@@ -468,7 +471,7 @@ def executions_projection(marks: Marks) -> Projection:
                 nodes.append(_node(eid, d.node_id, "running", at))
                 status = "running"
             elif type(m) in _TERMINAL_EVENTS:
-                status = _TERMINAL_EVENTS[type(m)]  # type: ignore[index]
+                status = _TERMINAL_EVENTS[type(m)]
                 if isinstance(m, ExecutionCompleted):
                     output = _json(d.output_data)
                 elif isinstance(m, ExecutionFailed):
@@ -600,3 +603,7 @@ def rebuild_projections() -> tuple[Projection, ...]:
         executions_projection(marks),
         usage_projection(),
     )
+
+
+#: what ``make rebuild`` finds under the ``ai_spine.projections`` entry points (pyproject.toml)
+REBUILD = ServiceProjections(rebuild_projections, GatewaySettings)

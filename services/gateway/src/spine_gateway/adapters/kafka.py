@@ -30,7 +30,6 @@ from spine_servicekit.kafka import (
     header,
     headers_for,
     make_consumer,
-    make_producer,
 )
 from spine_servicekit.logging import get_logger
 
@@ -177,23 +176,25 @@ class MetricsSummary:
 
 class UsageRecorder:
     """Fire-and-forget ``UsageRecorded`` publishing: ``record`` only appends to a bounded
-    buffer; a background task hands the records to a lingering producer in batches. A
-    request never waits for Kafka; when the buffer is full the oldest records are dropped
-    (and counted) rather than slowing requests down."""
+    buffer; a background task hands what accumulated to the gateway's producer in one go
+    (the records of a flush share its batches). A request never waits for Kafka; when the
+    buffer is full the oldest records are dropped (and counted) rather than slowing
+    requests down."""
 
-    def __init__(self, cfg: KafkaConfig, *, max_pending: int = 50_000, linger_ms: int = 50):
+    def __init__(
+        self, cfg: KafkaConfig, producer: AIOKafkaProducer, *, max_pending: int = 50_000
+    ) -> None:
         self._cfg = cfg
         self._topic = cfg.topic(topics.USAGE)
         self._pending: deque[UsageRecorded] = deque(maxlen=max_pending)
         self._wake = asyncio.Event()
-        self._producer = make_producer(cfg, linger_ms=linger_ms)
+        self._producer = producer  # the gateway's, started and stopped by its owner
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
         self.dropped = 0
         self.failed = 0
 
     async def start(self) -> None:
-        await self._producer.start()
         self._task = asyncio.create_task(self._run(), name="gw-usage")
 
     async def stop(self) -> None:
@@ -202,10 +203,7 @@ class UsageRecorder:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         self._task = None
-        try:
-            await self._flush()  # what is still buffered goes out before the producer stops
-        finally:
-            await self._producer.stop()
+        await self._flush()  # what is still buffered goes out before the producer stops
 
     def record(self, message: UsageRecorded) -> None:
         if len(self._pending) == self._pending.maxlen:

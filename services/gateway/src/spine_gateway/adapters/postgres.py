@@ -1,13 +1,91 @@
-"""Queries on the gateway's own read model (its schema only; never another service's)."""
+"""Queries on the gateway's own read model (its schema only; never another service's).
+
+Each query returns typed rows (``TypedDict``s of the projection's columns, JSON columns
+decoded), so a view is built from named fields, never from a guessed dict.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, TypedDict, TypeVar, cast
 
 import asyncpg
 import orjson
 
 Row = dict[str, Any]
+T = TypeVar("T")
+
+
+class UserRow(TypedDict):
+    user_id: str
+    email: str
+    name: str
+    organization: str
+    rate_limit: int
+    key_hash: str
+    balance: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class FlowRow(TypedDict):
+    flow_id: str
+    flow_version: str
+    source: str
+    definition: dict[str, Any]
+    updated_at: datetime | None
+
+
+class AgentRow(TypedDict):
+    agent_id: str
+    info: dict[str, Any]
+    active: bool
+    registered: bool
+    last_seen: datetime | None
+
+
+class ExecutionRow(TypedDict):
+    execution_id: str
+    user_id: str
+    flow_id: str
+    flow_version: str
+    status: str
+    input_data: dict[str, Any]
+    output_data: dict[str, Any] | None
+    error_message: str | None
+    metadata: dict[str, Any]
+    last_seq: int  # the seq of the last event applied (the SSE id of the last event)
+    created_at: datetime | None
+    updated_at: datetime | None
+    completed_at: datetime | None
+
+
+class NodeRow(TypedDict):
+    node_id: str
+    status: str
+    agent_id: str | None
+    attempt: int
+    output: Any
+    error_message: str | None
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+class EventRow(TypedDict):
+    seq: int
+    type: str
+    data: dict[str, Any]
+    occurred_at: datetime | None
+
+
+class UsageRow(TypedDict):
+    requests: int | None
+    credits: int | None
+    last_request_at: datetime | None
+    requests_24h: int
+    errors_24h: int
+    credits_24h: int
+
 
 _JSON_COLUMNS = {"definition", "info", "input_data", "output_data", "metadata", "output", "data"}
 
@@ -26,6 +104,14 @@ def _rows(records: list[asyncpg.Record]) -> list[Row]:
     return [r for r in (_row(x) for x in records) if r is not None]
 
 
+def _one(kind: type[T], record: asyncpg.Record | None) -> T | None:
+    return cast(T | None, _row(record))
+
+
+def _many(kind: type[T], records: list[asyncpg.Record]) -> list[T]:
+    return cast(list[T], _rows(records))
+
+
 class ReadModel:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -34,55 +120,65 @@ class ReadModel:
         return bool(await self._pool.fetchval("SELECT 1"))
 
     # users
-    async def user_by_key_hash(self, key_hash: str) -> Row | None:
-        return _row(await self._pool.fetchrow("SELECT * FROM users WHERE key_hash = $1", key_hash))
+    async def user_by_key_hash(self, key_hash: str) -> UserRow | None:
+        return _one(
+            UserRow, await self._pool.fetchrow("SELECT * FROM users WHERE key_hash = $1", key_hash)
+        )
 
-    async def user(self, user_id: str) -> Row | None:
-        return _row(await self._pool.fetchrow("SELECT * FROM users WHERE user_id = $1", user_id))
+    async def user(self, user_id: str) -> UserRow | None:
+        return _one(
+            UserRow, await self._pool.fetchrow("SELECT * FROM users WHERE user_id = $1", user_id)
+        )
 
-    async def user_by_email(self, email: str) -> Row | None:
-        return _row(
+    async def user_by_email(self, email: str) -> UserRow | None:
+        return _one(
+            UserRow,
             await self._pool.fetchrow(
                 "SELECT * FROM users WHERE lower(email) = lower($1) LIMIT 1", email
-            )
+            ),
         )
 
     # flows
-    async def flow(self, flow_id: str) -> Row | None:
-        return _row(await self._pool.fetchrow("SELECT * FROM flows WHERE flow_id = $1", flow_id))
+    async def flow(self, flow_id: str) -> FlowRow | None:
+        return _one(
+            FlowRow, await self._pool.fetchrow("SELECT * FROM flows WHERE flow_id = $1", flow_id)
+        )
 
-    async def flows(self) -> list[Row]:
-        return _rows(await self._pool.fetch("SELECT * FROM flows ORDER BY flow_id"))
+    async def flows(self) -> list[FlowRow]:
+        return _many(FlowRow, await self._pool.fetch("SELECT * FROM flows ORDER BY flow_id"))
 
     # agents
-    async def agents(self, *, active_only: bool = False) -> list[Row]:
+    async def agents(self, *, active_only: bool = False) -> list[AgentRow]:
         sql = "SELECT * FROM agents WHERE registered"
         if active_only:
             sql += " AND active"
-        return _rows(await self._pool.fetch(sql + " ORDER BY agent_id"))
+        return _many(AgentRow, await self._pool.fetch(sql + " ORDER BY agent_id"))
 
-    async def agent(self, agent_id: str) -> Row | None:
-        return _row(
+    async def agent(self, agent_id: str) -> AgentRow | None:
+        return _one(
+            AgentRow,
             await self._pool.fetchrow(
                 "SELECT * FROM agents WHERE agent_id = $1 AND registered", agent_id
-            )
+            ),
         )
 
     # executions
-    async def execution(self, execution_id: str) -> Row | None:
-        return _row(
+    async def execution(self, execution_id: str) -> ExecutionRow | None:
+        return _one(
+            ExecutionRow,
             await self._pool.fetchrow(
                 "SELECT * FROM executions WHERE execution_id = $1", execution_id
-            )
+            ),
         )
 
-    async def nodes(self, execution_id: str) -> list[Row]:
-        return _rows(
+    async def nodes(self, execution_id: str) -> list[NodeRow]:
+        return _many(
+            NodeRow,
             await self._pool.fetch(
                 """SELECT * FROM execution_nodes WHERE execution_id = $1
                    ORDER BY started_at NULLS LAST, node_id""",
                 execution_id,
-            )
+            ),
         )
 
     async def executions(
@@ -93,7 +189,7 @@ class ReadModel:
         flow_id: str | None,
         limit: int,
         offset: int,
-    ) -> tuple[list[Row], int]:
+    ) -> tuple[list[ExecutionRow], int]:
         where = "user_id = $1 AND ($2::text IS NULL OR status = $2)"
         where += " AND ($3::text IS NULL OR flow_id = $3)"
         rows = await self._pool.fetch(
@@ -108,12 +204,13 @@ class ReadModel:
         total = await self._pool.fetchval(
             f"SELECT count(*) FROM executions WHERE {where}", user_id, status, flow_id
         )
-        return _rows(rows), int(total)
+        return _many(ExecutionRow, rows), int(total)
 
     async def events(
         self, execution_id: str, *, after_seq: int = -1, types: tuple[str, ...] = ()
-    ) -> list[Row]:
-        return _rows(
+    ) -> list[EventRow]:
+        return _many(
+            EventRow,
             await self._pool.fetch(
                 """SELECT * FROM execution_events
                    WHERE execution_id = $1 AND seq > $2
@@ -122,7 +219,7 @@ class ReadModel:
                 execution_id,
                 after_seq,
                 list(types),
-            )
+            ),
         )
 
     async def status_counts(self) -> dict[str, int]:
@@ -130,7 +227,7 @@ class ReadModel:
         return {r["status"]: int(r["n"]) for r in rows}
 
     # usage
-    async def usage(self, user_id: str) -> Row:
+    async def usage(self, user_id: str) -> UsageRow:
         """Totals and the last 24 hourly buckets (the current hour and the 23 before it)."""
         row = await self._pool.fetchrow(
             """SELECT t.requests, t.credits, t.last_request_at,
@@ -149,4 +246,4 @@ class ReadModel:
             user_id,
         )
         assert row is not None
-        return dict(row)
+        return cast(UsageRow, dict(row))

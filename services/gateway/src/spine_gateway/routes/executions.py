@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Path, Query, Request
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from sse_starlette.sse import EventSourceResponse
 
-from ..deps import IdempotencyKey, ServiceDep, UserDep
+from ..deps import ExecutionsDep, GatewayDep, IdempotencyKey, UserDep
 from ..errors import InvalidInput, error_responses
 from ..models import (
     FLOW_ID_PATTERN,
@@ -23,12 +23,12 @@ from ..models import (
     MessageList,
     Results,
 )
+from . import answer
 
 ExecutionId = Annotated[str, Path(pattern=ID_PATTERN)]
+MAX_SEQ = 2**31 - 1
 
-router = APIRouter(
-    tags=["executions"], responses=error_responses(400, 401, 403, 413, 422, 429, 503)
-)
+router = APIRouter(tags=["executions"], responses=error_responses(401, 403, 413, 422, 429, 503))
 _404 = error_responses(404)
 _ACTION = error_responses(404, 409)
 _SSE_EVENT: dict[str, Any] = {
@@ -74,59 +74,61 @@ async def execute_flow(
     request: Request,
     body: ExecuteRequest,
     user: UserDep,
-    service: ServiceDep,
+    executions: ExecutionsDep,
     idem: IdempotencyKey = None,
-) -> dict[str, Any]:
-    accepted, credits = await service.execute(
-        user, body.flow_id, body.input_data, body.metadata, idem
+) -> Response:
+    accepted, credits = await executions.execute(
+        user["user_id"], body.flow_id, body.input_data, body.metadata, idem
     )
     request.state.usage_credits = credits
-    return accepted
+    return answer(accepted)
 
 
 @router.get("/executions", response_model=ExecutionList)
 async def list_executions(
     user: UserDep,
-    service: ServiceDep,
+    executions: ExecutionsDep,
     status: Annotated[str | None, Query(pattern=r"^[a-z_]{1,32}$")] = None,
     flow_id: Annotated[str | None, Query(pattern=FLOW_ID_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-) -> dict[str, Any]:
-    return await service.executions(
-        user, status=status, flow_id=flow_id, limit=limit, offset=offset
+) -> Response:
+    return answer(
+        await executions.list(
+            user["user_id"], status=status, flow_id=flow_id, limit=limit, offset=offset
+        )
     )
 
 
 @router.get("/executions/{execution_id}", response_model=ExecutionView, responses=_404)
 async def get_execution(
-    execution_id: ExecutionId, user: UserDep, service: ServiceDep
-) -> dict[str, Any]:
-    return await service.execution(user, execution_id)
+    execution_id: ExecutionId, user: UserDep, executions: ExecutionsDep
+) -> Response:
+    return answer(await executions.get(user["user_id"], execution_id))
 
 
 @router.post("/executions/{execution_id}/cancel", response_model=ExecutionAction, responses=_ACTION)
 async def cancel_execution(
     execution_id: ExecutionId,
     user: UserDep,
-    service: ServiceDep,
+    executions: ExecutionsDep,
     idem: IdempotencyKey = None,
     body: Annotated[CancelRequest | None, Body()] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Answers once the gateway's read model shows the execution cancelled; 409 when it
     had already ended (even if it ended while the cancel was on its way)."""
     reason = body.reason if body is not None else None
-    return await service.cancel(user, execution_id, reason, idem)
+    return answer(await executions.cancel(user["user_id"], execution_id, reason, idem))
 
 
 @router.post("/executions/{execution_id}/input", response_model=ExecutionAction, responses=_ACTION)
 async def provide_input(
     execution_id: ExecutionId,
     user: UserDep,
-    service: ServiceDep,
+    executions: ExecutionsDep,
     idem: IdempotencyKey = None,
     body: Annotated[InputRequest | None, Body()] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Answer a waiting input node with `{"input": {...}, "node_id"?}` (or the fields
     directly); answers once the read model applied the input."""
     payload = body.model_dump(exclude_none=True) if body is not None else {}
@@ -134,35 +136,37 @@ async def provide_input(
     data = payload.get("input", payload.get("input_data", payload))
     if not isinstance(data, dict):
         raise InvalidInput("input must be a JSON object")
-    return await service.provide_input(user, execution_id, data, node_id, idem)
+    return answer(
+        await executions.provide_input(user["user_id"], execution_id, data, node_id, idem)
+    )
 
 
 @router.get("/executions/{execution_id}/events", response_model=EventList, responses=_404)
 async def execution_events(
-    execution_id: ExecutionId, user: UserDep, service: ServiceDep
-) -> dict[str, Any]:
-    return await service.events(user, execution_id)
+    execution_id: ExecutionId, user: UserDep, executions: ExecutionsDep
+) -> Response:
+    return answer(await executions.events(user["user_id"], execution_id))
 
 
 @router.get("/executions/{execution_id}/results", response_model=Results, responses=_404)
 async def execution_results(
-    execution_id: ExecutionId, user: UserDep, service: ServiceDep
-) -> dict[str, Any]:
-    return await service.results(user, execution_id)
+    execution_id: ExecutionId, user: UserDep, executions: ExecutionsDep
+) -> Response:
+    return answer(await executions.results(user["user_id"], execution_id))
 
 
 @router.get("/executions/{execution_id}/messages", response_model=MessageList, responses=_404)
 async def execution_messages(
-    execution_id: ExecutionId, user: UserDep, service: ServiceDep
-) -> dict[str, Any]:
-    return await service.messages(user, execution_id)
+    execution_id: ExecutionId, user: UserDep, executions: ExecutionsDep
+) -> Response:
+    return answer(await executions.messages(user["user_id"], execution_id))
 
 
 @router.get("/messages/{execution_id}", response_model=MessageList, responses=_404)
 async def messages_alias(
-    execution_id: ExecutionId, user: UserDep, service: ServiceDep
-) -> dict[str, Any]:
-    return await service.messages(user, execution_id)
+    execution_id: ExecutionId, user: UserDep, executions: ExecutionsDep
+) -> Response:
+    return answer(await executions.messages(user["user_id"], execution_id))
 
 
 @router.get(
@@ -171,7 +175,7 @@ async def messages_alias(
 async def execution_stream(
     execution_id: ExecutionId,
     user: UserDep,
-    service: ServiceDep,
+    gateway: GatewayDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
 ) -> EventSourceResponse:
     after: int | None = None
@@ -180,5 +184,9 @@ async def execution_stream(
             after = int(last_event_id)
         except ValueError as exc:
             raise InvalidInput("Last-Event-ID must be an integer sequence number") from exc
-    events = await service.stream(user, execution_id, after)
-    return EventSourceResponse(events, ping=int(service.settings.sse_keepalive_s))
+        if after > MAX_SEQ:  # sequence numbers are int4 in the read model
+            raise InvalidInput(f"Last-Event-ID {after} is beyond any sequence number")
+        after = max(after, -1)  # before the first event: the whole trail
+    keepalive = gateway.settings.sse_keepalive_s
+    events = await gateway.executions.stream(user["user_id"], execution_id, after, keepalive)
+    return EventSourceResponse(events, ping=int(keepalive))

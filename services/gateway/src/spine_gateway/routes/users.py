@@ -4,25 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Body, Path, Query, Response
 from pydantic import ValidationError
 
-from ..deps import MasterDep, ServiceDep, UserDep
+from ..deps import MasterDep, UserDep, UsersDep
 from ..errors import InvalidInput, error_responses
 from ..models import (
     ID_PATTERN,
     AddCreditsRequest,
     CreateUserRequest,
     CreditsAddedView,
-    KeyRotated,
     Me,
-    UserCreated,
+    NewKeyView,
+    NewUserView,
     UserView,
 )
+from . import answer
 
 router = APIRouter(
-    prefix="/users", tags=["users"], responses=error_responses(400, 401, 403, 413, 422, 503)
+    prefix="/users", tags=["users"], responses=error_responses(401, 403, 413, 422, 503)
 )
 _LIMITED = error_responses(429)
 
@@ -30,14 +30,12 @@ _LIMITED = error_responses(429)
 @router.post(
     "/create",
     status_code=201,
-    response_model=UserCreated,
+    response_model=NewUserView,
     responses=error_responses(409),
 )
-async def create_user(
-    body: CreateUserRequest, _master: MasterDep, service: ServiceDep
-) -> JSONResponse:
+async def create_user(body: CreateUserRequest, _master: MasterDep, users: UsersDep) -> Response:
     """Master key. The new user's `api_key` is in this answer only; it works at once."""
-    user = await service.create_user(
+    user = await users.create(
         email=body.email,
         name=body.name,
         organization=body.organization,
@@ -45,19 +43,19 @@ async def create_user(
         rate_limit=body.rate_limit,
         user_id=body.user_id,
     )
-    return JSONResponse(user, status_code=201)
+    return answer(user, 201)
 
 
 @router.get("/me", response_model=Me, responses=_LIMITED)
-async def me(user: UserDep, service: ServiceDep) -> dict[str, Any]:
+async def me(user: UserDep, users: UsersDep) -> Response:
     """The caller's account, credits and usage (requests total and in the last 24 hours)."""
-    return await service.me(user)
+    return answer(await users.me(user))
 
 
-@router.post("/regenerate-key", response_model=KeyRotated, responses=_LIMITED)
-async def regenerate_key(user: UserDep, service: ServiceDep) -> dict[str, Any]:
+@router.post("/regenerate-key", response_model=NewKeyView, responses=_LIMITED)
+async def regenerate_key(user: UserDep, users: UsersDep) -> Response:
     """A new key, shown once; the previous one stops working."""
-    return await service.rotate_key(user)
+    return answer(await users.rotate_key(user))
 
 
 @router.post(
@@ -67,11 +65,11 @@ async def regenerate_key(user: UserDep, service: ServiceDep) -> dict[str, Any]:
 )
 async def add_credits(
     _master: MasterDep,
-    service: ServiceDep,
+    users: UsersDep,
     user_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     credits: Annotated[int | None, Query()] = None,
     body: Annotated[dict[str, Any] | None, Body()] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Master key. `user_id` and `credits` as query parameters or JSON."""
     raw = dict(body or {})
     if user_id is not None:
@@ -85,12 +83,12 @@ async def add_credits(
             "user_id and a positive credits are required",
             extra={"errors": exc.errors(include_url=False, include_context=False)},
         ) from exc
-    return await service.add_credits(parsed.user_id, parsed.credits)
+    return answer(await users.add_credits(parsed.user_id, parsed.credits))
 
 
 @router.get("/{user_id}", response_model=UserView, responses=error_responses(404))
 async def get_user(
-    user_id: Annotated[str, Path(pattern=ID_PATTERN)], _master: MasterDep, service: ServiceDep
-) -> dict[str, Any]:
+    user_id: Annotated[str, Path(pattern=ID_PATTERN)], _master: MasterDep, users: UsersDep
+) -> Response:
     """Master key."""
-    return await service.get_user(user_id)
+    return answer(await users.get(user_id))

@@ -1,0 +1,388 @@
+"""Executions: run a flow (credits reserved by auth), read, list, cancel, answer an input
+node, and follow the event trail live.
+
+An execute answers once this replica decodes the execution's start (the live trail), not
+after its read model stored it: a read right after on this replica first waits until its
+read model holds what was decoded, and a read on another replica finds the Redis mark the
+answer left and waits for its own read model, never answering 404 (see ``visibility``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from spine_contracts import (
+    TERMINAL_STATUSES,
+    CancelExecution,
+    ExecutionCommandRejected,
+    FlowDefinition,
+    InputReceived,
+    ProvideInput,
+    ReserveCredits,
+    WithdrawReservation,
+    topics,
+)
+from spine_servicekit.logging import get_logger
+from spine_servicekit.projector import Projector
+
+from .adapters.postgres import ExecutionRow, FlowRow, ReadModel
+from .adapters.redis import RedisStore
+from .cache import ReadCache
+from .commands import Commands, new_request_id
+from .errors import Conflict, NotFound, Unavailable, from_reply
+from .idempotency import Idempotency
+from .live import LiveTrail, await_started, follow_trail
+from .models import (
+    EventList,
+    EventView,
+    ExecutionAccepted,
+    ExecutionAction,
+    ExecutionList,
+    ExecutionView,
+    MessageList,
+    MessageView,
+    Results,
+    iso,
+)
+from .visibility import ReadYourWrites
+
+log = get_logger(__name__)
+
+#: how long an accepted execution is remembered in Redis (reads of it wait, never 404)
+ACCEPTED_TTL_S = 3600
+
+
+async def _nothing() -> AsyncIterator[dict[str, str]]:
+    return
+    yield  # an async generator that yields nothing
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Read a background future's outcome, so an error nobody awaited is not logged as lost."""
+    if not future.cancelled():
+        future.exception()
+
+
+class ExecutionsService:
+    def __init__(
+        self,
+        *,
+        commands: Commands,
+        read: ReadModel,
+        store: RedisStore,
+        rw: ReadYourWrites,
+        idempotency: Idempotency,
+        executions: Projector,
+        users: Projector,
+        live: LiveTrail,
+        flows: ReadCache[str, tuple[FlowRow, FlowDefinition]],
+        start_timeout_s: float,
+    ) -> None:
+        self.commands = commands
+        self.read = read
+        self.store = store
+        self.rw = rw
+        self.idempotency = idempotency
+        self.projector = executions
+        self.users = users
+        self.live = live
+        self.flows = flows
+        self.start_timeout_s = start_timeout_s
+
+    # --- writes -------------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        user_id: str,
+        flow_id: str,
+        input_data: dict[str, Any],
+        metadata: dict[str, Any],
+        idempotency_key: str | None,
+    ) -> tuple[ExecutionAccepted, int]:
+        """The accepted execution, and the credits this request reserved (0 for a replay)."""
+        found = await self.flows.get(flow_id, lambda: self._flow_to_run(flow_id))
+        if found is None:
+            raise NotFound(f"flow {flow_id!r} not found", code="FLOW_NOT_FOUND")
+        flow_row, flow = found
+        body = {"flow_id": flow_id, "input_data": input_data, "metadata": metadata}
+
+        async def start(execution_id: str) -> dict[str, Any]:
+            return await self._start(user_id, execution_id, flow_row, flow, input_data, metadata)
+
+        answer, replay = await self.idempotency.run(
+            user_id, "execute", idempotency_key, body, start
+        )
+        return ExecutionAccepted.model_validate(answer), 0 if replay else flow.cost
+
+    async def _start(
+        self,
+        user_id: str,
+        execution_id: str,
+        flow_row: FlowRow,
+        flow: FlowDefinition,
+        input_data: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> dict[str, Any]:
+        request_id = new_request_id()
+        cmd = ReserveCredits.build(
+            correlation_id=execution_id,
+            tenant_id=user_id,
+            user_id=user_id,
+            execution_id=execution_id,
+            amount=flow.cost,
+            flow=flow,
+            flow_version=flow_row["flow_version"],
+            input_data=input_data,
+            metadata=metadata,
+            request_id=request_id,
+        )
+        # Subscribed before the command goes: the start cannot be decoded unseen.
+        with self.live.subscribe(execution_id) as trail:
+            try:
+                reply = await self.commands.request(
+                    topics.AUTH_COMMANDS,
+                    user_id,
+                    cmd,
+                    request_id,
+                    what="input_data (with the flow)",
+                )
+            except TimeoutError as exc:
+                # Never charge and then answer 5xx: take the reservation back first.
+                withdraw = WithdrawReservation.build(
+                    cause=cmd, user_id=user_id, execution_id=execution_id
+                )
+                await self.commands.publish(topics.AUTH_COMMANDS, user_id, withdraw)
+                log.warning("execute_reply_timeout", execution_id=execution_id)
+                raise Unavailable(
+                    "the credit reservation was not confirmed in time; nothing was charged",
+                    extra={"execution_id": execution_id},
+                ) from exc
+            if not reply.data.ok:
+                raise from_reply(reply.data.error_code, reply.data.message)
+            # The mark lets any other replica wait for its own read model instead of 404;
+            # the users projection applies the reservation meanwhile, so GET /users/me
+            # after the answer shows the balance it left.
+            marked = asyncio.ensure_future(
+                self.store.mark_accepted(execution_id, user_id, ACCEPTED_TTL_S)
+            )
+            reserved = asyncio.ensure_future(self.rw.event(self.users, "reserved", execution_id))
+            try:
+                try:
+                    async with asyncio.timeout(self.start_timeout_s):
+                        status, created_at = await await_started(trail)
+                except TimeoutError:
+                    log.warning("execute_start_slow", execution_id=execution_id)
+                    status, created_at = "pending", datetime.now(UTC)
+                await marked
+                with contextlib.suppress(TimeoutError):
+                    await reserved
+            finally:  # a client gone meanwhile leaves no wait behind, nor an unread error
+                reserved.cancel()
+                marked.add_done_callback(_retrieve)
+                reserved.add_done_callback(_retrieve)
+        return {"execution_id": execution_id, "status": status, "created_at": iso(created_at)}
+
+    async def cancel(
+        self, user_id: str, execution_id: str, reason: str | None, idempotency_key: str | None
+    ) -> ExecutionAction:
+        async def run(_op: str) -> dict[str, Any]:
+            row = await self.own(user_id, execution_id)
+            if row["status"] in TERMINAL_STATUSES:
+                raise Conflict(
+                    f"execution {execution_id!r} is already {row['status']}",
+                    code="EXECUTION_TERMINAL",
+                )
+            cmd = CancelExecution.build(
+                correlation_id=execution_id,
+                tenant_id=user_id,
+                execution_id=execution_id,
+                reason=reason or "cancelled by user",
+                requested_by=user_id,
+            )
+            await self.commands.publish(topics.EXECUTION_COMMANDS, execution_id, cmd)
+            outcome = await self._outcome(str(cmd.message_id), cmd.type)
+            if isinstance(outcome, ExecutionCommandRejected):
+                # it ended (completed or failed) before the cancel reached it
+                raise Conflict(
+                    f"execution {execution_id!r} cannot be cancelled: {outcome.data.reason}",
+                    code="EXECUTION_TERMINAL",
+                )
+            if outcome is None:
+                return {
+                    "execution_id": execution_id,
+                    "status": "cancelling",
+                    "message": "cancellation requested; not applied yet",
+                }
+            return {
+                "execution_id": execution_id,
+                "status": "cancelled",
+                "message": "execution cancelled",
+                "reason": cmd.data.reason,
+            }
+
+        answer, _ = await self.idempotency.run(
+            user_id, f"cancel:{execution_id}", idempotency_key, {"reason": reason}, run
+        )
+        return ExecutionAction.model_validate(answer)
+
+    async def provide_input(
+        self,
+        user_id: str,
+        execution_id: str,
+        data: dict[str, Any],
+        node_id: str | None,
+        idempotency_key: str | None,
+    ) -> ExecutionAction:
+        async def run(_op: str) -> dict[str, Any]:
+            row = await self.own(user_id, execution_id)
+            if row["status"] != "waiting_input":
+                raise Conflict(
+                    f"execution {execution_id!r} is {row['status']}, not waiting for input",
+                    code="EXECUTION_NOT_WAITING",
+                )
+            cmd = ProvideInput.build(
+                correlation_id=execution_id,
+                tenant_id=user_id,
+                execution_id=execution_id,
+                node_id=node_id,
+                input=data,
+                request_id=new_request_id(),
+            )
+            await self.commands.publish(topics.EXECUTION_COMMANDS, execution_id, cmd, what="input")
+            outcome = await self._outcome(str(cmd.message_id), cmd.type)
+            if isinstance(outcome, ExecutionCommandRejected):
+                raise Conflict(
+                    f"input refused: {outcome.data.reason}", code="EXECUTION_NOT_WAITING"
+                )
+            if not isinstance(outcome, InputReceived):
+                return {
+                    "execution_id": execution_id,
+                    "status": "input_sent",
+                    "message": "input sent; not applied yet",
+                }
+            now = await self.read.execution(execution_id)
+            return {
+                "execution_id": execution_id,
+                "status": now["status"] if now is not None else "running",
+                "node_id": outcome.data.node_id,
+                "turn": outcome.data.turn,
+                "message": "input accepted",
+            }
+
+        body = {"node_id": node_id, "input": data}
+        answer, _ = await self.idempotency.run(
+            user_id, f"input:{execution_id}", idempotency_key, body, run
+        )
+        return ExecutionAction.model_validate(answer)
+
+    async def _outcome(self, message_id: str, kind: str) -> Any:
+        """The first event a command caused, once the read model applied it (None: not in
+        time)."""
+        try:
+            return await self.rw.event(self.projector, "execution_cmd", message_id)
+        except TimeoutError:
+            log.warning("command_outcome_slow", command=kind, message_id=message_id)
+            return None
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def own(self, user_id: str, execution_id: str) -> ExecutionRow:
+        """The user's execution as the read model shows it (another tenant's is 404)."""
+        row = await self.visible(user_id, execution_id)
+        if row is None:
+            raise NotFound(f"execution {execution_id!r} not found", code="EXECUTION_NOT_FOUND")
+        return row
+
+    async def visible(self, user_id: str, execution_id: str) -> ExecutionRow | None:
+        """The read model's row, once it shows at least what this replica decoded; an
+        execution accepted (by any replica) and not stored yet is waited for, and 503 if it
+        stays invisible — never 404, since execute answers from the decoded start."""
+        if not await self.rw.seen(self.projector, execution_id):
+            log.warning("read_model_behind_stream", execution_id=execution_id)
+        row = await self.read.execution(execution_id)
+        if row is None and await self.store.accepted_by(execution_id) == user_id:
+            with contextlib.suppress(TimeoutError):
+                await self.rw.event(self.projector, "execution", execution_id)
+            row = await self.read.execution(execution_id)
+            if row is None:
+                raise Unavailable(
+                    f"execution {execution_id!r} was accepted and is not visible yet; retry",
+                    extra={"execution_id": execution_id},
+                )
+        return row if row is not None and row["user_id"] == user_id else None
+
+    async def get(self, user_id: str, execution_id: str) -> ExecutionView:
+        row = await self.own(user_id, execution_id)
+        return ExecutionView.of(row, await self.read.nodes(execution_id))
+
+    async def list(
+        self, user_id: str, *, status: str | None, flow_id: str | None, limit: int, offset: int
+    ) -> ExecutionList:
+        rows, total = await self.read.executions(
+            user_id, status=status, flow_id=flow_id, limit=limit, offset=offset
+        )
+        return ExecutionList(
+            executions=[ExecutionView.of(r) for r in rows], total=total, limit=limit, offset=offset
+        )
+
+    async def events(self, user_id: str, execution_id: str) -> EventList:
+        await self.own(user_id, execution_id)
+        rows = await self.read.events(execution_id)
+        return EventList(execution_id=execution_id, events=[EventView.of(e) for e in rows])
+
+    async def results(self, user_id: str, execution_id: str) -> Results:
+        row = await self.own(user_id, execution_id)
+        return Results.of(row, await self.read.nodes(execution_id))
+
+    async def messages(self, user_id: str, execution_id: str) -> MessageList:
+        await self.own(user_id, execution_id)
+        rows = await self.read.events(execution_id, types=("execution.node_dispatched",))
+        return MessageList(execution_id=execution_id, messages=[MessageView.of(e) for e in rows])
+
+    async def stream(
+        self, user_id: str, execution_id: str, last_event_id: int | None, idle_s: float
+    ) -> AsyncIterator[dict[str, str]]:
+        """The trail from after ``last_event_id``, live, until the terminal event; nothing
+        (the stream ends at once) when the client already has the terminal event."""
+        row = await self.own(user_id, execution_id)
+        if (
+            last_event_id is not None
+            and row["status"] in TERMINAL_STATUSES
+            and last_event_id >= row["last_seq"]
+        ):
+            return _nothing()
+
+        async def stored_after(seq: int) -> list[dict[str, Any]]:
+            stored = await self.read.events(execution_id, after_seq=seq)
+            return [EventView.of(e).model_dump() for e in stored]
+
+        async def caught_up() -> None:
+            await self.rw.seen(self.projector, execution_id)
+
+        async def gen() -> AsyncIterator[dict[str, str]]:
+            with self.live.subscribe(execution_id) as queue:  # before the first read: no gap
+                async for view in follow_trail(
+                    queue,
+                    stored_after,
+                    caught_up,
+                    after=-1 if last_event_id is None else last_event_id,
+                    idle_s=idle_s,
+                ):
+                    yield {
+                        "id": str(view["seq"]),
+                        "event": str(view["type"]),
+                        "data": orjson.dumps(view).decode(),
+                    }
+
+        return gen()
+
+    async def _flow_to_run(self, flow_id: str) -> tuple[FlowRow, FlowDefinition] | None:
+        row = await self.read.flow(flow_id)
+        if row is None:
+            return None
+        return row, FlowDefinition.model_validate(row["definition"])

@@ -1,0 +1,158 @@
+"""Operations: liveness of the infrastructure and of every service instance, consumer lag,
+Prometheus metrics of this replica and the operators' summary. The routes in
+``routes/ops.py`` call this; the probes of Kafka, PostgreSQL and Redis are passed in."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import generate_latest
+from spine_servicekit.projector import Projector
+
+from . import __version__
+from .adapters.kafka import ConsumerLag, Heartbeats, MetricsSummary, UsageRecorder
+from .adapters.postgres import ReadModel
+from .metrics import GatewayMetrics
+
+Probe = Callable[[], Awaitable[Any]]
+ACTIVE_STATUSES = ("pending", "running", "waiting_input")
+ALL_STATUSES = (*ACTIVE_STATUSES, "completed", "failed", "cancelled")
+
+
+@dataclass
+class Observers:
+    """What the operations endpoints read besides the read model."""
+
+    heartbeats: Heartbeats
+    summary: MetricsSummary
+    lag: ConsumerLag
+    usage: UsageRecorder
+    started: float = field(default_factory=time.time)
+
+
+async def check(probe: Probe) -> dict[str, Any]:
+    """One component's state: ok with its latency, or the error's name (within 2 s)."""
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(2.0):
+            await probe()
+        return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+    except Exception as exc:  # a probe reports any failure as the component's state
+        return {"status": "error", "error": type(exc).__name__}
+
+
+class OperationsService:
+    def __init__(
+        self,
+        *,
+        read: ReadModel,
+        observers: Observers,
+        projectors: list[Projector],
+        probes: dict[str, Probe],
+        metrics: GatewayMetrics,
+        heartbeat_interval_s: float,
+    ) -> None:
+        self.read = read
+        self.observers = observers
+        self.projectors = projectors
+        self.probes = probes  # kafka, postgresql, redis
+        self.metrics = metrics
+        self.heartbeat_interval_s = heartbeat_interval_s
+
+    async def status(self) -> tuple[dict[str, Any], bool]:
+        """The body of ``/status`` and whether every component is healthy."""
+        names = list(self.probes)
+        *results, groups = await asyncio.gather(
+            *(check(self.probes[n]) for n in names), self.consumer_groups()
+        )
+        checks = dict(zip(names, results, strict=True))
+        healthy = all(c["status"] == "ok" for c in checks.values())
+        body = {
+            "status": "healthy" if healthy else "degraded",
+            "version": __version__,
+            "uptime": round(time.time() - self.observers.started, 3),
+            "components": checks,
+            "projections": {
+                p.projection.name: "running" if p.running else "stopped" for p in self.projectors
+            },
+            "services": self.services(),
+            "consumer_groups": groups,
+            "consumer_groups_age_s": self.observers.lag.age_s,
+        }
+        return body, healthy
+
+    def services(self) -> list[dict[str, Any]]:
+        now = time.time()
+        # an instance is alive while its beats keep coming (three intervals of slack)
+        stale_after = 3 * self.heartbeat_interval_s
+        out = []
+        for instance, (beat, at) in sorted(self.observers.heartbeats.last.items()):
+            age = now - at.timestamp()
+            out.append(
+                {
+                    "service": beat.data.service,
+                    "instance_id": instance,
+                    "status": beat.data.status,
+                    "alive": beat.data.status != "stopping" and age <= stale_after,
+                    "last_heartbeat": at.isoformat(),
+                    "age_s": round(age, 3),
+                    "details": beat.data.details,
+                }
+            )
+        return out
+
+    async def consumer_groups(self) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(5.0):
+                return await self.observers.lag.groups()
+        except TimeoutError:  # the measurement goes on; a later /status shows it
+            return {"error": "TimeoutError"}
+
+    async def prometheus(self) -> bytes:
+        """This replica's metrics, with the gauges read now."""
+        m = self.metrics
+        counts = await self.read.status_counts()
+        for name in ALL_STATUSES:
+            m.executions.labels(status=name).set(counts.get(name, 0))
+        m.agents_active.set(len(await self.read.agents(active_only=True)))
+        usage = self.observers.usage
+        m.usage_records.labels("sent").set(usage.sent)
+        m.usage_records.labels("dropped").set(usage.dropped)
+        m.usage_records.labels("failed").set(usage.failed)
+        groups = await self.consumer_groups()  # cached like /status's; measured in background
+        m.consumer_lag.clear()  # a group that is gone leaves no stale series
+        for group, lag in groups.items():
+            for topic, value in (lag.get("topics") or {}).items() if isinstance(lag, dict) else ():
+                m.consumer_lag.labels(group, topic).set(value)
+        return generate_latest(m.registry)
+
+    async def summary(self) -> dict[str, Any]:
+        """The operators' summary from ``spine.metrics.summary`` (the metrics service's
+        aggregates), plus the catalogue sizes and the in-flight count of this read model."""
+        summary = self.observers.summary
+        counts = await self.read.status_counts()
+        flows = len(await self.read.flows())
+        agents = await self.read.agents()
+        total = summary.value("executions_total")
+        return {
+            "timestamp": datetime.now(UTC).isoformat(),
+            "executions_total": int(total) if total is not None else sum(counts.values()),
+            "executions_active": sum(counts.get(s, 0) for s in ACTIVE_STATUSES),
+            "flows_total": flows,
+            "agents_total": len(agents),
+            "agents_active": sum(1 for a in agents if a["active"]),
+            "success_rate": summary.value("success_rate"),
+            "failure_rate": summary.value("failure_rate"),
+            "average_execution_ms": summary.value("average_execution_ms"),
+            "credits_spent": summary.value("credits_spent"),
+            "summary": {name: entry["value"] for name, entry in sorted(summary.values.items())},
+            "summary_updated_at": max(
+                (e["updated_at"] for e in summary.values.values()), default=None
+            ),
+            "executions": {"total": sum(counts.values()), "by_status": counts},
+        }
