@@ -14,6 +14,7 @@ import pytest
 from spine_agent.testing import TopicReader, publish_tasks, task_message
 from spine_contracts import AgentHeartbeat, AgentResult, RegisterAgent, topics
 from spine_servicekit.kafka import KafkaConfig
+from support import log_tail, spawn, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -24,21 +25,8 @@ def _script(name: str) -> str:
     return path
 
 
-def _read(path: Path) -> str:
-    return path.read_text(errors="replace")[-5000:]
-
-
 async def _stop(proc: asyncio.subprocess.Process, log: Path) -> None:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        async with asyncio.timeout(40):
-            code = await proc.wait()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert code == 0, _read(log)
+    assert await stop(proc, within=40) == 0, log_tail(log, 5000)
 
 
 async def test_kafka_agents_answer_and_stop_cleanly(
@@ -55,7 +43,9 @@ async def test_kafka_agents_answer_and_stop_cleanly(
                 }
             },
         ),
-        "echo": task_message("echo", input={"n": 1}, config={"delay_ms": 500}),
+        # long enough that several beats (every 0.5 s) count it in flight: the SIGTERM
+        # below is sent once one did, and the drain lets it finish
+        "echo": task_message("echo", input={"n": 1}, config={"delay_ms": 5000}),
     }
     procs: dict[str, tuple[asyncio.subprocess.Process, Path]] = {}
     async with (
@@ -66,13 +56,8 @@ async def test_kafka_agents_answer_and_stop_cleanly(
         try:
             for agent_id in tasks:
                 log = tmp_path / f"{agent_id}.log"
-                with log.open("wb") as out:
-                    procs[agent_id] = (
-                        await asyncio.create_subprocess_exec(
-                            _script(f"spine-agent-{agent_id}"), env=env, stdout=out, stderr=out
-                        ),
-                        log,
-                    )
+                proc = await spawn(_script(f"spine-agent-{agent_id}"), env=env, log=log)
+                procs[agent_id] = (proc, log)
             registered = await commands.wait_for(
                 lambda m: isinstance(m, RegisterAgent) and m.data.agent.agent_id in tasks,
                 count=3,
@@ -120,10 +105,7 @@ async def test_echo_http_serves_the_contract(child_env: dict[str, str], tmp_path
     port = _free_port()
     log = tmp_path / "echo-http.log"
     env = {**child_env, "ECHO_HTTP_PORT": str(port)}
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            _script("spine-agent-echo-http"), env=env, stdout=out, stderr=out
-        )
+    proc = await spawn(_script("spine-agent-echo-http"), env=env, log=log)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             async with asyncio.timeout(120):

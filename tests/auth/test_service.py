@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import signal
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import reduce
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from spine_auth.app import check_co_partitioned, make_loop, partition_counts
+from spine_auth.app import check_co_partitioned, make_loop
 from spine_auth.domain import WITHDRAW_REASON, evolve
 from spine_auth.errors import ErrorCode
 from spine_auth.handlers import AuthHandler
@@ -46,21 +44,18 @@ from spine_contracts import (
     StartExecution,
     UserCreated,
     WithdrawReservation,
-    parse,
     topics,
 )
-from spine_contracts.topics import TopicSpec
 from spine_servicekit.kafka import (
     REPLY_TO_HEADER,
     KafkaConfig,
     Outgoing,
-    ensure_topics,
-    make_consumer,
     make_producer,
     send_all,
 )
 from spine_servicekit.projector import Projector, wait_for_stored_offsets
 from spine_servicekit.txloop import TransactionalLoop
+from support import TopicTail, fresh_topics, log_tail, spawn, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -73,7 +68,6 @@ SPECS = (
 )
 FLOW = FlowDefinition(flow_id="echo_flow", nodes=(FlowNode(id="echo", agent_id="echo"),))
 TRACE = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
-M = TypeVar("M", bound=Message)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -81,57 +75,6 @@ M = TypeVar("M", bound=Message)
 
 def key_hash() -> str:
     return uuid.uuid4().hex * 2
-
-
-class Tail:
-    """Reads every partition of one topic from the beginning (read_committed), accumulating."""
-
-    def __init__(self, cfg: KafkaConfig, spec: TopicSpec) -> None:
-        self._cfg = cfg
-        self.topic = cfg.topic(spec)
-        self.records: list[ConsumerRecord[bytes, bytes]] = []
-        self.messages: list[Message] = []
-        self._consumer: AIOKafkaConsumer = make_consumer(cfg, group_id=None)
-
-    async def __aenter__(self) -> Tail:
-        count = (await partition_counts(self._cfg, [self.topic]))[self.topic]
-        assert count, f"{self.topic} does not exist"
-        await self._consumer.start()
-        self._tps = [TopicPartition(self.topic, p) for p in range(count)]
-        self._consumer.assign(self._tps)
-        await self._consumer.seek_to_beginning(*self._tps)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._consumer.stop()
-
-    async def until(self, predicate: Callable[[Tail], bool], within: float = 30.0) -> None:
-        try:
-            async with asyncio.timeout(within):
-                while not predicate(self):
-                    batch = await self._consumer.getmany(timeout_ms=200)
-                    for records in batch.values():
-                        self.records.extend(records)
-                        self.messages.extend(parse(r.value) for r in records)
-        except TimeoutError:
-            raise AssertionError(
-                f"{self.topic}: condition not met within {within}s "
-                f"({len(self.records)} records: {Counter(m.type for m in self.messages)})"
-            ) from None
-
-    def of(self, cls: type[M], **where: Any) -> list[M]:
-        return [
-            m
-            for m in self.messages
-            if isinstance(m, cls) and all(getattr(m.data, k) == v for k, v in where.items())
-        ]
-
-    def keyed(self, key: str) -> list[Message]:
-        pairs = zip(self.records, self.messages, strict=True)
-        return [m for r, m in pairs if r.key == key.encode()]
-
-    async def end_offsets(self) -> dict[TopicPartition, int]:
-        return dict(await self._consumer.end_offsets(self._tps))
 
 
 class Gateway:
@@ -215,12 +158,12 @@ def settle(user_id: str, execution_id: str, outcome: str, charge: int) -> Settle
     )
 
 
-def replies(tail: Tail, *request_ids: str) -> Callable[[Tail], bool]:
+def replies(tail: TopicTail, *request_ids: str) -> Callable[[TopicTail], bool]:
     wanted = set(request_ids)
     return lambda t: wanted <= {m.data.request_id for m in t.of(GatewayReply)}
 
 
-def reply(tail: Tail, request_id: str) -> GatewayReply:
+def reply(tail: TopicTail, request_id: str) -> GatewayReply:
     (found,) = tail.of(GatewayReply, request_id=request_id)
     return found
 
@@ -238,20 +181,10 @@ async def read_model(database_url: str, schema: str, user_id: str) -> tuple[Any,
     return user, list(movements)
 
 
-async def caught_up(projector: Projector, events: Tail) -> None:
+async def caught_up(projector: Projector, events: TopicTail) -> None:
     ends = await events.end_offsets()
     async with asyncio.timeout(30):
         await projector.wait_for_offsets(ends)
-
-
-async def visible(cfg: KafkaConfig, names: list[str], within: float = 15.0) -> None:
-    """Wait until just-created topics show in the broker's metadata."""
-    async with asyncio.timeout(within):
-        while True:
-            counts = await partition_counts(cfg, names)
-            if 0 not in counts.values():
-                return
-            await asyncio.sleep(0.05)  # metadata propagation: polled, there is no event
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -259,10 +192,7 @@ async def visible(cfg: KafkaConfig, names: list[str], within: float = 15.0) -> N
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def cfg(kafka: KafkaConfig) -> KafkaConfig:
-    test_cfg = dataclasses.replace(kafka, prefix=f"{kafka.prefix}{uuid.uuid4().hex[:6]}.")
-    await ensure_topics(test_cfg, SPECS)
-    await visible(test_cfg, [test_cfg.topic(spec) for spec in SPECS])
-    return test_cfg
+    return await fresh_topics(kafka, SPECS)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -288,12 +218,12 @@ async def gateway(cfg: KafkaConfig) -> AsyncIterator[Gateway]:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def tails(cfg: KafkaConfig) -> AsyncIterator[tuple[Tail, Tail, Tail]]:
+async def tails(cfg: KafkaConfig) -> AsyncIterator[tuple[TopicTail, TopicTail, TopicTail]]:
     """(auth events, execution commands, gateway replies)."""
     async with (
-        Tail(cfg, topics.AUTH_EVENTS) as events,
-        Tail(cfg, topics.EXECUTION_COMMANDS) as executions,
-        Tail(cfg, topics.GATEWAY_REPLIES) as gateway_replies,
+        TopicTail(cfg, topics.AUTH_EVENTS) as events,
+        TopicTail(cfg, topics.EXECUTION_COMMANDS) as executions,
+        TopicTail(cfg, topics.GATEWAY_REPLIES) as gateway_replies,
     ):
         yield events, executions, gateway_replies
 
@@ -304,7 +234,7 @@ async def tails(cfg: KafkaConfig) -> AsyncIterator[tuple[Tail, Tail, Tail]]:
 async def test_reserve_starts_the_execution_and_answers_the_gateway(
     auth: Auth,
     gateway: Gateway,
-    tails: tuple[Tail, Tail, Tail],
+    tails: tuple[TopicTail, TopicTail, TopicTail],
     projector: Projector,
     database_url: str,
     pg_schema: str,
@@ -349,7 +279,7 @@ async def test_reserve_starts_the_execution_and_answers_the_gateway(
 async def test_200_concurrent_reservations_on_10_credits_grant_exactly_10(
     auth: Auth,
     cfg: KafkaConfig,
-    tails: tuple[Tail, Tail, Tail],
+    tails: tuple[TopicTail, TopicTail, TopicTail],
     projector: Projector,
     database_url: str,
     pg_schema: str,
@@ -403,7 +333,7 @@ async def test_200_concurrent_reservations_on_10_credits_grant_exactly_10(
 async def test_settling_charges_per_outcome_and_never_twice(
     auth: Auth,
     gateway: Gateway,
-    tails: tuple[Tail, Tail, Tail],
+    tails: tuple[TopicTail, TopicTail, TopicTail],
     projector: Projector,
     database_url: str,
     pg_schema: str,
@@ -447,7 +377,7 @@ async def test_settling_charges_per_outcome_and_never_twice(
 async def test_withdraw_refunds_and_cancels_the_execution(
     auth: Auth,
     gateway: Gateway,
-    tails: tuple[Tail, Tail, Tail],
+    tails: tuple[TopicTail, TopicTail, TopicTail],
 ) -> None:
     events, executions, answers = tails
     await gateway.send(create_user("dee", 2), reserve("dee", "slow", amount=2))
@@ -478,7 +408,7 @@ async def test_withdraw_refunds_and_cancels_the_execution(
 async def test_a_restarted_loop_rebuilds_balances_from_the_events(
     cfg: KafkaConfig,
     gateway: Gateway,
-    tails: tuple[Tail, Tail, Tail],
+    tails: tuple[TopicTail, TopicTail, TopicTail],
     projector: Projector,
     database_url: str,
     pg_schema: str,
@@ -535,15 +465,12 @@ async def test_the_service_process_decides_and_projects(
 ) -> None:
     env = {**child_env, "SPINE_AUTH_SCHEMA": pg_schema}
     log_path = tmp_path / "auth.log"
-    with log_path.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "spine_auth", env=env, stdout=log_file, stderr=log_file
-        )
+    process = await spawn(sys.executable, "-m", "spine_auth", env=env, log=log_path)
     try:
         async with (
             Gateway(kafka, "gw-proc") as gw,
-            Tail(kafka, topics.GATEWAY_REPLIES) as answers,
-            Tail(kafka, topics.AUTH_EVENTS) as events,
+            TopicTail(kafka, topics.GATEWAY_REPLIES) as answers,
+            TopicTail(kafka, topics.AUTH_EVENTS) as events,
         ):
             await gw.send(create_user("gus", 4), reserve("gus", "p-1", 3))
             await answers.until(replies(answers, "reserve-p-1"), within=90)
@@ -560,11 +487,8 @@ async def test_the_service_process_decides_and_projects(
         user, _ = await read_model(database_url, pg_schema, "gus")
         assert user is not None and user["balance"] == 1
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            code = await process.wait()
-    assert code == 0, log_path.read_text()[-4000:]
+        code = await stop(process)
+    assert code == 0, log_tail(log_path)
 
 
 @pytest.mark.slow
@@ -579,27 +503,24 @@ async def test_a_killed_process_neither_loses_nor_doubles_a_decision(
     env = {**child_env, "SPINE_AUTH_SCHEMA": pg_schema, "SPINE_AUTH_MAX_BATCH": "5"}
     ids = [f"k-{i:03d}" for i in range(400)]
 
-    async def spawn(life: int) -> asyncio.subprocess.Process:
-        with (tmp_path / f"auth-{life}.log").open("wb") as log_file:
-            return await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "spine_auth", env=env, stdout=log_file, stderr=log_file
-            )
+    def life(n: int) -> Awaitable[asyncio.subprocess.Process]:
+        return spawn(sys.executable, "-m", "spine_auth", env=env, log=tmp_path / f"auth-{n}.log")
 
-    first = await spawn(1)
+    first = await life(1)
     second: asyncio.subprocess.Process | None = None
     try:
         async with (
             Gateway(kafka, "gw-kill") as gw,
-            Tail(kafka, topics.GATEWAY_REPLIES) as answers,
-            Tail(kafka, topics.AUTH_EVENTS) as events,
-            Tail(kafka, topics.EXECUTION_COMMANDS) as executions,
+            TopicTail(kafka, topics.GATEWAY_REPLIES) as answers,
+            TopicTail(kafka, topics.AUTH_EVENTS) as events,
+            TopicTail(kafka, topics.EXECUTION_COMMANDS) as executions,
         ):
             await gw.send(create_user("hal", 150), *(reserve("hal", e) for e in ids))
             await answers.until(lambda t: bool(t.of(GatewayReply, request_id="reserve-k-000")), 90)
             first.kill()
             await first.wait()
             decided = len(answers.of(GatewayReply))
-            second = await spawn(2)
+            second = await life(2)
             await answers.until(replies(answers, *(f"reserve-{e}" for e in ids)), within=120)
 
             per_request = Counter(m.data.request_id for m in answers.of(GatewayReply))
@@ -628,13 +549,5 @@ async def test_a_killed_process_neither_loses_nor_doubles_a_decision(
             "rejected": 250,
         }
     finally:
-        for process in (first, second):
-            if process is not None and process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-        for process in (first, second):
-            if process is not None:
-                async with asyncio.timeout(30):
-                    await process.wait()
-    assert second is not None and second.returncode == 0, (tmp_path / "auth-2.log").read_text()[
-        -4000:
-    ]
+        await asyncio.gather(*(stop(p) for p in (first, second) if p is not None))
+    assert second is not None and second.returncode == 0, log_tail(tmp_path / "auth-2.log")

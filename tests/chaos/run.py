@@ -85,6 +85,7 @@ if str(ROOT / "tests") not in sys.path:  # the e2e harness, also when run as a s
 
 from e2e.harness import COMMANDS, Stack  # noqa: E402
 from e2e.test_gateway_e2e import MASTER, _stack_env  # noqa: E402
+from support import spawn  # noqa: E402
 
 TERMINAL = (ExecutionCompleted, ExecutionFailed, ExecutionCancelled)
 OUTCOME = {
@@ -275,7 +276,6 @@ class ChaosStack(Stack):
         self.stopping = False
         self.peak = 0  # most executions in flight at once
         self._watchers: list[asyncio.Task[None]] = []
-        self._logs: list[Any] = []
 
     async def start(self, *names: str, extra_env: dict[str, str] | None = None) -> None:
         for spec, apply in (
@@ -294,12 +294,10 @@ class ChaosStack(Stack):
         self.generation[name] += 1
         command = COMMANDS.get(name, [name])
         env = {**self.env, **(extra_env or {}), "SPINE_INSTANCE_ID": f"chaos-{name}-{gen}"}
-        log = open(self.logs / f"test-{self.kafka.prefix}{name}.log", "ab")  # noqa: SIM115, ASYNC230
-        self._logs.append(log)
-        self.procs[name] = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / command[0]), *command[1:],
-            env=env, stdout=log, stderr=log, cwd=ROOT,
-        )  # fmt: skip
+        log = self.logs / f"test-{self.kafka.prefix}{name}.log"
+        self.procs[name] = await spawn(
+            Path(sys.executable).parent / command[0], *command[1:], env=env, log=log, cwd=ROOT
+        )
         self._watchers.append(asyncio.create_task(self._supervise(name, self.procs[name])))
 
     async def _supervise(self, name: str, proc: asyncio.subprocess.Process) -> None:
@@ -323,8 +321,6 @@ class ChaosStack(Stack):
         for watcher in self._watchers:
             watcher.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
-        for log in self._logs:
-            log.close()
 
     async def _on_event(self, message: Message, record: Any) -> None:
         eid = str(message.data.execution_id)  # type: ignore[attr-defined]

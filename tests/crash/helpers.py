@@ -8,7 +8,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,8 +48,7 @@ from spine_contracts import (
     to_bytes,
     topics,
 )
-from spine_contracts.topics import TopicSpec
-from spine_orchestrator.app import evaluate_condition
+from spine_flows import evaluate_condition
 from spine_orchestrator.catalog import AgentCatalog
 from spine_orchestrator.handlers import OrchestratorHandler
 from spine_orchestrator.timers import TimerScheduler
@@ -60,7 +58,6 @@ from spine_servicekit.kafka import (
     KafkaConfig,
     dead_letter,
     dead_letter_outgoing,
-    ensure_topics,
     headers_for,
     make_producer,
 )
@@ -238,15 +235,6 @@ def origin_of(meta: RecordMetadata) -> Callable[[DeadLetter], bool]:
 
 
 # --- services in-process -----------------------------------------------------------------
-
-
-async def fresh_topics(
-    kafka: KafkaConfig, specs: Sequence[TopicSpec] = topics.STATIC, agents: Sequence[str] = ()
-) -> KafkaConfig:
-    """A sub-prefix of the module's with its own topics: a test starts from empty ones."""
-    cfg = replace(kafka, prefix=f"{kafka.prefix}{uuid.uuid4().hex[:8]}.")
-    await ensure_topics(cfg, specs, agent_ids=agents)
-    return cfg
 
 
 def active_agent(agent_id: str) -> AgentRegistered:

@@ -29,8 +29,9 @@ from spine_contracts import (
 )
 from spine_servicekit.kafka import KafkaConfig, Outgoing
 from spine_servicekit.txloop import Incoming, TransactionalLoop
+from support import fresh_topics
 
-from .helpers import fresh_topics, key_hash, orchestrator_loop, start_execution
+from .helpers import key_hash, orchestrator_loop, start_execution
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

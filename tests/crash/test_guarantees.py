@@ -4,6 +4,10 @@ Each docstring quotes the guarantee it checks. Services run in this process with
 real handlers and loops (``helpers``), on real Kafka and PostgreSQL, each test on topics
 of its own; the process-level kill -9 versions live next to the code they test
 (``tests/servicekit/test_txloop.py``, ``test_projector.py``, ``tests/e2e``).
+
+Every count is taken from a topic read to its end (``support.read_to_end``: the last stable
+offset, read_committed), never from a reader that stops at the expected number, so a
+duplicate arriving in a later fetch fails the test.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from spine_agent import Agent, Task
 from spine_agent.testing import (
-    TopicReader,
     publish,
     publish_tasks,
     task_message,
@@ -64,18 +67,17 @@ from spine_servicekit.kafka import (
     KafkaConfig,
     dead_letter,
     dead_letter_id,
-    make_consumer,
     make_producer,
 )
 from spine_servicekit.postgres import drop_schema
 from spine_servicekit.projector import Incoming, Projection, Projector
 from spine_servicekit.rebuild import TARGETS, rebuild_schema
+from support import fresh_topics, read_to_end
 
 from .helpers import (
     auth_loop,
     dead_letters,
     execution_events,
-    fresh_topics,
     key_hash,
     orchestrator_loop,
     publish_raw,
@@ -88,13 +90,6 @@ from .helpers import (
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 GHOST_FLOW = FlowDefinition(flow_id="g", nodes=(FlowNode(id="a", agent_id="ghost"),))
-
-
-async def read_all(cfg: KafkaConfig, spec: topics.TopicSpec | str, count: int) -> list[Message]:
-    """``count`` messages of a topic (read_committed, from the beginning)."""
-    name = spec if isinstance(spec, str) else cfg.topic(spec)
-    async with TopicReader(cfg, name) as reader:
-        return await reader.wait_for(lambda _m: True, count, within=30)
 
 
 def of(messages: Sequence[Message], cls: type[Message]) -> list[Message]:
@@ -132,27 +127,17 @@ async def test_g1_a_decision_and_its_offset_commit_together(kafka: KafkaConfig) 
     commands = [(user, create), *((user, a) for a in adds)]
     await publish(cfg, cfg.topic(topics.AUTH_COMMANDS), commands)
     async with auth_loop(cfg, producer_factory=crashing_producer, max_batch=5) as loop:
-        events = await read_all(cfg, topics.AUTH_EVENTS, 21)
+        await read_to_end(cfg, topics.AUTH_EVENTS, at_least=21)
         await wait_caught_up(cfg, f"{cfg.prefix}auth", cfg.topic(topics.AUTH_COMMANDS))
         assert loop.stats.failed == 2 and crashes == 0
-    events = await read_all(cfg, topics.AUTH_EVENTS, 21)
+    events = await read_to_end(cfg, topics.AUTH_EVENTS)
     added = of(events, CreditsAdded)
     assert len(of(events, UserCreated)) == 1 and len(added) == 20
     assert sorted(m.causation_id for m in added) == sorted(str(a.message_id) for a in adds)
     assert added[-1].data.balance == 5 + sum(range(1, 21))  # type: ignore[attr-defined]
     # The failed transactions did write their records: aborted, invisible to readers.
-    raw = make_consumer(cfg, cfg.topic(topics.AUTH_EVENTS), group_id=None,
-                        isolation_level="read_uncommitted")  # fmt: skip
-    await raw.start()
-    try:
-        seen = 0
-        async with asyncio.timeout(10):
-            while seen <= 21:
-                batch = await raw.getmany(timeout_ms=200)
-                seen += sum(len(r) for r in batch.values())
-    finally:
-        await raw.stop()
-    assert seen > 21
+    raw = await read_to_end(cfg, topics.AUTH_EVENTS, isolation="read_uncommitted")
+    assert len(raw) > 21
 
 
 # --- G2, G3: duplicates on the loops, one task per attempt ---------------------------------
@@ -174,9 +159,9 @@ async def test_g2_auth_changes_a_balance_once_per_command(kafka: KafkaConfig) ->
     # A new life of the loop rebuilds the account from the events: still a duplicate.
     await publish(cfg, commands, [(user, add), (user, AddCredits.build(user_id=user, credits=3))])
     async with auth_loop(cfg):
-        events = await read_all(cfg, topics.AUTH_EVENTS, 3)
+        await read_to_end(cfg, topics.AUTH_EVENTS, at_least=3)
         await wait_caught_up(cfg, f"{cfg.prefix}auth", commands)
-    events = await read_all(cfg, topics.AUTH_EVENTS, 3)
+    events = await read_to_end(cfg, topics.AUTH_EVENTS)
     balances = [m.data.balance for m in of(events, CreditsAdded)]  # type: ignore[attr-defined]
     assert balances == [11, 14]
 
@@ -195,20 +180,20 @@ async def test_g2_g3_the_orchestrator_takes_one_result_and_dispatches_once(
     results = cfg.topic(topics.AGENT_RESULTS)
     async with orchestrator_loop(cfg):
         await publish(cfg, commands, [(eid, start), (eid, start)])
-        [task] = of(await read_all(cfg, cfg.agent_tasks("ghost"), 1), AgentMessage)
+        [task] = of(await read_to_end(cfg, cfg.agent_tasks("ghost"), at_least=1), AgentMessage)
         result = result_of(task, answer=42)  # type: ignore[arg-type]
         await publish(cfg, results, [(eid, result), (eid, result)])
-        events = await read_all(cfg, topics.EXECUTION_EVENTS, 4)
+        await read_to_end(cfg, topics.EXECUTION_EVENTS, at_least=4)
         await publish(cfg, results, [(eid, result)])  # late, after the execution ended
         await wait_caught_up(cfg, f"{cfg.prefix}orchestrator", results)
         await wait_caught_up(cfg, f"{cfg.prefix}orchestrator", commands)
-    events = await read_all(cfg, topics.EXECUTION_EVENTS, 4)
+    events = await read_to_end(cfg, topics.EXECUTION_EVENTS)
     counts = Counter(type(m).__name__ for m in events if getattr(m.data, "execution_id", "") == eid)
     assert counts["ExecutionStarted"] == counts["NodeDispatched"] == 1
     assert counts["NodeCompleted"] == counts["ExecutionCompleted"] == 1
     [done] = of(events, ExecutionCompleted)
     assert done.data.output_data == {"a": {"answer": 42}}  # type: ignore[attr-defined]
-    tasks = of(await read_all(cfg, cfg.agent_tasks("ghost"), 1), AgentMessage)
+    tasks = of(await read_to_end(cfg, cfg.agent_tasks("ghost")), AgentMessage)
     assert [t.data.idempotency_key for t in tasks] == [f"{eid}:a:1"]  # type: ignore[attr-defined]
 
 
@@ -252,10 +237,11 @@ async def test_g4_an_uncommitted_task_runs_again_with_the_same_key(kafka: KafkaC
     stopping = asyncio.Event()
     serving = asyncio.create_task(second.serve(cfg, stopping))
     try:
-        [result] = of(await read_all(cfg, topics.AGENT_RESULTS, 1), AgentResult)
+        await read_to_end(cfg, topics.AGENT_RESULTS, at_least=1)
     finally:
         stopping.set()
         await serving
+    [result] = of(await read_to_end(cfg, topics.AGENT_RESULTS), AgentResult)
     assert runs[0] == (1, "g4-exec:n:3") and (2, "g4-exec:n:3") in runs
     assert result.data.output == {"life": 2}  # type: ignore[attr-defined]
     assert result.causation_id == str(task.message_id)
@@ -387,13 +373,13 @@ async def test_g8_a_registry_command_changes_the_catalogue_once(
     commands = cfg.topic(topics.REGISTRY_COMMANDS)
     async with registry_service(cfg, database_url, pg_schema):
         await publish(cfg, commands, [(info.agent_id, register), (info.agent_id, deregister)])
-        await read_all(cfg, topics.REGISTRY_EVENTS, 2)
+        await read_to_end(cfg, topics.REGISTRY_EVENTS, at_least=2)
         await publish(cfg, commands, [(info.agent_id, register)])  # the same message again
         await wait_caught_up(cfg, f"{cfg.prefix}registry", commands)
     async with registry_service(cfg, database_url, pg_schema):  # a new life: from the log
         await publish(cfg, commands, [(info.agent_id, register)])
         await wait_caught_up(cfg, f"{cfg.prefix}registry", commands)
-    entries = await read_all(cfg, topics.REGISTRY_EVENTS, 2)
+    entries = await read_to_end(cfg, topics.REGISTRY_EVENTS)
     assert [type(m) for m in entries] == [AgentRegistered, AgentDeregistered]
 
 
@@ -492,11 +478,16 @@ async def test_g12_usage_is_counted_once(
     a, b, c = (UsageRecorded.build(user_id="u", request_id=r, method="GET", path="/x",
                                    status_code=200, duration_ms=2.0, credits=1)
                for r in ("r0", "r1", "r2"))  # fmt: skip
-    recorder = UsageRecorder(cfg, max_pending=2)
+    producer = make_producer(cfg)
+    recorder = UsageRecorder(cfg, producer, max_pending=2)
     for message in (c, a, b):  # three requests while Kafka is away: the oldest goes
         recorder.record(message)
-    await recorder.start()
-    await recorder.stop()  # flushes what is buffered
+    await producer.start()
+    try:
+        await recorder.start()
+        await recorder.stop()  # flushes what is buffered
+    finally:
+        await producer.stop()
     assert (recorder.dropped, recorder.sent) == (1, 2)
     await publish(cfg, cfg.topic(topics.USAGE), [("u", a)])  # a published twice
     async with Projector(cfg, database_url, usage_projection(), schema=pg_schema) as projector:

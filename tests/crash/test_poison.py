@@ -67,13 +67,13 @@ from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import REPLY_TO_HEADER, KafkaConfig
 from spine_servicekit.postgres import drop_schema
 from spine_servicekit.projector import Projector
+from support import fresh_topics, read_to_end
 
 from .helpers import (
     POISON,
     Raw,
     auth_loop,
     dead_letters,
-    fresh_topics,
     key_hash,
     orchestrator_loop,
     publish_raw,
@@ -273,13 +273,16 @@ async def test_an_agent_that_throws_is_retried_then_fails_and_never_stalls(
             starts = [(e, start_execution(e, flow, fail=i % 3 == 0)) for i, e in enumerate(ids)]
             await publish(cfg, cfg.topic(topics.EXECUTION_COMMANDS), starts)
             async with TopicReader(cfg, events) as reader:
-                done = await reader.wait_for(
+                await reader.wait_for(
                     lambda m: isinstance(m, ExecutionCompleted | ExecutionFailed), 12, within=60
                 )
-                dispatched = reader.matching(lambda m: isinstance(m, NodeDispatched))
     finally:
         stopping.set()
         await serving
+    log = await read_to_end(cfg, events)  # counted to the end: a late duplicate shows
+    done = [m for m in log if isinstance(m, ExecutionCompleted | ExecutionFailed)]
+    dispatched = [m for m in log if isinstance(m, NodeDispatched)]
+    assert len(done) == len(ids), done
     outcome = {m.data.execution_id: type(m).__name__ for m in done}  # type: ignore[attr-defined]
     assert outcome == {
         e: "ExecutionFailed" if i % 3 == 0 else "ExecutionCompleted" for i, e in enumerate(ids)

@@ -12,14 +12,13 @@ import asyncio
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import asyncpg
 import pytest
 import pytest_asyncio
 from spine_contracts import to_bytes, topics
 from spine_orchestrator.projection import PROJECTION
-from spine_servicekit.kafka import KafkaConfig, ensure_topics, make_producer
+from spine_servicekit.kafka import KafkaConfig, make_producer
 from spine_servicekit.postgres import create_pool, drop_schema
 from spine_servicekit.projector import Projector, read_offsets
 from spine_servicekit.rebuild import (
@@ -28,6 +27,7 @@ from spine_servicekit.rebuild import (
     rebuild_schema,
     replayable,
 )
+from support import fresh_topics, spawn
 
 from .helpers import execution_events
 
@@ -36,9 +36,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def cfg(kafka: KafkaConfig) -> KafkaConfig:
-    fresh = replace(kafka, prefix=f"{kafka.prefix}{uuid.uuid4().hex[:8]}.")
-    await ensure_topics(fresh, [topics.EXECUTION_EVENTS, topics.DEADLETTER])
-    return fresh
+    return await fresh_topics(kafka, [topics.EXECUTION_EVENTS, topics.DEADLETTER])
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -252,7 +250,7 @@ async def test_the_command_line_rebuilds_a_services_schema(
     async with Projector(cfg, database_url, PROJECTION, schema=schema) as live:
         async with asyncio.timeout(20):
             await live.wait_until_caught_up()
-        process = await asyncio.create_subprocess_exec(
+        process = await spawn(
             sys.executable, "-m", "spine_servicekit.rebuild", "--service", "orchestrator",
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip

@@ -1,9 +1,14 @@
 """deploy/compose.yaml without a Docker engine.
 
-``docker compose config`` where the docker client has the compose plugin; otherwise the
-same loader built from compose-go (the library that command is made of) when Go is there;
-and in every case a structural check: every service and agent is in the file with the env
-its settings require, healthchecks, valid ``depends_on`` conditions, named volumes.
+In every case, with nothing but the dev dependencies: the interpolated file validated
+against the Compose Specification's JSON schema (``compose-spec.json``, the copy compose-go
+v2.16.2 embeds, the version ``composecheck`` builds with), and a structural check: every
+service and agent is in the file with the env its settings require, healthchecks, valid
+``depends_on`` conditions, named volumes. And the compose loader itself: ``docker compose
+config`` where the docker client has the compose plugin, else the same loader built from
+compose-go (the library that command is made of) with Go, which this project's machines
+have. A loader that cannot run fails the test; nothing is skipped or downgraded to a
+warning.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import json
 import os
 import shutil
 import subprocess
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,7 @@ pytestmark = pytest.mark.timeout(900)
 
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 COMPOSECHECK = Path(__file__).parent / "composecheck"
+COMPOSE_SPEC = Path(__file__).parent / "compose-spec.json"
 PROFILES = ("observability",)
 
 
@@ -79,8 +84,8 @@ def _composecheck() -> list[str] | None:
 
 def _config(
     env: dict[str, str], unset: tuple[str, ...] = ()
-) -> tuple[str, subprocess.CompletedProcess[str]] | None:
-    """Run the compose loader on the file: (which, result), or None when none is here."""
+) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """Run the compose loader on the file: (which, result); none here fails the test."""
     full_env = {**os.environ, **env}
     for name in ("COMPOSE_FILE", *unset):
         full_env.pop(name, None)
@@ -102,20 +107,48 @@ def _config(
         return "compose-go loader", subprocess.run(
             cmd, capture_output=True, text=True, env=full_env, timeout=120
         )
-    return None
+    pytest.fail(
+        "no compose loader: neither `docker compose` nor Go (which builds compose-go's loader "
+        "from tests/deploy/composecheck) is on PATH. Go comes with this project's machines; "
+        "install it (or the docker compose plugin) rather than skipping the check.",
+        pytrace=False,
+    )
+
+
+def schema_errors(document: dict[str, Any]) -> list[str]:
+    """Where ``document`` breaks the Compose Specification's schema (none: valid)."""
+    try:
+        import jsonschema
+    except ImportError:  # a dev dependency: its absence is a broken install, not a skip
+        pytest.fail("jsonschema is missing: `uv sync --all-packages` installs the dev group")
+    schema = json.loads(COMPOSE_SPEC.read_text())
+    validator = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+        for e in sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
+    ]
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    document = load_compose({"API_KEY": TEST_API_KEY})
+    assert schema_errors(document) == []
+    structural_check(document)
+
+
+def test_the_schema_check_catches_what_compose_refuses() -> None:
+    document = load_compose({"API_KEY": TEST_API_KEY})
+    name = next(iter(document["services"]))
+    broken = {**document["services"][name], "restart": 5, "depends_on": {"x": {"condition": "?"}}}
+    errors = schema_errors({**document, "services": {**document["services"], name: broken}})
+    assert any(e.startswith(f"services/{name}") for e in errors), errors
+    assert schema_errors({**document, "volumez": {}}) != []
 
 
 def test_compose_config_accepts_the_file() -> None:
     env = {"API_KEY": TEST_API_KEY}
-    ran = _config(env)
-    if ran is None:
-        warnings.warn(
-            "neither `docker compose` nor Go is available: only the structural check ran",
-            stacklevel=1,
-        )
-        structural_check(load_compose(env))
-        return
-    which, result = ran
+    which, result = _config(env)
     assert result.returncode == 0, f"{which} rejected deploy/compose.yaml:\n{result.stderr}"
     project = json.loads(result.stdout)
     # the loader's normalised model agrees with the structural reading
@@ -124,11 +157,9 @@ def test_compose_config_accepts_the_file() -> None:
 
 
 def test_compose_config_requires_api_key() -> None:
-    ran = _config({}, unset=("API_KEY",))
-    if ran is not None:
-        which, result = ran
-        assert result.returncode != 0, f"{which} accepted the file without API_KEY"
-        assert "API_KEY" in result.stderr
+    which, result = _config({}, unset=("API_KEY",))
+    assert result.returncode != 0, f"{which} accepted the file without API_KEY"
+    assert "API_KEY" in result.stderr
     with pytest.raises(InterpolationError, match="API_KEY"):
         load_compose({})
 

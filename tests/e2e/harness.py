@@ -18,6 +18,7 @@ from typing import Any
 
 from spine_contracts import (
     TERMINAL_STATUSES,
+    AgentCancel,
     AgentDeregistered,
     AgentRegistered,
     AgentStatusChanged,
@@ -34,6 +35,7 @@ from spine_contracts import (
 )
 from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import KafkaConfig, headers_for, make_producer
+from support import spawn, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -81,10 +83,8 @@ class Stack:
     async def spawn(self, name: str, extra_env: dict[str, str] | None = None) -> None:
         command = COMMANDS.get(name.split("#")[0], [name])
         env = {**self.env, **(extra_env or {}), "SPINE_INSTANCE_ID": f"{name}-test"}
-        log = open(self.logs / f"test-{self.kafka.prefix}{name}.log", "ab")  # noqa: ASYNC230, SIM115
-        self.procs[name] = await asyncio.create_subprocess_exec(
-            str(BIN / command[0]), *command[1:], env=env, stdout=log, stderr=log, cwd=ROOT
-        )
+        log = self.logs / f"test-{self.kafka.prefix}{name}.log"
+        self.procs[name] = await spawn(BIN / command[0], *command[1:], env=env, log=log, cwd=ROOT)
 
     def kill(self, name: str) -> None:
         self.procs[name].send_signal(signal.SIGKILL)
@@ -93,16 +93,11 @@ class Stack:
         return await self.procs[name].wait()
 
     async def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                async with asyncio.timeout(20):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        # all at once; one that has not gone after 20 s is killed (no error: a test's
+        # outcome is decided by then)
+        await asyncio.gather(
+            *(stop(proc, within=20) for proc in self.procs.values()), return_exceptions=True
+        )
         for follower in self._followers:
             await follower.stop()
         await self._producer.stop()
@@ -164,6 +159,17 @@ class Stack:
     async def cancel(self, execution_id: str) -> None:
         command = CancelExecution.build(execution_id=execution_id)
         await self.publish(topics.EXECUTION_COMMANDS, execution_id, command)
+
+    async def release(self, agent_id: str, execution_id: str) -> None:
+        """Tell an agent to drop a task the test held with a long ``delay_ms`` (once the
+        test has what it waited for), instead of letting it run into shutdown."""
+        cancel = AgentCancel.build(execution_id=execution_id, reason="released by the test")
+        await self._producer.send_and_wait(
+            self.kafka.agent_tasks(agent_id),
+            to_bytes(cancel),
+            key=execution_id.encode(),
+            headers=headers_for(cancel),
+        )
 
     # --- waiting -----------------------------------------------------------------------
     def of_type(

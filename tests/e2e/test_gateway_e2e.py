@@ -11,7 +11,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -75,18 +75,27 @@ class Api:
     ) -> list[dict[str, Any]]:
         """The SSE events up to and including the first of ``types`` (or the terminal one);
         the gateway's read model shows everything they say once they arrived."""
-        headers = self.auth(key)
-        if after is not None:
-            headers["Last-Event-ID"] = str(after)
         events: list[dict[str, Any]] = []
-        current: dict[str, Any] = {}
-        async with (
-            asyncio.timeout(90),
-            self.http.stream(
-                "GET", f"/api/v1/executions/{execution_id}/stream", headers=headers
-            ) as r,
-        ):
+        last = None if after is None else str(after)
+        async with asyncio.timeout(90), aclosing(self.sse_events(key, execution_id, last)) as sse:
+            async for event in sse:
+                events.append(event)
+                if event["event"] in types or event["event"] in TERMINAL:
+                    break
+        return events
+
+    async def sse_events(
+        self, key: str, execution_id: str, last_event_id: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The execution's SSE events as they arrive (``{"id", "event", "data"}``); leaving
+        the loop closes the connection, as a client that goes away does."""
+        headers = self.auth(key)
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        path = f"/api/v1/executions/{execution_id}/stream"
+        async with self.http.stream("GET", path, headers=headers) as r:
             assert r.status_code == 200, await r.aread()
+            current: dict[str, Any] = {}
             async for line in r.aiter_lines():
                 line = line.rstrip("\r")
                 if line:
@@ -100,11 +109,8 @@ class Api:
                         current["data"] = orjson.loads(value)
                     continue
                 if "data" in current:
-                    events.append(current)
-                    if current["event"] in types or current["event"] in TERMINAL:
-                        break
+                    yield current
                 current = {}
-        return events
 
 
 def _stack_env(
@@ -245,6 +251,100 @@ async def test_new_user_executes_and_streams_to_completion(api: Api) -> None:
     assert [e["id"] for e in later] == ids[2:]
 
 
+# --- SSE resume ----------------------------------------------------------------------------
+
+
+async def _held_flow(api: Api, key: str) -> str:
+    """echo, then echo asking for input (the execution waits there), then echo."""
+    flow = {
+        "flow_id": f"held_{os.urandom(3).hex()}",
+        "nodes": [
+            {"id": "a", "agent_id": "echo"},
+            {"id": "ask", "agent_id": "echo", "depends_on": ["a"], "config": {"needs_input": True}},
+            {"id": "c", "agent_id": "echo", "depends_on": ["ask"]},
+        ],
+    }
+    r = await api.http.post("/api/v1/flows", json=flow, headers=api.auth(key))
+    assert r.status_code == 201, r.text
+    return str(flow["flow_id"])
+
+
+async def test_sse_resumes_mid_flight_with_exactly_the_events_after_last_event_id(
+    api: Api,
+) -> None:
+    key = (await api.create_user(credits=5))["api_key"]
+    h = api.auth(key)
+    eid = (await api.execute(key, await _held_flow(api, key), {"x": 1})).json()["execution_id"]
+    first = await api.sse_until(key, eid, "execution.node_waiting_input")  # then disconnect
+    seen = [e["id"] for e in first]
+    assert first[-1]["event"] == "execution.node_waiting_input" and len(seen) >= 4, first
+    cut = seen[len(seen) // 2]  # resume mid-way: stored events first, then live ones
+
+    resumed: list[dict[str, Any]] = []
+    async with asyncio.timeout(90), aclosing(api.sse_events(key, eid, str(cut))) as sse:
+        async for event in sse:
+            resumed.append(event)
+            if event["id"] == seen[-1]:  # caught up while the execution is held: go on
+                r = await api.http.post(
+                    f"/api/v1/executions/{eid}/input", json={"input": {"message": "hi"}}, headers=h
+                )
+                assert r.status_code == 200, r.text
+            if event["event"] in TERMINAL:
+                break
+    ids = [e["id"] for e in resumed]
+    assert ids == list(range(cut + 1, ids[-1] + 1)), ids  # no gap, no repeat, in order
+    assert ids[-1] > seen[-1]  # events written after the reconnect came on the stream
+    assert resumed[-1]["event"] == "execution.completed"
+    assert [e["event"] for e in resumed].count("execution.input_received") == 1
+    trail = (await api.http.get(f"/api/v1/executions/{eid}/events", headers=h)).json()
+    assert [e["seq"] for e in trail["events"]] == seen[: seen.index(cut) + 1] + ids
+    assert [e["type"] for e in trail["events"]][seen.index(cut) + 1 :] == [
+        e["event"] for e in resumed
+    ]
+
+
+async def test_sse_refuses_a_bad_last_event_id(api: Api) -> None:
+    key = (await api.create_user(credits=5))["api_key"]
+    h = api.auth(key)
+    eid = (await api.execute(key, "echo_chain", {"x": 1})).json()["execution_id"]
+    everything = await api.sse(key, eid)
+    assert everything[-1]["event"] == "execution.completed"
+    path = f"/api/v1/executions/{eid}/stream"
+    for bad in ("abc", "1.5", "0x10", "7; drop", "9" * 40):
+        r = await api.http.get(path, headers={**h, "Last-Event-ID": bad})
+        assert r.status_code == 422, (bad, r.status_code, r.text)
+        body = r.json()
+        assert set(body) >= {"detail", "code", "message", "error_code"}, body
+        assert body["error_code"] == "VALIDATION_ERROR", body
+    # A negative id comes before every event: the whole trail, as without the header.
+    whole = await api.sse(key, eid, last_event_id=-5)
+    assert [e["id"] for e in whole] == [e["id"] for e in everything]
+
+
+async def test_sse_last_event_id_beyond_any_sequence_number_is_422(api: Api) -> None:
+    key = (await api.create_user(credits=5))["api_key"]
+    eid = (await api.execute(key, "echo_chain", {"x": 1})).json()["execution_id"]
+    assert (await api.sse(key, eid))[-1]["event"] == "execution.completed"
+    path = f"/api/v1/executions/{eid}/stream"
+    for huge in (2**31, 2**63, 10**25):
+        async with asyncio.timeout(30):
+            r = await api.http.get(path, headers={**api.auth(key), "Last-Event-ID": str(huge)})
+        assert r.status_code == 422, (huge, r.status_code, r.text)
+        assert r.json()["error_code"] == "VALIDATION_ERROR", r.text
+
+
+async def test_sse_resumed_after_the_terminal_event_ends_at_once(api: Api) -> None:
+    key = (await api.create_user(credits=5))["api_key"]
+    eid = (await api.execute(key, "echo_chain", {"x": 1})).json()["execution_id"]
+    last = (await api.sse(key, eid))[-1]
+    assert last["event"] == "execution.completed"
+    path = f"/api/v1/executions/{eid}/stream"
+    async with asyncio.timeout(15):  # an EventSource reconnects after the stream ends
+        r = await api.http.get(path, headers={**api.auth(key), "Last-Event-ID": str(last["id"])})
+    assert r.status_code in (200, 204), r.text
+    assert "data:" not in r.text
+
+
 async def test_unauthenticated_and_bad_requests(api: Api) -> None:
     r = await api.http.post("/api/v1/flows/execute", json={"flow_id": "credit_analysis"})
     assert r.status_code == 401
@@ -302,6 +402,16 @@ async def test_idempotency_key_returns_the_first_execution(api: Api) -> None:
     again = await api.execute(key, "echo_chain", {"a": 1}, headers=headers)
     assert first.status_code == again.status_code == 200
     assert first.json()["execution_id"] == again.json()["execution_id"]
+    # the same key with another request is refused, never the first execution's answer
+    for flow_id, data in (("credit_analysis", {"a": 1}), ("echo_chain", {"a": 2})):
+        other = await api.execute(key, flow_id, data, headers=headers)
+        assert other.status_code == 422, other.text
+        assert other.json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
+    # another tenant's identical key is another request
+    stranger = (await api.create_user(credits=5))["api_key"]
+    theirs = await api.execute(stranger, "echo_chain", {"a": 1}, headers=headers)
+    assert theirs.status_code == 200
+    assert theirs.json()["execution_id"] != first.json()["execution_id"]
     me = (await api.http.get("/api/v1/users/me", headers=api.auth(key))).json()
     assert me["credits"] == 4
 
@@ -332,21 +442,26 @@ async def test_add_credits_then_user_lookup(api: Api) -> None:
 
 
 async def test_rate_limit_answers_429_with_headers(api: Api) -> None:
-    key = (await api.create_user(credits=5, rate_limit=3))["api_key"]
-    if 60 - time.time() % 60 < 3:  # keep the four requests inside one fixed window
-        await asyncio.sleep(60 - time.time() % 60 + 0.1)
-    seen = []
-    for _ in range(3):
-        r = await api.http.get("/api/v1/users/me", headers=api.auth(key))
+    # The limit counts per fixed window. Four requests that a window boundary splits prove
+    # nothing either way, so such a run is repeated with a new user (the Reset header names
+    # each answer's window) instead of sleeping past a boundary by the wall clock.
+    for _ in range(5):
+        key = (await api.create_user(credits=5, rate_limit=3))["api_key"]
+        sent_at = time.time()
+        answers = [await api.http.get("/api/v1/users/me", headers=api.auth(key)) for _ in "1234"]
+        if len({r.headers["X-RateLimit-Reset"] for r in answers}) == 1:
+            break
+    else:
+        raise AssertionError("five runs in a row were split by a window boundary")
+    *allowed, refused = answers
+    for r in allowed:
         assert r.status_code == 200
         assert r.headers["X-RateLimit-Limit"] == "3"
-        seen.append(int(r.headers["X-RateLimit-Remaining"]))
-        assert int(r.headers["X-RateLimit-Reset"]) > time.time()
-    assert seen == [2, 1, 0]
-    r = await api.http.get("/api/v1/users/me", headers=api.auth(key))
-    assert r.status_code == 429 and r.json()["error_code"] == "RATE_LIMITED"
-    assert 1 <= int(r.headers["Retry-After"]) <= 60
-    assert r.headers["X-RateLimit-Remaining"] == "0"
+        assert int(r.headers["X-RateLimit-Reset"]) > sent_at
+    assert [int(r.headers["X-RateLimit-Remaining"]) for r in allowed] == [2, 1, 0]
+    assert refused.status_code == 429 and refused.json()["error_code"] == "RATE_LIMITED"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
 
 
 async def test_flows_api_and_catalogues(api: Api) -> None:
@@ -484,9 +599,10 @@ async def test_input_answers_a_waiting_credit_analysis_over_two_turns(api: Api) 
 
 
 async def _slow_flow(api: Api, key: str) -> str:
+    """One echo node held far longer than any test: the cancel is what ends it."""
     flow = {
         "flow_id": f"slow_{os.urandom(3).hex()}",
-        "nodes": [{"id": "wait", "agent_id": "echo", "config": {"delay_ms": 30_000}}],
+        "nodes": [{"id": "wait", "agent_id": "echo", "config": {"delay_ms": 600_000}}],
     }
     r = await api.http.post("/api/v1/flows", json=flow, headers=api.auth(key))
     assert r.status_code == 201, r.text
@@ -520,8 +636,12 @@ async def test_cancel_a_running_execution_then_409_on_terminal(api: Api) -> None
 
     r = await api.http.post(f"/api/v1/executions/{eid}/cancel", headers=h)
     assert r.status_code == 409 and r.json()["error_code"] == "EXECUTION_TERMINAL", r.text
-    r = await api.http.post(f"/api/v1/executions/{eid}/cancel", headers=idem)
-    assert r.status_code == 200 and r.text == answers[0].text  # the first answer again
+    again = await api.http.post(
+        f"/api/v1/executions/{eid}/cancel", json={"reason": "changed my mind"}, headers=idem
+    )
+    assert again.status_code == 200 and again.text == answers[0].text  # the first answer again
+    r = await api.http.post(f"/api/v1/executions/{eid}/cancel", headers=idem)  # another body
+    assert r.status_code == 422 and r.json()["error_code"] == "IDEMPOTENCY_KEY_REUSED", r.text
     # a cancelled execution whose agent delivered nothing costs nothing (docs/credits.md)
     for _ in range(100):
         me = (await api.http.get("/api/v1/users/me", headers=h)).json()

@@ -83,8 +83,11 @@ async def _raw_post(
         with contextlib.suppress(ConnectionError):
             while length is None and sent < total:
                 writer.write(b"%x\r\n%s\r\n" % (piece, b" " * piece))
-                await writer.drain()
                 sent += piece
+                await writer.drain()
+                # drain() does not yield while the server keeps reading: without this the
+                # answer could sit unread until the whole body is written
+                await asyncio.sleep(0)
 
     pumping = asyncio.create_task(pump())
     try:

@@ -26,12 +26,16 @@ from spine_contracts import (
 )
 from spine_flows import load_flow_file
 from spine_servicekit.kafka import KafkaConfig
+from support import read_to_end
 
-from .harness import ROOT, Stack
+from .harness import ROOT, TERMINAL_EVENTS, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 CREDIT = load_flow_file(ROOT / "flows" / "credit_analysis.yaml")
+#: a node's ``delay_ms`` that outlasts any test: the node is held until the test acts
+#: (cancels, times it out, releases it), never until a race with a fixed delay is won
+HELD_MS = 600_000
 APPLICANT = {"name": "Ana", "income": 6000, "amount": 12000, "term_months": 24, "debts": 300}
 
 
@@ -140,15 +144,16 @@ async def test_permanent_failure_names_the_node(stack: Stack) -> None:
 
 
 async def test_timeout_fails_the_node(stack: Stack) -> None:
-    f = flow("slow", echo("a", delay_ms=5000, timeout=0.5))
+    f = flow("slow", echo("a", delay_ms=HELD_MS, timeout=0.5))
     eid = await stack.start_execution(f)
     done = await stack.terminal(eid)
+    await stack.release("echo", eid)
     assert isinstance(done, ExecutionFailed)
     assert "timed out after 0.5s" in done.data.error_message
 
 
 async def test_cancel_mid_flight(stack: Stack) -> None:
-    f = flow("cancel", echo("a", delay_ms=3000), echo("b", "a"))
+    f = flow("cancel", echo("a", delay_ms=HELD_MS), echo("b", "a"))  # cancelling releases it
     eid = await stack.start_execution(f)
     await stack.wait_event(eid, NodeDispatched)
     await stack.cancel(eid)
@@ -168,25 +173,30 @@ async def test_orchestrator_killed_mid_flow_finishes_every_execution_once(stack:
     await stack.spawn("orchestrator")
     for eid in ids:
         assert isinstance(await stack.terminal(eid, timeout=120), ExecutionCompleted)
-    await stack.wait_for(lambda: True)
+    # counted from the whole log, read to its end: a duplicate written after the first
+    # terminal event is in it
+    log = await read_to_end(stack.kafka, topics.EXECUTION_EVENTS)
     for eid in ids:
-        terminal = stack.of_type(eid, (ExecutionCompleted, ExecutionFailed, ExecutionCancelled))
+        trail = [e for e in log if getattr(e.data, "execution_id", None) == eid]
+        terminal = [e for e in trail if isinstance(e, TERMINAL_EVENTS)]
         assert len(terminal) == 1, eid
-        keys = [(e.data.node_id, e.data.attempt) for e in stack.of_type(eid, NodeDispatched)]
+        keys = [(e.data.node_id, e.data.attempt) for e in trail if isinstance(e, NodeDispatched)]
         assert sorted(keys) == [("a", 1), ("b", 1), ("c", 1)], (eid, keys)
-        seqs = [e.data.seq for e in stack.events[eid]]
+        seqs = [e.data.seq for e in trail]
         assert seqs == list(range(1, len(seqs) + 1)), (eid, seqs)
         assert max(collections.Counter(seqs).values()) == 1
 
 
 async def test_agent_deregistered_mid_flow_fails_the_next_node(stack: Stack) -> None:
+    # ``a`` asks for input: the execution is held there until the deregistration is seen
     f = flow(
-        "dereg", echo("a", delay_ms=1500), FlowNode(id="b", agent_id="eddie", depends_on=("a",))
+        "dereg", echo("a", needs_input=True), FlowNode(id="b", agent_id="eddie", depends_on=("a",))
     )
     eid = await stack.start_execution(f)
-    await stack.wait_event(eid, NodeDispatched)
+    await stack.wait_event(eid, NodeWaitingInput)
     await stack.publish(topics.REGISTRY_COMMANDS, "eddie", DeregisterAgent.build(agent_id="eddie"))
     await stack.wait_for(lambda: stack.agents.get("eddie") is False)
+    await stack.provide_input(eid, {"message": "go on"})
     done = await stack.terminal(eid)
     assert isinstance(done, ExecutionFailed)
     assert "agent 'eddie' is deregistered" in done.data.error_message

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -317,11 +318,21 @@ async def test_a_hanging_agent_times_out_at_the_node_timeout_without_retry() -> 
 
 
 async def test_the_deadline_shortens_the_call_timeout() -> None:
-    async def hang() -> None:
-        await asyncio.sleep(30)
+    # What is checked is the timeout the call is given, not how long a hang lasts: the
+    # agent times out at once, and the deadline is far enough that a slow machine's
+    # seconds between building the task and calling cannot blur the difference.
+    async def timed_out() -> None:
+        raise httpx.ReadTimeout("agent too slow")
 
-    with pytest.raises(DeliveryFailed, match=r"^timed out after 0\.[23]s: POST "):
-        await run(Agent(hang), make_task(config={"timeout": 60}, deadline_in=0.3))
+    agent = Agent(timed_out)
+    with pytest.raises(DeliveryFailed) as info:
+        await run(agent, make_task(config={"timeout": 600}, deadline_in=300))
+    given = [float(t) for t in agent.requests[0].extensions["timeout"].values()]
+    said = re.fullmatch(r"timed out after ([0-9.]+)s: POST " + re.escape(URL), str(info.value))
+    assert said is not None, str(info.value)
+    assert 240 < float(said.group(1)) <= 300  # the deadline's 300 s, not the node's 600 s
+    assert given and all(240 < t <= 300 for t in given), given
+    assert agent.calls == 1
 
 
 async def test_without_node_timeout_or_deadline_the_default_applies() -> None:

@@ -8,7 +8,6 @@ Kubernetes does, and stopped.
 from __future__ import annotations
 
 import asyncio
-import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 from spine_contracts import ServiceHeartbeat, utcnow
 from spine_servicekit import ops
+from support import log_tail, spawn, stop
 
 BIN = Path(sys.executable).parent
 
@@ -139,18 +139,11 @@ async def test_processes_serve_ops(
         "API_HOST": "127.0.0.1",
     }
     log = tmp_path / "out.log"
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            str(BIN / command), env=env, stdout=out, stderr=out
-        )
+    proc = await spawn(BIN / command, env=env, log=log)
     try:
         metrics = await _probe_until_ready(port, proc)
         assert metrics.status_code == 200
         assert f"# TYPE {metric} counter" in metrics.text
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(40):
-            assert await proc.wait() == 0, log.read_text()[-2000:]
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        code = await stop(proc, within=40)
+    assert code == 0, log_tail(log, 2000)

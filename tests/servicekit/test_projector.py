@@ -11,8 +11,7 @@ import asyncio
 import importlib.util
 import signal
 import sys
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -24,7 +23,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import RecordMetadata
 from spine_contracts import DeadLetter, FlowDefinition, FlowNode, to_bytes, topics
 from spine_contracts.messages.executions import ExecutionCompleted, ExecutionStarted
-from spine_servicekit.kafka import KafkaConfig, ensure_topics, make_consumer, make_producer
+from spine_servicekit.kafka import KafkaConfig, make_producer
 from spine_servicekit.postgres import drop_schema
 from spine_servicekit.projector import (
     Incoming,
@@ -34,6 +33,7 @@ from spine_servicekit.projector import (
     read_offsets,
     wait_for_stored_offsets,
 )
+from support import fresh_topics, read_to_end, spawn, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -126,9 +126,7 @@ async def snapshot(conn: asyncpg.Connection, schema: str) -> Snapshot:
 @pytest_asyncio.fixture(loop_scope="session")
 async def cfg(kafka: KafkaConfig) -> KafkaConfig:
     """Fresh execution-events and dead-letter topics for one test (the module drops them)."""
-    fresh = replace(kafka, prefix=f"{kafka.prefix}{uuid.uuid4().hex[:8]}.")
-    await ensure_topics(fresh, [topics.EXECUTION_EVENTS, topics.DEADLETTER])
-    return fresh
+    return await fresh_topics(kafka, [topics.EXECUTION_EVENTS, topics.DEADLETTER])
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -200,15 +198,13 @@ async def test_sigkill_mid_batch_applies_every_event_once(
     assert sum(ends.values()) == 5000
     env = {**child_env, "SPINE_TOPIC_PREFIX": cfg.prefix}
 
-    async def spawn(*extra: str) -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, str(WORKER), pg_schema, *extra,
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+    def start(*extra: str) -> Awaitable[asyncio.subprocess.Process]:
+        return spawn(sys.executable, WORKER, pg_schema, *extra, env=env,
+                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)  # fmt: skip
 
     # Batches of 200 taking >= 20 ms each; the 6th stalls after writing its rows, before
     # its offsets, and says so on stdout: the kill lands exactly mid-batch.
-    worker = await spawn("--batch", "200", "--delay", "0.02", "--stall-at", "6")
+    worker = await start("--batch", "200", "--delay", "0.02", "--stall-at", "6")
     output: list[bytes] = []
     try:
         async with asyncio.timeout(30):
@@ -220,8 +216,7 @@ async def test_sigkill_mid_batch_applies_every_event_once(
                 assert line, b"".join(output).decode()[-3000:]
                 output.append(line)
     finally:
-        worker.send_signal(signal.SIGKILL)
-        await worker.wait()
+        await stop(worker, sig=signal.SIGKILL)
     assert worker.returncode == -signal.SIGKILL
 
     async with db.transaction(isolation="repeatable_read"):
@@ -231,7 +226,7 @@ async def test_sigkill_mid_batch_applies_every_event_once(
     # Rows and offsets committed together: what is stored is exactly what was applied.
     assert at_kill.counter == at_kill.applied == at_kill.distinct == 1000
 
-    worker = await spawn("--batch", "500")
+    worker = await start("--batch", "500")
     try:
         async with asyncio.timeout(30):
             await wait_for_stored_offsets(database_url, pg_schema, NAME, lambda o: o == ends)
@@ -275,19 +270,9 @@ async def test_poison_goes_to_dead_letters_and_offsets_move_past_it(
     assert await snapshot(db, pg_schema) == Snapshot(20, 20, 20, 20, 0, 20)
 
     # Dead letters were acknowledged before the offsets committed: all five are there.
-    consumer = make_consumer(cfg, cfg.topic(topics.DEADLETTER), group_id=None)
-    await consumer.start()
-    try:
-        letters: list[DeadLetter] = []
-        async with asyncio.timeout(20):
-            while len(letters) < 5:
-                batch = await consumer.getmany(timeout_ms=500)
-                for recs in batch.values():
-                    letters += [DeadLetter.model_validate_json(r.value) for r in recs]
-        dl_ends = await consumer.end_offsets(list(consumer.assignment()))
-    finally:
-        await consumer.stop()
-    assert sum(dl_ends.values()) == 5
+    log = await read_to_end(cfg, topics.DEADLETTER)
+    letters = [d for d in log if isinstance(d, DeadLetter)]
+    assert len(letters) == len(log) == 5, log
     by_origin = {(d.data.origin_topic, d.data.origin_partition, d.data.origin_offset): d
                  for d in letters}  # fmt: skip
     assert set(by_origin) == set(origins)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -21,7 +20,7 @@ import pytest_asyncio
 from aiokafka import TopicPartition
 from spine_contracts import to_bytes, topics
 from spine_contracts.messages.executions import ExecutionCompleted
-from spine_servicekit.kafka import KafkaConfig, ensure_topics, make_producer
+from spine_servicekit.kafka import KafkaConfig, make_producer
 from spine_servicekit.postgres import drop_schema
 from spine_servicekit.projector import (
     MESSAGES_TABLE,
@@ -29,6 +28,7 @@ from spine_servicekit.projector import (
     Projection,
     Projector,
 )
+from support import fresh_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -55,9 +55,7 @@ PROJECTION = Projection(
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def cfg(kafka: KafkaConfig) -> KafkaConfig:
-    fresh = replace(kafka, prefix=f"{kafka.prefix}{uuid.uuid4().hex[:8]}.")
-    await ensure_topics(fresh, [topics.EXECUTION_EVENTS, topics.DEADLETTER])
-    return fresh
+    return await fresh_topics(kafka, [topics.EXECUTION_EVENTS, topics.DEADLETTER])
 
 
 @pytest_asyncio.fixture(loop_scope="session")

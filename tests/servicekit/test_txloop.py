@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib.util
 import signal
 import sys
@@ -17,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import ProducerFenced
 from spine_contracts import (
@@ -29,8 +28,9 @@ from spine_contracts import (
     to_bytes,
     topics,
 )
-from spine_servicekit.kafka import KafkaConfig, ensure_topics, make_producer
+from spine_servicekit.kafka import KafkaConfig, make_producer
 from spine_servicekit.txloop import TransactionalLoop
+from support import TopicTail, fresh_topics, log_tail, partitions_of, spawn, stop
 
 pytestmark = pytest.mark.integration
 
@@ -67,9 +67,7 @@ FAST_GROUP = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 300}
 @pytest_asyncio.fixture(loop_scope="session")
 async def cfg(kafka: KafkaConfig) -> KafkaConfig:
     """Topics of one test under the module's prefix (deleted with the module's topics)."""
-    test_cfg = dataclasses.replace(kafka, prefix=f"{kafka.prefix}{uuid.uuid4().hex[:6]}.")
-    await ensure_topics(test_cfg, SPECS)
-    return test_cfg
+    return await fresh_topics(kafka, SPECS)
 
 
 def names() -> tuple[str, str]:
@@ -96,78 +94,6 @@ async def produce(cfg: KafkaConfig, items: Sequence[tuple[str, str, bytes]]) -> 
         return [await f for f in futures]
     finally:
         await producer.stop()
-
-
-class Reader:
-    """Reads one topic from the beginning with a given isolation level, accumulating."""
-
-    def __init__(self, cfg: KafkaConfig, topic: str, isolation: str = "read_committed") -> None:
-        self.records: list[ConsumerRecord[bytes, bytes]] = []
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.bootstrap_servers,
-            isolation_level=isolation,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=20,
-        )
-        self._topic = topic
-        self._cfg = cfg
-
-    async def __aenter__(self) -> Reader:
-        self._tps = await partitions_of(self._cfg, [self._topic])
-        await self._consumer.start()
-        self._consumer.assign(self._tps)
-        await self._consumer.seek_to_beginning(*self._tps)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._consumer.stop()
-
-    async def _poll(self) -> None:
-        batch = await self._consumer.getmany(timeout_ms=100)
-        for recs in batch.values():
-            self.records.extend(recs)
-
-    async def until(
-        self, predicate: Callable[[list[ConsumerRecord[bytes, bytes]]], bool], within: float
-    ) -> None:
-        try:
-            async with asyncio.timeout(within):
-                while not predicate(self.records):
-                    await self._poll()
-        except TimeoutError:
-            raise AssertionError(
-                f"{self._topic}: condition not met in {within}s ({len(self.records)} records)"
-            ) from None
-
-    async def to_end(self, within: float = 15) -> list[ConsumerRecord[bytes, bytes]]:
-        """Everything up to the current end (the LSO for read_committed)."""
-        ends = await self._consumer.end_offsets(self._tps)
-
-        async def caught_up() -> bool:
-            for tp in self._tps:
-                if await self._consumer.position(tp) < ends[tp]:
-                    return False
-            return True
-
-        async with asyncio.timeout(within):
-            while not await caught_up():
-                await self._poll()
-        return self.records
-
-    def messages(self) -> list[Message]:
-        return [parse(r.value) for r in self.records]
-
-
-async def partitions_of(cfg: KafkaConfig, topic_names: Sequence[str]) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers)
-    await admin.start()
-    try:
-        described = await admin.describe_topics(list(topic_names))
-    finally:
-        await admin.close()
-    return sorted(
-        TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
-    )
 
 
 async def end_offsets(cfg: KafkaConfig, topic_names: Sequence[str]) -> dict[TopicPartition, int]:
@@ -266,19 +192,19 @@ async def test_every_input_gives_exactly_one_output_and_offsets_reach_the_end(
         consumer_name="txloop-test",
         max_batch=64,
     )
-    async with loop, Reader(cfg, cfg.topic(topics.EXECUTION_EVENTS)) as out:
-        await out.until(lambda recs: len(recs) >= 200, within=20)
+    async with loop, TopicTail(cfg, topics.EXECUTION_EVENTS) as out:
+        await out.until(lambda t: len(t.records) >= 200, within=20)
         await wait_committed_to_end(cfg, group, [commands, results])
         await out.to_end()
 
-    outputs = out.messages()
+    outputs = out.messages
     assert len(outputs) == 200
     assert causes(outputs) == Counter({str(m.message_id): 1 for m in inputs})
     key_of = {str(m.message_id): m.data.execution_id for m in inputs}  # type: ignore[attr-defined]
     assert all(r.key.decode() == key_of[str(parse(r.value).causation_id)] for r in out.records)
     assert handler.assigned == Counter({0: 1, 1: 1}), "state built once per partition"
     assert loop.stats.dead_letters == 0 and loop.stats.fenced == 0 and loop.stats.failed == 0
-    async with Reader(cfg, cfg.topic(topics.DEADLETTER)) as dead:
+    async with TopicTail(cfg, topics.DEADLETTER) as dead:
         assert await dead.to_end() == []
 
 
@@ -320,23 +246,23 @@ async def test_poison_inputs_are_dead_lettered_and_the_rest_is_processed(
     )
     async with (
         loop,
-        Reader(cfg, cfg.topic(topics.EXECUTION_EVENTS)) as out,
-        Reader(cfg, cfg.topic(topics.DEADLETTER)) as dead,
+        TopicTail(cfg, topics.EXECUTION_EVENTS) as out,
+        TopicTail(cfg, topics.DEADLETTER) as dead,
     ):
-        await out.until(lambda recs: len(recs) >= len(good), within=20)
-        await dead.until(lambda recs: len(recs) >= len(bad), within=20)
+        await out.until(lambda t: len(t.records) >= len(good), within=20)
+        await dead.until(lambda t: len(t.records) >= len(bad), within=20)
         await wait_committed_to_end(cfg, group, [commands])
 
         # Still running after all that: a new input is processed.
         late = cancel("exec-late")
         await produce(cfg, [(commands, "exec-late", to_bytes(late))])
-        await out.until(lambda recs: len(recs) >= len(good) + 1, within=20)
+        await out.until(lambda t: len(t.records) >= len(good) + 1, within=20)
         await wait_committed_to_end(cfg, group, [commands])
         await out.to_end()
         await dead.to_end()
 
-    assert causes(out.messages()) == Counter({str(m.message_id): 1 for m in [*good, late]})
-    letters = dead.messages()
+    assert causes(out.messages) == Counter({str(m.message_id): 1 for m in [*good, late]})
+    letters = dead.messages
     assert all(isinstance(m, DeadLetter) for m in letters)
     by_key = {m.data.origin_key: m.data for m in letters}  # type: ignore[attr-defined]
     assert len(letters) == len(bad) == len(by_key), letters
@@ -364,10 +290,7 @@ async def test_poison_inputs_are_dead_lettered_and_the_rest_is_processed(
 
 
 async def start_worker(env: dict[str, str], log: Path, *args: str) -> asyncio.subprocess.Process:
-    with log.open("ab") as sink:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, str(WORKER), *args, env=env, stdout=sink, stderr=sink
-        )
+    return await spawn(sys.executable, WORKER, *args, env=env, log=log)
 
 
 async def test_sigkill_mid_transaction_loses_and_duplicates_nothing(
@@ -398,24 +321,22 @@ async def test_sigkill_mid_transaction_loses_and_duplicates_nothing(
 
     first = await start_worker(env, log, *args)
     async with asyncio.timeout(30):
-        assert await first.wait() == -signal.SIGKILL, log.read_text()[-3000:]
+        assert await first.wait() == -signal.SIGKILL, log_tail(log)
     assert marker.exists()
 
     second = await start_worker(env, log, *args)
     try:
-        async with Reader(cfg, cfg.topic(topics.EXECUTION_EVENTS)) as out:
-            await out.until(lambda recs: len(recs) >= 3 * len(inputs), within=40)
+        async with TopicTail(cfg, topics.EXECUTION_EVENTS) as out:
+            await out.until(lambda t: len(t.records) >= 3 * len(inputs), within=40)
             await wait_committed_to_end(cfg, group, [commands])
             await out.to_end()
     finally:
-        second.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(20):
-            assert await second.wait() == 0, log.read_text()[-3000:]
+        assert await stop(second, within=20) == 0, log_tail(log)
 
     assert len(out.records) == 3 * len(inputs)
-    assert causes(out.messages()) == Counter({str(m.message_id): 3 for m in inputs})
+    assert causes(out.messages) == Counter({str(m.message_id): 3 for m in inputs})
     # The killed transaction really had written outputs: they exist, aborted.
-    async with Reader(cfg, cfg.topic(topics.EXECUTION_EVENTS), "read_uncommitted") as raw:
+    async with TopicTail(cfg, topics.EXECUTION_EVENTS, "read_uncommitted") as raw:
         assert len(await raw.to_end()) > 3 * len(inputs)
     lines = log.read_text().splitlines()
     events = [orjson.loads(line).get("event") for line in lines if line.startswith("{")]
@@ -474,7 +395,7 @@ async def test_a_fenced_owner_cannot_commit_and_outputs_stay_exactly_once(
         consumer_options=FAST_GROUP,
     )
     intruder = make_producer(cfg, transactional_id=f"{txid}-0")
-    async with a, Reader(cfg, cfg.topic(topics.EXECUTION_EVENTS)) as out:
+    async with a, TopicTail(cfg, topics.EXECUTION_EVENTS) as out:
         async with asyncio.timeout(20):
             await reached.wait()
         try:
@@ -491,11 +412,11 @@ async def test_a_fenced_owner_cannot_commit_and_outputs_stay_exactly_once(
         assert a.ready_partitions == [1]
 
         # Partition 1 carries on; nothing of partition 0 was committed by A.
-        await out.until(lambda recs: len(recs) >= len(on_p1), within=20)
+        await out.until(lambda t: len(t.records) >= len(on_p1), within=20)
         offsets = await committed(cfg, group)
         assert TopicPartition(commands, 0) not in offsets
         await out.to_end()
-        assert set(causes(out.messages())) == on_p1
+        assert set(causes(out.messages)) == on_p1
 
         # A second owner joins the group: the rebalance hands partition 0 to a fresh producer.
         handler_b = WatchedHandler(cfg, outputs=1)
@@ -510,13 +431,13 @@ async def test_a_fenced_owner_cannot_commit_and_outputs_stay_exactly_once(
             consumer_options=FAST_GROUP,
         )
         async with b:
-            await out.until(lambda recs: len(recs) >= len(inputs), within=30)
+            await out.until(lambda t: len(t.records) >= len(inputs), within=30)
             await wait_committed_to_end(cfg, group, [commands])
             await out.to_end()
             assert sorted(a.ready_partitions + b.ready_partitions) == [0, 1]
 
-    assert causes(out.messages()) == Counter({str(m.message_id): 1 for m in inputs})
+    assert causes(out.messages) == Counter({str(m.message_id): 1 for m in inputs})
     assert a.stats.fenced == 1 and b.stats.fenced == 0
-    async with Reader(cfg, cfg.topic(topics.EXECUTION_EVENTS), "read_uncommitted") as raw:
+    async with TopicTail(cfg, topics.EXECUTION_EVENTS, "read_uncommitted") as raw:
         # the fenced transaction's outputs were written, then aborted
         assert len(await raw.to_end()) > len(inputs)

@@ -1,0 +1,226 @@
+"""Scaffolding every kind of test shares, in one place (importable as ``support``).
+
+* :func:`fresh_topics`: a sub-prefix of the module's with its own, empty topics;
+* :class:`TopicTail` and :func:`read_to_end`: read a topic from its beginning, and count
+  only after reading to its end (read_committed: the last stable offset), so a duplicate
+  that arrives in a later fetch is counted too;
+* :func:`spawn`, :func:`stop` and :func:`log_tail`: a process started by a test, stopped
+  with SIGTERM (SIGKILL when it does not go), and the end of its log for a failure message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from spine_contracts import ContractError, Message, parse, topics
+from spine_contracts.topics import TopicSpec
+from spine_servicekit.kafka import KafkaConfig, ensure_topics, make_consumer
+
+M = TypeVar("M", bound=Message)
+
+# --- topics -------------------------------------------------------------------------------
+
+
+async def partitions_of(cfg: KafkaConfig, topic_names: Sequence[str]) -> list[TopicPartition]:
+    """The partitions the broker's metadata shows for these topics (none for a topic that
+    does not exist yet)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topic_names))
+    finally:
+        await admin.close()
+    return sorted(
+        TopicPartition(t["topic"], p["partition"])
+        for t in described
+        if t.get("error_code", 0) == 0
+        for p in t.get("partitions", ())
+    )
+
+
+async def visible(cfg: KafkaConfig, topic_names: Sequence[str], within: float = 15.0) -> None:
+    """Wait until just-created topics show in the broker's metadata."""
+    wanted = set(topic_names)
+    async with asyncio.timeout(within):
+        while True:
+            shown = {tp.topic for tp in await partitions_of(cfg, sorted(wanted))}
+            if shown >= wanted:
+                return
+            await asyncio.sleep(0.05)  # metadata propagation: polled, there is no event
+
+
+async def fresh_topics(
+    kafka: KafkaConfig, specs: Iterable[TopicSpec] = topics.STATIC, agents: Iterable[str] = ()
+) -> KafkaConfig:
+    """A sub-prefix of the module's with its own topics: a test starts from empty ones
+    (deleted with the module's, which share the prefix)."""
+    cfg = replace(kafka, prefix=f"{kafka.prefix}{uuid.uuid4().hex[:8]}.")
+    created = await ensure_topics(cfg, list(specs), agent_ids=list(agents))
+    await visible(cfg, created)
+    return cfg
+
+
+# --- reading a topic ----------------------------------------------------------------------
+
+
+class TopicTail:
+    """Every partition of one topic from its beginning, without a consumer group,
+    accumulating what it read (read_committed unless told otherwise)."""
+
+    def __init__(
+        self,
+        cfg: KafkaConfig,
+        topic: str | TopicSpec,
+        isolation: str = "read_committed",
+    ) -> None:
+        self.topic = topic if isinstance(topic, str) else cfg.topic(topic)
+        self.records: list[ConsumerRecord[bytes, bytes]] = []
+        self.messages: list[Message] = []
+        self.undecodable = 0
+        self._keys: list[bytes | None] = []
+        self._cfg = cfg
+        self._consumer = make_consumer(
+            cfg, group_id=None, isolation_level=isolation, fetch_max_wait_ms=50
+        )
+        self._tps: list[TopicPartition] = []
+
+    async def __aenter__(self) -> TopicTail:
+        self._tps = await partitions_of(self._cfg, [self.topic])
+        assert self._tps, f"{self.topic} does not exist"
+        await self._consumer.start()
+        self._consumer.assign(self._tps)
+        await self._consumer.seek_to_beginning(*self._tps)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def poll(self, timeout_ms: int = 100) -> None:
+        batch = await self._consumer.getmany(timeout_ms=timeout_ms)
+        for records in batch.values():
+            for record in records:
+                self.records.append(record)
+                try:
+                    message = parse(record.value or b"")
+                except ContractError:
+                    self.undecodable += 1
+                    continue
+                self.messages.append(message)
+                self._keys.append(record.key)
+
+    async def until(self, predicate: Callable[[TopicTail], bool], within: float = 30.0) -> None:
+        """Read on until ``predicate(self)`` holds."""
+        try:
+            async with asyncio.timeout(within):
+                while not predicate(self):
+                    await self.poll()
+        except TimeoutError:
+            raise AssertionError(
+                f"{self.topic}: condition not met within {within}s "
+                f"({len(self.records)} records: {Counter(m.type for m in self.messages)})"
+            ) from None
+
+    async def end_offsets(self) -> dict[TopicPartition, int]:
+        """The end of every partition now (for read_committed: the last stable offset)."""
+        return dict(await self._consumer.end_offsets(self._tps))
+
+    async def to_end(self, within: float = 30.0) -> list[Message]:
+        """Read on until every partition's position reaches the end offsets taken now;
+        every message read so far."""
+        ends = await self.end_offsets()
+
+        async def reached() -> bool:
+            for tp, end in ends.items():
+                if await self._consumer.position(tp) < end:
+                    return False
+            return True
+
+        try:
+            async with asyncio.timeout(within):
+                while not await reached():
+                    await self.poll()
+        except TimeoutError:
+            raise AssertionError(
+                f"{self.topic}: the end {ends} not reached within {within}s "
+                f"({len(self.records)} records)"
+            ) from None
+        return self.messages
+
+    def of(self, cls: type[M], **where: Any) -> list[M]:
+        return [
+            m
+            for m in self.messages
+            if isinstance(m, cls) and all(getattr(m.data, k) == v for k, v in where.items())
+        ]
+
+    def keyed(self, key: str) -> list[Message]:
+        return [m for k, m in zip(self._keys, self.messages, strict=True) if k == key.encode()]
+
+
+async def read_to_end(
+    cfg: KafkaConfig,
+    topic: str | TopicSpec,
+    *,
+    at_least: int = 0,
+    within: float = 30.0,
+    isolation: str = "read_committed",
+) -> list[Message]:
+    """Every message of ``topic`` up to its end, read once at least ``at_least`` are there:
+    the end offsets are taken after that, so nothing written before them is missed."""
+    async with TopicTail(cfg, topic, isolation) as tail:
+        if at_least:
+            await tail.until(lambda t: len(t.messages) >= at_least, within)
+        return await tail.to_end(within)
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+async def spawn(
+    *argv: str | Path,
+    env: Mapping[str, str],
+    log: Path | None = None,
+    cwd: Path | None = None,
+    **options: Any,
+) -> asyncio.subprocess.Process:
+    """Start a process; with ``log``, its stdout and stderr are appended to that file
+    (else ``options`` say where they go, e.g. ``stdout=asyncio.subprocess.PIPE``)."""
+    args = [str(a) for a in argv]
+    if log is None:
+        return await asyncio.create_subprocess_exec(*args, env=dict(env), cwd=cwd, **options)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as sink:
+        return await asyncio.create_subprocess_exec(
+            *args, env=dict(env), cwd=cwd, stdout=sink, stderr=sink, **options
+        )
+
+
+async def stop(
+    proc: asyncio.subprocess.Process, *, within: float = 30.0, sig: int = signal.SIGTERM
+) -> int:
+    """Send ``sig`` (unless the process already ended) and wait up to ``within`` seconds;
+    a process still there then is killed and ``TimeoutError`` raised. Its exit code
+    (negative: the signal that ended it)."""
+    if proc.returncode is None:
+        proc.send_signal(sig)
+    try:
+        async with asyncio.timeout(within):
+            return await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def log_tail(path: Path, chars: int = 4000) -> str:
+    """The end of a process's log, for an assertion message."""
+    return path.read_text(errors="replace")[-chars:] if path.exists() else f"({path}: no log)"
