@@ -45,12 +45,20 @@ load_env() {
 
 alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
+# The relay refuses loopback and private addresses (SSRF guard, docs/agents.md); the demo
+# HTTP agent listens on loopback, so the relay (and the registry, which refuses at
+# registration what the relay would refuse) may call that address and no other, unless
+# .env or the environment sets SPINE_RELAY_ALLOWED_NETWORKS.
 start_one() {
   local name=$1 cmd=$2
   if alive "$name"; then echo "    $name: already running (pid $(cat "$RUN/$name.pid"))"; return; fi
   if [[ ! -x "$ROOT/.venv/bin/$cmd" ]]; then echo "    $name: not installed yet ($cmd), skipped"; return; fi
   local override="SPINE_OPS_PORT_${name//-/_}"; override="${override^^}"
-  SPINE_OPS_PORT="${!override:-${OPS_PORTS[$name]:-0}}" \
+  local allowed=""
+  if [[ $name == relay || $name == registry ]]; then
+    allowed="${SPINE_RELAY_ALLOWED_NETWORKS:-127.0.0.1/32}"
+  fi
+  SPINE_OPS_PORT="${!override:-${OPS_PORTS[$name]:-0}}" SPINE_RELAY_ALLOWED_NETWORKS="$allowed" \
     nohup "$ROOT/.venv/bin/$cmd" >>"$LOGS/$name.log" 2>&1 &
   echo $! > "$RUN/$name.pid"
   echo "    $name: started (pid $!, log .spine/logs/$name.log)"

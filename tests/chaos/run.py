@@ -424,6 +424,8 @@ class Chaos:
                 "SPINE_GATEWAY_REPLY_TIMEOUT": "6",
                 "ECHO_HTTP_PORT": str(_free_port()),
                 "ECHO_HTTP_AGENT_ID": HTTP_AGENT,
+                # the relay's SSRF guard refuses loopback unless allowed (echo-http is local)
+                "SPINE_RELAY_ALLOWED_NETWORKS": "127.0.0.1/32",
             }
         )
         self.stack = ChaosStack(self.kafka, env)

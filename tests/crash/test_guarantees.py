@@ -391,7 +391,10 @@ async def test_g9_beats_only_record_liveness(kafka: KafkaConfig) -> None:
     catalog = Catalog()
     t0 = utcnow()
     [registered] = catalog.decide(
-        RegisterAgent.build(agent=AgentInfo(agent_id="b", transport="http")), t0
+        RegisterAgent.build(
+            agent=AgentInfo(agent_id="b", transport="http", endpoint="https://b.example/")
+        ),
+        t0,
     )
     ready = AgentHeartbeat.build(agent_id="b", instance_id="i1", transport="http", ready=True)
     assert [type(e) for e in catalog.decide(ready, t0)] == [AgentStatusChanged]

@@ -674,7 +674,7 @@ async def test_register_and_deregister_an_agent(api: Api) -> None:
         "agent_id": agent_id,
         "name": "External scorer",
         "description": "an HTTP agent",
-        "endpoint": "http://127.0.0.1:9/",
+        "endpoint": "http://external-scorer.invalid:9/",
         "capabilities": ["scoring"],
         "agent_type": "processor",
     }

@@ -104,6 +104,8 @@ async def stack(
         "SPINE_RELAY_MAX_RETRIES": "3",
         "SPINE_RELAY_BACKOFF": "0.1",
         "SPINE_RELAY_MAX_BACKOFF": "1",
+        # the agent listens on loopback, which the relay's SSRF guard refuses by default
+        "SPINE_RELAY_ALLOWED_NETWORKS": "127.0.0.1/32",
         "LOG_LEVEL": "INFO",
     }
     s = HttpStack(kafka, env)

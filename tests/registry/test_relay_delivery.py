@@ -95,7 +95,7 @@ class Sleeps:
         self.delays.append(delay)
 
 
-async def run(agent: Agent, task: Task, sleeps: Sleeps | None = None, **kw: Any) -> dict[str, Any]:
+async def run(agent: Agent, task: Task, sleeps: Sleeps | None = None, **kw: Any) -> Any:
     async with httpx.AsyncClient(transport=httpx.MockTransport(agent)) as client:
         return await deliver(
             client, ENDPOINT, task, POLICY, sleep=sleeps or Sleeps(), rng=random.Random(7), **kw
@@ -177,7 +177,8 @@ def test_error_answer_fails_with_the_agents_message_verbatim() -> None:
         (orjson.dumps({"output": {}}), "invalid response from agent: status: Field required"),
         (
             orjson.dumps(answer(status="ok")),
-            "invalid response from agent: status: Input should be 'success' or 'error'",
+            "invalid response from agent: status: "
+            "Input should be 'success', 'error' or 'needs_input'",
         ),
         (orjson.dumps([1, 2]), "invalid response from agent: "),
         (

@@ -6,6 +6,11 @@ replica decides for an agent. Offsets are committed after the entries are acknow
 entries' causes (:class:`~spine_registry.domain.Catalog`), and entries are whole state
 on a compacted topic, so nothing is applied twice.
 
+Refusals: a registration the catalogue does not accept (an ``agent_type`` that is no node
+type, an endpoint that is not ``http``/``https``, or whose host already resolves to an
+address the relay refuses, see :mod:`.addresses`) changes nothing; it is logged as
+``registry_registration_refused`` with the reason and dead-lettered with it.
+
 Poison: a record that does not decode, whose type its topic does not carry, or that the
 catalogue cannot decide goes to the dead-letter topic (deterministic ``message_id``, so a
 replay after a crash sends the same letter) and the loop goes on.
@@ -41,7 +46,9 @@ from spine_servicekit.logging import get_logger
 from spine_servicekit.projector import Projector
 from spine_servicekit.runtime import ServiceContext
 
-from .domain import Catalog, Entry
+from .addresses import endpoint_refusal
+from .domain import Catalog, Entry, check_registration
+from .errors import RegistrationRefused
 from .projection import PROJECTION
 from .settings import RegistrySettings
 
@@ -107,6 +114,16 @@ async def main(ctx: ServiceContext) -> None:
             **problem_fields(record, error),
         )
 
+    async def check_endpoint(cmd: RegisterAgent) -> None:
+        """Refuse an endpoint whose host already resolves to an address the relay would
+        refuse to call (the relay's connect-time guard still checks every call)."""
+        info = cmd.data.agent
+        check_registration(info)
+        if info.transport == "http" and info.endpoint:
+            why = await endpoint_refusal(settings.address_policy, info.endpoint)
+            if why is not None:
+                raise RegistrationRefused(f"endpoint {info.endpoint!r}: {why}")
+
     async def handle(record: ConsumerRecord[Any, Any]) -> None:
         try:
             message: Message = decode_record(record, cfg.prefix)
@@ -116,10 +133,19 @@ async def main(ctx: ServiceContext) -> None:
         if isinstance(message, (RegisterAgent, DeregisterAgent)) and catalog.is_duplicate(message):
             log.info("registry_duplicate_skipped", message_id=str(message.message_id))
             return
-        if isinstance(message, RegisterAgent):
-            await ensure_topics(cfg, (), agent_ids=[message.data.agent.agent_id])
         try:
+            if isinstance(message, RegisterAgent):
+                await check_endpoint(message)
+                await ensure_topics(cfg, (), agent_ids=[message.data.agent.agent_id])
             entries = catalog.decide(message, utcnow())
+        except RegistrationRefused as exc:
+            log.warning(
+                "registry_registration_refused",
+                agent_id=message.data.agent.agent_id if isinstance(message, RegisterAgent) else "",
+                reason=str(exc),
+            )
+            await reject(record, exc)
+            return
         except Exception as exc:  # the catalogue cannot take it: a dead letter, not a crash loop
             await reject(record, exc)
             return

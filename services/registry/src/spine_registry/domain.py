@@ -30,6 +30,9 @@ from spine_contracts import (
     Message,
     RegisterAgent,
 )
+from spine_contracts.agent_rules import registration_problem
+
+from .errors import RegistrationRefused
 
 Entry = AgentRegistered | AgentStatusChanged | AgentDeregistered
 #: How many handled command ids the catalogue remembers (duplicates come close together).
@@ -101,6 +104,7 @@ class Catalog:
 
     def _register(self, cmd: RegisterAgent, now: datetime) -> list[Entry]:
         info = cmd.data.agent
+        check_registration(info)
         old = self.agents.get(info.agent_id)
         if old is not None and old.registered and old.info == info:
             return []  # same registration again (an SDK restart): nothing changed
@@ -143,3 +147,10 @@ class Catalog:
                     self._emit(AgentStatusChanged, rec, None, f"no heartbeat for {seconds:g}s")
                 )
         return out
+
+
+def check_registration(info: AgentInfo) -> None:
+    """Raise :class:`RegistrationRefused` when ``info`` cannot be served as given."""
+    problem = registration_problem(info)
+    if problem is not None:
+        raise RegistrationRefused(problem)

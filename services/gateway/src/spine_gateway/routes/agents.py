@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from pydantic import ValidationError
 from spine_contracts import AgentInfo
+from spine_contracts.agent_rules import registration_problem
 
 from ..agents import agent_id_for
 from ..deps import AgentsDep, UserDep
@@ -51,10 +52,14 @@ def _info(body: RegisterAgentRequest) -> AgentInfo:
         "metadata": metadata,
     }
     try:
-        return AgentInfo(**fields)
+        info = AgentInfo(**fields)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False)
         raise InvalidInput("invalid agent", extra={"errors": errors}) from exc
+    problem = registration_problem(info)  # the registry refuses it again on arrival
+    if problem is not None:
+        raise InvalidInput(f"invalid agent: {problem}", code="INVALID_AGENT")
+    return info
 
 
 @router.post(

@@ -7,7 +7,8 @@
 * A link's consumer is the agent SDK's :class:`~spine_agent.Agent` built with
   ``announce=False``: the same group (``<prefix>agent.<agent_id>``), bounded concurrency,
   contiguous commits, cancels and expired tasks as for a Kafka-native agent; its handler
-  is :func:`~.delivery.deliver` over the one shared, pooled ``httpx.AsyncClient``.
+  is :func:`~.delivery.deliver` over the one shared, pooled ``httpx.AsyncClient``, whose
+  connects are guarded against SSRF (:mod:`.guard`, ``SPINE_RELAY_ALLOWED_NETWORKS``).
 * A link's prober publishes an ``AgentHeartbeat`` (transport ``http``, ``ready`` = the
   probe's verdict) every ``SPINE_RELAY_PROBE_INTERVAL``, so the registry marks the agent
   active or inactive.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 import httpx
 from aiokafka.errors import KafkaError
-from spine_agent import Agent, Task
+from spine_agent import Agent, NeedsInput, Task
 from spine_contracts import AgentHeartbeat, AgentInfo, Message, topics
 from spine_kafka.aio import wait_any
 from spine_servicekit.follower import TopicFollower
@@ -35,6 +36,7 @@ from spine_servicekit.runtime import ServiceContext
 
 from .catalog import RelayCatalog
 from .delivery import RetryPolicy, deliver
+from .guard import guarded_client
 from .probe import ProbeResult, probe
 from .settings import RelaySettings
 
@@ -115,7 +117,7 @@ class Relay:
         link = Link(info, agent)
 
         @agent.handler
-        async def handle(task: Task) -> dict[str, object]:
+        async def handle(task: Task) -> dict[str, object] | NeedsInput:
             endpoint = link.info.endpoint
             assert endpoint is not None  # only agents with an endpoint are served
             return await deliver(
@@ -209,8 +211,8 @@ async def main(ctx: ServiceContext) -> None:
         max_connections=settings.max_connections,
         max_keepalive_connections=min(settings.max_connections, 100),
     )
-    async with httpx.AsyncClient(
-        limits=limits, headers={"user-agent": "spine-relay"}, follow_redirects=False
+    async with guarded_client(
+        settings.address_policy, limits, headers={"user-agent": "spine-relay"}
     ) as client:
         relay = Relay(ctx, settings, client)
         follower = TopicFollower(

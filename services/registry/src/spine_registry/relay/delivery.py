@@ -11,8 +11,11 @@
 
 Every failure ends as :class:`DeliveryFailed`, whose message becomes the
 ``AgentResult``'s ``error_message`` verbatim ("HTTP 500 from http://...: <body>",
-"timed out after 1s: POST http://...", "connection refused: POST http://..."). Nothing is
-ever made up in place of the agent's answer.
+"timed out after 1s: POST http://...", "connection refused: POST http://...",
+"refused to connect to 10.0.0.5: private address, not allowed by
+SPINE_RELAY_ALLOWED_NETWORKS: POST http://..."). An address the SSRF guard refuses
+(:mod:`.guard`) and a redirect are never retried. Nothing is ever made up in place of the
+agent's answer.
 """
 
 from __future__ import annotations
@@ -25,15 +28,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import orjson
-from pydantic import ValidationError
-from spine_agent import Task, TaskFailed
-from spine_agent.http import HttpExecuteInput, HttpExecuteRequest, HttpExecuteResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from spine_agent import NeedsInput, Task, TaskFailed
+from spine_agent.http import HttpExecuteInput, HttpExecuteOutput, HttpExecuteRequest
 from spine_servicekit import tracing
 from spine_servicekit.logging import get_logger
+
+from ..addresses import AddressRefused
 
 log = get_logger(__name__)
 
@@ -60,6 +65,25 @@ def user_message(task: Task) -> str | None:
     return message if isinstance(message, str) else None
 
 
+def build_context(task: Task) -> dict[str, Any]:
+    """The caller's ``input.context`` with the relay's keys added where it has none.
+
+    On a clash the caller's value wins: the contract promises the agent the context its
+    caller sent (agents written for the original product read their own keys there),
+    while everything the relay adds is also available elsewhere (``input`` and the
+    dependencies are the task's, the idempotency key is also the ``Idempotency-Key``
+    header)."""
+    relay: dict[str, Any] = {
+        "input": task.input,
+        "dependencies": task.dependencies,
+        "attempt": task.attempt,
+        "idempotency_key": task.idempotency_key,
+        "node_type": task.node_type,
+    }
+    caller = task.input.get("context")
+    return {**relay, **caller} if isinstance(caller, dict) else relay
+
+
 def build_request(task: Task) -> dict[str, Any]:
     """The ``POST /execute`` body for ``task``, as JSON-ready data."""
     request = HttpExecuteRequest(
@@ -67,13 +91,7 @@ def build_request(task: Task) -> dict[str, Any]:
         node_id=task.node_id,
         input=HttpExecuteInput(
             user_message=user_message(task),
-            context={
-                "input": task.input,
-                "dependencies": task.dependencies,
-                "attempt": task.attempt,
-                "idempotency_key": task.idempotency_key,
-                "node_type": task.node_type,
-            },
+            context=build_context(task),
             previous_messages=list(task.conversation),
         ),
         config=task.config,
@@ -96,15 +114,32 @@ def _problems(exc: ValidationError) -> str:
     return "; ".join(lines) + (f" (and {more} more)" if more > 0 else "")
 
 
-def output_from_response(task: Task, body: bytes) -> dict[str, Any]:
-    """The output of a 2xx answer, or :class:`DeliveryFailed` (agent error, bad body)."""
+class _Answer(BaseModel):
+    """``POST /execute``'s answer as the relay reads it: ``spine_agent.http``'s
+    :class:`~spine_agent.http.HttpExecuteResponse` plus what docs/agents.md also allows
+    (``needs_input`` with ``question``/``missing_fields``, ``"output": null`` with an
+    error)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["success", "error", "needs_input"]
+    output: HttpExecuteOutput | None = None
+    error_message: str | None = None
+    execution_id: str
+    question: str | None = None
+    missing_fields: list[str] = Field(default_factory=list)
+
+
+def output_from_response(task: Task, body: bytes) -> dict[str, Any] | NeedsInput:
+    """The output of a 2xx answer, a :class:`NeedsInput` when the agent asks for more,
+    or :class:`DeliveryFailed` (agent error, bad body)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         text = excerpt(body.decode(errors="replace")) or "(empty)"
         raise DeliveryFailed(f"invalid response from agent: body is not JSON: {text}") from None
     try:
-        response = HttpExecuteResponse.model_validate(data)
+        response = _Answer.model_validate(data)
     except ValidationError as exc:
         raise DeliveryFailed(f"invalid response from agent: {_problems(exc)}") from None
     if response.execution_id != task.execution_id:
@@ -114,7 +149,12 @@ def output_from_response(task: Task, body: bytes) -> dict[str, Any]:
         )
     if response.status == "error":
         raise DeliveryFailed(response.error_message or "the agent reported an error")
-    output: dict[str, Any] = response.output.model_dump(mode="json")
+    if response.status == "needs_input":
+        question = response.question or (response.output.message if response.output else "")
+        if not question:
+            raise DeliveryFailed("invalid response from agent: needs_input without a question")
+        return NeedsInput(question, response.missing_fields)
+    output: dict[str, Any] = (response.output or HttpExecuteOutput()).model_dump(mode="json")
     return output
 
 
@@ -215,8 +255,9 @@ async def deliver(
     sleep: Sleep = asyncio.sleep,
     clock: Clock = time.monotonic,
     rng: random.Random | None = None,
-) -> dict[str, Any]:
-    """Call ``POST {endpoint}/execute`` for ``task``; the output, or :class:`DeliveryFailed`."""
+) -> dict[str, Any] | NeedsInput:
+    """Call ``POST {endpoint}/execute`` for ``task``; the output (or the agent's
+    :class:`NeedsInput`), or :class:`DeliveryFailed`."""
     rng = rng or random.Random()
     url = endpoint.rstrip("/") + "/execute"
     body = orjson.dumps(build_request(task))
@@ -250,6 +291,8 @@ async def deliver(
                     span.set_attribute("http.response.status_code", response.status_code)
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise DeliveryFailed(invalid_endpoint(endpoint, exc)) from None
+        except AddressRefused as exc:  # policy, not a passing failure: never retried
+            raise DeliveryFailed(f"{exc}: POST {url}") from None
         except httpx.ConnectTimeout as exc:
             failure = _Retryable(describe_transport_error(exc, "POST", url))
         except (TimeoutError, httpx.TimeoutException):
@@ -264,6 +307,12 @@ async def deliver(
         else:
             if 200 <= response.status_code < 300:
                 return output_from_response(task, response.content)
+            if response.is_redirect:
+                location = response.headers.get("location", "")
+                raise DeliveryFailed(
+                    f"HTTP {response.status_code} from {url}: redirects are not followed "
+                    f"(to {excerpt(location) or '(no location)'})"
+                )
             error = (
                 f"HTTP {response.status_code} from {url}: "
                 f"{excerpt(response.text) or '(empty body)'}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import httpx
 import orjson
 
+from ..addresses import AddressRefused
 from .delivery import describe_transport_error, excerpt, invalid_endpoint
 
 
@@ -31,12 +32,18 @@ async def probe(client: httpx.AsyncClient, endpoint: str, within: float) -> Prob
             response = await client.get(url, timeout=httpx.Timeout(within))
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
         return ProbeResult(False, invalid_endpoint(endpoint, exc))
+    except AddressRefused as exc:
+        return ProbeResult(False, f"{exc}: GET {url}")
     except httpx.ConnectTimeout as exc:
         return ProbeResult(False, describe_transport_error(exc, "GET", url))
     except (TimeoutError, httpx.TimeoutException):
         return ProbeResult(False, f"timed out after {within:g}s: GET {url}")
     except httpx.TransportError as exc:
         return ProbeResult(False, describe_transport_error(exc, "GET", url))
+    if response.is_redirect:
+        return ProbeResult(
+            False, f"HTTP {response.status_code} from {url}: redirects are not followed"
+        )
     if not 200 <= response.status_code < 300:
         text = excerpt(response.text) or "(empty body)"
         return ProbeResult(False, f"HTTP {response.status_code} from {url}: {text}")
