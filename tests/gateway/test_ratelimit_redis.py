@@ -4,29 +4,14 @@ lets exactly the limit through, and the window rolls over (the clock is injected
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
-from redis.asyncio import Redis
 from spine_gateway.adapters.redis import RedisStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 WINDOW = 60
 T0 = 1_800_000_000.0  # the start of a window (a multiple of 60)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def replicas(redis_url: str) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
-    prefix = f"t{uuid.uuid4().hex[:10]}:"
-    clients = [Redis.from_url(redis_url), Redis.from_url(redis_url)]
-    yield RedisStore(clients[0], prefix), RedisStore(clients[1], prefix)
-    async for name in clients[0].scan_iter(f"spine:gw:{prefix}*"):
-        await clients[0].delete(name)
-    for c in clients:
-        await c.aclose()
 
 
 async def test_a_burst_over_two_replicas_lets_exactly_the_limit_through(

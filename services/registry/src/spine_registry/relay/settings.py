@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
-from spine_servicekit.settings import CommonSettings
+from pydantic import Field, model_validator
 
-from ..addresses import AddressPolicy, parse_networks
+from ..settings import AllowedNetworks
 
 
-class RelaySettings(CommonSettings):
+class RelaySettings(AllowedNetworks):
     max_retries: int = Field(
         3,
         alias="SPINE_RELAY_MAX_RETRIES",
@@ -40,23 +39,6 @@ class RelaySettings(CommonSettings):
         gt=0,
         description="how long calls in flight may finish when an agent's consumer stops",
     )
-
-    allowed_networks: str = Field(
-        "",
-        alias="SPINE_RELAY_ALLOWED_NETWORKS",
-        description="comma-separated CIDRs the relay may call although they are loopback, "
-        "private, link-local, ... (e.g. 127.0.0.1/32 for a local demo agent)",
-    )
-
-    @field_validator("allowed_networks")
-    @classmethod
-    def _check_networks(cls, value: str) -> str:
-        parse_networks(value)
-        return value
-
-    @property
-    def address_policy(self) -> AddressPolicy:
-        return AddressPolicy.from_setting(self.allowed_networks)
 
     @model_validator(mode="after")
     def _check_backoff(self) -> RelaySettings:
