@@ -434,6 +434,7 @@ class Chaos:
         self.users: list[User] = []
         self.accepted: dict[str, tuple[str, User]] = {}  # execution_id -> (flow_id, user)
         self.submitted = 0
+        self._deck: list[tuple[str, int, dict[str, Any]]] = []  # the mix, each flow once
         self._tasks: set[asyncio.Task[Any]] = set()
         self._restarts: list[asyncio.Task[None]] = []
         self.broker_down = (float("inf"), float("inf"))
@@ -500,7 +501,14 @@ class Chaos:
         """Submit ``count`` executions over about ``spread_s`` seconds (not awaiting them)."""
         weights = [w for _, w, _ in MIX]
         for _ in range(count):
-            flow_id, _, input_data = self.rng.choices(MIX, weights)[0]
+            # every flow of the mix at least once (in a random order), then by weight: a run
+            # without a failing or flaky execution would not prove refunds and retries
+            if self.submitted < len(MIX):
+                if self.submitted == 0:
+                    self._deck = self.rng.sample(MIX, len(MIX))
+                flow_id, _, input_data = self._deck[self.submitted]
+            else:
+                flow_id, _, input_data = self.rng.choices(MIX, weights)[0]
             user = self.rng.choice(self.users)
             self.submitted += 1
             self._spawn(self.submit(self.submitted, flow_id, input_data, user))
@@ -518,7 +526,9 @@ class Chaos:
                 if r.status_code == 200:
                     eid = r.json()["execution_id"]
                     self.accepted[eid] = (flow_id, user)
-                    if self.rng.random() < self.options.cancel_share:
+                    # the first of each flow runs to its end (see submit_many); later ones
+                    # are cancelled at random
+                    if n > len(MIX) and self.rng.random() < self.options.cancel_share:
                         await asyncio.sleep(self.rng.uniform(0.1, 3.0 * self.options.slow))
                         await self.cancel(eid, user)
                     return
