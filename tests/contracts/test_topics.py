@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # the per-topic table of docs/guarantees.md, by topic.
 TOPIC_RETENTION = {
     "spine.flows": "compacted",
+    "spine.flows.commands": "7 d",
+    "spine.audit": "forever",
     "spine.auth.commands": "7 d",
     "spine.auth.events": "forever",
     "spine.executions.commands": "7 d",

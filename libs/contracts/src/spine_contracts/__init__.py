@@ -6,7 +6,7 @@ here; topic names only from :mod:`spine_contracts.topics`.
 
 from __future__ import annotations
 
-from . import topics
+from . import access, topics
 from .codec import MESSAGE_TYPES, parse, parse_as, register_upcaster, to_bytes
 from .envelope import Body, Message, utcnow
 from .errors import (
@@ -18,17 +18,22 @@ from .errors import (
 )
 from .flow import FlowDefinition, FlowNode, NodeConfig
 from .messages.agents import AgentCancel, AgentMessage, AgentResult
+from .messages.audit import AuditRecorded
 from .messages.auth import (
     AddCredits,
     AuthCommandRejected,
+    CreateKey,
     CreateUser,
     CreditsAdded,
     CreditsRejected,
     CreditsReserved,
     CreditsSettled,
+    KeyCreated,
+    KeyRevoked,
     KeyRotated,
     ReservationWithdrawn,
     ReserveCredits,
+    RevokeKey,
     RotateKey,
     SettleCredits,
     UserCreated,
@@ -53,7 +58,7 @@ from .messages.executions import (
     ProvideInput,
     StartExecution,
 )
-from .messages.flows import FlowDefined, FlowDeleted
+from .messages.flows import DefineFlow, DeleteFlow, FlowDefined, FlowDeleted
 from .messages.ops import (
     DeadLetter,
     GatewayReply,
@@ -72,6 +77,14 @@ from .messages.registry import (
 )
 
 __all__ = [
+    "access",
+    "RevokeKey",
+    "KeyRevoked",
+    "KeyCreated",
+    "DeleteFlow",
+    "DefineFlow",
+    "CreateKey",
+    "AuditRecorded",
     "AddCredits",
     "AgentCancel",
     "AgentDeregistered",

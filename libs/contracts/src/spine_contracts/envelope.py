@@ -41,6 +41,9 @@ class Message(BaseModel):
     causation_id: str | None = None
     tenant_id: str | None = None
     trace: str | None = None
+    #: Who acted (DESIGN §12): a key id, ``master``, or the service that decided alone;
+    #: copied from the cause, so every event names the principal behind its command.
+    actor: str | None = None
     data: Body
 
     @model_validator(mode="before")
@@ -60,6 +63,7 @@ class Message(BaseModel):
         correlation_id: str | None = None,
         tenant_id: str | None = None,
         trace: str | None = None,
+        actor: str | None = None,
         **fields: Any,
     ) -> Self:
         """Create a message from its body's fields, inheriting context from ``cause``."""
@@ -69,6 +73,7 @@ class Message(BaseModel):
             correlation_id = correlation_id or cause.correlation_id or str(cause.message_id)
             tenant_id = tenant_id or cause.tenant_id
             trace = trace or cause.trace
+            actor = actor or cause.actor
         # ``type`` is omitted on purpose: each subclass defaults it to its Literal.
         return cls(  # type: ignore[call-arg]
             version=cls.VERSION,
@@ -76,5 +81,6 @@ class Message(BaseModel):
             causation_id=str(cause.message_id) if cause is not None else None,
             tenant_id=tenant_id,
             trace=trace,
+            actor=actor,
             data=body_type(**fields),
         )

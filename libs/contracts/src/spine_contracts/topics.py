@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .envelope import Message
-from .messages import agents, auth, executions, flows, ops, registry
+from .messages import agents, audit, auth, executions, flows, ops, registry
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -64,20 +64,32 @@ class TopicSpec:
 FLOWS = TopicSpec(
     "spine.flows", "flow_id", FOREVER, "compact",
     (flows.FlowDefined, flows.FlowDeleted),
-    "Current flow definitions, from YAML files or the API; the latest write wins.",
+    "Current flow definitions with their owner, written only by the flow catalogue's writer.",
+)
+FLOW_COMMANDS = TopicSpec(
+    "spine.flows.commands", "flow_id", 7 * DAY_MS, "delete",
+    (flows.DefineFlow, flows.DeleteFlow),
+    "Flow writes (API and files) to the catalogue's single writer, which checks ownership.",
+    partitions=1,
+)
+AUDIT = TopicSpec(
+    "spine.audit", "subject_id", FOREVER, "delete",
+    (audit.AuditRecorded,),
+    "Flow and agent changes with their actor, written with the change itself.",
 )
 AUTH_COMMANDS = TopicSpec(
     "spine.auth.commands", "user_id", 7 * DAY_MS, "delete",
-    (auth.CreateUser, auth.RotateKey, auth.AddCredits, auth.ReserveCredits,
-     auth.WithdrawReservation, auth.SettleCredits),
+    (auth.CreateUser, auth.RotateKey, auth.CreateKey, auth.RevokeKey, auth.AddCredits,
+     auth.ReserveCredits, auth.WithdrawReservation, auth.SettleCredits),
     "Commands to the auth service, the single writer per user.",
 )
 AUTH_EVENTS = TopicSpec(
     "spine.auth.events", "user_id", FOREVER, "delete",
-    (auth.UserCreated, auth.KeyRotated, auth.CreditsAdded, auth.CreditsReserved,
+    (auth.UserCreated, auth.KeyRotated, auth.KeyCreated, auth.KeyRevoked,
+     auth.CreditsAdded, auth.CreditsReserved,
      auth.CreditsRejected, auth.ReservationWithdrawn, auth.CreditsSettled,
      auth.AuthCommandRejected),
-    "Users, key hashes and every credit movement.",
+    "Users, keys (hashes only) and every credit movement.",
 )
 EXECUTION_COMMANDS = TopicSpec(
     "spine.executions.commands", "execution_id", 7 * DAY_MS, "delete",
@@ -155,7 +167,7 @@ DEADLETTER = TopicSpec(
 )
 
 ALL: tuple[TopicSpec, ...] = (
-    FLOWS, AUTH_COMMANDS, AUTH_EVENTS, EXECUTION_COMMANDS, EXECUTION_EVENTS,
+    FLOWS, FLOW_COMMANDS, AUDIT, AUTH_COMMANDS, AUTH_EVENTS, EXECUTION_COMMANDS, EXECUTION_EVENTS,
     EXECUTION_SNAPSHOTS, AGENT_TASKS, AGENT_RESULTS, REGISTRY_COMMANDS, REGISTRY_EVENTS,
     REGISTRY_HEARTBEATS, SERVICE_HEARTBEATS, GATEWAY_REPLIES, USAGE, METRICS_SUMMARY, DEADLETTER,
 )

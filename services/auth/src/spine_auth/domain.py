@@ -19,7 +19,13 @@ Rules (the credit policy is written up in ``docs/credits.md``):
   users with one address may hash to different partitions, which no single writer sees
   together. The gateway checks its own read model before it sends ``CreateUser``; auth
   only guarantees that a user_id is created once.
-* ``RotateKey`` replaces the key hash (``KeyRotated`` names the previous one).
+* ``RotateKey`` replaces the secret of one key (``key_id``; the primary key when absent):
+  ``KeyRotated`` names the previous hash.
+* ``CreateKey`` adds a key (``KeyCreated``) unless the user holds
+  :data:`~spine_contracts.access.MAX_KEYS_PER_USER` keys that are neither revoked nor
+  expired at the command's time (``occurred_at``: the decision needs no clock). Admin keys
+  (role ``admin``) belong to the ``system`` account, which exists from its first key.
+* ``RevokeKey`` revokes one key of the user (``KeyRevoked``); gateways refuse it at once.
 * ``AddCredits`` raises the balance.
 * ``ReserveCredits``: when the balance covers the amount, ``CreditsReserved`` and a
   ``StartExecution`` embedding the flow go out together; otherwise ``CreditsRejected``.
@@ -55,38 +61,53 @@ from __future__ import annotations
 
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, Final, Literal, TypeAlias, get_args
 
 from spine_contracts import (
     AddCredits,
     AuthCommandRejected,
     CancelExecution,
+    CreateKey,
     CreateUser,
     CreditsAdded,
     CreditsRejected,
     CreditsReserved,
     CreditsSettled,
     GatewayReply,
+    KeyCreated,
+    KeyRevoked,
     KeyRotated,
     Message,
     ReservationWithdrawn,
     ReserveCredits,
+    RevokeKey,
     RotateKey,
     SettleCredits,
     StartExecution,
     UserCreated,
     WithdrawReservation,
 )
+from spine_contracts.access import MAX_KEYS_PER_USER, SYSTEM, primary_key_id
 
 from .errors import ErrorCode, UnsupportedCommand
 
 ReservationStatus = Literal["reserved", "withdrawn", "settled", "rejected"]
 AuthCommand: TypeAlias = (
-    CreateUser | RotateKey | AddCredits | ReserveCredits | WithdrawReservation | SettleCredits
+    CreateUser
+    | RotateKey
+    | CreateKey
+    | RevokeKey
+    | AddCredits
+    | ReserveCredits
+    | WithdrawReservation
+    | SettleCredits
 )
 AuthEvent: TypeAlias = (
     UserCreated
     | KeyRotated
+    | KeyCreated
+    | KeyRevoked
     | CreditsAdded
     | CreditsReserved
     | CreditsRejected
@@ -101,10 +122,25 @@ CLOSED_KEPT: Final = 10_000
 #: CreateUser/RotateKey/AddCredits (and refused SettleCredits) message ids kept per user.
 HANDLED_KEPT: Final = 1_000
 WITHDRAW_REASON: Final = "request timed out at the gateway"
+#: Keys the system account (admin keys) may hold at once: one per console session.
+MAX_ADMIN_KEYS: Final = 200
 #: Commands whose repeats are recognised by message id (reservations: by execution_id).
 _ONCE_PER_MESSAGE: Final = frozenset(
-    cls.model_fields["type"].default for cls in (CreateUser, RotateKey, AddCredits, SettleCredits)
+    cls.model_fields["type"].default
+    for cls in (CreateUser, RotateKey, CreateKey, RevokeKey, AddCredits, SettleCredits)
 )
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """One key of an account, by id: its current hash and whether it still counts."""
+
+    key_hash: str
+    expires_at: datetime | None = None
+    revoked: bool = False
+
+    def live_at(self, now: datetime) -> bool:
+        return not self.revoked and (self.expires_at is None or self.expires_at > now)
 
 
 @dataclass(frozen=True)
@@ -141,6 +177,8 @@ class UserAccount:
     #: message_id -> accepted, of CreateUser/RotateKey/AddCredits (and refused
     #: SettleCredits), oldest first
     handled: dict[str, bool] = field(default_factory=dict)
+    #: key_id -> key, the primary key (from the account's creation) included
+    keys: dict[str, KeyState] = field(default_factory=dict)
 
     @property
     def held(self) -> int:
@@ -153,6 +191,7 @@ class UserAccount:
             reservations=dict(self.reservations),
             closed=dict(self.closed),
             handled=dict(self.handled),
+            keys=dict(self.keys),
         )
 
 
@@ -176,6 +215,10 @@ def decide(account: UserAccount | None, command: Message) -> Decision:
         step.create_user(command)
     elif isinstance(command, RotateKey):
         step.rotate_key(command)
+    elif isinstance(command, CreateKey):
+        step.create_key(command)
+    elif isinstance(command, RevokeKey):
+        step.revoke_key(command)
     elif isinstance(command, AddCredits):
         step.add_credits(command)
     elif isinstance(command, ReserveCredits):
@@ -291,14 +334,78 @@ class _Step:
         if acc is None:
             self.unknown_user()
             return
-        if self.seen() is None and cmd.data.key_hash != acc.key_hash:
+        key_id = cmd.data.key_id or primary_key_id(acc.user_id)
+        key = acc.keys.get(key_id)
+        if key is None or key.revoked:
+            self._refuse_key(ErrorCode.KEY_NOT_FOUND, f"no key {key_id!r} to rotate")
+            return
+        if self.seen() is None and cmd.data.key_hash != key.key_hash:
             self.emit(
                 KeyRotated,
                 user_id=acc.user_id,
                 key_hash=cmd.data.key_hash,
-                previous_key_hash=acc.key_hash,
+                previous_key_hash=key.key_hash,
+                key_id=key_id,
+                last4=cmd.data.last4,
             )
-        self._answer_account("key_rotated")
+        self._answer_account("key_rotated", key_id=key_id)
+
+    def create_key(self, cmd: CreateKey) -> None:
+        d = cmd.data
+        admin = d.role == "admin"
+        if admin != (d.user_id == SYSTEM):
+            reason = "admin keys belong to the system account, and only admin keys do"
+            self._refuse_key(ErrorCode.INVALID_KEY_REQUEST, reason)
+            return
+        acc = self.account
+        if acc is None and not admin:
+            self.unknown_user()
+            return
+        existing = acc.keys.get(d.key_id) if acc is not None else None
+        if existing is not None:
+            if existing.key_hash == d.key_hash:  # the creating request again
+                self.answer(True, **_key_body(d.user_id, d.key_id, d))
+            else:
+                self._refuse_key(ErrorCode.KEY_EXISTS, f"key id {d.key_id!r} is taken")
+            return
+        now = cmd.occurred_at
+        live = sum(k.live_at(now) for k in acc.keys.values()) if acc is not None else 0
+        cap = MAX_ADMIN_KEYS if admin else MAX_KEYS_PER_USER
+        if live >= cap:
+            reason = f"{live} keys at once is the limit: revoke one first"
+            self._refuse_key(ErrorCode.KEY_LIMIT_REACHED, reason)
+            return
+        self.emit(
+            KeyCreated,
+            user_id=d.user_id,
+            key_id=d.key_id,
+            key_hash=d.key_hash,
+            name=d.name,
+            scopes=d.scopes,
+            role=d.role,
+            expires_at=d.expires_at,
+            last4=d.last4,
+        )
+        self.answer(True, **_key_body(d.user_id, d.key_id, d))
+
+    def revoke_key(self, cmd: RevokeKey) -> None:
+        d = cmd.data
+        acc = self.account
+        key = acc.keys.get(d.key_id) if acc is not None else None
+        if acc is None or key is None:
+            self._refuse_key(ErrorCode.KEY_NOT_FOUND, f"no key {d.key_id!r}")
+            return
+        if not key.revoked:
+            self.emit(KeyRevoked, user_id=acc.user_id, key_id=d.key_id, key_hash=key.key_hash)
+        self.answer(True, user_id=acc.user_id, key_id=d.key_id, revoked=True)
+
+    def _refuse_key(self, code: str, reason: str) -> None:
+        """A key command that cannot apply: answered, recorded only for an existing account
+        (an unknown account has no partition state to remember it in)."""
+        if self.account is not None:
+            self.refuse(code, reason)
+        else:
+            self.answer(False, error_code=code, message=reason, user_id=self.user_id)
 
     def add_credits(self, cmd: AddCredits) -> None:
         acc = self.account
@@ -417,11 +524,12 @@ class _Step:
 
     # -- answers ---------------------------------------------------------------------------
 
-    def _answer_account(self, status: str) -> None:
+    def _answer_account(self, status: str, **extra: Any) -> None:
         acc = self.account
         assert acc is not None
         self.answer(
             True,
+            **extra,
             status=status,
             user_id=acc.user_id,
             email=acc.email,
@@ -447,6 +555,18 @@ class _Step:
             self.answer(False, error_code=ErrorCode.RESERVATION_WITHDRAWN, message=message, **body)
         else:
             self.answer(True, **body)
+
+
+def _key_body(user_id: str, key_id: str, d: Any) -> dict[str, Any]:
+    return {
+        "user_id": user_id,
+        "key_id": key_id,
+        "name": d.name,
+        "scopes": list(d.scopes),
+        "role": d.role,
+        "expires_at": d.expires_at.isoformat() if d.expires_at is not None else None,
+        "last4": d.last4,
+    }
 
 
 def _reservation_body(
@@ -485,6 +605,8 @@ def replay(accounts: MutableMapping[str, UserAccount], events: Iterable[Message]
 
 def _apply(acc: UserAccount | None, event: Message) -> UserAccount | None:
     """Apply ``event`` to ``acc`` in place and return it (or the new account)."""
+    if isinstance(event, KeyCreated) and acc is None and event.data.user_id == SYSTEM:
+        acc = _system_account()
     if isinstance(event, UserCreated):
         if acc is not None:
             return acc  # the first creation wins; decide never emits a second one
@@ -498,13 +620,26 @@ def _apply(acc: UserAccount | None, event: Message) -> UserAccount | None:
             key_hash=new.key_hash,
             created_key_hash=new.key_hash,
             balance=new.balance,
+            keys={primary_key_id(new.user_id): KeyState(new.key_hash)},
         )
         _remember(acc, event, accepted=True)
         return acc
     if acc is None:
         return None  # e.g. AuthCommandRejected for an unknown user: nothing to keep
     if isinstance(event, KeyRotated):
-        acc.key_hash = event.data.key_hash
+        rotated = event.data
+        key_id = rotated.key_id or primary_key_id(acc.user_id)
+        if key_id == primary_key_id(acc.user_id):
+            acc.key_hash = rotated.key_hash
+        known = acc.keys.get(key_id, KeyState(rotated.key_hash))
+        acc.keys[key_id] = replace(known, key_hash=rotated.key_hash)
+        _remember(acc, event, accepted=True)
+    elif isinstance(event, KeyCreated):
+        acc.keys[event.data.key_id] = KeyState(event.data.key_hash, event.data.expires_at)
+        _remember(acc, event, accepted=True)
+    elif isinstance(event, KeyRevoked):
+        revoked = acc.keys.get(event.data.key_id, KeyState(event.data.key_hash))
+        acc.keys[event.data.key_id] = replace(revoked, revoked=True)
         _remember(acc, event, accepted=True)
     elif isinstance(event, CreditsAdded):
         acc.balance = event.data.balance
@@ -539,6 +674,20 @@ def _apply(acc: UserAccount | None, event: Message) -> UserAccount | None:
         if event.data.command_type in _ONCE_PER_MESSAGE:
             _remember(acc, event, accepted=False)
     return acc
+
+
+def _system_account() -> UserAccount:
+    """The account that holds the admin keys: no credits, no primary key."""
+    return UserAccount(
+        user_id=SYSTEM,
+        email="",
+        name="admin keys",
+        organization="",
+        rate_limit=1,
+        key_hash="",
+        created_key_hash="",
+        balance=0,
+    )
 
 
 def _remember(acc: UserAccount, event: Message, *, accepted: bool) -> None:

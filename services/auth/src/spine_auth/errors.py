@@ -48,3 +48,7 @@ class ErrorCode:
     INSUFFICIENT_CREDITS: Final = "INSUFFICIENT_CREDITS"  # 402
     RESERVATION_WITHDRAWN: Final = "RESERVATION_WITHDRAWN"  # 409: the execution was cancelled
     RESERVATION_NOT_FOUND: Final = "RESERVATION_NOT_FOUND"  # 404
+    KEY_NOT_FOUND: Final = "KEY_NOT_FOUND"  # 404
+    KEY_LIMIT_REACHED: Final = "KEY_LIMIT_REACHED"  # 409: revoke one first
+    KEY_EXISTS: Final = "KEY_EXISTS"  # 409: a key id is used once
+    INVALID_KEY_REQUEST: Final = "INVALID_KEY_REQUEST"  # 422: e.g. an admin key for a user

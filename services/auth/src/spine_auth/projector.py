@@ -38,6 +38,7 @@ from spine_contracts import (
     UserCreated,
     topics,
 )
+from spine_contracts.access import primary_key_id
 from spine_servicekit.projector import Incoming, Projection
 from spine_servicekit.rebuild import ServiceProjections
 
@@ -120,6 +121,8 @@ async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
             )
             continue
         if isinstance(m, KeyRotated):
+            if m.data.key_id not in (None, primary_key_id(m.data.user_id)):
+                continue  # a further key: this table holds the primary key's hash only
             change = changes.setdefault(m.data.user_id, _UserChange())
             change.key_hash, change.updated_at = m.data.key_hash, at
             continue

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
+from ..access import Role, Scope
 from ..envelope import Body, Message
 from ..flow import FlowDefinition
 
 KeyHash = str  # hex SHA-256 of the key
+KeyId = str  # ``key_`` + 16 hex characters; never derived from the secret
 ExecutionOutcome = Literal["completed", "failed", "cancelled"]
 
 # --- commands (spine.auth.commands) --------------------------------------------------------
@@ -26,6 +28,7 @@ class CreateUserData(Body):
     credits: int = Field(default=0, ge=0)
     rate_limit: int = Field(default=60, ge=1)
     key_hash: KeyHash = Field(min_length=64, max_length=64)
+    last4: str = Field(default="", max_length=4)
     request_id: str | None = None
 
 
@@ -35,14 +38,50 @@ class CreateUser(Message):
 
 
 class RotateKeyData(Body):
+    """Give the key ``key_id`` (default: the user's primary key) a new secret."""
+
     user_id: str
     key_hash: KeyHash = Field(min_length=64, max_length=64)
+    key_id: KeyId | None = None
+    last4: str = Field(default="", max_length=4)
     request_id: str | None = None
 
 
 class RotateKey(Message):
     type: Literal["auth.rotate_key"] = "auth.rotate_key"
     data: RotateKeyData
+
+
+class CreateKeyData(Body):
+    """A further key of ``user_id`` (or, with role ``admin``, an admin key of the system
+    account). The gateway checked that the acting key may mint it; auth, the single
+    writer per user, enforces the cap on keys at once."""
+
+    user_id: str
+    key_id: KeyId = Field(min_length=5, max_length=40)
+    key_hash: KeyHash = Field(min_length=64, max_length=64)
+    name: str = Field(default="", max_length=100)
+    scopes: tuple[Scope, ...] = ()
+    role: Role = "user"
+    expires_at: AwareDatetime | None = None
+    last4: str = Field(default="", max_length=4)
+    request_id: str | None = None
+
+
+class CreateKey(Message):
+    type: Literal["auth.create_key"] = "auth.create_key"
+    data: CreateKeyData
+
+
+class RevokeKeyData(Body):
+    user_id: str
+    key_id: KeyId
+    request_id: str | None = None
+
+
+class RevokeKey(Message):
+    type: Literal["auth.revoke_key"] = "auth.revoke_key"
+    data: RevokeKeyData
 
 
 class AddCreditsData(Body):
@@ -108,6 +147,7 @@ class UserCreatedData(Body):
     rate_limit: int
     key_hash: KeyHash
     balance: int
+    last4: str = ""
 
 
 class UserCreated(Message):
@@ -119,11 +159,40 @@ class KeyRotatedData(Body):
     user_id: str
     key_hash: KeyHash
     previous_key_hash: KeyHash
+    key_id: KeyId | None = None  # None: the primary key (events written before key ids)
+    last4: str = ""
 
 
 class KeyRotated(Message):
     type: Literal["auth.key_rotated"] = "auth.key_rotated"
     data: KeyRotatedData
+
+
+class KeyCreatedData(Body):
+    user_id: str
+    key_id: KeyId
+    key_hash: KeyHash
+    name: str = ""
+    scopes: tuple[Scope, ...] = ()
+    role: Role = "user"
+    expires_at: AwareDatetime | None = None
+    last4: str = ""
+
+
+class KeyCreated(Message):
+    type: Literal["auth.key_created"] = "auth.key_created"
+    data: KeyCreatedData
+
+
+class KeyRevokedData(Body):
+    user_id: str
+    key_id: KeyId
+    key_hash: KeyHash
+
+
+class KeyRevoked(Message):
+    type: Literal["auth.key_revoked"] = "auth.key_revoked"
+    data: KeyRevokedData
 
 
 class CreditsAddedData(Body):

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, Field
 
+from ..access import SYSTEM
 from ..envelope import Body, Message
 
 AgentTransport = Literal["kafka", "http"]
@@ -26,6 +27,9 @@ class AgentInfo(Body):
 
 class RegisterAgentData(Body):
     agent: AgentInfo
+    #: ``system`` or a user id when the gateway registers for a principal; ``None`` for an
+    #: agent's own registration over the bus, which keeps the entry's owner (or ``system``)
+    owner: str | None = None
     request_id: str | None = None
 
 
@@ -36,6 +40,8 @@ class RegisterAgent(Message):
 
 class DeregisterAgentData(Body):
     agent_id: str
+    #: the deregistering user, who must own the agent; ``None``: the admin or the agent itself
+    owner: str | None = None
     request_id: str | None = None
 
 
@@ -52,6 +58,8 @@ class AgentCatalogEntryData(Body):
     active: bool = False
     last_seen: AwareDatetime | None = None
     reason: str | None = None
+    #: kept by the deregistration's tombstone too: an id never passes to another owner
+    owner: str = SYSTEM
 
 
 class AgentRegistered(Message):
