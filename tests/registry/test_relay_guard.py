@@ -7,14 +7,11 @@ forms that resolve to it; redirects are never followed.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pytest
+from agent_http import http_reply, serving
 from pydantic import ValidationError
 from spine_agent import NeedsInput, Task, result_for
 from spine_agent.testing import task_message
@@ -153,49 +150,10 @@ async def test_registration_time_check_of_an_endpoint(endpoint: str, refused: st
 
 
 # --- the guard at connect time ---------------------------------------------------------
-@dataclass
-class Server:
-    """A tiny HTTP/1.1 server on 127.0.0.1 answering every request with ``reply``."""
-
-    reply: bytes
-    port: int = 0
-    connections: int = 0
-    requests: list[bytes] = field(default_factory=list)
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        body = await reader.readexactly(length) if length else b""
-        self.requests.append(head + body)
-        writer.write(self.reply)
-        await writer.drain()
-        writer.close()
-
-
-def http_reply(status: str, body: bytes = b"", headers: str = "") -> bytes:
-    return (
-        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{headers}"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    ).encode() + body
-
-
 OK = http_reply(
     "200 OK",
     orjson.dumps({"status": "success", "output": {"message": "hi"}, "execution_id": "exec-1"}),
 )
-
-
-@asynccontextmanager
-async def serving(reply: bytes) -> AsyncIterator[Server]:
-    server = Server(reply)
-    srv = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-    server.port = srv.sockets[0].getsockname()[1]
-    async with srv:
-        yield server
 
 
 async def test_a_loopback_agent_is_refused_at_connect_time_without_a_connection() -> None:
