@@ -83,6 +83,19 @@ def test_an_existing_key_is_used_and_its_pub_file_refreshed(tmp_path: Path) -> N
     assert (tmp_path / "k.pem.pub").read_bytes() == public_pem(KEY)
 
 
+def test_a_read_only_place_or_a_loose_mode_is_reported_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "k.pem"
+    path.write_bytes(KEY.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    path.chmod(0o644)
+    (tmp_path / "k.pem.pub").mkdir()  # cannot become the file, like a read-only mount
+    loaded = load_or_create(path)
+    assert raw(loaded.key) == raw(KEY)
+    assert loaded.public_file is None and loaded.public_file_error
+    assert loaded.readable_by_others
+    path.chmod(0o440)  # a Kubernetes Secret mount: owner and group
+    assert not load_or_create(path).readable_by_others
+
+
 def test_two_relays_starting_together_share_one_key(tmp_path: Path) -> None:
     path = tmp_path / "shared" / "signing-key.pem"
     start = threading.Barrier(8)

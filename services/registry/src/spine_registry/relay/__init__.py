@@ -32,6 +32,8 @@ def public_key_text(settings: RelaySettings, as_base64: bool = False) -> str:
     loaded = load_or_create(settings.signing_key_file)
     if loaded.created:
         print(f"created a new signing key at {loaded.path}", file=sys.stderr)
+    if loaded.readable_by_others:
+        print(f"warning: other users can read {loaded.path}", file=sys.stderr)
     if as_base64:
         raw = loaded.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         return base64.b64encode(raw).decode() + "\n"

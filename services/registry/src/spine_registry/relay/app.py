@@ -234,6 +234,10 @@ async def load_signer(settings: RelaySettings) -> RelaySigner:
         public_key=signer.public_key_b64,
         public_key_file=str(loaded.public_file) if loaded.public_file else None,
     )
+    if loaded.public_file_error is not None:
+        log.info("relay_public_key_file_not_written", reason=loaded.public_file_error)
+    if loaded.readable_by_others:
+        log.warning("relay_signing_key_readable_by_others", path=str(loaded.path))
     return signer
 
 

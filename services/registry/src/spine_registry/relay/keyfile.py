@@ -9,8 +9,9 @@ something made up per process.
   generates a key and writes it ``0600`` in a ``0700`` directory, atomically and without
   ever replacing a key another process wrote first (two relays starting together end up
   with the same key), plus ``<file>.pub`` beside it for the agent authors.
-* A key readable by other users is used but warned about: the file mode is the only
-  protection it has (DESIGN §12).
+* A key readable by other users is used, and :class:`LoadedKey` says so for the caller
+  to warn: the file mode is the only protection it has (DESIGN §12). Nothing here logs:
+  ``spine-relay public-key`` prints the key on stdout, which must hold nothing else.
 """
 
 from __future__ import annotations
@@ -29,9 +30,6 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
     load_pem_private_key,
 )
-from spine_servicekit.logging import get_logger
-
-log = get_logger(__name__)
 
 #: The setting naming the key file, quoted in errors.
 KEY_FILE_SETTING = "SPINE_RELAY_SIGNING_KEY_FILE"
@@ -46,8 +44,11 @@ class LoadedKey:
     key: Ed25519PrivateKey
     path: Path
     created: bool
-    #: ``<path>.pub``, or None where it could not be written
+    #: ``<path>.pub``, or None where it could not be written (then why not)
     public_file: Path | None
+    public_file_error: str | None
+    #: the file's permission bits let users other than its owner and group read it
+    readable_by_others: bool
 
 
 def public_pem(key: Ed25519PrivateKey) -> bytes:
@@ -61,7 +62,11 @@ def public_path(path: Path) -> Path:
 
 def _read(path: Path) -> Ed25519PrivateKey:
     try:
-        key = load_pem_private_key(path.read_bytes(), password=None)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SigningKeyError(f"{KEY_FILE_SETTING}={path} cannot be read: {exc}") from exc
+    try:
+        key = load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise SigningKeyError(
             f"{KEY_FILE_SETTING}={path}: not an unencrypted PEM private key ({exc})"
@@ -70,9 +75,6 @@ def _read(path: Path) -> Ed25519PrivateKey:
         raise SigningKeyError(
             f"{KEY_FILE_SETTING}={path}: a {type(key).__name__}, not an Ed25519 key"
         )
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o007:
-        log.warning("relay_signing_key_readable_by_others", path=str(path), mode=oct(mode))
     return key
 
 
@@ -96,27 +98,21 @@ def _write_new(path: Path) -> bool:
     return True
 
 
-def write_public(path: Path, key: Ed25519PrivateKey) -> Path | None:
-    """``<path>.pub`` (0644) when it is missing or stale; None where it cannot be written
-    (a read-only Secret mount: ``spine-relay public-key`` prints it there)."""
+def write_public(path: Path, key: Ed25519PrivateKey) -> Path:
+    """``<path>.pub`` (0644), written when it is missing or stale; raises ``OSError`` where
+    it cannot be (a read-only Secret mount: ``spine-relay public-key`` prints it there)."""
     target = public_path(path)
     pem = public_pem(key)
-    tmp: str | None = None
+    if target.exists() and target.read_bytes() == pem:
+        return target
+    fd, tmp = tempfile.mkstemp(prefix=".signing-key-pub-", dir=path.parent)
     try:
-        if target.exists() and target.read_bytes() == pem:
-            return target
-        fd, tmp = tempfile.mkstemp(prefix=".signing-key-pub-", dir=path.parent)
         with os.fdopen(fd, "wb") as out:
             out.write(pem)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
-        tmp = None
-    except OSError as exc:
-        log.info("relay_public_key_file_not_written", path=str(target), reason=str(exc))
-        return None
     finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
     return target
 
 
@@ -132,4 +128,11 @@ def load_or_create(path: Path) -> LoadedKey:
                 f"{KEY_FILE_SETTING}={path} does not exist and cannot be created: {exc}"
             ) from exc
     key = _read(path)
-    return LoadedKey(key, path, created, write_public(path, key))
+    public_file: Path | None = None
+    public_error: str | None = None
+    try:
+        public_file = write_public(path, key)
+    except OSError as exc:
+        public_error = str(exc)
+    others = bool(stat.S_IMODE(path.stat().st_mode) & 0o007)
+    return LoadedKey(key, path, created, public_file, public_error, others)
