@@ -137,6 +137,7 @@ async def test_decimal_and_mapped_host_forms_resolve_to_what_they_mean() -> None
         ("http://2130706433:8101", "2130706433 (127.0.0.1): loopback address"),
         ("http://[::ffff:127.0.0.1]:8101", "::ffff:127.0.0.1: IPv4-mapped loopback address"),
         ("http://10.0.0.8/agent", "10.0.0.8: private address"),
+        ("http://localhost:8101", "localhost (127.0.0.1): loopback address"),
         ("http://name-that-does-not-resolve.invalid:80", None),
         ("http://93.184.216.34", None),
     ],
@@ -188,8 +189,35 @@ async def test_names_and_host_forms_of_loopback_are_refused(host: str, shown: st
     async with serving(OK) as server, guarded_client(AddressPolicy()) as client:
         with pytest.raises(DeliveryFailed) as info:
             await deliver(client, f"http://{host}:{server.port}", make_task(), POLICY)
+        health = await probe(client, f"http://{host}:{server.port}", 2.0)
     assert str(info.value).startswith(shown), str(info.value)
+    assert not health.ready and health.reason.startswith(shown), health.reason
     assert server.connections == 0
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "shown"),
+    [
+        ("http://169.254.169.254/latest/meta-data", "169.254.169.254: cloud metadata"),
+        ("http://[::ffff:169.254.169.254]", "::ffff:169.254.169.254: IPv4-mapped cloud metadata"),
+        ("http://2852039166/latest", "2852039166 (169.254.169.254): cloud metadata"),
+    ],
+)
+async def test_cloud_metadata_is_refused_at_call_time_even_with_loopback_allowed(
+    endpoint: str, shown: str
+) -> None:
+    # were the guard to let it through, the call would go out and time out (timeout 2 s)
+    task = make_task(config={"timeout": 2})
+    async with guarded_client(LOOPBACK) as client:
+        with pytest.raises(DeliveryFailed) as info:
+            await deliver(client, endpoint, task, POLICY)
+        health = await probe(client, endpoint, 2.0)
+    assert str(info.value) == (
+        f"refused to connect to {shown} address, not allowed by "
+        f"SPINE_RELAY_ALLOWED_NETWORKS: POST {endpoint}/execute"
+    )
+    assert not health.ready
+    assert health.reason.startswith(f"refused to connect to {shown} address"), health.reason
 
 
 async def test_the_health_probe_is_guarded_too() -> None:
