@@ -1,14 +1,21 @@
 """verify_relay_signature: what an HTTP agent runs on each call (docs/agents.md).
 
 Signed here the way the relay signs (the shared ``signed_message``), then checked as an
-agent checks: exactly the body, this agent's id, a recent timestamp, the relay's key.
+agent checks: exactly the body, this agent's id, a recent timestamp, the relay's key. The
+two snippets of docs/agents.md are run as written, so the guide stays true.
 """
 
 from __future__ import annotations
 
 import base64
+import re
+import time
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from spine_agent.http import (
@@ -143,3 +150,57 @@ def test_the_public_key_in_every_form_an_author_has() -> None:
         load_public_key(base64.b64encode(b"short").decode())
     with pytest.raises(ValueError, match="not a PEM"):
         load_public_key("not a key at all!")
+
+
+# --- the snippets of docs/agents.md work as written ------------------------------------
+def _doc_snippets() -> list[str]:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "agents.md").read_text()
+    section = text.split("### Verifying the relay's calls", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def _relay_call(body: bytes, agent_id: str = "my-agent") -> dict[str, str]:
+    stamp = int(time.time())
+    signature = KEY.sign(signed_message(stamp, agent_id, body))
+    return {
+        "X-Spine-Agent-Id": agent_id,
+        "X-Spine-Timestamp": str(stamp),
+        "X-Spine-Key-Id": key_id(RAW),
+        "X-Spine-Signature": base64.b64encode(signature).decode(),
+    }
+
+
+async def test_the_documented_fastapi_agent_serves_only_signed_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sdk_snippet, _ = _doc_snippets()
+    pem = PUBLIC.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    monkeypatch.setenv("RELAY_PUBLIC_KEY", pem)
+    namespace: dict[str, Any] = {}
+    exec(compile(sdk_snippet, "docs/agents.md", "exec"), namespace)
+    body = b'{"execution_id": "e-1", "node_id": "n1"}'
+    transport = httpx.ASGITransport(app=namespace["app"])
+    async with httpx.AsyncClient(transport=transport, base_url="http://agent") as client:
+        signed = await client.post("/execute", content=body, headers=_relay_call(body))
+        unsigned = await client.post("/execute", content=body)
+        other = await client.post("/execute", content=body, headers=_relay_call(body, "zoe"))
+    assert signed.status_code == 200 and signed.json()["execution_id"] == "e-1"
+    assert (unsigned.status_code, unsigned.json()) == (
+        401,
+        {"detail": "missing header X-Spine-Signature"},
+    )
+    assert other.status_code == 401
+
+
+def test_the_documented_check_without_the_sdk_agrees_with_it() -> None:
+    _, plain_snippet = _doc_snippets()
+    namespace: dict[str, Any] = {}
+    exec(compile(plain_snippet, "docs/agents.md", "exec"), namespace)
+    verify = namespace["verify"]
+    pem = PUBLIC.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    body = b'{"execution_id": "e-1"}'
+    verify(pem, _relay_call(body), body, "my-agent")
+    with pytest.raises(InvalidSignature):
+        verify(pem, _relay_call(body), body + b" ", "my-agent")
+    with pytest.raises(ValueError, match="not for this agent"):
+        verify(pem, _relay_call(body, "zoe"), body, "my-agent")
