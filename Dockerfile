@@ -51,9 +51,12 @@ FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="ai-spine" \
       org.opencontainers.image.description="AI Spine services and demo agents; the command picks one"
 # A fixed numeric uid/gid so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
+# /var/lib/spine is where the service user keeps state: the relay's signing key, on a
+# volume that takes this ownership when compose mounts a new one over it.
 RUN groupadd --system --gid 10001 spine \
  && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home \
-            --shell /usr/sbin/nologin spine
+            --shell /usr/sbin/nologin spine \
+ && install -d -o 10001 -g 10001 -m 0700 /var/lib/spine
 WORKDIR /app
 # Owned by root and read-only for the service user: the code cannot be changed at run time.
 COPY --from=build /app/.venv /app/.venv

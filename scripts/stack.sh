@@ -43,6 +43,18 @@ load_env() {
   export PORT="${PORT:-8000}"
 }
 
+# The relay signs every call to an HTTP agent (docs/agents.md): its Ed25519 key is
+# .spine/relay/signing-key.pem (0600, created on first use, the public half in .pub beside
+# it) unless .env or the environment names another SPINE_RELAY_SIGNING_KEY_FILE. The demo
+# HTTP agent gets the public key, so echo-http answers the relay's signed calls only.
+relay_key() {
+  export SPINE_RELAY_SIGNING_KEY_FILE="${SPINE_RELAY_SIGNING_KEY_FILE:-$ROOT/.spine/relay/signing-key.pem}"
+  [[ -x "$ROOT/.venv/bin/spine-relay" ]] || return 0
+  ECHO_HTTP_RELAY_PUBLIC_KEY="$("$ROOT/.venv/bin/spine-relay" public-key)"
+  export ECHO_HTTP_RELAY_PUBLIC_KEY
+  echo "==> relay signing key $SPINE_RELAY_SIGNING_KEY_FILE (public key: spine-relay public-key)"
+}
+
 alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
 # The relay refuses loopback and private addresses (SSRF guard, docs/agents.md); the demo
@@ -66,6 +78,7 @@ start_one() {
 
 up() {
   load_env
+  relay_key
   echo "==> starting services"
   for entry in "${SERVICES[@]}"; do start_one "${entry%%=*}" "${entry#*=}"; done
   echo "==> waiting for the gateway on port $PORT (/health, /status and every service's heartbeat)"

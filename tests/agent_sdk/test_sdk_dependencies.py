@@ -1,5 +1,6 @@
 """A third-party agent installs a small package: the SDK needs neither servicekit nor the
-PostgreSQL, Redis or OpenTelemetry clients, and runs untraced without the ``otel`` extra."""
+PostgreSQL, Redis or OpenTelemetry clients, and runs untraced without the ``otel`` extra;
+``cryptography`` (to verify the relay's signature) comes only with ``relay-signature``."""
 
 from __future__ import annotations
 
@@ -61,3 +62,23 @@ def test_with_the_otel_extra_the_agent_traces() -> None:
         set(),
     )
     assert out.strip() == "spine_kafka.tracing"
+
+
+def test_cryptography_is_only_the_relay_signature_extra() -> None:
+    reqs = requires("spine-agent-sdk") or []
+    crypto = [r for r in reqs if r.lower().startswith("cryptography")]
+    assert crypto and all("extra ==" in r and "relay-signature" in r for r in crypto), crypto
+
+
+def test_an_http_agent_without_the_extra_is_told_which_extra_verifies() -> None:
+    out = _run(
+        """
+        import spine_agent.http as http
+        try:
+            http.verify_relay_signature("key", {}, b"", "echo-http")
+        except ImportError as exc:
+            print(exc)
+        """,
+        {"cryptography"},
+    )
+    assert "pip install 'spine-agent-sdk[relay-signature]'" in out

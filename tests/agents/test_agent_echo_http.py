@@ -1,17 +1,28 @@
-"""echo-http: the original HTTP agent contract and its test knobs, over an ASGI transport."""
+"""echo-http: the original HTTP agent contract and its test knobs, over an ASGI transport;
+given the relay's public key, it serves only calls the relay's signer signed."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import pytest_asyncio
-from spine_agent.http import HttpExecuteResponse, HttpHealth
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from spine_agent.http import (
+    KEY_ID_HEADER,
+    TIMESTAMP_HEADER,
+    HttpExecuteResponse,
+    HttpHealth,
+)
 from spine_demo_agents.echo_http import EchoHttpSettings, create_app
+from spine_registry.relay.keyfile import public_pem
+from spine_registry.relay.signing import RelaySigner
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -108,3 +119,88 @@ async def test_hang_never_answers_in_time(client: httpx.AsyncClient) -> None:
 async def test_bad_body_is_422(client: httpx.AsyncClient) -> None:
     response = await client.post("/execute", json={"node_id": "n"})
     assert response.status_code == 422
+
+
+# --- only the relay's calls, given its public key --------------------------------------
+RELAY_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+SIGNER = RelaySigner(RELAY_KEY)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def verifying(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    pub = tmp_path / "signing-key.pem.pub"
+    pub.write_bytes(public_pem(RELAY_KEY))
+    settings = EchoHttpSettings(ECHO_HTTP_RELAY_PUBLIC_KEY_FILE=str(pub))
+    transport = httpx.ASGITransport(app=create_app(settings))
+    async with httpx.AsyncClient(transport=transport, base_url="http://echo") as c:
+        yield c
+
+
+def _signed(body: bytes, agent_id: str = "echo-http") -> dict[str, str]:
+    return {"content-type": "application/json", **SIGNER.headers(agent_id, body)}
+
+
+async def test_a_signed_call_is_served(verifying: httpx.AsyncClient) -> None:
+    body = orjson.dumps(_body())
+    response = await verifying.post("/execute", content=body, headers=_signed(body))
+    assert response.status_code == 200
+    assert response.json()["output"]["message"] == "echo: hello"
+
+
+@pytest.mark.parametrize(
+    ("forgery", "reason"),
+    [
+        ("unsigned", "missing header X-Spine-Signature"),
+        ("body", "the signature does not verify"),
+        ("other agent", "signed for agent 'zoe-http', not 'echo-http'"),
+        ("other key", "the signature does not verify"),
+        ("old", "X-Spine-Timestamp is 60"),  # 600s or 601s old: seconds are whole
+    ],
+)
+async def test_unsigned_or_forged_calls_are_401(
+    verifying: httpx.AsyncClient, forgery: str, reason: str
+) -> None:
+    body = orjson.dumps(_body())
+    headers = _signed(body)
+    if forgery == "unsigned":
+        headers = {"content-type": "application/json"}
+    elif forgery == "body":
+        body = orjson.dumps(_body({"x": 1}))
+    elif forgery == "other agent":
+        headers = _signed(body, agent_id="zoe-http")
+    elif forgery == "other key":
+        other = RelaySigner(Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33))))
+        headers = {**other.headers("echo-http", body), KEY_ID_HEADER: SIGNER.key_id}
+    else:
+        headers = RelaySigner(RELAY_KEY, clock=lambda: time.time() - 600).headers("echo-http", body)
+    response = await verifying.post("/execute", content=body, headers=headers)
+    assert response.status_code == 401
+    assert response.json()["detail"].startswith(f"echo-http: {reason}")
+
+
+async def test_a_forged_call_with_a_bad_body_is_401_not_422(verifying: httpx.AsyncClient) -> None:
+    response = await verifying.post("/execute", content=b"{not json")
+    assert response.status_code == 401
+    body = b'{"node_id": "n"}'
+    signed = await verifying.post("/execute", content=body, headers=_signed(body))
+    assert signed.status_code == 422  # the relay's own bad body is still a validation error
+
+
+async def test_health_answers_unsigned_probes_but_not_forged_ones(
+    verifying: httpx.AsyncClient,
+) -> None:
+    assert (await verifying.get("/health")).status_code == 200  # container health checks
+    assert (await verifying.get("/health", headers=_signed(b""))).status_code == 200
+    forged = {**_signed(b""), TIMESTAMP_HEADER: "1"}
+    refused = await verifying.get("/health", headers=forged)
+    assert refused.status_code == 401
+    assert "X-Spine-Timestamp is" in refused.json()["detail"]
+
+
+async def test_the_relay_key_may_also_be_given_inline() -> None:
+    pem = public_pem(RELAY_KEY).decode()
+    assert EchoHttpSettings(ECHO_HTTP_RELAY_PUBLIC_KEY=pem).relay_key() is not None
+    assert EchoHttpSettings(ECHO_HTTP_RELAY_PUBLIC_KEY=SIGNER.public_key_b64).relay_key()
+    assert EchoHttpSettings().relay_key() is None
+    with pytest.raises(ValueError, match="32 bytes"):
+        EchoHttpSettings(ECHO_HTTP_RELAY_PUBLIC_KEY="c2hvcnQ=").relay_key()

@@ -17,9 +17,10 @@ import ast
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -373,3 +374,20 @@ def test_observability_profile(compose: dict[str, Any]) -> None:
             source = str(volume).split(":")[0]
             if source.startswith("."):
                 assert (COMPOSE_FILE.parent / source).exists(), source
+
+
+def test_the_relay_keeps_its_signing_key_on_a_volume_of_its_own(compose: dict[str, Any]) -> None:
+    """Created on the first start, kept across restarts, mounted by no other service; the
+    image gives the mount point to the service user so a new volume is writable by it."""
+    services, volumes = compose["services"], compose.get("volumes") or {}
+    relay = services["relay"]
+    key_file = PurePosixPath(environment(relay)["SPINE_RELAY_SIGNING_KEY_FILE"])
+    mounts = [str(v).split(":") for v in relay.get("volumes", [])]
+    [(source, target, *_)] = [m for m in mounts if key_file.is_relative_to(m[1])]
+    assert source in volumes, "a named volume: the key outlives the container"
+    for name, service in services.items():
+        sources = {str(v).split(":")[0] for v in service.get("volumes", [])}
+        assert name == "relay" or source not in sources, f"{name} mounts the relay's key"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    user = re.findall(r"^USER (\d+):(\d+)", dockerfile, re.M)[-1]
+    assert f"install -d -o {user[0]} -g {user[1]} -m 0700 {target}" in dockerfile

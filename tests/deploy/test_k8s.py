@@ -11,6 +11,7 @@ topic numbers that agree with what the services themselves ensure.
 from __future__ import annotations
 
 import copy
+from pathlib import PurePosixPath
 from typing import Any
 
 import kubernetes_validate
@@ -306,3 +307,34 @@ def test_namespace_and_documented_secrets(
     guide = (ROOT / "docs" / "deploy.md").read_text()
     for name, key in refs:
         assert name in guide and f"{key}=" in guide, f"docs/deploy.md: how to set {key}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_relay_mounts_its_signing_key_from_a_secret(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """The relay signs calls to HTTP agents with a key every replica shares and no other
+    pod holds: a read-only mount of a Secret created in the cluster (docs/deploy.md)."""
+    docs = rendered[overlay]
+    relay = of_kind(docs, "Deployment")["relay"]
+    container = _container(relay)
+    key_file = PurePosixPath(container_env(docs, container)["SPINE_RELAY_SIGNING_KEY_FILE"])
+    [mount] = [
+        m for m in container["volumeMounts"] if key_file.parent == PurePosixPath(m["mountPath"])
+    ]
+    assert mount.get("readOnly") is True
+    volumes = {v["name"]: v for v in relay["spec"]["template"]["spec"]["volumes"]}
+    secret = volumes[mount["name"]]["secret"]
+    [item] = [i for i in secret["items"] if i["path"] == key_file.name]
+    assert not secret.get("optional"), "a relay without its key must not start"
+    assert secret["defaultMode"] & 0o007 == 0, "the key is readable by the pod's group only"
+    for kind in ("Deployment", "StatefulSet", "Job"):
+        for name, workload in of_kind(docs, kind).items():
+            mounted = {
+                v["secret"]["secretName"]
+                for v in workload["spec"]["template"]["spec"].get("volumes", [])
+                if "secret" in v
+            }
+            assert name == "relay" or secret["secretName"] not in mounted, name
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    assert secret["secretName"] in guide and f"--from-file={item['key']}=" in guide

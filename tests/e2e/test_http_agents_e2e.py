@@ -2,7 +2,9 @@
 
 The agent is registered over Kafka the way ``POST /api/v1/agents`` does it (transport
 ``http`` plus an endpoint); the relay's health probe makes it active, its task consumer
-turns the orchestrator's tasks into ``POST /execute`` calls.
+turns the orchestrator's tasks into ``POST /execute`` calls. The relay signs every call
+with its key and echo-http, given the relay's public key, serves only signed calls: every
+flow that completes here went through a verified signature.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import pytest_asyncio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from spine_contracts import (
     AgentInfo,
     DeregisterAgent,
@@ -30,6 +34,8 @@ from spine_contracts import (
     RegisterAgent,
     topics,
 )
+from spine_registry.relay.keyfile import load_or_create, public_pem
+from spine_registry.relay.signing import RelaySigner
 from spine_servicekit.kafka import KafkaConfig
 
 from .harness import Stack
@@ -55,6 +61,7 @@ def flow(flow_id: str, *nodes: FlowNode) -> FlowDefinition:
 
 class HttpStack(Stack):
     endpoint: str = ""
+    key_id: str = ""
 
     def log_lines(self, name: str) -> list[dict[str, Any]]:
         path = Path(self.logs / f"test-{self.kafka.prefix}{name}.log")
@@ -91,6 +98,8 @@ async def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[HttpStack]:
     port = free_port()
+    # the relay's key, made the way the relay makes it; echo-http trusts its public half
+    key = load_or_create(tmp_path_factory.mktemp("relay") / "signing-key.pem")
     env = {
         **os.environ,
         **infra,
@@ -106,10 +115,13 @@ async def stack(
         "SPINE_RELAY_MAX_BACKOFF": "1",
         # the agent listens on loopback, which the relay's SSRF guard refuses by default
         "SPINE_RELAY_ALLOWED_NETWORKS": "127.0.0.1/32",
+        "SPINE_RELAY_SIGNING_KEY_FILE": str(key.path),
+        "ECHO_HTTP_RELAY_PUBLIC_KEY": public_pem(key.key).decode(),
         "LOG_LEVEL": "INFO",
     }
     s = HttpStack(kafka, env)
     s.endpoint = f"http://127.0.0.1:{port}"
+    s.key_id = RelaySigner(key.key).key_id
     # the relay runs before the agent is registered: a registration starts its consumer live
     await s.start("registry", "orchestrator", "relay")
     await s.spawn("echo-http", {"ECHO_HTTP_PORT": str(port), "ECHO_HTTP_AGENT_ID": AGENT})
@@ -187,6 +199,19 @@ async def test_a_hanging_agent_times_out(stack: HttpStack) -> None:
     done = await stack.terminal(eid, timeout=30)
     assert isinstance(done, ExecutionFailed), done
     assert "timed out" in done.data.error_message
+
+
+async def test_calls_not_signed_by_the_relay_are_refused(stack: HttpStack) -> None:
+    await stack.wait_log("relay", "relay_signing_key", key_id=stack.key_id, created=False)
+    body = orjson.dumps({"execution_id": "e-forged", "node_id": "n1"})
+    forger = RelaySigner(Ed25519PrivateKey.generate())
+    async with httpx.AsyncClient(base_url=stack.endpoint) as client:
+        unsigned = await client.post("/execute", content=body)
+        forged = await client.post("/execute", content=body, headers=forger.headers(AGENT, body))
+    assert unsigned.status_code == 401
+    assert unsigned.json()["detail"] == "echo-http: missing header X-Spine-Signature"
+    assert forged.status_code == 401
+    assert "not the relay key" in forged.json()["detail"]
 
 
 async def test_agent_down_goes_inactive_and_new_executions_fail_at_once(

@@ -1,7 +1,8 @@
 """The registry refuses what the relay could not serve safely (real Kafka and PostgreSQL):
-a metadata endpoint, a ``file:`` endpoint and an unknown agent type change nothing and are
-dead-lettered with the reason; a name that does not resolve yet is accepted (the relay's
-connect-time guard judges it at each call)."""
+a metadata endpoint, decimal and IPv4-mapped loopback, a name resolving to loopback, a
+``file:`` endpoint and an unknown agent type change nothing and are dead-lettered with the
+reason; a name that does not resolve yet is accepted (the relay's connect-time guard
+judges it at each call)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ async def test_refused_registrations_are_dead_lettered_with_the_reason(
         "decimal": (
             register("decimal", "http://2130706433:8101"),
             "2130706433 (127.0.0.1): loopback address",
+        ),
+        "mapped": (
+            register("mapped", "http://[::ffff:127.0.0.1]:8101"),
+            "::ffff:127.0.0.1: IPv4-mapped loopback address",
+        ),
+        "name": (  # a host name that resolves to a refused address
+            register("name", "http://localhost:8101"),
+            "refused to connect to localhost (127.0.0.1): loopback address",
         ),
         "file": (
             register("file", "file:///etc/passwd"),

@@ -7,14 +7,11 @@ forms that resolve to it; redirects are never followed.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pytest
+from agent_http import http_reply, serving
 from pydantic import ValidationError
 from spine_agent import NeedsInput, Task, result_for
 from spine_agent.testing import task_message
@@ -140,6 +137,7 @@ async def test_decimal_and_mapped_host_forms_resolve_to_what_they_mean() -> None
         ("http://2130706433:8101", "2130706433 (127.0.0.1): loopback address"),
         ("http://[::ffff:127.0.0.1]:8101", "::ffff:127.0.0.1: IPv4-mapped loopback address"),
         ("http://10.0.0.8/agent", "10.0.0.8: private address"),
+        ("http://localhost:8101", "localhost (127.0.0.1): loopback address"),
         ("http://name-that-does-not-resolve.invalid:80", None),
         ("http://93.184.216.34", None),
     ],
@@ -153,49 +151,10 @@ async def test_registration_time_check_of_an_endpoint(endpoint: str, refused: st
 
 
 # --- the guard at connect time ---------------------------------------------------------
-@dataclass
-class Server:
-    """A tiny HTTP/1.1 server on 127.0.0.1 answering every request with ``reply``."""
-
-    reply: bytes
-    port: int = 0
-    connections: int = 0
-    requests: list[bytes] = field(default_factory=list)
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        body = await reader.readexactly(length) if length else b""
-        self.requests.append(head + body)
-        writer.write(self.reply)
-        await writer.drain()
-        writer.close()
-
-
-def http_reply(status: str, body: bytes = b"", headers: str = "") -> bytes:
-    return (
-        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{headers}"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    ).encode() + body
-
-
 OK = http_reply(
     "200 OK",
     orjson.dumps({"status": "success", "output": {"message": "hi"}, "execution_id": "exec-1"}),
 )
-
-
-@asynccontextmanager
-async def serving(reply: bytes) -> AsyncIterator[Server]:
-    server = Server(reply)
-    srv = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-    server.port = srv.sockets[0].getsockname()[1]
-    async with srv:
-        yield server
 
 
 async def test_a_loopback_agent_is_refused_at_connect_time_without_a_connection() -> None:
@@ -230,8 +189,35 @@ async def test_names_and_host_forms_of_loopback_are_refused(host: str, shown: st
     async with serving(OK) as server, guarded_client(AddressPolicy()) as client:
         with pytest.raises(DeliveryFailed) as info:
             await deliver(client, f"http://{host}:{server.port}", make_task(), POLICY)
+        health = await probe(client, f"http://{host}:{server.port}", 2.0)
     assert str(info.value).startswith(shown), str(info.value)
+    assert not health.ready and health.reason.startswith(shown), health.reason
     assert server.connections == 0
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "shown"),
+    [
+        ("http://169.254.169.254/latest/meta-data", "169.254.169.254: cloud metadata"),
+        ("http://[::ffff:169.254.169.254]", "::ffff:169.254.169.254: IPv4-mapped cloud metadata"),
+        ("http://2852039166/latest", "2852039166 (169.254.169.254): cloud metadata"),
+    ],
+)
+async def test_cloud_metadata_is_refused_at_call_time_even_with_loopback_allowed(
+    endpoint: str, shown: str
+) -> None:
+    # were the guard to let it through, the call would go out and time out (timeout 2 s)
+    task = make_task(config={"timeout": 2})
+    async with guarded_client(LOOPBACK) as client:
+        with pytest.raises(DeliveryFailed) as info:
+            await deliver(client, endpoint, task, POLICY)
+        health = await probe(client, endpoint, 2.0)
+    assert str(info.value) == (
+        f"refused to connect to {shown} address, not allowed by "
+        f"SPINE_RELAY_ALLOWED_NETWORKS: POST {endpoint}/execute"
+    )
+    assert not health.ready
+    assert health.reason.startswith(f"refused to connect to {shown} address"), health.reason
 
 
 async def test_the_health_probe_is_guarded_too() -> None:

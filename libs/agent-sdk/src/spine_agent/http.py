@@ -4,6 +4,9 @@ An HTTP agent serves ``GET /health`` (:class:`HttpHealth`) and ``POST /execute``
 (:class:`HttpExecuteRequest` → :class:`HttpExecuteResponse`); the registry's relay turns
 Kafka tasks into these calls and the answers into ``AgentResult``s. Unknown fields are
 accepted on the way in, so agents written for the original keep working.
+
+The relay signs every call; :func:`verify_relay_signature` (from :mod:`.signature`, with
+the ``relay-signature`` extra) tells an agent whether a call is the relay's.
 """
 
 from __future__ import annotations
@@ -11,6 +14,31 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .signature import (
+    AGENT_ID_HEADER,
+    KEY_ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    RelaySignatureError,
+    load_public_key,
+    verify_relay_signature,
+)
+
+__all__ = [
+    "AGENT_ID_HEADER",
+    "KEY_ID_HEADER",
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "HttpExecuteInput",
+    "HttpExecuteOutput",
+    "HttpExecuteRequest",
+    "HttpExecuteResponse",
+    "HttpHealth",
+    "RelaySignatureError",
+    "load_public_key",
+    "verify_relay_signature",
+]
 
 
 class _Open(BaseModel):

@@ -9,6 +9,10 @@
   contiguous commits, cancels and expired tasks as for a Kafka-native agent; its handler
   is :func:`~.delivery.deliver` over the one shared, pooled ``httpx.AsyncClient``, whose
   connects are guarded against SSRF (:mod:`.guard`, ``SPINE_RELAY_ALLOWED_NETWORKS``).
+* Every call (each ``POST /execute`` attempt, each probe) is signed with the relay's
+  Ed25519 key from ``SPINE_RELAY_SIGNING_KEY_FILE`` (:mod:`.signing`, :mod:`.keyfile`),
+  generated on first start; its public key is logged (``relay_signing_key``) and written
+  beside the key as ``<file>.pub``.
 * A link's prober publishes an ``AgentHeartbeat`` (transport ``http``, ``ready`` = the
   probe's verdict) every ``SPINE_RELAY_PROBE_INTERVAL``, so the registry marks the agent
   active or inactive.
@@ -34,11 +38,13 @@ from spine_servicekit.kafka import Outgoing
 from spine_servicekit.logging import bind, get_logger
 from spine_servicekit.runtime import ServiceContext
 
+from . import keyfile
 from .catalog import RelayCatalog
 from .delivery import RetryPolicy, deliver
 from .guard import guarded_client
 from .probe import ProbeResult, probe
 from .settings import RelaySettings
+from .signing import RelaySigner
 
 log = get_logger(__name__)
 
@@ -57,11 +63,16 @@ class Link:
 
 class Relay:
     def __init__(
-        self, ctx: ServiceContext, settings: RelaySettings, client: httpx.AsyncClient
+        self,
+        ctx: ServiceContext,
+        settings: RelaySettings,
+        client: httpx.AsyncClient,
+        signer: RelaySigner,
     ) -> None:
         self.ctx = ctx
         self.settings = settings
         self.client = client
+        self.signer = signer
         self.policy = RetryPolicy(
             max_retries=settings.max_retries,
             backoff_s=settings.backoff_s,
@@ -115,6 +126,7 @@ class Relay:
             announce=False,
         )
         link = Link(info, agent)
+        sign = self.signer.for_agent(info.agent_id)
 
         @agent.handler
         async def handle(task: Task) -> dict[str, object] | NeedsInput:
@@ -126,6 +138,7 @@ class Relay:
                 task,
                 self.policy,
                 default_timeout_s=self.settings.request_timeout_s,
+                sign=sign,
             )
 
         cfg = dataclasses.replace(self.ctx.kafka, client_id=f"relay-{info.agent_id}")
@@ -164,7 +177,12 @@ class Relay:
         while True:
             endpoint = link.info.endpoint
             assert endpoint is not None
-            result = await probe(self.client, endpoint, self.settings.probe_timeout_s)
+            result = await probe(
+                self.client,
+                endpoint,
+                self.settings.probe_timeout_s,
+                sign=self.signer.for_agent(agent_id),
+            )
             previous = link.last_probe
             if previous is None or previous.ready != result.ready:
                 if result.ready:
@@ -204,9 +222,29 @@ class Relay:
             await asyncio.gather(*self.stopping_links, return_exceptions=True)
 
 
+async def load_signer(settings: RelaySettings) -> RelaySigner:
+    """The relay's signer from its key file (created on first start); says which key."""
+    loaded = await asyncio.to_thread(keyfile.load_or_create, settings.signing_key_file)
+    signer = RelaySigner(loaded.key)
+    log.info(
+        "relay_signing_key",
+        path=str(loaded.path),
+        created=loaded.created,
+        key_id=signer.key_id,
+        public_key=signer.public_key_b64,
+        public_key_file=str(loaded.public_file) if loaded.public_file else None,
+    )
+    if loaded.public_file_error is not None:
+        log.info("relay_public_key_file_not_written", reason=loaded.public_file_error)
+    if loaded.readable_by_others:
+        log.warning("relay_signing_key_readable_by_others", path=str(loaded.path))
+    return signer
+
+
 async def main(ctx: ServiceContext) -> None:
     settings = ctx.settings
     assert isinstance(settings, RelaySettings)
+    signer = await load_signer(settings)
     limits = httpx.Limits(
         max_connections=settings.max_connections,
         max_keepalive_connections=min(settings.max_connections, 100),
@@ -214,7 +252,7 @@ async def main(ctx: ServiceContext) -> None:
     async with guarded_client(
         settings.address_policy, limits, headers={"user-agent": "spine-relay"}
     ) as client:
-        relay = Relay(ctx, settings, client)
+        relay = Relay(ctx, settings, client, signer)
         follower = TopicFollower(
             ctx.kafka.background(),
             ctx.kafka.topic(topics.REGISTRY_EVENTS),

@@ -39,6 +39,7 @@ from spine_servicekit import tracing
 from spine_servicekit.logging import get_logger
 
 from ..addresses import AddressRefused
+from .signing import Sign
 
 log = get_logger(__name__)
 
@@ -255,9 +256,11 @@ async def deliver(
     sleep: Sleep = asyncio.sleep,
     clock: Clock = time.monotonic,
     rng: random.Random | None = None,
+    sign: Sign | None = None,
 ) -> dict[str, Any] | NeedsInput:
     """Call ``POST {endpoint}/execute`` for ``task``; the output (or the agent's
-    :class:`NeedsInput`), or :class:`DeliveryFailed`."""
+    :class:`NeedsInput`), or :class:`DeliveryFailed`. ``sign`` adds the relay's signature
+    headers for the body (:mod:`.signing`) to every attempt."""
     rng = rng or random.Random()
     url = endpoint.rstrip("/") + "/execute"
     body = orjson.dumps(build_request(task))
@@ -280,11 +283,12 @@ async def deliver(
                 kind=tracing.SpanKind.CLIENT,
                 attributes={"url.full": url, "aispine.attempt": calls},
             ) as span:
+                signed = {**headers, **sign(body)} if sign is not None else headers
                 async with asyncio.timeout(timeout):
                     response = await client.post(
                         url,
                         content=body,
-                        headers=tracing.inject(headers),
+                        headers=tracing.inject(signed),
                         timeout=httpx.Timeout(timeout),
                     )
                 if span is not None:

@@ -15,6 +15,7 @@ import orjson
 
 from ..addresses import AddressRefused
 from .delivery import describe_transport_error, excerpt, invalid_endpoint
+from .signing import Sign
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,15 @@ class ProbeResult:
     version: str | None = None
 
 
-async def probe(client: httpx.AsyncClient, endpoint: str, within: float) -> ProbeResult:
+async def probe(
+    client: httpx.AsyncClient, endpoint: str, within: float, sign: Sign | None = None
+) -> ProbeResult:
+    """``sign`` adds the relay's signature headers (over the empty body, :mod:`.signing`)."""
     url = endpoint.rstrip("/") + "/health"
+    headers = sign(b"") if sign is not None else None
     try:
         async with asyncio.timeout(within):
-            response = await client.get(url, timeout=httpx.Timeout(within))
+            response = await client.get(url, headers=headers, timeout=httpx.Timeout(within))
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
         return ProbeResult(False, invalid_endpoint(endpoint, exc))
     except AddressRefused as exc:

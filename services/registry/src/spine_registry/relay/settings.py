@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, model_validator
 
 from ..settings import AllowedNetworks
@@ -38,6 +40,14 @@ class RelaySettings(AllowedNetworks):
         alias="SPINE_RELAY_DRAIN_TIMEOUT",
         gt=0,
         description="how long calls in flight may finish when an agent's consumer stops",
+    )
+
+    signing_key_file: Path = Field(
+        Path(".spine/relay/signing-key.pem"),
+        alias="SPINE_RELAY_SIGNING_KEY_FILE",
+        description="the relay's Ed25519 private key (PEM) that signs every call to an HTTP "
+        "agent; generated (0600, with <file>.pub beside it) when missing; relative to the "
+        "working directory",
     )
 
     @model_validator(mode="after")
