@@ -525,7 +525,7 @@ async def test_dev_mode_replica_serves_anonymous_requests(api: Api) -> None:
         assert r.status_code == 200, r.text
         # administration still needs the master key
         r = await dev.post("/api/v1/users/add-credits", json={"user_id": "dev", "credits": 5})
-        assert r.status_code == 403 and r.json()["error_code"] == "MASTER_KEY_REQUIRED", r.text
+        assert r.status_code == 403 and r.json()["error_code"] == "ADMIN_REQUIRED", r.text
         r = await dev.post("/api/v1/users/create", json={"email": "x@example.com", "name": "X"})
         assert r.status_code == 403, r.text
         # both replicas answer concurrently; each gets only its own replies

@@ -72,6 +72,7 @@ class Tenants:
     alice_user_id: str
     bob_key: str
     carol_key: str  # the stateful run's user
+    carol_reader_key: str  # a key of Carol's with only executions:read
     dave_key: str  # whose executions Carol must never reach
     dave_user_id: str
 
@@ -100,6 +101,12 @@ async def tenants(api: Api) -> Tenants:
     eid = r.json()["execution_id"]
     events = await api.sse(alice["api_key"], eid)
     assert events[-1]["event"] == "execution.completed"
+    reader = await api.http.post(
+        "/api/v1/keys",
+        json={"name": "reader", "scopes": ["executions:read"]},
+        headers=api.auth(carol["api_key"]),
+    )
+    assert reader.status_code == 201, reader.text
     return Tenants(
         base_url=str(api.http.base_url),
         alice_key=alice["api_key"],
@@ -107,6 +114,7 @@ async def tenants(api: Api) -> Tenants:
         alice_user_id=alice["user_id"],
         bob_key=bob["api_key"],
         carol_key=carol["api_key"],
+        carol_reader_key=reader.json()["api_key"],
         dave_key=dave["api_key"],
         dave_user_id=dave["user_id"],
     )
@@ -215,9 +223,13 @@ STATEFUL_CHECKS = [
 PROTECTED_AGENTS = {"echo"}
 
 
+@pytest.mark.parametrize("narrow", [True, False], ids=["read-only-key", "full-key"])
 def test_stateful_chains_never_reach_another_tenants_execution(
-    openapi: Any, tenants: Tenants
+    openapi: Any, tenants: Tenants, narrow: bool
 ) -> None:
+    """Chains with Carol's full key, then with her read-only key (which must never get a
+    2xx from a route that needs another scope)."""
+    call_key = tenants.carol_reader_key if narrow else tenants.carol_key
     machine = openapi.as_state_machine()
     executed = "POST /api/v1/flows/execute -> 200"
     assert executed in machine.bundles, sorted(machine.bundles)  # links were inferred
@@ -246,6 +258,14 @@ def test_stateful_chains_never_reach_another_tenants_execution(
                 f"{case.operation.label}: Carol reached Dave's execution: {response.status_code}"
             )
 
+    def within_scopes(ctx: Any, response: Any, case: Any) -> None:
+        route = case.operation.path.removeprefix("/api/v1")
+        scope = SCOPE.get((case.method.upper(), route))
+        if narrow and scope not in (None, "executions:read") and response.status_code < 300:
+            raise AssertionError(
+                f"{case.operation.label}: a read-only key got {response.status_code}"
+            )
+
     class Workflow(machine):  # type: ignore[misc, valid-type]
         @initialize(target=machine.bundles[executed])
         def carols_execution(self) -> StepOutput:
@@ -265,7 +285,7 @@ def test_stateful_chains_never_reach_another_tenants_execution(
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
             return {
                 "base_url": tenants.base_url,
-                "headers": {"Authorization": f"Bearer {tenants.carol_key}"},
+                "headers": {"Authorization": f"Bearer {call_key}"},
                 "timeout": 30,
             }
 
@@ -280,7 +300,7 @@ def test_stateful_chains_never_reach_another_tenants_execution(
             case.validate_response(
                 response,
                 checks=STATEFUL_CHECKS,
-                additional_checks=[_never_admin_without_master, no_cross_tenant],
+                additional_checks=[_never_admin_without_master, no_cross_tenant, within_scopes],
                 transport_kwargs=kwargs or None,
             )
 
@@ -303,6 +323,24 @@ def test_stateful_chains_never_reach_another_tenants_execution(
 
 PUBLIC = {"/health", "/status", "/metrics"}
 ADMIN = {("POST", "/users/create"), ("POST", "/users/add-credits"), ("GET", "/users/{user_id}")}
+#: what only a user does: spend credits, answer for the user, their own account
+USER_ONLY = {
+    ("POST", "/flows/execute"),
+    ("POST", "/executions/{execution_id}/input"),
+    ("GET", "/users/me"),
+    ("POST", "/users/regenerate-key"),
+}
+#: the scope each route needs from a user's key (None: any key)
+SCOPE = {
+    ("POST", "/flows/execute"): "executions:run",
+    ("POST", "/executions/{execution_id}/input"): "executions:run",
+    ("POST", "/executions/{execution_id}/cancel"): "executions:run",
+    ("POST", "/flows"): "flows:write",
+    ("PUT", "/flows/{flow_id}"): "flows:write",
+    ("DELETE", "/flows/{flow_id}"): "flows:write",
+    ("POST", "/agents"): "agents:write",
+    ("DELETE", "/agents/{agent_id}"): "agents:write",
+}
 PROBE_FLOW = "probe_flow_e2e"
 
 
@@ -327,6 +365,7 @@ def _request(method: str, path: str, t: Tenants, user_id: str) -> dict[str, Any]
         .replace("{user_id}", user_id)
         .replace("{flow_id}", flow_id)
         .replace("{agent_id}", agent_id)
+        .replace("{key_id}", "key_0000000000000000")
     )
     flow = {"flow_id": PROBE_FLOW, "nodes": [{"id": "a", "agent_id": "echo"}]}
     bodies: dict[tuple[str, str], Any] = {
@@ -350,9 +389,31 @@ def _request(method: str, path: str, t: Tenants, user_id: str) -> dict[str, Any]
     return kwargs
 
 
-def test_every_route_with_no_key_a_made_up_key_a_user_key_and_the_master_key(
-    tenants: Tenants,
-) -> None:
+def _expect(kind: str, method: str, route: str, status: int, code: str | None) -> str | None:
+    """What is wrong with an answer to ``kind`` of key (None: it is what the policy says).
+    A 404 of a made-up id is fine; Alice's execution must be 404 for every other user."""
+    if kind in ("none", "made-up"):
+        ok = status == 401 and code in {"MISSING_API_KEY", "INVALID_API_KEY"}
+        return None if ok else "not 401"
+    admin_route, user_only = (method, route) in ADMIN, (method, route) in USER_ONLY
+    if kind in ("master", "admin-key"):
+        if user_only:
+            return None if status == 403 and code == "USER_KEY_REQUIRED" else "not 403 USER_KEY"
+        return None if status not in (401, 403) else "the admin refused"
+    if admin_route:
+        return None if status == 403 and code == "ADMIN_REQUIRED" else "admin route not 403"
+    scope = SCOPE.get((method, route), "executions:read" if "{execution_id}" in route else None)
+    if kind == "reader" and scope not in (None, "executions:read"):
+        return None if status == 403 and code == "FORBIDDEN_SCOPE" else "scope not enforced"
+    if "{execution_id}" in route:
+        return None if status == 404 else "another tenant's execution not 404"
+    return None if status not in (401, 403) else "user refused"
+
+
+def test_every_route_with_every_kind_of_key(tenants: Tenants) -> None:
+    """Route × role × scope over HTTP: no key, a made-up key, a user key with every scope,
+    a read-only key, an admin key and the master key — on Alice's execution (another
+    tenant's for every user here) and on system flows and agents."""
     with httpx.Client(base_url=tenants.base_url, timeout=30) as http:
         schema = http.get("/openapi.json").json()
         routes = _routes(schema)
@@ -368,10 +429,24 @@ def test_every_route_with_no_key_a_made_up_key_a_user_key_and_the_master_key(
             headers={"Authorization": f"Bearer {MASTER}"},
         )
         assert erin.status_code == 201, erin.text
+        erin_key = erin.json()["api_key"]
+        reader = http.post(
+            "/api/v1/keys",
+            json={"name": "reader", "scopes": ["executions:read"]},
+            headers={"Authorization": f"Bearer {erin_key}"},
+        )
+        admin = http.post(
+            "/api/v1/keys",
+            json={"name": "console", "expires_in_s": 3600},
+            headers={"Authorization": f"Bearer {MASTER}"},
+        )
+        assert reader.status_code == admin.status_code == 201, (reader.text, admin.text)
         keys = {
             "none": None,
             "made-up": "sk_" + "Zq9" * 14 + "Z",
-            "user": erin.json()["api_key"],
+            "user": erin_key,
+            "reader": reader.json()["api_key"],
+            "admin-key": admin.json()["api_key"],
             "master": MASTER,
         }
         problems: list[str] = []
@@ -383,10 +458,9 @@ def test_every_route_with_no_key_a_made_up_key_a_user_key_and_the_master_key(
                 r = http.request(
                     **_request(method, path, tenants, tenants.dave_user_id), headers=headers
                 )
-                if kind == "user" and path.endswith("/regenerate-key") and r.status_code == 200:
+                if path.endswith("/regenerate-key") and r.status_code == 200:
                     headers = {"Authorization": f"Bearer {r.json()['api_key']}"}
                 route = path.removeprefix("/api/v1")
-                admin = (method, route) in ADMIN
                 code = (
                     r.json().get("error_code")
                     if r.headers.get("content-type", "").startswith("application/json")
@@ -396,27 +470,12 @@ def test_every_route_with_no_key_a_made_up_key_a_user_key_and_the_master_key(
                 where = f"{kind} key: {method} {path} -> {r.status_code} {r.text[:200]}"
                 if r.status_code >= 500 and not (path == "/status" and r.status_code == 503):
                     problems.append(f"5xx with {where}")
+                elif "alice's" in r.text and kind not in ("master", "admin-key"):
+                    problems.append(f"Alice's data leaked with {where}")
                 elif path in PUBLIC:
                     continue
-                elif kind in ("none", "made-up"):
-                    if r.status_code != 401 or code not in {"MISSING_API_KEY", "INVALID_API_KEY"}:
-                        problems.append(f"not 401 with {where}")
-                elif kind == "user" and admin:
-                    if r.status_code != 403 or code != "MASTER_KEY_REQUIRED":
-                        problems.append(f"admin route not 403 with {where}")
-                elif kind == "user" and "{execution_id}" in path:
-                    if r.status_code != 404 or "alice's" in r.text:
-                        problems.append(f"another tenant's execution not 404 with {where}")
-                elif kind == "user" and r.status_code in (401, 403):
-                    problems.append(f"user refused with {where}")
-                elif kind == "master" and admin and not 200 <= r.status_code < 300:
-                    problems.append(f"admin route refused the master key: {where}")
-                elif (
-                    kind == "master"
-                    and not admin
-                    and (r.status_code != 403 or code != "USER_KEY_REQUIRED")
-                ):
-                    problems.append(f"user route not 403 for the master key: {where}")
+                elif (wrong := _expect(kind, method, route, r.status_code, code)) is not None:
+                    problems.append(f"{wrong} with {where}")
         assert not problems, "\n".join(problems)
 
 

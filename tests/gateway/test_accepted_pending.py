@@ -16,11 +16,14 @@ import pytest
 import yaml
 from aiokafka import TopicPartition
 from crash.helpers import execution_trail
+from spine_contracts.access import USER_SCOPES
 from spine_gateway.cache import ReadCache
 from spine_gateway.errors import NotFound, Unavailable
 from spine_gateway.executions import ExecutionsService
 from spine_gateway.idempotency import Idempotency
+from spine_gateway.identity import Principal
 from spine_gateway.live import LiveTrail
+from spine_gateway.pricing import Pricing
 from spine_gateway.visibility import ReadYourWrites
 from spine_servicekit.projector import Incoming
 
@@ -118,10 +121,16 @@ class Ports:
             live=self.live,
             flows=ReadCache(),
             start_timeout_s=0.3,
+            pricing=Pricing(),
         )
 
 
-OWNER, OTHER = "u1", "u2"
+def user(user_id: str) -> Principal:
+    row: Any = {"user_id": user_id}
+    return Principal("user", f"key_{user_id}", frozenset(USER_SCOPES), user=row)
+
+
+OWNER, OTHER = user("u1"), user("u2")
 
 
 def executing_ports(on_request: Callable[[Any], None] = lambda _cmd: None) -> Ports:
@@ -129,7 +138,11 @@ def executing_ports(on_request: Callable[[Any], None] = lambda _cmd: None) -> Po
     sees the command first (what the other services did before the reply came)."""
     p = Ports()
     definition = yaml.safe_load((FLOWS / "echo_chain.yaml").read_text())
-    p.read.flows["echo_chain"] = {"flow_version": "v1", "definition": definition}
+    p.read.flows["echo_chain"] = {
+        "flow_version": "v1",
+        "definition": definition,
+        "owner": "system",
+    }
 
     p.commands.on_request = on_request
     return p

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from spine_contracts import (
     CreditsAdded,
@@ -10,10 +11,11 @@ from spine_contracts import (
     FlowDefinition,
     FlowDeleted,
     FlowNode,
+    KeyRevoked,
     KeyRotated,
     Message,
 )
-from spine_gateway.cache import ReadCache, drop_changed_flows, drop_changed_users
+from spine_gateway.cache import ReadCache, drop_changed_credentials, drop_changed_flows
 from spine_gateway.keys import hash_key
 from spine_servicekit.projector import Incoming
 
@@ -48,35 +50,42 @@ async def test_loads_once_then_answers_from_memory_and_never_caches_a_miss() -> 
     assert await cache.get(H2, loads.of(H2)) == {"user_id": "u2", "key_hash": H2}
 
 
+@dataclass(frozen=True)
+class Cred:
+    user_id: str
+
+
 async def test_a_rotated_key_is_dropped_and_a_balance_change_is_not() -> None:
-    cache: ReadCache[str, dict[str, object]] = ReadCache()
-    loads = Loads({H1: {"user_id": "u1"}, H3: {"user_id": "u3"}})
+    cache: ReadCache[str, Cred] = ReadCache()
+    loads = Loads({H1: Cred("u1"), H3: Cred("u3")})
     await cache.get(H1, loads.of(H1))
     await cache.get(H3, loads.of(H3))
-    hook = drop_changed_users(cache)
+    hook = drop_changed_credentials(cache)
     hook([incoming(CreditsAdded.build(user_id="u1", amount=5, balance=10))])
     assert len(cache) == 2
     hook([incoming(KeyRotated.build(user_id="u1", key_hash=H2, previous_key_hash=H1))])
     del loads.rows[H1]  # the read model no longer knows the old key
     assert await cache.get(H1, loads.of(H1)) is None
     assert len(cache) == 1  # u3 kept
+    hook([incoming(KeyRevoked.build(user_id="u3", key_id="key_x", key_hash=H3))])
+    assert len(cache) == 0  # a revoked key is forgotten at once
 
 
 async def test_a_load_that_raced_a_change_is_not_kept() -> None:
-    cache: ReadCache[str, dict[str, object]] = ReadCache()
+    cache: ReadCache[str, Cred] = ReadCache()
     release = asyncio.Event()
 
-    async def slow_old_row() -> dict[str, object]:
+    async def slow_old_row() -> Cred:
         await release.wait()
-        return {"user_id": "u1"}  # read before the rotation committed
+        return Cred("u1")  # read before the rotation committed
 
     pending = asyncio.create_task(cache.get(H1, slow_old_row))
     await asyncio.sleep(0)
-    drop_changed_users(cache)(
+    drop_changed_credentials(cache)(
         [incoming(KeyRotated.build(user_id="u1", key_hash=H2, previous_key_hash=H1))]
     )
     release.set()
-    assert await pending == {"user_id": "u1"}  # this request still used it ...
+    assert await pending == Cred("u1")  # this request still used it ...
     assert len(cache) == 0  # ... but the next one reads again
 
 

@@ -21,13 +21,17 @@ from spine_contracts import (
     ExecutionCommandRejected,
     FlowDefinition,
     InputReceived,
+    KeyCreated,
+    KeyRevoked,
     KeyRotated,
     Message,
     UsageRecorded,
     UserCreated,
 )
+from spine_contracts.access import USER_SCOPES, primary_key_id
 from spine_gateway.projection import (
     EXECUTIONS_DDL,
+    KEYS_DDL,
     USAGE_DDL,
     USERS_DDL,
     Marks,
@@ -66,6 +70,7 @@ async def conn(database_url: str, pg_schema: str) -> AsyncIterator[asyncpg.Conne
     await connection.execute(EXECUTIONS_DDL)
     await connection.execute(USAGE_DDL)
     await connection.execute(USERS_DDL)
+    await connection.execute(KEYS_DDL)
     try:
         yield connection
     finally:
@@ -222,3 +227,35 @@ async def test_users_balances_fold_per_batch_and_keep_the_order_of_the_rest(
         assert row["updated_at"] == T0 + timedelta(seconds=6)
         rows.append({k: v for k, v in row.items() if k not in ("user_id", "email", "key_hash")})
     assert rows[0] == rows[1] == rows[2]
+
+
+async def test_keys_are_projected_by_id_and_a_further_key_leaves_the_users_row(
+    conn: asyncpg.Connection,
+) -> None:
+    uid = f"u-{uuid.uuid4().hex[:8]}"
+    h1, h2, h3 = (uuid.uuid4().hex * 2 for _ in range(3))
+    built: list[Message] = [
+        UserCreated.build(
+            user_id=uid, email=f"{uid}@x.test", rate_limit=5, key_hash=h1, balance=1, last4="abcd"
+        ),
+        KeyCreated.build(
+            user_id=uid, key_id="key_b", key_hash=h2, name="ci", scopes=("executions:read",)
+        ),
+        KeyRotated.build(user_id=uid, key_id="key_b", key_hash=h3, previous_key_hash=h2),
+        KeyRevoked.build(user_id=uid, key_id="key_b", key_hash=h3),
+    ]
+    marks = Marks()
+    async with conn.transaction():
+        await users_projection(marks).apply(conn, _incoming(built))
+    keys = {
+        r["key_id"]: r for r in await conn.fetch("SELECT * FROM api_keys WHERE user_id = $1", uid)
+    }
+    primary = keys[primary_key_id(uid)]
+    assert (
+        primary["key_hash"] == h1 and primary["last4"] == "abcd" and primary["revoked_at"] is None
+    )
+    assert set(primary["scopes"]) == set(USER_SCOPES)
+    assert keys["key_b"]["key_hash"] == h3 and keys["key_b"]["revoked_at"] is not None
+    assert keys["key_b"]["scopes"] == ["executions:read"]
+    assert await conn.fetchval("SELECT key_hash FROM users WHERE user_id = $1", uid) == h1
+    assert marks.get("key", "key_b") is not None

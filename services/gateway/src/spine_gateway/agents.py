@@ -1,18 +1,24 @@
-"""Agents: the catalogue read from the gateway's projection of the registry's events; a
-registration is a command to the registry, answered once this replica's projection shows
-its outcome (or 202 ``registering`` when it does not within a few seconds)."""
+"""Agents: the catalogue read from the gateway's projection of the registry's events, each
+agent ``system`` or one user's (DESIGN §12). A registration is a command to the registry —
+the single writer per agent id, which refuses an id held by another owner — answered once
+the registry replied and this replica's projection shows it (202 ``registering`` when the
+registry does not answer within a few seconds)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from spine_contracts import AgentInfo, DeregisterAgent, RegisterAgent, topics
+from spine_contracts.access import SYSTEM
 from spine_servicekit.projector import Projector
 
-from .adapters.postgres import ReadModel
+from .adapters.postgres import AgentRow, ReadModel
 from .commands import Commands, new_request_id
-from .errors import InvalidInput, NotFound
+from .errors import Conflict, InvalidInput, NotFound, from_reply
+from .identity import Principal
 from .models import AgentList, AgentRemoved, AgentView
+from .policy import HIDDEN, Action, check, visible
 from .visibility import ReadYourWrites
 
 _SLUG = re.compile(r"[^A-Za-z0-9_.\-]+")
@@ -37,38 +43,73 @@ class AgentsService:
         self.rw = rw
         self.projector = agents
 
-    async def list(self, *, active_only: bool = False) -> AgentList:
+    async def list(self, caller: Principal, *, active_only: bool = False) -> AgentList:
         rows = await self.read.agents(active_only=active_only)
-        return AgentList(agents=[AgentView.of(a) for a in rows])
+        shown = [a for a in rows if visible(caller.caller, Action.AGENT_READ, a["owner"])]
+        return AgentList(agents=[AgentView.of(a) for a in shown])
 
-    async def get(self, agent_id: str) -> AgentView:
+    async def get(self, caller: Principal, agent_id: str) -> AgentView:
+        return AgentView.of(await self._find(caller, Action.AGENT_READ, agent_id))
+
+    async def _find(self, caller: Principal, action: Action, agent_id: str) -> AgentRow:
         row = await self.read.agent(agent_id)
-        if row is None:
+        if row is None or check(caller.caller, action, row["owner"]) is HIDDEN:
             raise NotFound(f"agent {agent_id!r} not found", code="AGENT_NOT_FOUND")
-        return AgentView.of(row)
+        return row
 
-    async def register(self, info: AgentInfo) -> tuple[AgentView, bool]:
-        """Register (or update); ``True`` when the catalogue shows it already."""
-        cmd = RegisterAgent.build(agent=info, request_id=new_request_id())
-        await self.commands.publish(topics.REGISTRY_COMMANDS, info.agent_id, cmd)
-        try:
-            await self.rw.event(self.projector, "agent_cmd", str(cmd.message_id), REGISTRY_WAIT_S)
-        except TimeoutError:
+    async def register(self, caller: Principal, info: AgentInfo) -> tuple[AgentView, bool]:
+        """Register (or update) for the caller; ``True`` when the catalogue shows it already.
+        An id keeps its owner forever, deregistered or not: another's is 409."""
+        entry = await self.read.agent_entry(info.agent_id)
+        owner = entry["owner"] if entry is not None else (caller.owner or SYSTEM)
+        if entry is not None and check(caller.caller, Action.AGENT_WRITE, owner) is HIDDEN:
+            raise Conflict(
+                f"agent id {info.agent_id!r} belongs to another owner", code="AGENT_ID_TAKEN"
+            )
+        request_id = new_request_id()
+        cmd = RegisterAgent.build(
+            actor=caller.actor, tenant_id=owner, agent=info, owner=owner, request_id=request_id
+        )
+        if not await self._ask(info.agent_id, cmd, request_id):
             pending = info.model_dump(mode="json")
             pending.update(
                 type=info.agent_type,
                 configuration=info.metadata.get("configuration", {}),
                 status="registering",
+                owner=owner,
             )
             return AgentView.model_validate(pending), False
-        return await self.get(info.agent_id), True
+        return await self.get(caller, info.agent_id), True
 
-    async def deregister(self, agent_id: str) -> AgentRemoved:
-        await self.get(agent_id)
-        cmd = DeregisterAgent.build(agent_id=agent_id, request_id=new_request_id())
-        await self.commands.publish(topics.REGISTRY_COMMANDS, agent_id, cmd)
+    async def deregister(self, caller: Principal, agent_id: str) -> AgentRemoved:
+        row = await self._find(caller, Action.AGENT_DELETE, agent_id)
+        request_id = new_request_id()
+        cmd = DeregisterAgent.build(
+            actor=caller.actor,
+            tenant_id=row["owner"],
+            agent_id=agent_id,
+            owner=None if caller.admin else caller.owner,
+            request_id=request_id,
+        )
+        done = await self._ask(agent_id, cmd, request_id)
+        return AgentRemoved(agent_id=agent_id, status="deregistered" if done else "deregistering")
+
+    async def _ask(
+        self, agent_id: str, cmd: RegisterAgent | DeregisterAgent, request_id: str
+    ) -> bool:
+        """Send to the registry and wait for its answer (a refusal is raised) and for this
+        replica's read model; ``False`` when the registry does not answer in time."""
+        fut = self.commands.replies.expect(request_id)
         try:
-            await self.rw.event(self.projector, "agent_cmd", str(cmd.message_id), REGISTRY_WAIT_S)
-        except TimeoutError:
-            return AgentRemoved(agent_id=agent_id, status="deregistering")
-        return AgentRemoved(agent_id=agent_id, status="deregistered")
+            await self.commands.publish_for_reply(topics.REGISTRY_COMMANDS, agent_id, cmd)
+            try:
+                async with asyncio.timeout(REGISTRY_WAIT_S):
+                    reply = await fut
+                    if not reply.data.ok:
+                        raise from_reply(reply.data.error_code, reply.data.message)
+                    await self.rw.event(self.projector, "agent_cmd", str(cmd.message_id))
+            except TimeoutError:
+                return False
+        finally:
+            self.commands.replies.forget(request_id)
+        return True

@@ -32,7 +32,7 @@ from .deps import Gateway
 from .errors import GatewayError, code_for_status, error_body
 from .limits import BodySizeLimit
 from .metrics import GatewayMetrics
-from .routes import agents, executions, flows, ops, users
+from .routes import agents, audit, executions, flows, keys, ops, users
 from .settings import GatewaySettings
 from .wiring import open_gateway
 
@@ -93,6 +93,8 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
     for router in (executions.router, flows.router, agents.router, users.router):
         app.include_router(router, prefix=API_PREFIX)
         app.include_router(router, include_in_schema=False)  # the original's root aliases
+    for router in (keys.router, audit.router):  # new: under /api/v1 only
+        app.include_router(router, prefix=API_PREFIX)
     return app
 
 

@@ -1,8 +1,9 @@
 """Read-model rows every request reads (the user behind a key, the flow to run), kept in
 memory and dropped by their projection once it has committed a change to them.
 
-Only facts that change through a few events are cached: a key's user (``KeyRotated`` and
-``UserCreated`` drop it; its balance is not read from here) and a flow (``FlowDefined``,
+Only facts that change through a few events are cached: a key and its account (any key
+event of the account — created, rotated, revoked — or ``UserCreated`` drops every cached key
+of that account; the balance is not read from here) and a flow (``FlowDefined``,
 ``FlowDeleted``). A load that raced a change is not kept: every drop moves a generation,
 and a row read before the drop cannot be stored after it. Misses are never cached, so a new
 key or flow works as soon as its projection has it. Pure: the loads are passed in.
@@ -11,12 +12,18 @@ key or flow works as soon as its projection has it. Pure: the loads are passed i
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from spine_contracts import FlowDefined, FlowDeleted, KeyRotated, Message, UserCreated
+from spine_contracts import (
+    FlowDefined,
+    FlowDeleted,
+    KeyCreated,
+    KeyRevoked,
+    KeyRotated,
+    Message,
+    UserCreated,
+)
 from spine_servicekit.projector import BatchHook, Incoming
-
-from .adapters.postgres import Row
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -73,10 +80,21 @@ def _dropper(
     return on_applied
 
 
-def drop_changed_users(cache: ReadCache[str, Row]) -> BatchHook:
-    """The users projector's hook: a rotated key stops working here at once."""
+class HasUserId(Protocol):
+    @property
+    def user_id(self) -> str: ...
+
+
+C = TypeVar("C", bound=HasUserId)
+
+
+def drop_changed_credentials(cache: ReadCache[str, C]) -> BatchHook:
+    """The users projector's hook: a rotated or revoked key stops working here at once."""
     return _dropper(
-        cache, (KeyRotated, UserCreated), "user_id", lambda _key, row, ids: row["user_id"] in ids
+        cache,
+        (KeyRotated, KeyCreated, KeyRevoked, UserCreated),
+        "user_id",
+        lambda _key, cred, ids: cred.user_id in ids,
     )
 
 

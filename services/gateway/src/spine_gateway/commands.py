@@ -36,6 +36,10 @@ class Commands:
         position, see ``visibility``)."""
         return await self.publisher.publish(spec, key, message, what=what)
 
+    async def publish_for_reply(self, spec: TopicSpec, key: str, message: Message) -> None:
+        """Send with this replica as reply-to; the caller expects the reply itself."""
+        await self.publisher.publish(spec, key, message, reply_to=self.replies.replica_id)
+
     async def request(
         self,
         spec: TopicSpec,

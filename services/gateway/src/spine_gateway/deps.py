@@ -1,20 +1,23 @@
-"""Dependencies as ``Annotated`` aliases so routes read as signatures: who is calling
-(``UserDep``, ``MasterDep``: decided by ``identity.permit``) and the resource services."""
+"""Dependencies as ``Annotated`` aliases so routes read as signatures: who is calling and
+the action the route performs (``Allowed(Action.X)``, decided by :mod:`.policy`), and the
+resource services."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .adapters.postgres import UserRow
 from .agents import AgentsService
+from .apikeys import KeysService
+from .audit import AuditService
 from .executions import ExecutionsService
 from .flows import FlowsService
-from .identity import Identity, Permission, Principal, permit
+from .identity import Identity, Principal
 from .operations import OperationsService
+from .policy import Action, check
 from .settings import GatewaySettings
 from .users import UsersService
 
@@ -30,13 +33,15 @@ class Gateway:
     agents: AgentsService
     executions: ExecutionsService
     operations: OperationsService
+    keys: KeysService
+    audit: AuditService
 
 
 # auto_error=False: a missing or malformed header is answered in the API's own error shape
 _bearer = HTTPBearer(
     auto_error=False,
     scheme_name="ApiKey",
-    description="A user key (`sk_...`) or, for the admin routes, the master key `API_KEY`.",
+    description="A user's key (`sk_...`), an admin key, or the master key `API_KEY`.",
 )
 
 
@@ -60,17 +65,21 @@ async def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-async def get_user(request: Request, gateway: GatewayDep, principal: PrincipalDep) -> UserRow:
-    permit(principal, Permission.USER)
-    assert principal.user is not None
-    request.state.usage_user = principal.user_id  # counted even when rate-limited
-    request.state.rate = await gateway.identity.rate(principal.user)
-    return principal.user
+def Allowed(action: Action) -> Any:  # noqa: N802 - reads as a type in signatures
+    """The caller, once the policy allows ``action`` for its role and scopes (ownership
+    is checked by the service that finds the resource); a user's request is counted
+    against their rate limit."""
 
+    async def allowed(request: Request, gateway: GatewayDep, principal: PrincipalDep) -> Principal:
+        if principal.user is not None:
+            request.state.usage_user = principal.user_id  # counted even when refused
+        check(principal.caller, action)
+        if principal.user is not None:
+            request.state.rate = await gateway.identity.rate(principal.user)
+        request.state.actor = principal.actor
+        return principal
 
-async def get_master(principal: PrincipalDep) -> Principal:
-    permit(principal, Permission.MASTER)
-    return principal
+    return Depends(allowed)
 
 
 async def _users(gateway: GatewayDep) -> UsersService:
@@ -93,8 +102,32 @@ async def _operations(gateway: GatewayDep) -> OperationsService:
     return gateway.operations
 
 
-UserDep = Annotated[UserRow, Depends(get_user)]
-MasterDep = Annotated[Principal, Depends(get_master)]
+async def _keys(gateway: GatewayDep) -> KeysService:
+    return gateway.keys
+
+
+RunDep = Annotated[Principal, Allowed(Action.RUN_FLOW)]
+ReadExecutionsDep = Annotated[Principal, Allowed(Action.EXECUTION_READ)]
+CancelDep = Annotated[Principal, Allowed(Action.EXECUTION_CANCEL)]
+InputDep = Annotated[Principal, Allowed(Action.EXECUTION_INPUT)]
+ReadFlowsDep = Annotated[Principal, Allowed(Action.FLOW_READ)]
+WriteFlowsDep = Annotated[Principal, Allowed(Action.FLOW_WRITE)]
+DeleteFlowsDep = Annotated[Principal, Allowed(Action.FLOW_DELETE)]
+ReadAgentsDep = Annotated[Principal, Allowed(Action.AGENT_READ)]
+WriteAgentsDep = Annotated[Principal, Allowed(Action.AGENT_WRITE)]
+DeleteAgentsDep = Annotated[Principal, Allowed(Action.AGENT_DELETE)]
+AccountDep = Annotated[Principal, Allowed(Action.ACCOUNT)]
+KeysCallerDep = Annotated[Principal, Allowed(Action.KEYS)]
+AuditDep = Annotated[Principal, Allowed(Action.AUDIT_READ)]
+AdminDep = Annotated[Principal, Allowed(Action.ADMINISTER)]
+KeysDep = Annotated[KeysService, Depends(_keys)]
+
+
+async def _audit(gateway: GatewayDep) -> AuditService:
+    return gateway.audit
+
+
+AuditServiceDep = Annotated[AuditService, Depends(_audit)]
 UsersDep = Annotated[UsersService, Depends(_users)]
 FlowsDep = Annotated[FlowsService, Depends(_flows)]
 AgentsDep = Annotated[AgentsService, Depends(_agents)]

@@ -93,6 +93,17 @@ REPLY_ERRORS: dict[str, type[GatewayError]] = {
     "USER_NOT_FOUND": NotFound,
     "RESERVATION_NOT_FOUND": NotFound,
     "RESERVATION_WITHDRAWN": Conflict,
+    "KEY_NOT_FOUND": NotFound,
+    "KEY_LIMIT_REACHED": Conflict,
+    "KEY_EXISTS": Conflict,
+    "INVALID_KEY_REQUEST": InvalidInput,
+    "FLOW_EXISTS": Conflict,
+    "FLOW_ID_TAKEN": Conflict,
+    "FLOW_NOT_FOUND": NotFound,
+    "NOT_OWNER": Forbidden,
+    "AGENT_ID_TAKEN": Conflict,
+    "AGENT_NOT_FOUND": NotFound,
+    "INVALID_AGENT": InvalidInput,
 }
 
 _STATUS_CODES: dict[int, str] = {

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from spine_contracts import (
@@ -36,6 +36,7 @@ from .cache import ReadCache
 from .commands import Commands, new_request_id
 from .errors import Conflict, NotFound, Unavailable, from_reply
 from .idempotency import Idempotency
+from .identity import Principal
 from .live import LiveTrail, await_started, follow_trail
 from .models import (
     EventList,
@@ -49,12 +50,59 @@ from .models import (
     Results,
     iso,
 )
+from .policy import HIDDEN, Action, check
+from .pricing import Pricing
 from .visibility import ReadYourWrites
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 #: how long an accepted execution is remembered in Redis (reads of it wait, never 404)
 ACCEPTED_TTL_S = 3600
+
+
+#: how often a live stream checks that its key still works (revoked keys close within 1 s)
+REVALIDATE_S = 0.5
+_KEY_GONE = orjson.dumps(
+    {"code": "KEY_REVOKED", "message": "the API key of this stream was revoked or expired"}
+).decode()
+
+
+async def while_valid(
+    items: AsyncIterator[T], still_valid: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[T | None]:
+    """``items`` for as long as ``still_valid()`` holds (asked every :data:`REVALIDATE_S`);
+    then one ``None`` and the end — even while ``items`` waits for its next one."""
+
+    async def until_invalid() -> None:
+        # a poll on purpose: expiry is the clock's, and a revocation may reach this
+        # replica's read model from another replica; the check is an in-memory cache hit
+        while await still_valid():  # noqa: ASYNC110
+            await asyncio.sleep(REVALIDATE_S)
+
+    watch = asyncio.ensure_future(until_invalid())
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(items))
+            await asyncio.wait({step, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+                yield None
+                return
+            try:
+                item = step.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def _nothing() -> AsyncIterator[dict[str, str]]:
@@ -82,6 +130,7 @@ class ExecutionsService:
         live: LiveTrail,
         flows: ReadCache[str, tuple[FlowRow, FlowDefinition]],
         start_timeout_s: float,
+        pricing: Pricing,
     ) -> None:
         self.commands = commands
         self.read = read
@@ -93,48 +142,56 @@ class ExecutionsService:
         self.live = live
         self.flows = flows
         self.start_timeout_s = start_timeout_s
+        self.pricing = pricing
 
     # --- writes -------------------------------------------------------------------------------
 
     async def execute(
         self,
-        user_id: str,
+        caller: Principal,
         flow_id: str,
         input_data: dict[str, Any],
         metadata: dict[str, Any],
         idempotency_key: str | None,
     ) -> tuple[ExecutionAccepted, int]:
-        """The accepted execution, and the credits this request reserved (0 for a replay)."""
+        """The accepted execution, and the credits this request reserved (0 for a replay).
+        A user runs system flows and their own; another user's flow is 404."""
         found = await self.flows.get(flow_id, lambda: self._flow_to_run(flow_id))
-        if found is None:
+        if found is None or check(caller.caller, Action.RUN_FLOW, found[0]["owner"]) is HIDDEN:
             raise NotFound(f"flow {flow_id!r} not found", code="FLOW_NOT_FOUND")
         flow_row, flow = found
+        price = self.pricing.price(flow, owner=flow_row["owner"])
         body = {"flow_id": flow_id, "input_data": input_data, "metadata": metadata}
 
         async def start(execution_id: str) -> dict[str, Any]:
-            return await self._start(user_id, execution_id, flow_row, flow, input_data, metadata)
+            return await self._start(
+                caller, execution_id, flow_row, flow, price, input_data, metadata
+            )
 
         answer, replay = await self.idempotency.run(
-            user_id, "execute", idempotency_key, body, start
+            caller.user_id, "execute", idempotency_key, body, start
         )
-        return ExecutionAccepted.model_validate(answer), 0 if replay else flow.cost
+        return ExecutionAccepted.model_validate(answer), 0 if replay else price
 
     async def _start(
         self,
-        user_id: str,
+        caller: Principal,
         execution_id: str,
         flow_row: FlowRow,
         flow: FlowDefinition,
+        price: int,
         input_data: dict[str, Any],
         metadata: dict[str, Any],
     ) -> dict[str, Any]:
+        user_id = caller.user_id
         request_id = new_request_id()
         cmd = ReserveCredits.build(
             correlation_id=execution_id,
             tenant_id=user_id,
+            actor=caller.actor,
             user_id=user_id,
             execution_id=execution_id,
-            amount=flow.cost,
+            amount=price,
             flow=flow,
             flow_version=flow_row["flow_version"],
             input_data=input_data,
@@ -188,10 +245,10 @@ class ExecutionsService:
         return {"execution_id": execution_id, "status": status, "created_at": iso(created_at)}
 
     async def cancel(
-        self, user_id: str, execution_id: str, reason: str | None, idempotency_key: str | None
+        self, caller: Principal, execution_id: str, reason: str | None, idempotency_key: str | None
     ) -> ExecutionAction:
         async def run(_op: str) -> dict[str, Any]:
-            row = await self.own(user_id, execution_id)
+            row = await self.own(caller, execution_id, Action.EXECUTION_CANCEL)
             if row["status"] in TERMINAL_STATUSES:
                 raise Conflict(
                     f"execution {execution_id!r} is already {row['status']}",
@@ -199,10 +256,12 @@ class ExecutionsService:
                 )
             cmd = CancelExecution.build(
                 correlation_id=execution_id,
-                tenant_id=user_id,
+                tenant_id=row["user_id"],
+                actor=caller.actor,
                 execution_id=execution_id,
-                reason=reason or "cancelled by user",
-                requested_by=user_id,
+                reason=reason
+                or ("cancelled by the admin" if caller.admin else "cancelled by user"),
+                requested_by=caller.owner or caller.actor,
             )
             await self.commands.publish(topics.EXECUTION_COMMANDS, execution_id, cmd)
             outcome = await self._outcome(str(cmd.message_id), cmd.type)
@@ -226,20 +285,26 @@ class ExecutionsService:
             }
 
         answer, _ = await self.idempotency.run(
-            user_id, f"cancel:{execution_id}", idempotency_key, {"reason": reason}, run
+            caller.owner or caller.actor,
+            f"cancel:{execution_id}",
+            idempotency_key,
+            {"reason": reason},
+            run,
         )
         return ExecutionAction.model_validate(answer)
 
     async def provide_input(
         self,
-        user_id: str,
+        caller: Principal,
         execution_id: str,
         data: dict[str, Any],
         node_id: str | None,
         idempotency_key: str | None,
     ) -> ExecutionAction:
+        user_id = caller.user_id
+
         async def run(_op: str) -> dict[str, Any]:
-            row = await self.own(user_id, execution_id)
+            row = await self.own(caller, execution_id, Action.EXECUTION_INPUT)
             if row["status"] != "waiting_input":
                 raise Conflict(
                     f"execution {execution_id!r} is {row['status']}, not waiting for input",
@@ -248,6 +313,7 @@ class ExecutionsService:
             cmd = ProvideInput.build(
                 correlation_id=execution_id,
                 tenant_id=user_id,
+                actor=caller.actor,
                 execution_id=execution_id,
                 node_id=node_id,
                 input=data,
@@ -291,21 +357,24 @@ class ExecutionsService:
 
     # --- reads --------------------------------------------------------------------------------
 
-    async def own(self, user_id: str, execution_id: str) -> ExecutionRow:
-        """The user's execution as the read model shows it (another tenant's is 404)."""
-        row = await self.visible(user_id, execution_id)
-        if row is None:
+    async def own(
+        self, caller: Principal, execution_id: str, action: Action = Action.EXECUTION_READ
+    ) -> ExecutionRow:
+        """The execution as the read model shows it, if the policy lets ``caller`` do
+        ``action`` on it (another tenant's is 404; the admin's view covers every tenant)."""
+        row = await self.visible(caller.owner, execution_id)
+        if row is None or check(caller.caller, action, row["user_id"]) is HIDDEN:
             raise NotFound(f"execution {execution_id!r} not found", code="EXECUTION_NOT_FOUND")
         return row
 
-    async def visible(self, user_id: str, execution_id: str) -> ExecutionRow | None:
+    async def visible(self, user_id: str | None, execution_id: str) -> ExecutionRow | None:
         """The read model's row, once it shows at least what this replica decoded; an
         execution accepted (by any replica) and not stored yet is waited for, and 503 if it
         stays invisible — never 404, since execute answers from the decoded start."""
         if not await self.rw.seen(self.projector, execution_id):
             log.warning("read_model_behind_stream", execution_id=execution_id)
         row = await self.read.execution(execution_id)
-        if row is None and await self.store.accepted_by(execution_id) == user_id:
+        if row is None and user_id and await self.store.accepted_by(execution_id) == user_id:
             with contextlib.suppress(TimeoutError):
                 await self.rw.event(self.projector, "execution", execution_id)
             row = await self.read.execution(execution_id)
@@ -314,42 +383,49 @@ class ExecutionsService:
                     f"execution {execution_id!r} was accepted and is not visible yet; retry",
                     extra={"execution_id": execution_id},
                 )
-        return row if row is not None and row["user_id"] == user_id else None
+        return row
 
-    async def get(self, user_id: str, execution_id: str) -> ExecutionView:
-        row = await self.own(user_id, execution_id)
+    async def get(self, caller: Principal, execution_id: str) -> ExecutionView:
+        row = await self.own(caller, execution_id)
         return ExecutionView.of(row, await self.read.nodes(execution_id))
 
     async def list(
-        self, user_id: str, *, status: str | None, flow_id: str | None, limit: int, offset: int
+        self, caller: Principal, *, status: str | None, flow_id: str | None, limit: int, offset: int
     ) -> ExecutionList:
+        """The caller's executions (the admin: every tenant's)."""
         rows, total = await self.read.executions(
-            user_id, status=status, flow_id=flow_id, limit=limit, offset=offset
+            caller.owner, status=status, flow_id=flow_id, limit=limit, offset=offset
         )
         return ExecutionList(
             executions=[ExecutionView.of(r) for r in rows], total=total, limit=limit, offset=offset
         )
 
-    async def events(self, user_id: str, execution_id: str) -> EventList:
-        await self.own(user_id, execution_id)
+    async def events(self, caller: Principal, execution_id: str) -> EventList:
+        await self.own(caller, execution_id)
         rows = await self.read.events(execution_id)
         return EventList(execution_id=execution_id, events=[EventView.of(e) for e in rows])
 
-    async def results(self, user_id: str, execution_id: str) -> Results:
-        row = await self.own(user_id, execution_id)
+    async def results(self, caller: Principal, execution_id: str) -> Results:
+        row = await self.own(caller, execution_id)
         return Results.of(row, await self.read.nodes(execution_id))
 
-    async def messages(self, user_id: str, execution_id: str) -> MessageList:
-        await self.own(user_id, execution_id)
+    async def messages(self, caller: Principal, execution_id: str) -> MessageList:
+        await self.own(caller, execution_id)
         rows = await self.read.events(execution_id, types=("execution.node_dispatched",))
         return MessageList(execution_id=execution_id, messages=[MessageView.of(e) for e in rows])
 
     async def stream(
-        self, user_id: str, execution_id: str, last_event_id: int | None, idle_s: float
+        self,
+        caller: Principal,
+        execution_id: str,
+        last_event_id: int | None,
+        idle_s: float,
+        still_valid: Callable[[], Awaitable[bool]],
     ) -> AsyncIterator[dict[str, str]]:
         """The trail from after ``last_event_id``, live, until the terminal event; nothing
-        (the stream ends at once) when the client already has the terminal event."""
-        row = await self.own(user_id, execution_id)
+        (the stream ends at once) when the client already has the terminal event. The
+        stream ends within :data:`REVALIDATE_S` of its key being revoked or expiring."""
+        row = await self.own(caller, execution_id)
         if (
             last_event_id is not None
             and row["status"] in TERMINAL_STATUSES
@@ -366,13 +442,17 @@ class ExecutionsService:
 
         async def gen() -> AsyncIterator[dict[str, str]]:
             with self.live.subscribe(execution_id) as queue:  # before the first read: no gap
-                async for view in follow_trail(
+                trail = follow_trail(
                     queue,
                     stored_after,
                     caught_up,
                     after=-1 if last_event_id is None else last_event_id,
                     idle_s=idle_s,
-                ):
+                )
+                async for view in while_valid(trail, still_valid):
+                    if view is None:  # the key was revoked or expired: say so, then end
+                        yield {"event": "error", "data": _KEY_GONE}
+                        return
                     yield {
                         "id": str(view["seq"]),
                         "event": str(view["type"]),

@@ -10,16 +10,19 @@ against. Names end in ``View`` or ``Request`` where a contract message has the p
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from spine_contracts.access import Scope
 
 from .adapters.postgres import (
     AgentRow,
     EventRow,
     ExecutionRow,
     FlowRow,
+    KeyRow,
     NodeRow,
     UsageRow,
     UserRow,
@@ -120,6 +123,18 @@ class CreateUserRequest(_Request):
 class AddCreditsRequest(_Request):
     user_id: str = Field(min_length=1)
     credits: int = Field(gt=0, le=2**53)
+
+
+class CreateKeyRequest(_Request):
+    """A further key: its scopes (default: the calling key's), and an expiry as seconds
+    from now or an instant (default: none for a user's key unless the calling key
+    expires; one hour for an admin key)."""
+
+    name: str = Field(default="", max_length=100)
+    scopes: list[Scope] | None = Field(default=None, max_length=4)
+    expires_in_s: int | None = Field(default=None, ge=1, le=10 * 365 * 86400)
+    expires_at: AwareDatetime | None = None
+    role: Literal["user", "admin"] | None = None
 
 
 class CancelRequest(_Request):
@@ -349,6 +364,7 @@ class FlowView(_Open):
     nodes: list[dict[str, Any]]
     definition: dict[str, Any]
     updated_at: str | None
+    owner: str = "system"
 
     @classmethod
     def of(cls, f: FlowRow) -> FlowView:
@@ -364,6 +380,7 @@ class FlowView(_Open):
             nodes=d.get("nodes", []),
             definition=d,
             updated_at=iso(f["updated_at"]),
+            owner=f["owner"],
         )
 
 
@@ -388,6 +405,7 @@ class AgentView(_Open):
     status: str
     active: bool | None = None
     configuration: dict[str, Any] = Field(default_factory=dict)
+    owner: str = "system"
 
     @classmethod
     def of(cls, a: AgentRow) -> AgentView:
@@ -401,6 +419,7 @@ class AgentView(_Open):
                 "status": "active" if a["active"] else "inactive",
                 "active": a["active"],
                 "last_seen": iso(a["last_seen"]),
+                "owner": a["owner"],
             }
         )
 
@@ -480,6 +499,82 @@ class NewKeyView(_Open):
     user_id: str
     api_key: str
     message: str
+    key_id: str | None = None
+
+
+class KeyView(_Open):
+    """A key as listed: never its secret, only the last four characters."""
+
+    key_id: str
+    name: str
+    scopes: list[str]
+    role: str
+    last4: str
+    created_at: str | None
+    expires_at: str | None
+    last_used_at: str | None = None
+    current: bool = False  # the key this request was made with
+
+    @classmethod
+    def of(cls, k: KeyRow, *, last_used: float | None, current: bool) -> KeyView:
+        return cls(
+            key_id=k["key_id"],
+            name=k["name"],
+            scopes=list(k["scopes"]),
+            role=k["role"],
+            last4=k["last4"],
+            created_at=iso(k["created_at"]),
+            expires_at=iso(k["expires_at"]),
+            last_used_at=iso(datetime.fromtimestamp(last_used, UTC)) if last_used else None,
+            current=current,
+        )
+
+
+class KeyList(_Open):
+    keys: list[KeyView]
+
+
+class NewScopedKey(_Open):
+    """A created key: the secret ``api_key`` is in this answer only."""
+
+    key_id: str
+    api_key: str
+    name: str
+    scopes: list[str]
+    role: str
+    last4: str
+    expires_at: str | None
+
+
+class KeyRevokedView(_Open):
+    key_id: str
+    revoked: Literal[True]
+
+
+class AuditEntry(_Open):
+    at: str | None
+    actor: str | None  # a key id, "master", or the service that decided alone
+    tenant: str  # the account it concerns ("system" for the shared catalogue)
+    action: str
+    subject: str
+    detail: dict[str, Any]
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> AuditEntry:
+        detail = row["detail"]
+        return cls(
+            at=iso(row["at"]),
+            actor=row["actor"],
+            tenant=row["tenant"],
+            action=row["action"],
+            subject=row["subject"],
+            detail=orjson.loads(detail) if isinstance(detail, str) else detail,
+        )
+
+
+class AuditPage(_Open):
+    entries: list[AuditEntry]
+    next_cursor: str | None
 
 
 class CreditsAddedView(UserView):

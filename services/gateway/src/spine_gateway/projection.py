@@ -39,6 +39,8 @@ from spine_contracts import (
     FlowDefined,
     FlowDeleted,
     InputReceived,
+    KeyCreated,
+    KeyRevoked,
     KeyRotated,
     Message,
     NodeCompleted,
@@ -51,9 +53,11 @@ from spine_contracts import (
     UserCreated,
     topics,
 )
+from spine_contracts.access import USER_SCOPES, primary_key_id
 from spine_servicekit.projector import Incoming, Projection
 from spine_servicekit.rebuild import ServiceProjections
 
+from .audit import audit_projection
 from .settings import GatewaySettings
 
 Mark = tuple[TopicPartition, int]
@@ -115,6 +119,30 @@ CREATE TABLE users (
 CREATE UNIQUE INDEX users_key_hash ON users (key_hash);
 CREATE INDEX users_email ON users (lower(email));
 """
+#: every key by id, the primary key of ``users/create`` included (backfilled from users);
+#: admin keys belong to the ``system`` account, which has no users row
+KEYS_DDL = """
+CREATE TABLE api_keys (
+    key_id     text PRIMARY KEY,
+    user_id    text NOT NULL,
+    key_hash   text NOT NULL,
+    name       text NOT NULL DEFAULT '',
+    scopes     text[] NOT NULL,
+    role       text NOT NULL DEFAULT 'user',
+    expires_at timestamptz,
+    last4      text NOT NULL DEFAULT '',
+    created_by text,
+    created_at timestamptz NOT NULL,
+    revoked_at timestamptz
+);
+CREATE UNIQUE INDEX api_keys_live_hash ON api_keys (key_hash) WHERE revoked_at IS NULL;
+CREATE INDEX api_keys_user ON api_keys (user_id, created_at);
+INSERT INTO api_keys (key_id, user_id, key_hash, name, scopes, created_at)
+SELECT 'key_' || left(encode(sha256(('primary:' || user_id)::bytea), 'hex'), 16), user_id,
+       key_hash, 'primary', ARRAY['executions:run', 'executions:read', 'flows:write',
+       'agents:write'], created_at
+FROM users;
+"""
 
 
 _BALANCE_EVENTS = (
@@ -165,17 +193,68 @@ def users_projection(marks: Marks) -> Projection:
                     d.balance,
                     _ts(item),
                 )
-                marks.put("user", d.user_id, item)
-            elif isinstance(m, KeyRotated):
                 await conn.execute(
-                    "UPDATE users SET key_hash = $2, updated_at = $3 WHERE user_id = $1",
-                    m.data.user_id,
-                    m.data.key_hash,
+                    """INSERT INTO api_keys (key_id, user_id, key_hash, name, scopes, last4,
+                           created_by, created_at)
+                       VALUES ($1, $2, $3, 'primary', $4, $5, $6, $7)
+                       ON CONFLICT (key_id) DO NOTHING""",
+                    primary_key_id(d.user_id),
+                    d.user_id,
+                    d.key_hash,
+                    list(USER_SCOPES),
+                    d.last4,
+                    m.actor,
                     _ts(item),
                 )
+                marks.put("user", d.user_id, item)
+            elif isinstance(m, KeyRotated):
+                rotated = m.data
+                key_id = rotated.key_id or primary_key_id(rotated.user_id)
+                if key_id == primary_key_id(rotated.user_id):
+                    await conn.execute(
+                        "UPDATE users SET key_hash = $2, updated_at = $3 WHERE user_id = $1",
+                        rotated.user_id,
+                        rotated.key_hash,
+                        _ts(item),
+                    )
+                await conn.execute(
+                    """UPDATE api_keys SET key_hash = $2,
+                           last4 = CASE WHEN $3 = '' THEN last4 ELSE $3 END
+                       WHERE key_id = $1""",
+                    key_id,
+                    rotated.key_hash,
+                    rotated.last4,
+                )
+                marks.put("key", key_id, item)
+            elif isinstance(m, KeyCreated):
+                new = m.data
+                await conn.execute(
+                    """INSERT INTO api_keys (key_id, user_id, key_hash, name, scopes, role,
+                           expires_at, last4, created_by, created_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                       ON CONFLICT (key_id) DO NOTHING""",
+                    new.key_id,
+                    new.user_id,
+                    new.key_hash,
+                    new.name,
+                    list(new.scopes),
+                    new.role,
+                    new.expires_at,
+                    new.last4,
+                    m.actor,
+                    _ts(item),
+                )
+                marks.put("key", new.key_id, item)
+            elif isinstance(m, KeyRevoked):
+                await conn.execute(
+                    "UPDATE api_keys SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL",
+                    m.data.key_id,
+                    _ts(item),
+                )
+                marks.put("key", m.data.key_id, item)
         await flush()
 
-    return Projection("gw_users", (topics.AUTH_EVENTS,), apply, migrations=(USERS_DDL,))
+    return Projection("gw_users", (topics.AUTH_EVENTS,), apply, migrations=(USERS_DDL, KEYS_DDL))
 
 
 # --- flows -------------------------------------------------------------------------------
@@ -190,9 +269,10 @@ CREATE TABLE flows (
     updated_at   timestamptz NOT NULL
 );
 """
+FLOWS_OWNER_DDL = "ALTER TABLE flows ADD COLUMN owner text NOT NULL DEFAULT 'system';"
 
 
-def flows_projection() -> Projection:
+def flows_projection(marks: Marks) -> Projection:
     async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
         for item in batch:
             m = item.message
@@ -200,22 +280,28 @@ def flows_projection() -> Projection:
                 d = m.data
                 await conn.execute(
                     """INSERT INTO flows (flow_id, flow_version, definition, source,
-                           source_path, updated_at)
-                       VALUES ($1, $2, $3::jsonb, $4, $5, $6)
+                           source_path, updated_at, owner)
+                       VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7)
                        ON CONFLICT (flow_id) DO UPDATE SET flow_version = EXCLUDED.flow_version,
                            definition = EXCLUDED.definition, source = EXCLUDED.source,
-                           source_path = EXCLUDED.source_path, updated_at = EXCLUDED.updated_at""",
+                           source_path = EXCLUDED.source_path, updated_at = EXCLUDED.updated_at,
+                           owner = EXCLUDED.owner""",
                     d.flow_id,
                     d.flow_version,
                     _json(d.definition.model_dump(mode="json")),
                     d.source,
                     d.source_path,
                     _ts(item),
+                    d.owner,
                 )
             elif isinstance(m, FlowDeleted):
                 await conn.execute("DELETE FROM flows WHERE flow_id = $1", m.data.flow_id)
+            else:
+                continue
+            if m.causation_id:
+                marks.put("flow_cmd", m.causation_id, item)
 
-    return Projection("gw_flows", (topics.FLOWS,), apply, migrations=(FLOWS_DDL,))
+    return Projection("gw_flows", (topics.FLOWS,), apply, migrations=(FLOWS_DDL, FLOWS_OWNER_DDL))
 
 
 # --- agents ------------------------------------------------------------------------------
@@ -230,6 +316,7 @@ CREATE TABLE agents (
     updated_at timestamptz NOT NULL
 );
 """
+AGENTS_OWNER_DDL = "ALTER TABLE agents ADD COLUMN owner text NOT NULL DEFAULT 'system';"
 
 
 def agents_projection(marks: Marks) -> Projection:
@@ -240,22 +327,26 @@ def agents_projection(marks: Marks) -> Projection:
                 d = m.data
                 await conn.execute(
                     """INSERT INTO agents (agent_id, info, registered, active, last_seen,
-                           updated_at)
-                       VALUES ($1, $2::jsonb, $3, $4, $5, $6)
+                           updated_at, owner)
+                       VALUES ($1, $2::jsonb, $3, $4, $5, $6, $7)
                        ON CONFLICT (agent_id) DO UPDATE SET info = EXCLUDED.info,
                            registered = EXCLUDED.registered, active = EXCLUDED.active,
-                           last_seen = EXCLUDED.last_seen, updated_at = EXCLUDED.updated_at""",
+                           last_seen = EXCLUDED.last_seen, updated_at = EXCLUDED.updated_at,
+                           owner = EXCLUDED.owner""",
                     d.agent.agent_id,
                     _json(d.agent.model_dump(mode="json")),
                     d.registered,
                     d.active,
                     d.last_seen,
                     _ts(item),
+                    d.owner,
                 )
                 if m.causation_id:
                     marks.put("agent_cmd", m.causation_id, item)
 
-    return Projection("gw_agents", (topics.REGISTRY_EVENTS,), apply, migrations=(AGENTS_DDL,))
+    return Projection(
+        "gw_agents", (topics.REGISTRY_EVENTS,), apply, migrations=(AGENTS_DDL, AGENTS_OWNER_DDL)
+    )
 
 
 # --- executions --------------------------------------------------------------------------
@@ -598,10 +689,11 @@ def rebuild_projections() -> tuple[Projection, ...]:
     marks = Marks()
     return (
         users_projection(marks),
-        flows_projection(),
+        flows_projection(marks),
         agents_projection(marks),
         executions_projection(marks),
         usage_projection(),
+        audit_projection(),
     )
 
 

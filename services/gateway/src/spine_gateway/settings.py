@@ -27,6 +27,11 @@ class GatewaySettings(CommonSettings):
     usage_buffer: int = Field(50_000, alias="SPINE_GATEWAY_USAGE_BUFFER", ge=1)
     #: the largest request body accepted (413 above it, whether declared or streamed)
     max_body_bytes: int = Field(1_048_576, alias="SPINE_GATEWAY_MAX_BODY_BYTES", ge=1024)
+    #: the least a user's own flow costs per execution, and per agent node on top
+    #: (docs/credits.md); a flow's ``cost`` may raise the price, never lower it. System
+    #: flows cost what the admin set.
+    min_credits_per_execution: int = Field(1, alias="SPINE_MIN_CREDITS_PER_EXECUTION", ge=0)
+    min_credits_per_agent_node: int = Field(0, alias="SPINE_MIN_CREDITS_PER_AGENT_NODE", ge=0)
 
     @model_validator(mode="after")
     def _no_default_master_key(self) -> GatewaySettings:

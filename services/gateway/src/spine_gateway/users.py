@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 from spine_contracts import AddCredits, CreateUser, RotateKey, UsageRecorded, topics
+from spine_contracts.access import primary_key_id
 from spine_servicekit.logging import get_logger
 from spine_servicekit.projector import Projector
 
@@ -13,6 +14,7 @@ from .adapters.kafka import UsageRecorder
 from .adapters.postgres import ReadModel, UserRow
 from .commands import Commands, new_request_id
 from .errors import Conflict, InvalidInput, NotFound, Unavailable
+from .identity import Principal
 from .keys import generate_key, hash_key
 from .models import CreditsAddedView, Me, NewKeyView, NewUserView, Usage, UserView
 from .visibility import ReadYourWrites
@@ -77,6 +79,7 @@ class UsersService:
         credits: int,
         rate_limit: int,
         user_id: str | None,
+        actor: str,
     ) -> NewUserView:
         if await self.read.user_by_email(email) is not None:
             raise Conflict(f"a user with e-mail {email!r} exists", code="USER_EXISTS")
@@ -84,6 +87,7 @@ class UsersService:
         key = generate_key()
         request_id = new_request_id()
         cmd = CreateUser.build(
+            actor=actor,
             tenant_id=uid,
             user_id=uid,
             email=email,
@@ -92,6 +96,7 @@ class UsersService:
             credits=credits,
             rate_limit=rate_limit,
             key_hash=hash_key(key),
+            last4=key[-4:],
             request_id=request_id,
         )
         await self.commands.ask(topics.AUTH_COMMANDS, uid, cmd, request_id)
@@ -100,12 +105,23 @@ class UsersService:
         assert user is not None
         return NewUserView(**UserView.fields_of(user), api_key=key)
 
-    async def rotate_key(self, user: UserRow) -> NewKeyView:
+    async def rotate_key(self, caller: Principal) -> NewKeyView:
+        """A new secret for the key that called (the development user's: its primary key)."""
+        user = caller.user
+        assert user is not None
         uid = user["user_id"]
+        key_id = caller.key_id if caller.digest is not None else None
+        current_hash = caller.digest or user["key_hash"]
         key = generate_key()
         request_id = new_request_id()
         cmd = RotateKey.build(
-            tenant_id=uid, user_id=uid, key_hash=hash_key(key), request_id=request_id
+            actor=caller.actor,
+            tenant_id=uid,
+            user_id=uid,
+            key_id=key_id,
+            key_hash=hash_key(key),
+            last4=key[-4:],
+            request_id=request_id,
         )
         try:
             await self.commands.ask(topics.AUTH_COMMANDS, uid, cmd, request_id)
@@ -117,7 +133,8 @@ class UsersService:
                 cause=cmd,
                 tenant_id=uid,
                 user_id=uid,
-                key_hash=user["key_hash"],
+                key_id=key_id,
+                key_hash=current_hash,
                 request_id=new_request_id(),
             )
             await self.commands.publish(topics.AUTH_COMMANDS, uid, undo)
@@ -128,17 +145,18 @@ class UsersService:
         return NewKeyView(
             user_id=uid,
             api_key=key,
+            key_id=key_id or primary_key_id(uid),
             message="the previous key no longer works; store this one, it is shown once",
         )
 
-    async def add_credits(self, user_id: str, credits: int) -> CreditsAddedView:
+    async def add_credits(self, user_id: str, credits: int, actor: str) -> CreditsAddedView:
         if credits <= 0:
             raise InvalidInput("credits must be a positive integer")
         if await self.read.user(user_id) is None:
             raise NotFound(f"user {user_id!r} not found", code="USER_NOT_FOUND")
         request_id = new_request_id()
         cmd = AddCredits.build(
-            tenant_id=user_id, user_id=user_id, credits=credits, request_id=request_id
+            actor=actor, tenant_id=user_id, user_id=user_id, credits=credits, request_id=request_id
         )
         await self.commands.ask(topics.AUTH_COMMANDS, user_id, cmd, request_id)
         await self.rw.caught_up(self.projector)
@@ -167,6 +185,7 @@ class UsersService:
             rate_limit=1_000_000,
             key_hash=hash_key(generate_key()),
             request_id=request_id,
+            actor="gateway",
         )
         reply = await self.commands.request(topics.AUTH_COMMANDS, dev_user_id, cmd, request_id)
         if reply.data.ok:

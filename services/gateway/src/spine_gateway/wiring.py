@@ -25,16 +25,19 @@ from .adapters.kafka import (
 from .adapters.postgres import ReadModel
 from .adapters.redis import RedisStore
 from .agents import AgentsService
-from .cache import ReadCache, drop_changed_flows, drop_changed_users
+from .apikeys import KeysService
+from .audit import AuditService, audit_projection
+from .cache import ReadCache, drop_changed_credentials, drop_changed_flows
 from .commands import Commands
 from .deps import Gateway
 from .executions import ExecutionsService
 from .flows import FlowsService
 from .idempotency import Idempotency
-from .identity import Identity
+from .identity import Credential, Identity
 from .live import LiveTrail
 from .metrics import GatewayMetrics
 from .operations import Observers, OperationsService
+from .pricing import Pricing
 from .projection import (
     Marks,
     agents_projection,
@@ -65,7 +68,7 @@ async def open_gateway(
     stack.push_async_callback(producer.stop)
     marks = Marks()
     live = LiveTrail()
-    users_by_key: ReadCache[str, Any] = ReadCache()
+    credentials: ReadCache[str, Credential] = ReadCache()
     flows_cache: ReadCache[str, Any] = ReadCache(limit=1_000)
     burst: dict[str, Any] = {"min_interval_s": BURST_INTERVAL_S, "pace_from": BURST_RECORDS}
 
@@ -77,13 +80,14 @@ async def open_gateway(
     # paced only under a burst: one at a time, an execute's answer already shows the
     # reserved balance
     users_p = projector(
-        cfg, users_projection(marks), on_applied=drop_changed_users(users_by_key), **burst
+        cfg, users_projection(marks), on_applied=drop_changed_credentials(credentials), **burst
     )
-    flows_p = projector(cfg, flows_projection(), on_applied=drop_changed_flows(flows_cache))
+    flows_p = projector(cfg, flows_projection(marks), on_applied=drop_changed_flows(flows_cache))
     agents_p = projector(cfg, agents_projection(marks))
     executions_p = projector(cfg, executions_projection(marks), tap=live.tap, **burst)
     usage_p = projector(background, usage_projection(), min_interval_s=BATCH_INTERVAL_S)
-    projectors = [users_p, flows_p, agents_p, executions_p, usage_p]
+    audit_p = projector(background, audit_projection(), min_interval_s=BATCH_INTERVAL_S)
+    projectors = [users_p, flows_p, agents_p, executions_p, usage_p, audit_p]
     for each in projectors:  # one by one: they share the schema's ledger
         await each.start()
         stack.push_async_callback(each.stop)
@@ -120,7 +124,7 @@ async def open_gateway(
     )
     gateway = Gateway(
         settings=settings,
-        identity=Identity(settings, read, store, users_by_key),
+        identity=Identity(settings, read, store, credentials),
         users=UsersService(commands=commands, read=read, rw=rw, users=users_p, usage=usage),
         flows=FlowsService(commands=commands, read=read, rw=rw, flows=flows_p),
         agents=AgentsService(commands=commands, read=read, rw=rw, agents=agents_p),
@@ -135,7 +139,12 @@ async def open_gateway(
             live=live,
             flows=flows_cache,
             start_timeout_s=settings.projection_timeout_s,
+            pricing=Pricing(
+                settings.min_credits_per_execution, settings.min_credits_per_agent_node
+            ),
         ),
+        keys=KeysService(commands=commands, read=read, store=store, rw=rw, users=users_p),
+        audit=AuditService(pool),
         operations=OperationsService(
             read=read,
             observers=Observers(heartbeats=heartbeats, summary=summary, lag=lag, usage=usage),

@@ -28,12 +28,27 @@ class UserRow(TypedDict):
     updated_at: datetime
 
 
+class KeyRow(TypedDict):
+    key_id: str
+    user_id: str
+    key_hash: str
+    name: str
+    scopes: list[str]
+    role: str
+    expires_at: datetime | None
+    last4: str
+    created_by: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
 class FlowRow(TypedDict):
     flow_id: str
     flow_version: str
     source: str
     definition: dict[str, Any]
     updated_at: datetime | None
+    owner: str
 
 
 class AgentRow(TypedDict):
@@ -42,6 +57,7 @@ class AgentRow(TypedDict):
     active: bool
     registered: bool
     last_seen: datetime | None
+    owner: str
 
 
 class ExecutionRow(TypedDict):
@@ -125,6 +141,31 @@ class ReadModel:
             UserRow, await self._pool.fetchrow("SELECT * FROM users WHERE key_hash = $1", key_hash)
         )
 
+    async def live_key(self, key_hash: str) -> KeyRow | None:
+        """The key with this hash, unless revoked (an expired one is the caller's to refuse)."""
+        return _one(
+            KeyRow,
+            await self._pool.fetchrow(
+                "SELECT * FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash
+            ),
+        )
+
+    async def key(self, key_id: str) -> KeyRow | None:
+        return _one(
+            KeyRow, await self._pool.fetchrow("SELECT * FROM api_keys WHERE key_id = $1", key_id)
+        )
+
+    async def keys_of(self, user_id: str) -> list[KeyRow]:
+        """The account's keys that are not revoked, oldest first."""
+        return _many(
+            KeyRow,
+            await self._pool.fetch(
+                """SELECT * FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL
+                   ORDER BY created_at, key_id""",
+                user_id,
+            ),
+        )
+
     async def user(self, user_id: str) -> UserRow | None:
         return _one(
             UserRow, await self._pool.fetchrow("SELECT * FROM users WHERE user_id = $1", user_id)
@@ -153,6 +194,13 @@ class ReadModel:
         if active_only:
             sql += " AND active"
         return _many(AgentRow, await self._pool.fetch(sql + " ORDER BY agent_id"))
+
+    async def agent_entry(self, agent_id: str) -> AgentRow | None:
+        """The catalogue entry even after deregistration (its owner keeps the id)."""
+        return _one(
+            AgentRow,
+            await self._pool.fetchrow("SELECT * FROM agents WHERE agent_id = $1", agent_id),
+        )
 
     async def agent(self, agent_id: str) -> AgentRow | None:
         return _one(
@@ -183,14 +231,15 @@ class ReadModel:
 
     async def executions(
         self,
-        user_id: str,
+        user_id: str | None,
         *,
         status: str | None,
         flow_id: str | None,
         limit: int,
         offset: int,
     ) -> tuple[list[ExecutionRow], int]:
-        where = "user_id = $1 AND ($2::text IS NULL OR status = $2)"
+        """``user_id`` None: every tenant's (the admin's view)."""
+        where = "($1::text IS NULL OR user_id = $1) AND ($2::text IS NULL OR status = $2)"
         where += " AND ($3::text IS NULL OR flow_id = $3)"
         rows = await self._pool.fetch(
             f"""SELECT * FROM executions WHERE {where}

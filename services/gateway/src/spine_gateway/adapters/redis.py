@@ -75,6 +75,26 @@ class RedisStore:
         count = int(await self._incr(keys=[key], args=[window_s + 1]))
         return decide(count, limit, now, window_s)
 
+    async def hit_named(
+        self, bucket: str, subject: str, limit: int, window_s: int, now: float | None = None
+    ) -> RateDecision:
+        """One event in ``bucket`` (e.g. key creation) for ``subject`` in a fixed window."""
+        now = time.time() if now is None else now
+        key = f"{self._prefix}rl:{bucket}:{subject}:{window_start(now, window_s)}"
+        count = int(await self._incr(keys=[key], args=[window_s + 1]))
+        return decide(count, limit, now, window_s)
+
+    async def touch_keys(self, used: dict[str, float]) -> None:
+        """Record when keys were last used (``key_id`` -> epoch seconds)."""
+        if used:
+            await self._r.hset(f"{self._prefix}key_used", mapping=used)  # type: ignore[arg-type]
+
+    async def keys_used(self, key_ids: list[str]) -> dict[str, float]:
+        if not key_ids:
+            return {}
+        values = await self._r.hmget(f"{self._prefix}key_used", key_ids)
+        return {k: float(v) for k, v in zip(key_ids, values, strict=True) if v is not None}
+
     async def mark_accepted(self, execution_id: str, user_id: str, ttl_s: int) -> None:
         """Remember an execution answered before the read model showed it (any replica)."""
         await self._r.set(f"{self._prefix}acc:{execution_id}", user_id, ex=ttl_s)

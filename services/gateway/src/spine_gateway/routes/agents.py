@@ -10,7 +10,7 @@ from spine_contracts import AgentInfo
 from spine_contracts.agent_rules import registration_problem
 
 from ..agents import agent_id_for
-from ..deps import AgentsDep, UserDep
+from ..deps import AgentsDep, DeleteAgentsDep, ReadAgentsDep, WriteAgentsDep
 from ..errors import InvalidInput, error_responses
 from ..models import ID_PATTERN, AgentList, AgentRemoved, AgentView, RegisterAgentRequest
 from . import answer
@@ -21,18 +21,18 @@ AgentId = Annotated[str, Path(pattern=ID_PATTERN)]
 
 
 @router.get("/agents", response_model=AgentList)
-async def list_agents(_user: UserDep, agents: AgentsDep) -> Response:
-    return answer(await agents.list())
+async def list_agents(caller: ReadAgentsDep, agents: AgentsDep) -> Response:
+    return answer(await agents.list(caller))
 
 
 @router.get("/agents/active", response_model=AgentList)
-async def active_agents(_user: UserDep, agents: AgentsDep) -> Response:
-    return answer(await agents.list(active_only=True))
+async def active_agents(caller: ReadAgentsDep, agents: AgentsDep) -> Response:
+    return answer(await agents.list(caller, active_only=True))
 
 
 @router.get("/agents/{agent_id}", response_model=AgentView, responses=_404)
-async def get_agent(agent_id: AgentId, _user: UserDep, agents: AgentsDep) -> Response:
-    return answer(await agents.get(agent_id))
+async def get_agent(agent_id: AgentId, caller: ReadAgentsDep, agents: AgentsDep) -> Response:
+    return answer(await agents.get(caller, agent_id))
 
 
 def _info(body: RegisterAgentRequest) -> AgentInfo:
@@ -68,13 +68,17 @@ def _info(body: RegisterAgentRequest) -> AgentInfo:
     response_model=AgentView,
     responses={202: {"model": AgentView, "description": "Sent; the registry has not answered"}},
 )
-async def register_agent(body: RegisterAgentRequest, _user: UserDep, agents: AgentsDep) -> Response:
+async def register_agent(
+    body: RegisterAgentRequest, caller: WriteAgentsDep, agents: AgentsDep
+) -> Response:
     """Register (or update) an agent: `{agent_id, name, description, endpoint, capabilities,
     agent_type}`; the original SDK's `{name, type, configuration}` works too."""
-    view, shown = await agents.register(_info(body))
+    view, shown = await agents.register(caller, _info(body))
     return answer(view, 201 if shown else 202)
 
 
 @router.delete("/agents/{agent_id}", response_model=AgentRemoved, responses=_404)
-async def deregister_agent(agent_id: AgentId, _user: UserDep, agents: AgentsDep) -> Response:
-    return answer(await agents.deregister(agent_id))
+async def deregister_agent(
+    agent_id: AgentId, caller: DeleteAgentsDep, agents: AgentsDep
+) -> Response:
+    return answer(await agents.deregister(caller, agent_id))

@@ -7,7 +7,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from sse_starlette.sse import EventSourceResponse
 
-from ..deps import ExecutionsDep, GatewayDep, IdempotencyKey, UserDep
+from ..deps import (
+    CancelDep,
+    ExecutionsDep,
+    GatewayDep,
+    IdempotencyKey,
+    InputDep,
+    ReadExecutionsDep,
+    RunDep,
+)
 from ..errors import InvalidInput, error_responses
 from ..models import (
     FLOW_ID_PATTERN,
@@ -73,12 +81,12 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 async def execute_flow(
     request: Request,
     body: ExecuteRequest,
-    user: UserDep,
+    caller: RunDep,
     executions: ExecutionsDep,
     idem: IdempotencyKey = None,
 ) -> Response:
     accepted, credits = await executions.execute(
-        user["user_id"], body.flow_id, body.input_data, body.metadata, idem
+        caller, body.flow_id, body.input_data, body.metadata, idem
     )
     request.state.usage_credits = credits
     return answer(accepted)
@@ -86,7 +94,7 @@ async def execute_flow(
 
 @router.get("/executions", response_model=ExecutionList)
 async def list_executions(
-    user: UserDep,
+    caller: ReadExecutionsDep,
     executions: ExecutionsDep,
     status: Annotated[str | None, Query(pattern=r"^[a-z_]{1,32}$")] = None,
     flow_id: Annotated[str | None, Query(pattern=FLOW_ID_PATTERN)] = None,
@@ -94,23 +102,21 @@ async def list_executions(
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Response:
     return answer(
-        await executions.list(
-            user["user_id"], status=status, flow_id=flow_id, limit=limit, offset=offset
-        )
+        await executions.list(caller, status=status, flow_id=flow_id, limit=limit, offset=offset)
     )
 
 
 @router.get("/executions/{execution_id}", response_model=ExecutionView, responses=_404)
 async def get_execution(
-    execution_id: ExecutionId, user: UserDep, executions: ExecutionsDep
+    execution_id: ExecutionId, caller: ReadExecutionsDep, executions: ExecutionsDep
 ) -> Response:
-    return answer(await executions.get(user["user_id"], execution_id))
+    return answer(await executions.get(caller, execution_id))
 
 
 @router.post("/executions/{execution_id}/cancel", response_model=ExecutionAction, responses=_ACTION)
 async def cancel_execution(
     execution_id: ExecutionId,
-    user: UserDep,
+    caller: CancelDep,
     executions: ExecutionsDep,
     idem: IdempotencyKey = None,
     body: Annotated[CancelRequest | None, Body()] = None,
@@ -118,13 +124,13 @@ async def cancel_execution(
     """Answers once the gateway's read model shows the execution cancelled; 409 when it
     had already ended (even if it ended while the cancel was on its way)."""
     reason = body.reason if body is not None else None
-    return answer(await executions.cancel(user["user_id"], execution_id, reason, idem))
+    return answer(await executions.cancel(caller, execution_id, reason, idem))
 
 
 @router.post("/executions/{execution_id}/input", response_model=ExecutionAction, responses=_ACTION)
 async def provide_input(
     execution_id: ExecutionId,
-    user: UserDep,
+    caller: InputDep,
     executions: ExecutionsDep,
     idem: IdempotencyKey = None,
     body: Annotated[InputRequest | None, Body()] = None,
@@ -136,37 +142,35 @@ async def provide_input(
     data = payload.get("input", payload.get("input_data", payload))
     if not isinstance(data, dict):
         raise InvalidInput("input must be a JSON object")
-    return answer(
-        await executions.provide_input(user["user_id"], execution_id, data, node_id, idem)
-    )
+    return answer(await executions.provide_input(caller, execution_id, data, node_id, idem))
 
 
 @router.get("/executions/{execution_id}/events", response_model=EventList, responses=_404)
 async def execution_events(
-    execution_id: ExecutionId, user: UserDep, executions: ExecutionsDep
+    execution_id: ExecutionId, caller: ReadExecutionsDep, executions: ExecutionsDep
 ) -> Response:
-    return answer(await executions.events(user["user_id"], execution_id))
+    return answer(await executions.events(caller, execution_id))
 
 
 @router.get("/executions/{execution_id}/results", response_model=Results, responses=_404)
 async def execution_results(
-    execution_id: ExecutionId, user: UserDep, executions: ExecutionsDep
+    execution_id: ExecutionId, caller: ReadExecutionsDep, executions: ExecutionsDep
 ) -> Response:
-    return answer(await executions.results(user["user_id"], execution_id))
+    return answer(await executions.results(caller, execution_id))
 
 
 @router.get("/executions/{execution_id}/messages", response_model=MessageList, responses=_404)
 async def execution_messages(
-    execution_id: ExecutionId, user: UserDep, executions: ExecutionsDep
+    execution_id: ExecutionId, caller: ReadExecutionsDep, executions: ExecutionsDep
 ) -> Response:
-    return answer(await executions.messages(user["user_id"], execution_id))
+    return answer(await executions.messages(caller, execution_id))
 
 
 @router.get("/messages/{execution_id}", response_model=MessageList, responses=_404)
 async def messages_alias(
-    execution_id: ExecutionId, user: UserDep, executions: ExecutionsDep
+    execution_id: ExecutionId, caller: ReadExecutionsDep, executions: ExecutionsDep
 ) -> Response:
-    return answer(await executions.messages(user["user_id"], execution_id))
+    return answer(await executions.messages(caller, execution_id))
 
 
 @router.get(
@@ -174,7 +178,7 @@ async def messages_alias(
 )
 async def execution_stream(
     execution_id: ExecutionId,
-    user: UserDep,
+    caller: ReadExecutionsDep,
     gateway: GatewayDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
 ) -> EventSourceResponse:
@@ -188,5 +192,7 @@ async def execution_stream(
             raise InvalidInput(f"Last-Event-ID {after} is beyond any sequence number")
         after = max(after, -1)  # before the first event: the whole trail
     keepalive = gateway.settings.sse_keepalive_s
-    events = await gateway.executions.stream(user["user_id"], execution_id, after, keepalive)
+    events = await gateway.executions.stream(
+        caller, execution_id, after, keepalive, lambda: gateway.identity.still_valid(caller)
+    )
     return EventSourceResponse(events, ping=int(keepalive))

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query, Response
 from pydantic import ValidationError
 
-from ..deps import MasterDep, UserDep, UsersDep
+from ..deps import AccountDep, AdminDep, UsersDep
 from ..errors import InvalidInput, error_responses
 from ..models import (
     ID_PATTERN,
@@ -33,8 +33,9 @@ _LIMITED = error_responses(429)
     response_model=NewUserView,
     responses=error_responses(409),
 )
-async def create_user(body: CreateUserRequest, _master: MasterDep, users: UsersDep) -> Response:
-    """Master key. The new user's `api_key` is in this answer only; it works at once."""
+async def create_user(body: CreateUserRequest, admin: AdminDep, users: UsersDep) -> Response:
+    """Admin (the master key or an admin key). The new user's `api_key` — with every user
+    scope — is in this answer only; it works at once."""
     user = await users.create(
         email=body.email,
         name=body.name,
@@ -42,20 +43,23 @@ async def create_user(body: CreateUserRequest, _master: MasterDep, users: UsersD
         credits=body.credits,
         rate_limit=body.rate_limit,
         user_id=body.user_id,
+        actor=admin.actor,
     )
     return answer(user, 201)
 
 
 @router.get("/me", response_model=Me, responses=_LIMITED)
-async def me(user: UserDep, users: UsersDep) -> Response:
+async def me(caller: AccountDep, users: UsersDep) -> Response:
     """The caller's account, credits and usage (requests total and in the last 24 hours)."""
-    return answer(await users.me(user))
+    assert caller.user is not None
+    return answer(await users.me(caller.user))
 
 
 @router.post("/regenerate-key", response_model=NewKeyView, responses=_LIMITED)
-async def regenerate_key(user: UserDep, users: UsersDep) -> Response:
-    """A new key, shown once; the previous one stops working."""
-    return answer(await users.rotate_key(user))
+async def regenerate_key(caller: AccountDep, users: UsersDep) -> Response:
+    """A new secret for the key that called (same id, scopes and expiry), shown once; the
+    previous secret stops working."""
+    return answer(await users.rotate_key(caller))
 
 
 @router.post(
@@ -64,13 +68,13 @@ async def regenerate_key(user: UserDep, users: UsersDep) -> Response:
     responses=error_responses(404),
 )
 async def add_credits(
-    _master: MasterDep,
+    admin: AdminDep,
     users: UsersDep,
     user_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     credits: Annotated[int | None, Query()] = None,
     body: Annotated[dict[str, Any] | None, Body()] = None,
 ) -> Response:
-    """Master key. `user_id` and `credits` as query parameters or JSON."""
+    """Admin. `user_id` and `credits` as query parameters or JSON."""
     raw = dict(body or {})
     if user_id is not None:
         raw["user_id"] = user_id
@@ -83,12 +87,12 @@ async def add_credits(
             "user_id and a positive credits are required",
             extra={"errors": exc.errors(include_url=False, include_context=False)},
         ) from exc
-    return answer(await users.add_credits(parsed.user_id, parsed.credits))
+    return answer(await users.add_credits(parsed.user_id, parsed.credits, admin.actor))
 
 
 @router.get("/{user_id}", response_model=UserView, responses=error_responses(404))
 async def get_user(
-    user_id: Annotated[str, Path(pattern=ID_PATTERN)], _master: MasterDep, users: UsersDep
+    user_id: Annotated[str, Path(pattern=ID_PATTERN)], _admin: AdminDep, users: UsersDep
 ) -> Response:
-    """Master key."""
+    """Admin."""
     return answer(await users.get(user_id))
