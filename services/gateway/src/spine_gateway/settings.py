@@ -1,9 +1,12 @@
-"""Gateway settings: the shared ones, the gateway's own knobs (``SPINE_GATEWAY_``), and a
-refusal of the default master key in production."""
+"""Gateway settings: the shared ones, the gateway's own knobs (``SPINE_GATEWAY_``), the
+operators' metrics scrape token, and a refusal of the default master key (and of a weak
+scrape token) in production."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
 from spine_servicekit.settings import DEFAULT_MASTER_KEY, CommonSettings
 
 
@@ -27,6 +30,17 @@ class GatewaySettings(CommonSettings):
     usage_buffer: int = Field(50_000, alias="SPINE_GATEWAY_USAGE_BUFFER", ge=1)
     #: the largest request body accepted (413 above it, whether declared or streamed)
     max_body_bytes: int = Field(1_048_576, alias="SPINE_GATEWAY_MAX_BODY_BYTES", ge=1024)
+    #: the bearer token Prometheus sends for ``/metrics`` (text only), so a scraper never
+    #: holds the master key; unset: only the master key reads the Prometheus text
+    metrics_scrape_token: str | None = Field(None, alias="SPINE_METRICS_SCRAPE_TOKEN", repr=False)
+
+    @field_validator("metrics_scrape_token", mode="before")
+    @classmethod
+    def _blank_token_is_unset(cls, value: Any) -> Any:
+        # compose passes "" for an unset variable; a mounted secret may end in a newline
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
 
     @model_validator(mode="after")
     def _no_default_master_key(self) -> GatewaySettings:
@@ -34,4 +48,12 @@ class GatewaySettings(CommonSettings):
             raise ValueError("API_KEY must be set to a secret outside DEV_MODE")
         if len(self.api_key) < 16 and not self.dev_mode:
             raise ValueError("API_KEY must be at least 16 characters outside DEV_MODE")
+        token = self.metrics_scrape_token
+        if token is not None and token == self.api_key:
+            # the token would then be the master key, and a scraper the admin
+            raise ValueError("SPINE_METRICS_SCRAPE_TOKEN must differ from API_KEY")
+        if token is not None and len(token) < 16 and not self.dev_mode:
+            raise ValueError(
+                "SPINE_METRICS_SCRAPE_TOKEN must be at least 16 characters outside DEV_MODE"
+            )
         return self
