@@ -1,6 +1,6 @@
 """The original AI Spine demo, over HTTP against a running stack (`make up`, then `make demo`).
 
-1. health and status of the stack;
+1. health and status of the stack (`/status` with the master key: its components);
 2. the flows and agents it offers;
 3. a demo user, created with the master key (its key is kept in `.spine/demo.key`, which is
    git-ignored, and reused while it works; topped up when out of credits);
@@ -74,7 +74,7 @@ def check(r: httpx.Response, *ok: int) -> dict[str, Any]:
     return body
 
 
-async def step_health(http: httpx.AsyncClient) -> None:
+async def step_health(http: httpx.AsyncClient, master: str) -> None:
     say("== 1. health")
     try:
         health = check(await http.get("/health"))
@@ -84,7 +84,9 @@ async def step_health(http: httpx.AsyncClient) -> None:
             "Run `make up` (and check PORT in .env)"
         ) from exc
     say(f"   gateway {health['status']} (version {health.get('version', '?')})")
-    r = await http.get("/status")
+    r = await http.get("/status", headers=bearer(master))  # components: the operator's view
+    if r.status_code == 401:
+        raise DemoError("the gateway refused API_KEY: is it the master key the stack runs with?")
     status = r.json()
     components = ", ".join(f"{k} {v['status']}" for k, v in status["components"].items())
     say(f"   {status['status']}: {components}")
@@ -241,7 +243,7 @@ async def main() -> int:
         base, master = settings()
         say(f"AI Spine demo against {base}")
         async with httpx.AsyncClient(base_url=base, timeout=60.0) as http:
-            await step_health(http)
+            await step_health(http, master)
             key = await step_user(http, master)
             await step_catalogue(http, key)
             eid = await step_run(http, key)

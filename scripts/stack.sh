@@ -41,6 +41,23 @@ load_env() {
   fi
   set -a; . "$ROOT/.env"; set +a
   export PORT="${PORT:-8000}"
+  scrape_token
+}
+
+# The gateway's Prometheus text needs the master key or this scrape token (docs/deploy.md):
+# unless the environment or .env sets SPINE_METRICS_SCRAPE_TOKEN, one is made once and kept
+# 0600 in .spine/metrics-scrape-token, where a local Prometheus can read it as its bearer
+# credentials_file. Its value is never printed.
+scrape_token() {
+  [[ -n "${SPINE_METRICS_SCRAPE_TOKEN:-}" ]] && { export SPINE_METRICS_SCRAPE_TOKEN; return; }
+  local file="$ROOT/.spine/metrics-scrape-token"
+  if [[ ! -s "$file" ]]; then
+    (umask 077; python3 -c 'import secrets; print("st_" + secrets.token_urlsafe(32))' > "$file")
+    echo "==> wrote .spine/metrics-scrape-token (the Prometheus scrape token; 0600)"
+  fi
+  chmod 600 "$file"
+  SPINE_METRICS_SCRAPE_TOKEN="$(<"$file")"
+  export SPINE_METRICS_SCRAPE_TOKEN
 }
 
 # The relay signs every call to an HTTP agent (docs/agents.md): its Ed25519 key is
@@ -93,7 +110,8 @@ up() {
     "$ROOT/.venv/bin/python" "$ROOT/scripts/register_echo_http.py" || return 1
   fi
   echo "==> AI Spine is up: http://127.0.0.1:$PORT  (API docs: http://127.0.0.1:$PORT/docs)"
-  echo "    master key: API_KEY in .env"
+  echo "    master key: API_KEY in .env; Prometheus scrape token: SPINE_METRICS_SCRAPE_TOKEN"
+  echo "    (.spine/metrics-scrape-token unless .env or the environment sets it)"
 }
 
 down() {

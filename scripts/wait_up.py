@@ -1,8 +1,9 @@
 """Wait until `make up` is really up: the gateway answers /health, /status is healthy and
 every service started by scripts/stack.sh beats. Says what it waits for every 10 s; gives up
 at once when the gateway process is gone, or after SPINE_UP_TIMEOUT seconds (600).
+/status shows the service instances only to the master key: API_KEY from the environment.
 
-    python scripts/wait_up.py <port> <gateway-pid-file> <service> [<service> ...]
+    API_KEY=... python scripts/wait_up.py <port> <gateway-pid-file> <service> [<service> ...]
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import urllib.request
 from pathlib import Path
 
 
-def get(url: str) -> tuple[int, dict[str, object] | None]:
+def get(url: str, key: str | None = None) -> tuple[int, dict[str, object] | None]:
+    request = urllib.request.Request(url)
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 (local URL)
+        with urllib.request.urlopen(request, timeout=5) as r:  # noqa: S310 (local URL)
             return r.status, json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
         try:
@@ -48,6 +52,13 @@ def missing_services(status: dict[str, object] | None, wanted: list[str]) -> lis
 
 def main() -> int:
     port, pid_file, wanted = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+    master = os.environ.get("API_KEY", "")
+    if not master:
+        print(
+            "!!  API_KEY is not set: /status shows the services only to the master key",
+            file=sys.stderr,
+        )
+        return 1
     base = f"http://127.0.0.1:{port}"
     timeout = float(os.environ.get("SPINE_UP_TIMEOUT", "600"))
     started = time.monotonic()
@@ -59,11 +70,17 @@ def main() -> int:
             return 1
         code, _ = get(f"{base}/health")
         if code == 200:
-            code, status = get(f"{base}/status")
+            code, status = get(f"{base}/status", master)
             missing = missing_services(status, wanted)
             if code == 200 and not missing:
                 print(f"==> /health and /status green in {time.monotonic() - started:.1f}s")
                 return 0
+            if code == 401:  # the gateway is up and refuses the key: waiting will not help
+                print(
+                    "!!  the gateway refused API_KEY on /status; is it the key it runs with?",
+                    file=sys.stderr,
+                )
+                return 1
             if code != 200:
                 components = (status or {}).get("components", {})
                 waiting_for = f"/status healthy (HTTP {code}; components {components})"

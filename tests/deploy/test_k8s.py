@@ -39,6 +39,7 @@ SECRETS = {
     "DATABASE_URL": "postgresql://spine:secret@postgres:5432/spine",
     "REDIS_URL": "redis://redis:6379/0",
     "POSTGRES_PASSWORD": "secret",
+    "SPINE_METRICS_SCRAPE_TOKEN": "test-scrape-token-0123456789",
 }
 NAMESPACES = {"dev": "ai-spine-dev", "prod": "ai-spine"}
 
@@ -303,6 +304,12 @@ def test_namespace_and_documented_secrets(
         if "secretKeyRef" in item.get("valueFrom", {})
     }
     assert {"API_KEY", "DATABASE_URL", "REDIS_URL"} <= {key for _, key in refs}
+    gateway = _container(of_kind(docs, "Deployment")["gateway"])
+    token = {i["name"]: i for i in gateway["env"]}["SPINE_METRICS_SCRAPE_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"]["key"] == "SPINE_METRICS_SCRAPE_TOKEN"
+    assert not token["valueFrom"]["secretKeyRef"].get("optional"), "Prometheus needs one"
+    maps = of_kind(docs, "ConfigMap").values()
+    assert not any("SPINE_METRICS_SCRAPE_TOKEN" in m.get("data", {}) for m in maps)
     assert not of_kind(docs, "Secret"), "secrets are created in the cluster, not committed"
     guide = (ROOT / "docs" / "deploy.md").read_text()
     for name, key in refs:

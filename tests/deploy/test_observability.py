@@ -19,7 +19,15 @@ import yaml
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from .helpers import BY_NAME, DEPLOY, PROCESSES, environment, load_process_settings, of_kind
+from .helpers import (
+    BY_NAME,
+    COMPOSE_FILE,
+    DEPLOY,
+    PROCESSES,
+    environment,
+    load_process_settings,
+    of_kind,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -198,13 +206,42 @@ def test_compose_scrape_config_reaches_every_metrics_endpoint(compose: dict[str,
     assert mounted[0] == "./prometheus/prometheus.yml"
 
 
+def test_compose_prometheus_sends_the_scrape_token_to_the_gateway_only(
+    compose: dict[str, Any],
+) -> None:
+    """The gateway's /metrics needs a bearer token (docs/api.md, Operations): the gateway
+    job reads the compose secret that holds the gateway's SPINE_METRICS_SCRAPE_TOKEN, and no
+    other job sends a credential."""
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    auth = jobs["ai-spine-gateway"]["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer" and "credentials" not in auth
+    services = compose["services"]
+    (secret,) = services["prometheus"]["secrets"]
+    assert auth["credentials_file"] == f"/run/secrets/{secret}"
+    source = compose["secrets"][secret]["environment"]
+    assert source == "SPINE_METRICS_SCRAPE_TOKEN"
+    gateway = services["gateway"]["environment"]
+    assert gateway[source] == "", "taken from the same variable, empty when unset"
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert raw["services"]["gateway"]["environment"][source] == "${SPINE_METRICS_SCRAPE_TOKEN:-}"
+    settings = load_process_settings(BY_NAME["gateway"], {**environment(services["gateway"])})
+    assert settings.metrics_scrape_token is None  # type: ignore[attr-defined]
+    for name, job in jobs.items():
+        if name != "ai-spine-gateway":
+            assert not {"authorization", "basic_auth", "oauth2"} & set(job), name
+
+
 def test_kubernetes_scrape_config_matches_the_pod_annotations(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     config = yaml.safe_load((DEPLOY / "prometheus" / "kubernetes.yml").read_text())
-    job = config["scrape_configs"][0]
-    assert job["job_name"].startswith("ai-spine")
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"ai-spine-pods", "ai-spine-gateway"}
+    job = jobs["ai-spine-pods"]
     namespaces = set(job["kubernetes_sd_configs"][0]["namespaces"]["names"])
+    for each in jobs.values():
+        assert set(each["kubernetes_sd_configs"][0]["namespaces"]["names"]) == namespaces
     for overlay in ("dev", "prod"):
         docs = rendered[overlay]
         assert {d["metadata"]["namespace"] for d in docs if d["kind"] == "Deployment"} <= namespaces
@@ -223,6 +260,42 @@ def test_kubernetes_scrape_config_matches_the_pod_annotations(
             assert int(annotations["prometheus.io/port"]) in ports, name
         exporting = {"gateway", "metrics"} | {p.name for p in PROCESSES if p.ops}
         assert annotated == exporting, "the processes that export metrics"
+        assert _token_scraped(docs) == {"gateway"}, "only the gateway's /metrics needs it"
+
+
+#: the pod annotation that sends a pod to the job with the scrape token (kubernetes.yml)
+METRICS_AUTH = "ai-spine.io/metrics-auth"
+METRICS_AUTH_LABEL = "__meta_kubernetes_pod_annotation_ai_spine_io_metrics_auth"
+
+
+def _token_scraped(docs: list[dict[str, Any]]) -> set[str]:
+    return {
+        name
+        for name, d in of_kind(docs, "Deployment").items()
+        if d["spec"]["template"]["metadata"].get("annotations", {}).get(METRICS_AUTH)
+        == "scrape-token"
+    }
+
+
+def test_kubernetes_prometheus_sends_the_scrape_token_to_the_gateway_only() -> None:
+    """Two jobs over the same pods: the first rule of one drops the pods annotated
+    ``ai-spine.io/metrics-auth=scrape-token``, the other's keeps only them and it alone
+    sends the token (a file Prometheus reads, from the Secret the gateway reads too)."""
+    config = yaml.safe_load((DEPLOY / "prometheus" / "kubernetes.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    pods, gateway = jobs["ai-spine-pods"], jobs["ai-spine-gateway"]
+    first = {name: job["relabel_configs"][0] for name, job in jobs.items()}
+    for rule in first.values():
+        assert rule["source_labels"] == [METRICS_AUTH_LABEL] and rule["regex"] == "scrape-token"
+    assert (first["ai-spine-pods"]["action"], first["ai-spine-gateway"]["action"]) == (
+        "drop",
+        "keep",
+    )
+    assert pods["relabel_configs"][1:] == gateway["relabel_configs"][1:]
+    assert not {"authorization", "basic_auth", "oauth2"} & set(pods)
+    auth = gateway["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer" and "credentials" not in auth
+    assert auth["credentials_file"].endswith("/ai-spine-secrets/SPINE_METRICS_SCRAPE_TOKEN")
 
 
 def test_grafana_provisioning(compose: dict[str, Any]) -> None:

@@ -26,6 +26,8 @@ from .harness import ROOT, Stack
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 MASTER = "test-master-key-0123456789"
+#: the operators' Prometheus scrape token (SPINE_METRICS_SCRAPE_TOKEN) of every test stack
+SCRAPE = "test-scrape-token-0123456789"
 APPLICANT = {"name": "Ana", "income": 6000, "amount": 12000, "term_months": 24, "debts": 300}
 TERMINAL = {"execution.completed", "execution.failed", "execution.cancelled"}
 FULL_STACK = ("registry", "orchestrator", "auth", "echo", "zoe", "eddie", "gateway")
@@ -131,6 +133,7 @@ def _stack_env(
         "SPINE_HEARTBEAT_INTERVAL": "1",
         "SPINE_GATEWAY_LAG_CACHE": "0.5",
         "API_KEY": MASTER,
+        "SPINE_METRICS_SCRAPE_TOKEN": SCRAPE,
         "API_KEY_REQUIRED": "true",
         "DEV_MODE": "false",
         "PORT": str(port),
@@ -492,12 +495,13 @@ async def test_flows_api_and_catalogues(api: Api) -> None:
     assert (await api.http.get("/api/v1/agents/zoe", headers=h)).status_code == 200
     assert (await api.http.get("/api/v1/agents/nope", headers=h)).status_code == 404
 
-    status = (await api.http.get("/status")).json()
+    master = api.auth(MASTER)  # the operator's view of /status and /metrics
+    status = (await api.http.get("/status", headers=master)).json()
     assert status["components"]["kafka"]["status"] == "ok"
     assert {"gateway", "auth", "orchestrator"} <= {s["service"] for s in status["services"]}
-    m = await api.http.get("/metrics", headers={"Accept": "application/json"})
+    m = await api.http.get("/metrics", headers={**master, "Accept": "application/json"})
     assert m.json()["executions"]["total"] >= 1
-    text = await api.http.get("/metrics")
+    text = await api.http.get("/metrics", headers=master)
     assert "spine_gateway_requests_total" in text.text
 
 
@@ -734,7 +738,7 @@ async def test_usage_is_recorded_per_request_and_shown_in_me(api: Api) -> None:
 async def test_status_shows_components_heartbeats_and_consumer_lag(api: Api) -> None:
     async with asyncio.timeout(120):  # lag is measured in the background, beats every second
         while True:
-            status = (await api.http.get("/status")).json()
+            status = (await api.http.get("/status", headers=api.auth(MASTER))).json()
             groups = status["consumer_groups"]
             prefix = api.env["SPINE_TOPIC_PREFIX"]
             if {"metrics"} <= {s["service"] for s in status["services"]} and {
@@ -762,17 +766,19 @@ async def test_metrics_json_is_the_projected_summary(api: Api) -> None:
     key = (await api.create_user(credits=2))["api_key"]
     eid = (await api.execute(key, "echo_chain", {})).json()["execution_id"]
     assert (await api.sse(key, eid))[-1]["event"] == "execution.completed"
+    master = api.auth(MASTER)  # every tenant's summary is the operator's
     async with asyncio.timeout(30):  # the metrics service publishes every 0.5 s
         while True:
-            m = (await api.http.get("/metrics", headers={"Accept": "application/json"})).json()
+            r = await api.http.get("/metrics", headers={**master, "Accept": "application/json"})
+            m = r.json()
             if m["summary"].get("executions_completed", 0) >= 1:
                 break
             await asyncio.sleep(0.2)
     assert m["executions_total"] >= 1 and m["summary"]["executions_total"] >= 1
     assert m["success_rate"] is not None and 0 <= m["success_rate"] <= 1
     assert m["flows_total"] >= 2 and m["agents_total"] >= 3
-    assert m["summary_updated_at"] and m["timestamp"]
-    text = await api.http.get("/metrics")
+    assert m["summary_updated_at"] and m["timestamp"] and m["scope"] == "all"
+    text = await api.http.get("/metrics", headers=master)
     assert text.headers["content-type"].startswith("text/plain")
     assert "spine_gateway_usage_records" in text.text
 

@@ -18,7 +18,8 @@ key, each scenario seeded with one execution of Carol's and one of Dave's: every
 reaches Dave's execution with Carol's key must end in an error (404), never a 2xx. And
 explicit loops over every route, under ``/api/v1`` and at the root, with no key, a made-up
 key, a user key and the master key: 401 without a valid key, 403 for a user on the admin
-routes, 404 for another tenant's execution, never a 5xx.
+routes, 404 for another tenant's execution, only liveness on ``/status`` and no ``/metrics``
+text but for the master key, never a 5xx.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def test_schema_with_a_valid_and_an_invalid_key(openapi: Any, tenants: Tenants) 
     """Each generated request twice: with Bob's key (every execution id in a path is
     Alice's) and with a key that does not exist."""
     sent = {"n": 0}
-    public = {"/health", "/status", "/metrics"}
+    public = {"/health"}
 
     def call(case: Any) -> None:
         sent["n"] += 1
@@ -321,7 +322,7 @@ def test_stateful_chains_never_reach_another_tenants_execution(
 
 # --- every route with each kind of key -----------------------------------------------------
 
-PUBLIC = {"/health", "/status", "/metrics"}
+PUBLIC = {"/health"}
 ADMIN = {("POST", "/users/create"), ("POST", "/users/add-credits"), ("GET", "/users/{user_id}")}
 #: what only a user does: spend credits, answer for the user, their own account
 USER_ONLY = {
@@ -341,6 +342,41 @@ SCOPE = {
     ("POST", "/agents"): "agents:write",
     ("DELETE", "/agents/{agent_id}"): "agents:write",
 }
+#: the operations views (identity.ops_view): (key kind, route) -> the status; /metrics is
+#: asked for its Prometheus text here (no Accept header)
+OPS: dict[tuple[str, str], int] = {
+    ("none", "/status"): 200,
+    ("made-up", "/status"): 401,
+    ("user", "/status"): 200,
+    ("reader", "/status"): 200,
+    ("admin-key", "/status"): 200,
+    ("master", "/status"): 200,
+    ("none", "/metrics"): 401,
+    ("made-up", "/metrics"): 401,
+    ("user", "/metrics"): 403,
+    ("reader", "/metrics"): 403,
+    ("admin-key", "/metrics"): 200,
+    ("master", "/metrics"): 200,
+}
+LIVENESS = {"status", "version", "uptime"}
+
+
+def _ops_problem(kind: str, route: str, r: httpx.Response, where: str) -> str | None:
+    """What is wrong with an operations answer: its status, or more than liveness shown to
+    anyone but the master key."""
+    got = 200 if route == "/status" and r.status_code == 503 else r.status_code  # degraded
+    if got != OPS[(kind, route)]:
+        return f"ops view not {OPS[(kind, route)]} with {where}"
+    if route == "/status" and got == 200:
+        shown = set(r.json())
+        operator = kind in ("master", "admin-key")
+        if operator and "services" not in shown:
+            return f"the operator's /status without its services with {where}"
+        if not operator and shown != LIVENESS:
+            return f"/status shows {sorted(shown - LIVENESS)} with {where}"
+    return None
+
+
 PROBE_FLOW = "probe_flow_e2e"
 
 
@@ -418,6 +454,7 @@ def test_every_route_with_every_kind_of_key(tenants: Tenants) -> None:
         schema = http.get("/openapi.json").json()
         routes = _routes(schema)
         assert len(routes) >= 50, routes
+        routes += [("GET", "/api/v1/status"), ("GET", "/api/v1/metrics")]  # not in the schema
         erin = http.post(
             "/api/v1/users/create",
             json={
@@ -474,6 +511,9 @@ def test_every_route_with_every_kind_of_key(tenants: Tenants) -> None:
                     problems.append(f"Alice's data leaked with {where}")
                 elif path in PUBLIC:
                     continue
+                elif (kind, route) in OPS:
+                    if problem := _ops_problem(kind, route, r, where):
+                        problems.append(problem)
                 elif (wrong := _expect(kind, method, route, r.status_code, code)) is not None:
                     problems.append(f"{wrong} with {where}")
         assert not problems, "\n".join(problems)

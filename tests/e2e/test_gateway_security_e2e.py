@@ -6,8 +6,8 @@ master key, executions run to completion, a key regenerated, the old key and a m
 refused, credits added, a user looked up, and bodies and messages over their limits
 refused with 413. The stack is then stopped, so every process has written its last line,
 and the tests look at what the run answered and at every log file it wrote
-(``.spine/logs/test-<prefix>*.log``): no API key (master or user, valid or not) and no
-database password may appear in any line.
+(``.spine/logs/test-<prefix>*.log``): no API key (master or user, valid or not), no
+metrics scrape token and no database password may appear in any line.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pytest_asyncio
 from spine_servicekit.kafka import KafkaConfig
 
 from .harness import ROOT
-from .test_gateway_e2e import MASTER, Api, gateway_stack
+from .test_gateway_e2e import MASTER, SCRAPE, Api, gateway_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -142,6 +142,10 @@ async def run(kafka: KafkaConfig, infra: dict[str, str], topic_prefix: str) -> R
         r = await api.http.get(f"/api/v1/users/{ana['user_id']}", headers=master)
         assert r.status_code == 200, r.text
         other = await api.create_user(credits=1)
+        # the operators' scrape token, and a near miss of it (refused as a bad key)
+        r = await api.http.get("/metrics", headers=api.auth(SCRAPE))
+        assert r.status_code == 200, r.text
+        assert (await api.http.get("/metrics", headers=api.auth(SCRAPE + "x"))).status_code == 401
 
         me = (await api.http.get("/api/v1/users/me", headers=api.auth(key))).json()
         result.credits_before = me["credits"]
@@ -182,6 +186,7 @@ async def run(kafka: KafkaConfig, infra: dict[str, str], topic_prefix: str) -> R
             "regenerated user key": key,
             "other user key": other["api_key"],
             "made-up key": BAD_KEY,
+            "metrics scrape token": SCRAPE,
         }
     # the stack is stopped: every process has exited and written its last line
     url = urlsplit(infra["DATABASE_URL"])
@@ -239,7 +244,7 @@ def _leaks(files: list[Path], secrets: dict[str, str]) -> list[str]:
     20 characters, so a truncated key is caught too)."""
     needles = dict(secrets)
     for what, value in secrets.items():
-        if value.startswith("sk_") or value == MASTER:
+        if value.startswith("sk_") or value in (MASTER, SCRAPE):
             needles[f"{what} (prefix)"] = value[:20]
     found: list[str] = []
     for path in files:

@@ -25,7 +25,7 @@ from spine_flows import load_flow_file
 from spine_servicekit.kafka import KafkaConfig
 
 from .harness import ROOT
-from .test_gateway_e2e import Api, gateway_stack
+from .test_gateway_e2e import MASTER, SCRAPE, Api, gateway_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -187,7 +187,7 @@ async def test_consumer_lag_is_a_gateway_metric(traced: tuple[Api, Path]) -> Non
     wanted = {f"{prefix}orchestrator", f"{prefix}auth", f"{prefix}agent.zoe"}
     async with asyncio.timeout(60):  # lag is measured in the background, a few seconds old
         while True:
-            text = (await api.http.get("/metrics")).text
+            text = (await api.http.get("/metrics", headers=api.auth(SCRAPE))).text  # Prometheus
             series = {
                 (s.labels["group"], s.labels["topic"]): s.value
                 for family in text_string_to_metric_families(text)
@@ -197,7 +197,7 @@ async def test_consumer_lag_is_a_gateway_metric(traced: tuple[Api, Path]) -> Non
             if wanted <= {group for group, _ in series}:
                 break
             await asyncio.sleep(0.5)
-    status = (await api.http.get("/status")).json()["consumer_groups"]
+    status = (await api.http.get("/status", headers=api.auth(MASTER))).json()["consumer_groups"]
     for (group, topic), value in series.items():
         assert value >= 0 and topic.startswith(f"{prefix}spine.")
         assert topic in status[group]["topics"], (group, topic)

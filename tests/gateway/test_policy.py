@@ -1,21 +1,27 @@
-"""The permission policy as a table: every action × role × scope × ownership (pure)."""
+"""The permission policy as tables: every action × role × scope × ownership, and who sees
+what of the operations endpoints (both pure, policy.check and policy.ops_view)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from spine_contracts.access import SYSTEM, USER_SCOPES
-from spine_gateway.errors import Forbidden
+from spine_gateway.errors import Forbidden, Unauthorized
 from spine_gateway.policy import (
     ADMIN_ONLY,
     HIDDEN,
     USER_ONLY,
     Action,
     Caller,
+    OpsEndpoint,
+    OpsRole,
+    OpsView,
     check,
     may_mint,
     may_revoke,
+    ops_view,
 )
 
 ALL = frozenset(USER_SCOPES)
@@ -131,3 +137,42 @@ def test_revocation_any_key_itself_and_only_no_wider_ones() -> None:
     with pytest.raises(Forbidden) as wider:
         may_revoke(READER, ALL, own=False)
     assert wider.value.code == "FORBIDDEN_SCOPE"
+
+
+# --- operations views: who sees what of /status and /metrics (policy.ops_view) ----------
+
+LIVENESS, OWN, EVERYTHING = OpsView.LIVENESS, OpsView.OWN, OpsView.ALL
+STATUS, JSON, TEXT = OpsEndpoint.STATUS, OpsEndpoint.METRICS_JSON, OpsEndpoint.METRICS_TEXT
+
+#: (caller, endpoint) -> the view, or (status, code) of the refusal
+OPS_TABLE: list[tuple[OpsRole, OpsEndpoint, OpsView | tuple[int, str]]] = [
+    (OpsRole.ANONYMOUS, STATUS, LIVENESS),
+    (OpsRole.ANONYMOUS, JSON, (401, "MISSING_API_KEY")),
+    (OpsRole.ANONYMOUS, TEXT, (401, "MISSING_API_KEY")),
+    (OpsRole.USER, STATUS, LIVENESS),
+    (OpsRole.USER, JSON, OWN),
+    (OpsRole.USER, TEXT, (403, "ADMIN_REQUIRED")),
+    (OpsRole.ADMIN, STATUS, EVERYTHING),
+    (OpsRole.ADMIN, JSON, EVERYTHING),
+    (OpsRole.ADMIN, TEXT, EVERYTHING),
+    (OpsRole.SCRAPER, STATUS, LIVENESS),
+    (OpsRole.SCRAPER, JSON, (403, "ADMIN_REQUIRED")),
+    (OpsRole.SCRAPER, TEXT, EVERYTHING),
+]
+
+
+@pytest.mark.parametrize(("caller", "endpoint", "decided"), OPS_TABLE)
+def test_ops_view(caller: OpsRole, endpoint: OpsEndpoint, decided: Any) -> None:
+    if isinstance(decided, OpsView):
+        assert ops_view(caller, endpoint) is decided
+        return
+    with pytest.raises((Unauthorized, Forbidden)) as caught:
+        ops_view(caller, endpoint)
+    assert (caught.value.status, caught.value.code) == decided
+
+
+def test_every_ops_pair_is_decided_and_only_the_operator_sees_all() -> None:
+    assert {(c, e) for c, e, _ in OPS_TABLE} == {(c, e) for c in OpsRole for e in OpsEndpoint}
+    sees_all = {(c, e) for c, e, d in OPS_TABLE if d is EVERYTHING}
+    assert {c for c, _ in sees_all} == {OpsRole.ADMIN, OpsRole.SCRAPER}
+    assert {e for c, e in sees_all if c is OpsRole.SCRAPER} == {TEXT}  # the token: text only

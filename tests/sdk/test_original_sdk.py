@@ -60,10 +60,13 @@ async def test_the_original_sdk_runs_a_whole_credit_analysis(api: Api) -> None:
         assert await sdk(client.check_credits) == 2
         me = await sdk(client.get_current_user)
         assert me["user_id"] == user["user_id"] and "usage" in me
-        metrics = await sdk(client.get_metrics)  # Accept: application/json → the JSON summary
-        assert (Metrics.from_dict(metrics).executions_total or 0) >= 1
-        status = await sdk(client.get_status)
+        # Accept: application/json → the JSON summary; a user's key gets their own figures
+        metrics = await sdk(client.get_metrics)
+        assert Metrics.from_dict(metrics).executions_total == 1
+        assert metrics["scope"] == "user" and metrics["user_id"] == user["user_id"]
+        status = await sdk(client.get_status)  # liveness only: no instances, no lag
         assert status["status"] == "healthy" and status["uptime"] > 0
+        assert "services" not in status and "consumer_groups" not in status
 
         # agents in the SDK README's shape, then deleted (a second delete is False: 404)
         made = await sdk(

@@ -1,6 +1,7 @@
 """Dependencies as ``Annotated`` aliases so routes read as signatures: who is calling and
-the action the route performs (``Allowed(Action.X)``, decided by :mod:`.policy`), and the
-resource services."""
+the action the route performs (``Allowed(Action.X)``; for ``/status`` and ``/metrics`` the
+view ``StatusAccessDep``/``MetricsAccessDep`` grants — both decided by :mod:`.policy`), and
+the resource services."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from .apikeys import KeysService
 from .audit import AuditService
 from .executions import ExecutionsService
 from .flows import FlowsService
-from .identity import Identity, Principal
+from .identity import Identity, OpsCaller, Principal
 from .operations import OperationsService
-from .policy import Action, check
+from .policy import Action, OpsEndpoint, OpsView, check, ops_view
 from .settings import GatewaySettings
 from .users import UsersService
 
@@ -82,6 +83,53 @@ def Allowed(action: Action) -> Any:  # noqa: N802 - reads as a type in signature
     return Depends(allowed)
 
 
+# --- operations endpoints (/status, /metrics): a key is optional there --------------------
+
+
+async def get_ops_caller(
+    request: Request,
+    gateway: GatewayDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> OpsCaller:
+    """No key: anonymous; a bad key: 401; a user's key counts like any user request."""
+    token = credentials.credentials.strip() if credentials is not None else None
+    caller = await gateway.identity.ops_caller(token or None)
+    user = caller.principal.user if caller.principal is not None else None
+    if user is not None:  # usage and rate limit, as for get_user
+        request.state.usage_user = user["user_id"]
+        request.state.rate = await gateway.identity.rate(user)
+    return caller
+
+
+OpsCallerDep = Annotated[OpsCaller, Depends(get_ops_caller)]
+
+
+@dataclass(frozen=True)
+class OpsAccess:
+    """What one operations request may see, as ``identity.ops_view`` decided it."""
+
+    endpoint: OpsEndpoint
+    view: OpsView
+    user_id: str | None  # the caller's, for ``OpsView.OWN``
+
+
+def _access(caller: OpsCaller, endpoint: OpsEndpoint) -> OpsAccess:
+    view = ops_view(caller.kind, endpoint)
+    user = caller.principal.user if caller.principal is not None else None
+    return OpsAccess(endpoint, view, user["user_id"] if user is not None else None)
+
+
+async def get_status_access(caller: OpsCallerDep) -> OpsAccess:
+    return _access(caller, OpsEndpoint.STATUS)
+
+
+async def get_metrics_access(request: Request, caller: OpsCallerDep) -> OpsAccess:
+    # the published SDK sends Accept: application/json and reads the JSON summary
+    wants_json = "application/json" in request.headers.get("accept", "")
+    endpoint = OpsEndpoint.METRICS_JSON if wants_json else OpsEndpoint.METRICS_TEXT
+    return _access(caller, endpoint)
+
+
 async def _users(gateway: GatewayDep) -> UsersService:
     return gateway.users
 
@@ -133,6 +181,8 @@ FlowsDep = Annotated[FlowsService, Depends(_flows)]
 AgentsDep = Annotated[AgentsService, Depends(_agents)]
 ExecutionsDep = Annotated[ExecutionsService, Depends(_executions)]
 OperationsDep = Annotated[OperationsService, Depends(_operations)]
+StatusAccessDep = Annotated[OpsAccess, Depends(get_status_access)]
+MetricsAccessDep = Annotated[OpsAccess, Depends(get_metrics_access)]
 IdempotencyKey = Annotated[
     str | None,
     Header(

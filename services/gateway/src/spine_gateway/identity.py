@@ -22,7 +22,7 @@ from .adapters.redis import RedisStore
 from .cache import ReadCache
 from .errors import RateLimited, Unauthorized, Unavailable
 from .keys import hash_key, same_secret
-from .policy import Caller
+from .policy import Caller, OpsRole
 from .ratelimit import RateDecision
 from .settings import GatewaySettings
 
@@ -81,6 +81,15 @@ class Principal:
 MASTER_PRINCIPAL = Principal(role="admin", key_id=MASTER, scopes=frozenset(USER_SCOPES))
 
 
+@dataclass(frozen=True)
+class OpsCaller:
+    """The caller of an operations endpoint (``/status``, ``/metrics``); ``principal`` only
+    for a key."""
+
+    kind: OpsRole
+    principal: Principal | None = None
+
+
 class Identity:
     def __init__(
         self,
@@ -134,6 +143,19 @@ class Identity:
         if found is None or found.key["key_id"] != principal.key_id:
             return False
         return not expired(found.key, datetime.now(UTC))
+
+    async def ops_caller(self, token: str | None) -> OpsCaller:
+        """Who asks for an operations view. No key is anonymous, even with
+        ``API_KEY_REQUIRED=false`` (liveness needs no user, nor the development user to
+        exist yet); the scrape token, compared in constant time, is a caller of its own;
+        any other key must authenticate (401 when it does not)."""
+        if token is None:
+            return OpsCaller(OpsRole.ANONYMOUS)
+        scrape = self.settings.metrics_scrape_token
+        if scrape is not None and same_secret(token, scrape):
+            return OpsCaller(OpsRole.SCRAPER)
+        principal = await self.authenticate(token)
+        return OpsCaller(OpsRole.ADMIN if principal.admin else OpsRole.USER, principal)
 
     async def rate(self, user: UserRow) -> RateDecision:
         """Count one request of ``user``; 429 past their limit in the current window."""

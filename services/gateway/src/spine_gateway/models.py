@@ -581,9 +581,19 @@ class CreditsAddedView(UserView):
     credits_added: int
 
 
-class Status(_Open):
+class Liveness(_Open):
+    """``/status`` without a key (or with a user's key or the scrape token): whether the
+    installation is up, and nothing about who or what runs in it."""
+
     status: str
+    version: str
     uptime: float
+
+
+class Status(Liveness):
+    """``/status`` with the master key: every component, projection, service instance and
+    consumer group."""
+
     components: dict[str, dict[str, Any]]
     projections: dict[str, str]
     services: list[dict[str, Any]]
@@ -591,7 +601,11 @@ class Status(_Open):
 
 
 class MetricsSummaryView(_Open):
+    """``/metrics`` JSON: every tenant's figures (``scope: all``, the master key) or the
+    caller's own (``scope: user``, a user's key), in the same fields."""
+
     timestamp: str
+    scope: Literal["all", "user"]
     executions_total: int
     executions_active: int
     flows_total: int

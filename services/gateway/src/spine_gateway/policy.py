@@ -29,7 +29,7 @@ from typing import Final, Literal
 
 from spine_contracts.access import MAX_ADMIN_KEY_TTL_S, SYSTEM, USER_SCOPES, Role, Scope
 
-from .errors import Forbidden
+from .errors import Forbidden, Unauthorized
 
 Hidden = Literal["hidden"]
 HIDDEN: Final[Hidden] = "hidden"
@@ -161,9 +161,93 @@ def may_revoke(caller: Caller, key_scopes: Iterable[str], own: bool) -> None:
         )
 
 
+# --- operations views: /status and /metrics -----------------------------------------------
+# Their callers may also be nobody or the Prometheus scrape token, and the answer is a view
+# (liveness, the caller's own figures, everything) rather than yes or no: ``ops_view``.
+
+
+class OpsRole(Enum):
+    """Who asks for an operations view."""
+
+    ANONYMOUS = "no key"
+    USER = "a user's key"
+    ADMIN = "the master key or an admin key"
+    SCRAPER = "the metrics scrape token"  # SPINE_METRICS_SCRAPE_TOKEN: Prometheus
+
+
+class OpsEndpoint(Enum):
+    STATUS = "GET /status"
+    METRICS_JSON = "GET /metrics (JSON summary)"
+    METRICS_TEXT = "GET /metrics (Prometheus text)"
+
+
+class OpsView(Enum):
+    """How much an operations answer shows."""
+
+    LIVENESS = "liveness"  # up or degraded: no instance, agent, lag or tenant figure
+    OWN = "own"  # the caller's own executions, credits and rates
+    ALL = "all"  # every tenant's figures and every service instance: the operator's
+
+
+@dataclass(frozen=True)
+class _Refuse:
+    error: type[Unauthorized | Forbidden]
+    code: str
+    message: str
+
+
+_NO_KEY = _Refuse(
+    Unauthorized,
+    "MISSING_API_KEY",
+    "missing API key: send Authorization: Bearer <key> (a user's key, the master key, "
+    "or the metrics scrape token for the Prometheus text)",
+)
+_TEXT_IS_OPERATORS = _Refuse(
+    Forbidden,
+    "ADMIN_REQUIRED",
+    "the Prometheus text shows every tenant: it needs the master key or the metrics scrape "
+    "token (a user's key reads its own figures with Accept: application/json)",
+)
+_TOKEN_IS_TEXT_ONLY = _Refuse(
+    Forbidden,
+    "ADMIN_REQUIRED",
+    "the metrics scrape token reads only the Prometheus text; the JSON summary needs a "
+    "user's key or the master key",
+)
+
+#: (caller, endpoint) -> the view it gets, or the refusal. Anonymous callers learn only
+#: whether the installation is up; a user sees their own figures; the operator everything.
+_OPS_POLICY: dict[tuple[OpsRole, OpsEndpoint], OpsView | _Refuse] = {
+    (OpsRole.ANONYMOUS, OpsEndpoint.STATUS): OpsView.LIVENESS,
+    (OpsRole.ANONYMOUS, OpsEndpoint.METRICS_JSON): _NO_KEY,
+    (OpsRole.ANONYMOUS, OpsEndpoint.METRICS_TEXT): _NO_KEY,
+    (OpsRole.USER, OpsEndpoint.STATUS): OpsView.LIVENESS,
+    (OpsRole.USER, OpsEndpoint.METRICS_JSON): OpsView.OWN,
+    (OpsRole.USER, OpsEndpoint.METRICS_TEXT): _TEXT_IS_OPERATORS,
+    (OpsRole.ADMIN, OpsEndpoint.STATUS): OpsView.ALL,
+    (OpsRole.ADMIN, OpsEndpoint.METRICS_JSON): OpsView.ALL,
+    (OpsRole.ADMIN, OpsEndpoint.METRICS_TEXT): OpsView.ALL,
+    (OpsRole.SCRAPER, OpsEndpoint.STATUS): OpsView.LIVENESS,
+    (OpsRole.SCRAPER, OpsEndpoint.METRICS_JSON): _TOKEN_IS_TEXT_ONLY,
+    (OpsRole.SCRAPER, OpsEndpoint.METRICS_TEXT): OpsView.ALL,
+}
+
+
+def ops_view(caller: OpsRole, endpoint: OpsEndpoint) -> OpsView:
+    """The view ``caller`` gets of ``endpoint``; raise the refusal (401, 403) otherwise."""
+    decided = _OPS_POLICY[(caller, endpoint)]
+    if isinstance(decided, _Refuse):
+        raise decided.error(decided.message, code=decided.code)
+    return decided
+
+
 ALL_USER_SCOPES: Final[frozenset[str]] = frozenset(USER_SCOPES)
 __all__ = [
     "ALL_USER_SCOPES",
+    "OpsEndpoint",
+    "OpsRole",
+    "OpsView",
+    "ops_view",
     "HIDDEN",
     "Action",
     "Caller",

@@ -1,9 +1,12 @@
-"""Gateway settings: the shared ones, the gateway's own knobs (``SPINE_GATEWAY_``), and a
-refusal of the default master key in production."""
+"""Gateway settings: the shared ones, the gateway's own knobs (``SPINE_GATEWAY_``), the
+operators' metrics scrape token, and a refusal of the default master key (and of a weak
+scrape token) in production."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
 from spine_servicekit.settings import DEFAULT_MASTER_KEY, CommonSettings
 
 
@@ -32,6 +35,17 @@ class GatewaySettings(CommonSettings):
     #: flows cost what the admin set.
     min_credits_per_execution: int = Field(1, alias="SPINE_MIN_CREDITS_PER_EXECUTION", ge=0)
     min_credits_per_agent_node: int = Field(0, alias="SPINE_MIN_CREDITS_PER_AGENT_NODE", ge=0)
+    #: the bearer token Prometheus sends for ``/metrics`` (text only), so a scraper never
+    #: holds the master key; unset: only the master key reads the Prometheus text
+    metrics_scrape_token: str | None = Field(None, alias="SPINE_METRICS_SCRAPE_TOKEN", repr=False)
+
+    @field_validator("metrics_scrape_token", mode="before")
+    @classmethod
+    def _blank_token_is_unset(cls, value: Any) -> Any:
+        # compose passes "" for an unset variable; a mounted secret may end in a newline
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
 
     @model_validator(mode="after")
     def _no_default_master_key(self) -> GatewaySettings:
@@ -39,4 +53,12 @@ class GatewaySettings(CommonSettings):
             raise ValueError("API_KEY must be set to a secret outside DEV_MODE")
         if len(self.api_key) < 16 and not self.dev_mode:
             raise ValueError("API_KEY must be at least 16 characters outside DEV_MODE")
+        token = self.metrics_scrape_token
+        if token is not None and token == self.api_key:
+            # the token would then be the master key, and a scraper the admin
+            raise ValueError("SPINE_METRICS_SCRAPE_TOKEN must differ from API_KEY")
+        if token is not None and len(token) < 16 and not self.dev_mode:
+            raise ValueError(
+                "SPINE_METRICS_SCRAPE_TOKEN must be at least 16 characters outside DEV_MODE"
+            )
         return self

@@ -271,9 +271,26 @@ class ReadModel:
             ),
         )
 
-    async def status_counts(self) -> dict[str, int]:
-        rows = await self._pool.fetch("SELECT status, count(*) AS n FROM executions GROUP BY 1")
+    async def status_counts(self, user_id: str | None = None) -> dict[str, int]:
+        """Executions by status: every tenant's, or one user's."""
+        if user_id is None:
+            rows = await self._pool.fetch("SELECT status, count(*) AS n FROM executions GROUP BY 1")
+        else:  # a query of its own: a generic plan of "$1 IS NULL OR ..." scans every row
+            rows = await self._pool.fetch(
+                "SELECT status, count(*) AS n FROM executions WHERE user_id = $1 GROUP BY 1",
+                user_id,
+            )
         return {r["status"]: int(r["n"]) for r in rows}
+
+    async def average_duration_ms(self, user_id: str) -> float | None:
+        """The mean time from start to end of a user's ended executions (``None`` before
+        the first), from the times the read model recorded for their events."""
+        value = await self._pool.fetchval(
+            """SELECT avg(EXTRACT(EPOCH FROM completed_at - created_at) * 1000)
+               FROM executions WHERE user_id = $1 AND completed_at IS NOT NULL""",
+            user_id,
+        )
+        return float(value) if value is not None else None
 
     # usage
     async def usage(self, user_id: str) -> UsageRow:
