@@ -110,11 +110,14 @@ async def send(producer: AIOKafkaProducer, cfg: KafkaConfig, command: Message) -
 
 
 async def race(cfg: KafkaConfig, pairs: Sequence[tuple[Message, Message]]) -> None:
-    """Send each pair's two commands at once, from two producers."""
+    """Send each pair's two commands at once, from two producers; every other pair swaps
+    producers, so whichever producer's batch lands first, both sides win some races."""
     async with producers(2, cfg) as (one, two):
-        await asyncio.gather(
-            *(send(one, cfg, a) for a, _ in pairs), *(send(two, cfg, b) for _, b in pairs)
-        )
+        sends = []
+        for i, (a, b) in enumerate(pairs):
+            first, second = (one, two) if i % 2 == 0 else (two, one)
+            sends += [send(first, cfg, a), send(second, cfg, b)]
+        await asyncio.gather(*sends)
 
 
 async def audited(cfg: KafkaConfig, count: int) -> TopicTail:
