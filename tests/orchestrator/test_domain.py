@@ -48,12 +48,18 @@ def simple_condition(expr: str, inp: Mapping[str, Any], nodes: Mapping[str, Any]
     return str(nodes.get(node, {}).get(fld)) == right.strip("'\"")
 
 
-def env(now: datetime = T0, agents: dict[str, str] | None = None) -> Environment:
+def env(
+    now: datetime = T0,
+    agents: dict[str, str] | None = None,
+    owners: dict[str, str | None] | None = None,
+) -> Environment:
     agents = agents or {}
+    owners = owners or {}
     return Environment(
         now=now,
         agent_availability=lambda a: agents.get(a, "active"),  # type: ignore[arg-type,return-value]
         evaluate_condition=simple_condition,
+        agent_owner=lambda a: owners.get(a, "system"),
     )
 
 
@@ -253,6 +259,52 @@ def test_unavailable_agent_fails_at_once_or_waits_when_configured() -> None:
     )
     d = decide(d.state, fire, env(T0 + timedelta(seconds=1)))
     assert len(tasks(d)) == 1
+
+
+def test_an_agent_of_another_user_fails_the_node_and_is_never_dispatched() -> None:
+    f = flow(agent("a"), FlowNode(id="b", agent_id="mine", depends_on=("a",)))
+    d = decide(None, start(f), env(owners={"echo": "u2"}))  # the execution is u1's
+    assert d.tasks == []
+    assert not [e for e in d.events if isinstance(e, NodeDispatched)]
+    (failed,) = [e for e in d.events if isinstance(e, ExecutionFailed)]
+    assert failed.data.error_message == "node 'a': agent 'echo' belongs to another user"
+    assert failed.data.node_id == "a"
+    (settle,) = d.commands
+    assert isinstance(settle, SettleCredits) and settle.data.charge == 0
+
+
+def test_a_later_node_on_another_users_agent_fails_when_it_is_reached() -> None:
+    f = flow(agent("a"), FlowNode(id="b", agent_id="theirs", depends_on=("a",)))
+    owners: dict[str, str | None] = {"echo": "u1", "theirs": "u2"}
+    d = decide(None, start(f), env(owners=owners))
+    (task,) = tasks(d)  # the user's own agent runs
+    d = decide(d.state, result(task, output={"ok": 1}), env(owners=owners))
+    assert tasks(d) == []
+    (failed,) = [e for e in d.events if isinstance(e, ExecutionFailed)]
+    assert "agent 'theirs' belongs to another user" in failed.data.error_message
+
+
+def test_system_agents_and_the_users_own_are_dispatched() -> None:
+    f = flow(agent("a"), FlowNode(id="b", agent_id="mine", depends_on=("a",)))
+    owners: dict[str, str | None] = {"echo": "system", "mine": "u1"}
+    d = decide(None, start(f), env(owners=owners))
+    (task,) = tasks(d)
+    d = decide(d.state, result(task, output={"ok": 1}), env(owners=owners))
+    assert [t.data.to_agent for t in tasks(d)] == ["mine"]
+
+
+def test_ownership_is_checked_before_waiting_for_the_agent() -> None:
+    f = flow(agent("a", wait_for_agent=30))
+    d = decide(None, start(f), env(agents={"echo": "inactive"}, owners={"echo": "u2"}))
+    assert d.state is not None and d.state.timers == {}  # no agent_wait: it cannot help
+    assert d.state.status == "failed"
+
+
+def test_an_unknown_agent_has_no_owner_and_fails_as_unknown() -> None:
+    f = flow(agent("a"))
+    d = decide(None, start(f), env(agents={"echo": "unknown"}, owners={"echo": None}))
+    (failed,) = [e for e in d.events if isinstance(e, ExecutionFailed)]
+    assert "agent 'echo' is unknown" in failed.data.error_message
 
 
 def test_snapshot_round_trip_preserves_state() -> None:

@@ -1,4 +1,6 @@
-"""Wiring of the orchestrator: catalogue follower, timers, flow loader, loop, projection."""
+"""Wiring of the orchestrator: the agent catalogue follower, timers, the execution loop and
+its projection, and the flow catalogue: its single writer (a loop of its own over
+``spine.flows.commands``) and the flow-file loader that sends it the files' commands."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from spine_servicekit.txloop import TransactionalLoop
 
 from .catalog import AgentCatalog
 from .flow_loader import FlowLoader
+from .flow_writer import FlowWriter, make_flow_writer_loop
 from .handlers import OrchestratorHandler
 from .projection import PROJECTION
 from .settings import OrchestratorSettings
@@ -85,13 +88,16 @@ async def main(ctx: ServiceContext) -> None:
         min_interval_s=BATCH_INTERVAL_S,
     )
 
-    flows_topic = cfg.topic(topics.FLOWS)
-    loader = FlowLoader(settings.flows_dir, lambda m, key: publish(flows_topic, key, m))
-    flows = TopicFollower(cfg.background(), flows_topic, loader.observe, name="flows-follower")
+    flow_writer_loop = make_flow_writer_loop(cfg, FlowWriter(cfg), max_batch=settings.max_batch)
+    flow_commands = cfg.topic(topics.FLOW_COMMANDS)
+    loader = FlowLoader(settings.flows_dir, lambda m, key: publish(flow_commands, key, m))
+    flows = TopicFollower(
+        cfg.background(), cfg.topic(topics.FLOWS), loader.observe, name="flows-follower"
+    )
     await flows.start()
     await flows.wait_caught_up()
-    published = await loader.scan()
-    log.info("flows_loaded", directory=settings.flows_dir, published=published)
+    sent = await loader.scan()
+    log.info("flows_loaded", directory=settings.flows_dir, sent=sent)
 
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(timers.run(), name="timers")]
     if settings.watch_flows:
@@ -99,7 +105,7 @@ async def main(ctx: ServiceContext) -> None:
     ctx.details["live_executions"] = 0
     await projector.start()
     try:
-        async with loop:
+        async with loop, flow_writer_loop:
             while not ctx.stopping.is_set():
                 ctx.details["live_executions"] = handler.live_executions
                 ctx.details["timers"] = timers.pending

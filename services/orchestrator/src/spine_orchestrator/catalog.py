@@ -1,7 +1,9 @@
 """The orchestrator's view of the agent catalogue, folded from ``spine.registry.events``.
 
-Pure: :meth:`AgentCatalog.apply` takes one registry event, :meth:`availability` answers
-what :class:`~spine_orchestrator.domain.Environment` asks. The Kafka adapter feeds it.
+Pure: :meth:`AgentCatalog.apply` takes one registry event; :meth:`availability` and
+:meth:`owner` answer what :class:`~spine_orchestrator.domain.Environment` asks (whether a
+node can be dispatched, and whether the execution's user may use the agent at all). The
+Kafka adapter feeds it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spine_contracts import AgentDeregistered, AgentRegistered, AgentStatusChanged, Message
+from spine_contracts.access import SYSTEM
 
 from .domain import AgentAvailability
 
@@ -18,6 +21,7 @@ class AgentView:
     registered: bool
     active: bool
     transport: str
+    owner: str = SYSTEM
 
 
 class AgentCatalog:
@@ -29,7 +33,10 @@ class AgentCatalog:
             d = message.data
             registered = d.registered and not isinstance(message, AgentDeregistered)
             self._agents[d.agent.agent_id] = AgentView(
-                registered=registered, active=registered and d.active, transport=d.agent.transport
+                registered=registered,
+                active=registered and d.active,
+                transport=d.agent.transport,
+                owner=d.owner,
             )
 
     def availability(self, agent_id: str) -> AgentAvailability:
@@ -39,6 +46,11 @@ class AgentCatalog:
         if not view.registered:
             return "deregistered"
         return "active" if view.active else "inactive"
+
+    def owner(self, agent_id: str) -> str | None:
+        """The agent's owner (kept by a deregistration too); ``None`` for an unknown agent."""
+        view = self._agents.get(agent_id)
+        return view.owner if view is not None else None
 
     def __len__(self) -> int:
         return len(self._agents)

@@ -13,6 +13,9 @@ Rules (docs/guarantees.md, docs/flows.md):
   skipped; a node with some completed dependencies runs with those outputs;
 * an ``output`` node needs no agent: its output is its single dependency's output, or a
   map of dependency id to output when it has several;
+* a node is dispatched only to an agent of ``system`` or of the execution's user
+  (DESIGN §12): an agent of another user fails the execution, naming the agent, and
+  nothing reaches that agent's topic;
 * ``(execution, node, attempt)`` is dispatched at most once; a result for any other
   attempt, or for a finished node, changes nothing;
 * a failure is retried (a new attempt after a backoff timer) up to ``retries`` times, then
@@ -53,6 +56,7 @@ from spine_contracts import (
     SettleCredits,
     StartExecution,
 )
+from spine_contracts.access import SYSTEM, owner_may_use
 
 NodeStatus = Literal[
     "pending",
@@ -70,6 +74,10 @@ MAX_BACKOFF_S = 60.0
 AGENT_WAIT_POLL_S = 1.0
 
 
+def _system_owned(_agent_id: str) -> str | None:
+    return SYSTEM
+
+
 @dataclass(frozen=True)
 class Environment:
     """What a decision may look at besides the state: time, agents, conditions."""
@@ -79,6 +87,8 @@ class Environment:
     evaluate_condition: Callable[[str, Mapping[str, Any], Mapping[str, Any]], bool]
     default_node_timeout_s: float = 300.0
     default_input_timeout_s: float = 3600.0
+    #: the agent's owner (``system`` or a user id); ``None`` for an agent not known
+    agent_owner: Callable[[str], str | None] = _system_owned
 
 
 @dataclass
@@ -444,6 +454,13 @@ class _Run:
     def _dispatch(self, node: FlowNode) -> None:
         assert node.agent_id is not None
         ns = self.s.nodes[node.id]
+        owner = self.env.agent_owner(node.agent_id)
+        if owner is not None and not owner_may_use(owner, self.s.user_id):
+            # checked before availability: waiting cannot make the agent usable
+            self._fail(
+                node.id, f"node '{node.id}': agent '{node.agent_id}' belongs to another user"
+            )
+            return
         availability = self.env.agent_availability(node.agent_id)
         if availability != "active":
             wait = node.config.wait_for_agent

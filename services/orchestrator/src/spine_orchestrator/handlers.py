@@ -87,6 +87,7 @@ class OrchestratorHandler:
         return Environment(
             now=self._clock(),
             agent_availability=self._catalog.availability,
+            agent_owner=self._catalog.owner,
             evaluate_condition=self._evaluate,
             default_node_timeout_s=self._node_timeout,
             default_input_timeout_s=self._input_timeout,

@@ -1,169 +1,299 @@
 """Wiring of the registry: commands and heartbeats in, whole catalogue entries out.
 
 One consumer group over the co-partitioned commands and heartbeats (key agent_id), so one
-replica decides for an agent. Offsets are committed after the entries are acknowledged
-(at least once); a command read again is recognised by its ``message_id`` among the
-entries' causes (:class:`~spine_registry.domain.Catalog`), and entries are whole state
-on a compacted topic, so nothing is applied twice.
+replica decides for an agent. What a batch of one partition causes — entries, audit
+records, answers to the gateway, dead letters — is produced in one Kafka transaction
+(:mod:`.producers`: one transactional producer per owned partition), and the offsets are
+committed after it (at least once); a command read again is recognised by its
+``message_id`` among the entries' causes (:class:`~spine_registry.domain.Catalog`), and
+entries are whole state on a compacted topic, so nothing is applied twice. A replica
+decides on the entries of the agents of the partitions it owns, reloaded from the log
+whenever it takes them.
 
 Refusals: a registration the catalogue does not accept (an ``agent_type`` that is no node
 type, an endpoint that is not ``http``/``https``, or whose host already resolves to an
-address the relay refuses, see :mod:`.addresses`) changes nothing; it is logged as
-``registry_registration_refused`` with the reason and dead-lettered with it.
+address the relay refuses, see :mod:`.addresses`; an agent id of another owner) and a
+deregistration by someone who does not own the agent change nothing; they are logged as
+``registry_registration_refused`` with the reason and dead-lettered with it. A gateway's
+command (one with a ``request_id``) is also audited and answered on
+``spine.gateway.replies`` (to its ``reply-to`` header) with the refusal's code, and an
+accepted one with the entry, so the gateway can answer 201/409/403/422 rather than 202.
 
-Poison: a record that does not decode, whose type its topic does not carry, or that the
-catalogue cannot decide goes to the dead-letter topic (deterministic ``message_id``, so a
-replay after a crash sends the same letter) and the loop goes on.
+Poison: a record that does not decode, whose type its topic does not carry, that sits on
+another partition than its agent id's, or that the catalogue cannot decide goes to the
+dead-letter topic (deterministic ``message_id``, so a replay after a crash sends the same
+letter) and the loop goes on.
 """
 
 from __future__ import annotations
 
-import asyncio
+import time
+from collections import defaultdict
 from datetime import timedelta
 from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 from spine_contracts import (
+    AgentDeregistered,
+    AgentRegistered,
+    AgentStatusChanged,
     ContractError,
     DeregisterAgent,
     Message,
     RegisterAgent,
-    to_bytes,
     topics,
     utcnow,
 )
-from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import (
+    REPLY_TO_HEADER,
+    KafkaConfig,
+    Outgoing,
     dead_letter,
     dead_letter_outgoing,
     decode_record,
     ensure_topics,
-    headers_for,
+    header,
+    key_partitioner,
     make_consumer,
+    partitions_of,
     problem_fields,
+    read_partition,
 )
 from spine_servicekit.logging import get_logger
 from spine_servicekit.projector import Projector
 from spine_servicekit.runtime import ServiceContext
 
 from .addresses import endpoint_refusal
-from .domain import Catalog, Entry, check_registration
+from .domain import (
+    Catalog,
+    Entry,
+    Outcome,
+    accepted,
+    agent_of,
+    answered_again,
+    check_registration,
+    refused,
+)
 from .errors import RegistrationRefused
+from .producers import PartitionProducers
 from .projection import PROJECTION
 from .settings import RegistrySettings
 
 log = get_logger(__name__)
 
 
-async def main(ctx: ServiceContext) -> None:
-    settings = ctx.settings
-    assert isinstance(settings, RegistrySettings)
-    cfg = ctx.kafka
-    producer = ctx.producer
-    events_topic = cfg.topic(topics.REGISTRY_EVENTS)
-    catalog = Catalog()
+def partition_for(agent_id: str, count: int) -> int:
+    """The partition Kafka's default partitioner gives ``agent_id`` among ``count``."""
+    every = list(range(count))
+    return key_partitioner(agent_id.encode(), every, every)
 
-    loader = TopicFollower(cfg, events_topic, lambda m, _r: catalog.load(m, utcnow()))
-    await loader.start()
-    await loader.wait_caught_up()
-    await loader.stop()
-    log.info("catalog_loaded", agents=len(catalog.agents))
 
-    async def emit(entries: list[Entry]) -> None:
-        for entry in entries:
-            key = entry.data.agent.agent_id
-            await producer.send(
-                events_topic, to_bytes(entry), key=key.encode(), headers=headers_for(entry)
-            )
-            log.info(
-                "agent_catalog_changed",
-                agent_id=key,
-                type=entry.type,
-                active=entry.data.active,
-                reason=entry.data.reason,
-            )
-        if entries:
-            await producer.flush()
+class Registry:
+    """Decides the records of the partitions it owns and sweeps their agents' liveness."""
 
-    async def sweep() -> None:
-        ttl = timedelta(seconds=settings.heartbeat_ttl_s)
-        while True:
-            await asyncio.sleep(settings.sweep_interval_s)
-            await emit(catalog.sweep(utcnow(), ttl))
+    def __init__(self, cfg: KafkaConfig, settings: RegistrySettings, partitions: int) -> None:
+        self._cfg = cfg
+        self._settings = settings
+        self._partitions = partitions
+        self.catalog = Catalog()
+        self._commands = cfg.topic(topics.REGISTRY_COMMANDS)
+        self._events = cfg.topic(topics.REGISTRY_EVENTS)
+        self._audit = cfg.topic(topics.AUDIT)
+        self._replies = cfg.topic(topics.GATEWAY_REPLIES)
+        self.consumer = make_consumer(
+            cfg, group_id=f"{cfg.prefix}registry", isolation_level="read_uncommitted"
+        )
+        self.producers = PartitionProducers(cfg, self.consumer, self.reload)
 
-    consumer = make_consumer(
-        cfg,
-        cfg.topic(topics.REGISTRY_COMMANDS),
-        cfg.topic(topics.REGISTRY_HEARTBEATS),
-        group_id=f"{cfg.prefix}registry",
-        isolation_level="read_uncommitted",
-    )
-    projector = Projector(
-        cfg.background(), settings.database_url, PROJECTION, schema=settings.db_schema
-    )
-    await projector.start()
-    await consumer.start()
-    sweeper = asyncio.create_task(sweep(), name="registry-sweep")
+    def partition_of(self, agent_id: str) -> int:
+        return partition_for(agent_id, self._partitions)
 
-    async def reject(record: ConsumerRecord[Any, Any], error: Exception) -> None:
-        letter = dead_letter_outgoing(cfg, dead_letter(record, error, "registry"))
-        key, value, headers = letter.encode()
-        await producer.send(letter.topic, value, key=key, headers=headers)
-        log.warning(
-            "registry_dead_letter",
-            **problem_fields(record, error),
+    async def start(self) -> None:
+        await self.consumer.start()
+        self.consumer.subscribe(
+            [self._commands, self._cfg.topic(topics.REGISTRY_HEARTBEATS)],
+            listener=self.producers,
         )
 
-    async def check_endpoint(cmd: RegisterAgent) -> None:
+    async def stop(self) -> None:
+        await self.producers.stop()
+        await self.consumer.stop()
+
+    # -- state -----------------------------------------------------------------------------
+
+    async def reload(self, partitions: set[int]) -> None:
+        """The entries of these partitions' agents, as the log has them now."""
+
+        def owned(agent_id: str) -> bool:
+            return self.partition_of(agent_id) in partitions
+
+        self.catalog.forget(owned)
+        now = utcnow()
+        loaded = 0
+        for p in await partitions_of(self._cfg, self._events):
+            async for records in read_partition(self._cfg, self._events, p):
+                for record in records:
+                    if record.value is None:
+                        continue
+                    try:
+                        entry = decode_record(record, self._cfg.prefix)
+                    except ContractError as exc:  # the registry's projector dead-letters it
+                        log.error("registry_entry_skipped", **problem_fields(record, exc))
+                        continue
+                    if isinstance(entry, AgentRegistered | AgentStatusChanged | AgentDeregistered):
+                        if owned(entry.data.agent.agent_id):
+                            self.catalog.load(entry, now)
+                            loaded += 1
+        log.info("catalog_loaded", partitions=sorted(partitions), entries=loaded)
+
+    # -- one poll --------------------------------------------------------------------------
+
+    async def process(self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+        """Decide each ready partition's records, one transaction each, then commit them."""
+        async with self.producers.lock:
+            ready = self.producers.ready
+            by_partition: dict[int, list[ConsumerRecord[Any, Any]]] = defaultdict(list)
+            for tp, records in batches.items():
+                if tp.partition in ready:  # else it is being reset: read again after that
+                    by_partition[tp.partition].extend(records)
+            offsets: dict[TopicPartition, int] = {}
+            for p, records in by_partition.items():
+                out: list[Outgoing] = []
+                for record in records:
+                    out += await self._handle(p, record)
+                if out and not await self.producers.transact(p, out):
+                    continue
+                _log_changes(out)
+                for r in records:
+                    tp = TopicPartition(r.topic, r.partition)
+                    offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+            if offsets:
+                try:
+                    await self.consumer.commit(offsets)
+                except KafkaError as exc:  # a rebalance: the next owner reads them again
+                    log.warning("registry_commit_failed", error_type=type(exc).__name__)
+
+    async def sweep(self) -> None:
+        """Mark inactive the owned agents whose beats stopped, one transaction per partition."""
+        ttl = timedelta(seconds=self._settings.heartbeat_ttl_s)
+        async with self.producers.lock:
+            ready = self.producers.ready
+            entries = self.catalog.sweep(
+                utcnow(), ttl, owned=lambda a: self.partition_of(a) in ready
+            )
+            by_partition: dict[int, list[Outgoing]] = defaultdict(list)
+            for entry in entries:
+                agent_id = entry.data.agent.agent_id
+                by_partition[self.partition_of(agent_id)].append(
+                    Outgoing(self._events, agent_id, entry)
+                )
+            for p, out in by_partition.items():
+                if await self.producers.transact(p, out):
+                    _log_changes(out)
+
+    # -- one record ------------------------------------------------------------------------
+
+    async def _handle(self, partition: int, record: ConsumerRecord[Any, Any]) -> list[Outgoing]:
+        try:
+            message: Message = decode_record(record, self._cfg.prefix)
+        except ContractError as exc:
+            return [self._reject(record, exc)]
+        if not isinstance(message, RegisterAgent | DeregisterAgent):
+            try:
+                return self._entries(self.catalog.decide(message, utcnow()))
+            except Exception as exc:  # the catalogue cannot take it: a dead letter, not a loop
+                return [self._reject(record, exc)]
+        agent_id = agent_of(message)
+        reply_to = header(record, REPLY_TO_HEADER)
+        if self.partition_of(agent_id) != partition:
+            # its agent's entries are decided where its partition is owned, maybe elsewhere
+            why = f"{message.type} for {agent_id!r} on partition {partition}, not its own"
+            return [self._reject(record, RegistrationRefused(why))]
+        if self.catalog.is_duplicate(message):
+            log.info("registry_duplicate_skipped", message_id=str(message.message_id))
+            again = answered_again(message, self.catalog.agents.get(agent_id))
+            return self._outcome(agent_id, again, reply_to)
+        try:
+            if isinstance(message, RegisterAgent):
+                await self._check_endpoint(message)
+                await ensure_topics(self._cfg, (), agent_ids=[agent_id])
+            entries = self.catalog.decide(message, utcnow())
+        except RegistrationRefused as exc:
+            log.warning(
+                "registry_registration_refused",
+                agent_id=agent_id,
+                command=message.type,
+                owner=message.data.owner,
+                code=exc.code,
+                reason=str(exc),
+            )
+            out = [self._reject(record, exc)]
+            return out + self._outcome(agent_id, refused(message, exc), reply_to)
+        except Exception as exc:  # the catalogue cannot take it: a dead letter, not a loop
+            return [self._reject(record, exc)]
+        outcome = accepted(message, entries, self.catalog.agents.get(agent_id))
+        return self._entries(entries) + self._outcome(agent_id, outcome, reply_to)
+
+    async def _check_endpoint(self, cmd: RegisterAgent) -> None:
         """Refuse an endpoint whose host already resolves to an address the relay would
         refuse to call (the relay's connect-time guard still checks every call)."""
         info = cmd.data.agent
         check_registration(info)
         if info.transport == "http" and info.endpoint:
-            why = await endpoint_refusal(settings.address_policy, info.endpoint)
+            why = await endpoint_refusal(self._settings.address_policy, info.endpoint)
             if why is not None:
                 raise RegistrationRefused(f"endpoint {info.endpoint!r}: {why}")
 
-    async def handle(record: ConsumerRecord[Any, Any]) -> None:
-        try:
-            message: Message = decode_record(record, cfg.prefix)
-        except ContractError as exc:
-            await reject(record, exc)
-            return
-        if isinstance(message, (RegisterAgent, DeregisterAgent)) and catalog.is_duplicate(message):
-            log.info("registry_duplicate_skipped", message_id=str(message.message_id))
-            return
-        try:
-            if isinstance(message, RegisterAgent):
-                await check_endpoint(message)
-                await ensure_topics(cfg, (), agent_ids=[message.data.agent.agent_id])
-            entries = catalog.decide(message, utcnow())
-        except RegistrationRefused as exc:
-            log.warning(
-                "registry_registration_refused",
-                agent_id=message.data.agent.agent_id if isinstance(message, RegisterAgent) else "",
-                reason=str(exc),
-            )
-            await reject(record, exc)
-            return
-        except Exception as exc:  # the catalogue cannot take it: a dead letter, not a crash loop
-            await reject(record, exc)
-            return
-        await emit(entries)
+    def _entries(self, entries: list[Entry]) -> list[Outgoing]:
+        return [Outgoing(self._events, e.data.agent.agent_id, e) for e in entries]
 
+    def _outcome(self, agent_id: str, outcome: Outcome, reply_to: str | None) -> list[Outgoing]:
+        out = [Outgoing(self._audit, agent_id, record) for record in outcome.audit]
+        if outcome.reply is not None and reply_to:
+            out.append(Outgoing(self._replies, reply_to, outcome.reply, reply_to=reply_to))
+        return out
+
+    def _reject(self, record: ConsumerRecord[Any, Any], error: Exception) -> Outgoing:
+        log.warning("registry_dead_letter", **problem_fields(record, error))
+        return dead_letter_outgoing(self._cfg, dead_letter(record, error, "registry"))
+
+
+def _log_changes(out: list[Outgoing]) -> None:
+    for item in out:
+        m = item.message
+        if isinstance(m, AgentRegistered | AgentStatusChanged | AgentDeregistered):
+            log.info(
+                "agent_catalog_changed",
+                agent_id=item.key,
+                type=m.type,
+                active=m.data.active,
+                owner=m.data.owner,
+                reason=m.data.reason,
+            )
+
+
+async def main(ctx: ServiceContext) -> None:
+    settings = ctx.settings
+    assert isinstance(settings, RegistrySettings)
+    cfg = ctx.kafka
+    partitions = len(await partitions_of(cfg, cfg.topic(topics.REGISTRY_COMMANDS)))
+    registry = Registry(cfg, settings, partitions)
+    projector = Projector(
+        cfg.background(), settings.database_url, PROJECTION, schema=settings.db_schema
+    )
+    await projector.start()
+    await registry.start()
+    next_sweep = time.monotonic() + settings.sweep_interval_s
     try:
         while not ctx.stopping.is_set():
-            batches = await consumer.getmany(timeout_ms=200, max_records=500)
-            for records in batches.values():
-                for record in records:
-                    await handle(record)
+            await registry.producers.prepare()
+            batches = await registry.consumer.getmany(timeout_ms=200, max_records=500)
             if batches:
-                await producer.flush()
-                await consumer.commit()
-            if sweeper.done():
-                sweeper.result()
+                await registry.process(batches)
+            if time.monotonic() >= next_sweep:
+                await registry.sweep()
+                next_sweep = time.monotonic() + settings.sweep_interval_s
     finally:
-        sweeper.cancel()
-        await asyncio.gather(sweeper, return_exceptions=True)
-        await consumer.stop()
+        await registry.stop()
         await projector.stop()

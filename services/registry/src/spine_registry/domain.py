@@ -5,20 +5,34 @@ change emits the agent's whole catalogue entry, so the compacted ``spine.registr
 keeps exactly the current state per agent and a replayed command is harmless.
 An agent is *active* while it is registered and its beats (ready) arrive within the TTL.
 
+Ownership (DESIGN §12): every entry has an owner, ``system`` or a user id, and keeps it
+when deregistered, so an agent id never passes to another owner. ``RegisterAgent`` with an
+owner (the gateway, for its principal) is refused on an id another owner holds —
+``NOT_OWNER`` on a system agent, ``AGENT_ID_TAKEN`` on another user's; without one (an
+agent registering itself over the bus) it keeps the entry's owner, ``system`` when new.
+``DeregisterAgent`` with an owner must come from the agent's owner; without one (the
+admin, or the agent itself) it is allowed. A refusal raises :class:`RegistrationRefused`
+with its code; :func:`accepted` and :func:`refused` say what goes with a decision — the
+``AuditRecorded`` of a change (and of a refused gateway command) and the gateway's answer.
+
 Duplicates: every entry names the input that caused it (``causation_id``), and the
-catalogue remembers those ids — from the entries it loads at start and the ones it
-emits — together with the ids of the commands it decided since. A command whose
-``message_id`` is among them is a duplicate (a redelivery after a crash, or the same
-message published twice) and changes nothing. The record of a command's processing is
-thus its own effect, the entry on the log. Heartbeats only flip ``active`` on a change,
-so a replayed beat is harmless; they are best-effort liveness.
+catalogue remembers those ids — from the entries it loads and the ones it emits —
+together with the ids of the commands it decided since. A command whose ``message_id`` is
+among them is a duplicate (a redelivery after a crash, or the same message published
+twice) and changes nothing. The record of a command's processing is thus its own effect,
+the entry on the log. Heartbeats only flip ``active`` on a change, so a replayed beat is
+harmless; they are best-effort liveness. An audit record's id derives from its command's,
+so the one of a command handled twice is recognisable too.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any, Final
 
 from spine_contracts import (
     AgentDeregistered,
@@ -26,17 +40,23 @@ from spine_contracts import (
     AgentInfo,
     AgentRegistered,
     AgentStatusChanged,
+    AuditRecorded,
     DeregisterAgent,
+    GatewayReply,
     Message,
     RegisterAgent,
 )
+from spine_contracts.access import SYSTEM
 from spine_contracts.agent_rules import registration_problem
 
-from .errors import RegistrationRefused
+from .errors import RegistrationRefused, RegistryErrorCode
 
 Entry = AgentRegistered | AgentStatusChanged | AgentDeregistered
+Command = RegisterAgent | DeregisterAgent
 #: How many handled command ids the catalogue remembers (duplicates come close together).
 REMEMBER_INPUTS = 100_000
+#: Namespace of the audit records' ids (see :func:`audit_id`).
+AUDIT_IDS: Final = uuid.UUID("9b2e7c41-6d0a-4f3b-b8e5-2a7d14c0f963")
 
 
 @dataclass
@@ -45,41 +65,52 @@ class AgentRecord:
     registered: bool
     active: bool
     last_seen: datetime | None = None
+    owner: str = SYSTEM
 
 
 @dataclass
 class Catalog:
     agents: dict[str, AgentRecord] = field(default_factory=dict)
-    handled: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    #: handled command id -> the agent it was about (so a partition's ids can be dropped)
+    handled: OrderedDict[str, str] = field(default_factory=OrderedDict)
 
     def load(self, event: Message, now: datetime) -> None:
-        """Fold a catalogue event read back at start; liveness gets a fresh grace period."""
+        """Fold a catalogue event read back from the log; liveness gets a fresh grace period."""
         if isinstance(event, (AgentRegistered, AgentStatusChanged, AgentDeregistered)):
             d = event.data
             self.agents[d.agent.agent_id] = AgentRecord(
-                d.agent, d.registered, d.active, now if d.active else d.last_seen
+                d.agent, d.registered, d.active, now if d.active else d.last_seen, d.owner
             )
             if event.causation_id:
-                self._remember(event.causation_id)
+                self._remember(event.causation_id, d.agent.agent_id)
+
+    def forget(self, which: Callable[[str], bool]) -> None:
+        """Drop the agents ``which`` selects, and the ids of their handled commands, before
+        they are loaded again from the log (whatever was decided since and not written is
+        then decided again)."""
+        self.agents = {a: r for a, r in self.agents.items() if not which(a)}
+        for message_id in [m for m, a in self.handled.items() if which(a)]:
+            del self.handled[message_id]
 
     def is_duplicate(self, message: Message) -> bool:
         return str(message.message_id) in self.handled
 
-    def _remember(self, message_id: str) -> None:
-        self.handled[message_id] = None
+    def _remember(self, message_id: str, agent_id: str) -> None:
+        self.handled[message_id] = agent_id
         self.handled.move_to_end(message_id)
         while len(self.handled) > REMEMBER_INPUTS:
             self.handled.popitem(last=False)
 
     def decide(self, message: Message, now: datetime) -> list[Entry]:
-        """The entries an input causes; nothing for a duplicate of a handled command."""
-        command = isinstance(message, (RegisterAgent, DeregisterAgent))
-        if command and self.is_duplicate(message):
-            return []
-        entries = self._decide(message, now)
-        if command:
-            self._remember(str(message.message_id))
-        return entries
+        """The entries an input causes; nothing for a duplicate of a handled command.
+        Raises :class:`RegistrationRefused` for a command it does not accept."""
+        if isinstance(message, RegisterAgent | DeregisterAgent):
+            if self.is_duplicate(message):
+                return []
+            entries = self._decide(message, now)
+            self._remember(str(message.message_id), agent_of(message))
+            return entries
+        return self._decide(message, now)
 
     def _decide(self, message: Message, now: datetime) -> list[Entry]:
         if isinstance(message, RegisterAgent):
@@ -100,12 +131,14 @@ class Catalog:
             active=rec.active,
             last_seen=rec.last_seen,
             reason=reason,
+            owner=rec.owner,
         )
 
     def _register(self, cmd: RegisterAgent, now: datetime) -> list[Entry]:
         info = cmd.data.agent
         check_registration(info)
         old = self.agents.get(info.agent_id)
+        owner = _registering_owner(info.agent_id, old, cmd.data.owner)
         if old is not None and old.registered and old.info == info:
             return []  # same registration again (an SDK restart): nothing changed
         # a Kafka agent registers itself, so it is alive now; an HTTP agent registered
@@ -113,12 +146,22 @@ class Catalog:
         self_registered = info.transport == "kafka"
         active = self_registered or bool(old and old.registered and old.active)
         last_seen = now if self_registered else (old.last_seen if old else None)
-        rec = AgentRecord(info, True, active, last_seen)
+        rec = AgentRecord(info, True, active, last_seen, owner)
         self.agents[info.agent_id] = rec
         return [self._emit(AgentRegistered, rec, cmd, "registered")]
 
     def _deregister(self, cmd: DeregisterAgent, now: datetime) -> list[Entry]:
         rec = self.agents.get(cmd.data.agent_id)
+        asked = cmd.data.owner
+        if rec is not None and asked is not None and asked != rec.owner:
+            if rec.owner == SYSTEM:
+                raise RegistrationRefused(
+                    f"agent {cmd.data.agent_id!r} is a system agent: only the admin deregisters it",
+                    RegistryErrorCode.NOT_OWNER,
+                )
+            raise RegistrationRefused(
+                f"agent {cmd.data.agent_id!r} not found", RegistryErrorCode.AGENT_NOT_FOUND
+            )
         if rec is None or not rec.registered:
             return []
         rec = replace(rec, registered=False, active=False)
@@ -136,10 +179,15 @@ class Catalog:
         reason = "heartbeat: ready" if rec.active else "heartbeat: not ready"
         return [self._emit(AgentStatusChanged, rec, beat, reason)]
 
-    def sweep(self, now: datetime, ttl: timedelta) -> list[Entry]:
-        """Mark inactive every active agent whose last beat is older than ``ttl``."""
+    def sweep(
+        self, now: datetime, ttl: timedelta, owned: Callable[[str], bool] = lambda _a: True
+    ) -> list[Entry]:
+        """Mark inactive every active agent whose last beat is older than ``ttl``, among
+        those ``owned`` selects (the agents whose beats this replica receives)."""
         out: list[Entry] = []
-        for rec in self.agents.values():
+        for agent_id, rec in self.agents.items():
+            if not owned(agent_id):
+                continue
             if rec.active and (rec.last_seen is None or now - rec.last_seen > ttl):
                 rec.active = False
                 seconds = ttl.total_seconds()
@@ -154,3 +202,143 @@ def check_registration(info: AgentInfo) -> None:
     problem = registration_problem(info)
     if problem is not None:
         raise RegistrationRefused(problem)
+
+
+def agent_of(command: Command) -> str:
+    if isinstance(command, RegisterAgent):
+        return command.data.agent.agent_id
+    return command.data.agent_id
+
+
+def _registering_owner(agent_id: str, old: AgentRecord | None, asked: str | None) -> str:
+    """The owner a registration leaves the entry with, or why it may not touch it."""
+    if asked is None:  # the agent itself, over the bus: it cannot change its owner
+        return old.owner if old is not None else SYSTEM
+    if old is None or old.owner == asked:
+        return asked
+    if old.owner == SYSTEM:
+        raise RegistrationRefused(
+            f"agent {agent_id!r} is a system agent: only the admin changes it",
+            RegistryErrorCode.NOT_OWNER,
+        )
+    raise RegistrationRefused(
+        f"agent id {agent_id!r} belongs to another owner", RegistryErrorCode.AGENT_ID_TAKEN
+    )
+
+
+# --- what goes with a decision: the audit record and the gateway's answer ------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The records that go with a command's entries, in the same transaction."""
+
+    audit: tuple[AuditRecorded, ...] = ()
+    reply: GatewayReply | None = None
+
+
+def accepted(command: Command, entries: Sequence[Entry], record: AgentRecord | None) -> Outcome:
+    """After ``Catalog.decide`` accepted ``command`` (``record``: the agent's entry now).
+
+    A change is audited; the gateway gets ok with the entry — or ``AGENT_NOT_FOUND`` for
+    deregistering an agent that was never registered (nothing changes, nothing audited).
+    """
+    agent_id = agent_of(command)
+    if record is None:
+        reason = f"agent {agent_id!r} not found"
+        reply = _reply(
+            command, False, {"agent_id": agent_id}, RegistryErrorCode.AGENT_NOT_FOUND, reason
+        )
+        return Outcome(reply=reply)
+    audit: tuple[AuditRecorded, ...] = ()
+    if entries:
+        action = "agent.registered" if isinstance(command, RegisterAgent) else "agent.deregistered"
+        info = record.info
+        audit = (
+            _audit(
+                command,
+                action,
+                record.owner,
+                transport=info.transport,
+                endpoint=info.endpoint,
+                agent_type=info.agent_type,
+                version=info.version,
+                request_id=command.data.request_id,
+            ),
+        )
+    body: dict[str, Any] = {
+        "agent_id": agent_id,
+        "owner": record.owner,
+        "registered": record.registered,
+        "changed": bool(entries),
+    }
+    return Outcome(audit=audit, reply=_reply(command, True, body))
+
+
+def refused(command: Command, error: RegistrationRefused) -> Outcome:
+    """After ``command`` was refused: a gateway command's refusal is audited and answered;
+    an agent's own registration only shows in the log and the dead letter."""
+    if command.data.request_id is None:
+        return Outcome()
+    agent_id = agent_of(command)
+    audit = _audit(
+        command,
+        "agent.refused",
+        command.data.owner or SYSTEM,
+        command=command.type,
+        code=error.code,
+        reason=str(error),
+        request_id=command.data.request_id,
+    )
+    reply = _reply(command, False, {"agent_id": agent_id}, error.code, str(error))
+    return Outcome(audit=(audit,), reply=reply)
+
+
+def answered_again(command: Command, record: AgentRecord | None) -> Outcome:
+    """A command handled before (its change is on the log): its answer again, nothing else."""
+    if record is None:
+        return Outcome()
+    body = {
+        "agent_id": agent_of(command),
+        "owner": record.owner,
+        "registered": record.registered,
+        "changed": False,
+        "repeated": True,
+    }
+    return Outcome(reply=_reply(command, True, body))
+
+
+def audit_id(command: Message, action: str) -> uuid.UUID:
+    """The audit record's id: one per (command, action), so a repeat is recognisable."""
+    return uuid.uuid5(AUDIT_IDS, f"{command.message_id}|{action}")
+
+
+def _audit(cmd: Command, action: str, owner: str, **detail: Any) -> AuditRecorded:
+    record = AuditRecorded.build(
+        cause=cmd,
+        subject="agent",
+        subject_id=agent_of(cmd),
+        action=action,
+        owner=owner,
+        detail={k: v for k, v in detail.items() if v is not None},
+    )
+    return record.model_copy(update={"message_id": audit_id(cmd, action)})
+
+
+def _reply(
+    cmd: Command,
+    ok: bool,
+    body: dict[str, Any],
+    code: str | None = None,
+    message: str | None = None,
+) -> GatewayReply | None:
+    if cmd.data.request_id is None:
+        return None  # an agent's own registration: nobody waits
+    return GatewayReply.build(
+        cause=cmd,
+        request_id=cmd.data.request_id,
+        ok=ok,
+        error_code=code,
+        message=message,
+        body=body,
+    )

@@ -24,6 +24,8 @@ MIGRATIONS = (
         updated_at  timestamptz NOT NULL
     );
     """,
+    # the agent's owner (DESIGN §12): ``system`` or a user id, kept by a deregistration
+    "ALTER TABLE agents ADD COLUMN owner text NOT NULL DEFAULT 'system';",
 )
 
 
@@ -42,12 +44,15 @@ async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
                     d.last_seen,
                     d.reason,
                     m.occurred_at,
+                    d.owner,
                 )
             )
     if rows:
         await conn.executemany(
-            "INSERT INTO agents VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (agent_id) DO UPDATE"
-            " SET info=$2, registered=$3, active=$4, last_seen=$5, reason=$6, updated_at=$7",
+            "INSERT INTO agents (agent_id, info, registered, active, last_seen, reason,"
+            " updated_at, owner) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (agent_id) DO UPDATE"
+            " SET info=$2, registered=$3, active=$4, last_seen=$5, reason=$6, updated_at=$7,"
+            " owner=$8",
             rows,
         )
 
