@@ -474,12 +474,12 @@ async def test_flows_api_and_catalogues(api: Api) -> None:
     r = await api.http.post("/api/v1/flows", json=flow, headers=h)
     assert r.status_code == 201, r.text
     assert (await api.http.get("/flows/api_echo", headers=h)).json()["source"] == "api"
-    r = await api.http.put(
-        "/api/v1/flows/echo_chain",
-        json={"flow_id": "echo_chain", "nodes": [{"id": "a", "agent_id": "echo"}]},
-        headers=h,
-    )
+    one_node = {"flow_id": "echo_chain", "nodes": [{"id": "a", "agent_id": "echo"}]}
+    r = await api.http.put("/api/v1/flows/echo_chain", json=one_node, headers=h)
+    assert r.status_code == 403 and r.json()["error_code"] == "NOT_OWNER", r.text  # a system flow
+    r = await api.http.put("/api/v1/flows/echo_chain", json=one_node, headers=api.auth(MASTER))
     assert r.status_code == 200 and r.json()["replaced_source"] == "file", r.text
+    assert r.json()["owner"] == "system"
     bad = {"flow_id": "bad", "nodes": [{"id": "a", "depends_on": ["zzz"]}]}
     r = await api.http.post("/api/v1/flows", json=bad, headers=h)
     assert r.status_code == 422 and r.json()["error_code"] == "INVALID_FLOW", r.text

@@ -129,7 +129,7 @@ class KeysService:
             request_id=request_id,
         )
         await self.commands.ask(topics.AUTH_COMMANDS, row["user_id"], cmd, request_id)
-        await self.rw.event(self.projector, "key", key_id)
+        await self.rw.event(self.projector, "key_revoked", key_id)
         return KeyRevokedView(key_id=key_id, revoked=True)
 
 

@@ -90,11 +90,10 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
     # every path under /api/v1 and, as the original served them, at the root
     app.include_router(ops.router)
     app.include_router(ops.router, prefix=API_PREFIX, include_in_schema=False)
-    for router in (executions.router, flows.router, agents.router, users.router):
+    routers = (executions, flows, agents, users, keys, audit)
+    for router in (r.router for r in routers):
         app.include_router(router, prefix=API_PREFIX)
         app.include_router(router, include_in_schema=False)  # the original's root aliases
-    for router in (keys.router, audit.router):  # new: under /api/v1 only
-        app.include_router(router, prefix=API_PREFIX)
     return app
 
 

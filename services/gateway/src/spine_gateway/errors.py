@@ -100,6 +100,7 @@ REPLY_ERRORS: dict[str, type[GatewayError]] = {
     "FLOW_EXISTS": Conflict,
     "FLOW_ID_TAKEN": Conflict,
     "FLOW_NOT_FOUND": NotFound,
+    "INVALID_FLOW": InvalidInput,
     "NOT_OWNER": Forbidden,
     "AGENT_ID_TAKEN": Conflict,
     "AGENT_NOT_FOUND": NotFound,

@@ -251,7 +251,7 @@ def users_projection(marks: Marks) -> Projection:
                     m.data.key_id,
                     _ts(item),
                 )
-                marks.put("key", m.data.key_id, item)
+                marks.put("key_revoked", m.data.key_id, item)
         await flush()
 
     return Projection("gw_users", (topics.AUTH_EVENTS,), apply, migrations=(USERS_DDL, KEYS_DDL))
