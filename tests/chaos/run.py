@@ -6,8 +6,8 @@ runs :func:`run_chaos` with a few dozen inside ``make test``. One run:
 1. starts a whole stack as real processes with its own topic prefix and PostgreSQL schemas
    (the e2e harness): registry, orchestrator, auth, gateway, relay, metrics and the agents
    echo, eddie and echo-http (an HTTP agent, so the relay has work);
-2. creates users with the master key and a few flows through the HTTP API, and submits
-   executions of mixed flows (the repository's echo_chain, parallel_research,
+2. creates users and (as system flows) a few flows with the master key through the HTTP API,
+   and submits executions of mixed flows (the repository's echo_chain, parallel_research,
    conditional_review, and API flows: a slow chain, a fan-out, an HTTP-agent chain, a flaky
    node that succeeds on its retry, a node that always fails) through ``POST
    /flows/execute`` the way a client with retries does (same ``Idempotency-Key`` after a
@@ -462,15 +462,16 @@ class Chaos:
             body = r.json()
             self.users.append(User(body["user_id"], body["api_key"], int(body["credits"])))
         key = self.users[0].key
+        # the shared flows and the HTTP agent are system ones: every user runs them
         r = await self.client.call(
-            "POST", "/api/v1/agents", key=key,
+            "POST", "/api/v1/agents", key=master,
             json={"agent_id": HTTP_AGENT, "name": "Echo over HTTP", "transport": "http",
                   "endpoint": f"http://127.0.0.1:{self.stack.env['ECHO_HTTP_PORT']}",
                   "capabilities": ["echo"]},
         )  # fmt: skip
         assert r.status_code in (200, 201, 202), r.text
         for flow in api_flows(self.options.slow):
-            r = await self.client.call("POST", "/api/v1/flows", key=key, json=flow)
+            r = await self.client.call("POST", "/api/v1/flows", key=master, json=flow)
             assert r.status_code in (200, 201), r.text
         await self.stack.agents_active(*AGENTS, timeout=120)
         async with asyncio.timeout(120):

@@ -20,6 +20,7 @@ from spine_contracts import (
     AgentRegistered,
     AgentResult,
     AgentStatusChanged,
+    AuditRecorded,
     CancelExecution,
     CreditsAdded,
     CreditsReserved,
@@ -396,5 +397,11 @@ def service_feed(now: datetime) -> list[tuple[topics.TopicSpec, str, Message]]:
         (topics.FLOWS, "f2", FlowDefined.build(
             flow_id="f2", flow_version=flow.content_hash(), definition=flow, source="api")),
         (topics.FLOWS, "f2", FlowDeleted.build(flow_id="f2", source="api")),
+        (topics.AUDIT, "f1", AuditRecorded.build(
+            actor="master", subject="flow", subject_id="f1", action="flow.created",
+            owner="system", detail={"source": "file"})),
+        (topics.AUDIT, "f2", AuditRecorded.build(
+            actor="key_0123456789abcdef", subject="flow", subject_id="f2",
+            action="flow.refused", owner="u-1", detail={"reason": "taken"})),
     ]  # fmt: skip
     return feed

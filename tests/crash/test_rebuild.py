@@ -224,7 +224,7 @@ async def test_targets_name_every_service_with_tables_and_resolve_lazily(
         "gateway": (
             "SPINE_GATEWAY_SCHEMA",
             "gateway",
-            {"gw_users", "gw_flows", "gw_agents", "gw_executions", "gw_usage"},
+            {"gw_users", "gw_flows", "gw_agents", "gw_executions", "gw_usage", "gw_audit"},
         ),
     }
     kafka = KafkaConfig(bootstrap_servers="unused:9092")
