@@ -2,11 +2,13 @@
 # Local infrastructure for AI Spine: Kafka (KRaft, from Maven Central jars), PostgreSQL and
 # Redis (Debian packages). No Docker needed.
 #
-#   scripts/infra.sh up            start (or reuse) everything, wait until ready,
-#                                  write .spine/infra.env
-#   scripts/infra.sh down [--purge] stop what this script started (data is kept unless --purge)
+#   scripts/infra.sh up [kafka|postgres|redis...]
+#                                  start (or reuse) everything (or the components named), wait
+#                                  until ready, write .spine/infra.env
+#   scripts/infra.sh down [--purge] [kafka|postgres|redis...]
+#                                  stop what this script started (data is kept unless --purge)
 #   scripts/infra.sh purge         down + delete Kafka/PostgreSQL/Redis data and logs
-#                                  (keeps the downloaded Kafka jars)
+#                                  (keeps the downloaded Kafka jars and .spine/credentials)
 #   scripts/infra.sh status        one line per component; exit 3 if something is not up
 #   scripts/infra.sh kafka-restart [--kill]
 #                                  stop the broker this script started (SIGTERM, or SIGKILL
@@ -19,6 +21,26 @@
 #   REDIS_URL                 e.g. redis://cache:6379/0
 # Ports (defaults 9092/9093, 5432, 6379): SPINE_KAFKA_PORT, SPINE_KAFKA_CONTROLLER_PORT,
 #   SPINE_PG_PORT, SPINE_REDIS_PORT (all on 127.0.0.1).
+# Kafka security: SPINE_KAFKA_SECURITY=sasl (client listener SASL_PLAINTEXT + SCRAM-SHA-512,
+#   controller SASL PLAIN, StandardAuthorizer, no ACL = no access; docs/security.md) or
+#   plaintext (no login, no ACLs: every local process may read and write every topic).
+#   Unset: sasl for a data directory already secured, else plaintext (the default until every
+#   client logs in). With sasl:
+#   * the admin, broker and controller credentials are made once, 0600, in
+#     .spine/credentials/{admin,broker,controller}.json; admin and broker become SCRAM users
+#     at format time (StorageTool format --add-scram, fresh data directory only);
+#   * an UNSECURED data directory (formatted by plaintext mode, or by an older infra.sh) is
+#     MIGRATED in place, loudly: nothing is deleted, the SCRAM users are added through one
+#     broker start where only the admin may log in (scripts/kafka_scram.py);
+#   * a broker answering on the port that we did not start is reused only if it refuses a
+#     client without credentials and accepts our admin; an unsecured one is refused;
+#   * .spine/infra.env also gets KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM,
+#     KAFKA_CREDENTIALS_FILE (the admin's: for tools and tests) and
+#     SPINE_KAFKA_CREDENTIALS_DIR (where `spine-admin issue-services` writes one file per
+#     service; scripts/stack.sh gives each process its own).
+#   A secured data directory is never served with plaintext: that is refused.
+# State: SPINE_STATE_DIR (default <repo>/.spine; a test runs a broker of its own in a temp
+#   one), SPINE_KAFKA_LIBS (default $SPINE_STATE_DIR/kafka/libs: share the downloaded jars).
 # Tuning: SPINE_INFRA_TIMEOUT (seconds per component, default 90),
 #         SPINE_KAFKA_HEAP_OPTS (default "-Xms256m -Xmx768m"),
 #         MAVEN_OPTS (e.g. -Dmaven.repo.local=/tmp/m2 for a cold download).
@@ -27,12 +49,14 @@
 #   .spine/kafka/libs  broker jars (+ .spine-stamp)   .spine/kafka/data  KRaft log dir
 #   .spine/postgres/data  cluster owned by user postgres   .spine/redis  redis working dir
 #   .spine/run/*.pid   .spine/logs/{kafka,postgres,redis,maven}.log   .spine/infra.env
+#   .spine/kafka/security  the mode the data dir was formatted for (sasl|plaintext)
+#   .spine/kafka/server.properties (0600)   .spine/credentials/<principal>.json (0600, dir 0700)
 #
 # Use the effective endpoints with:  set -a; . .spine/infra.env; set +a
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SPINE="$ROOT/.spine"
+SPINE="${SPINE_STATE_DIR:-$ROOT/.spine}"
 RUN="$SPINE/run"
 LOGS="$SPINE/logs"
 DEPLOY="$ROOT/deploy/local"
@@ -42,8 +66,15 @@ KAFKA_HOST=127.0.0.1
 KAFKA_PORT="${SPINE_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${SPINE_KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_DIR="$SPINE/kafka"
-KAFKA_LIBS="$KAFKA_DIR/libs"
+KAFKA_LIBS="${SPINE_KAFKA_LIBS:-$KAFKA_DIR/libs}"
 KAFKA_DATA="$KAFKA_DIR/data"
+# Written when the data directory is formatted (or migrated): the mode it was made for. No
+# marker beside an existing meta.properties = formatted by an infra.sh without security.
+KAFKA_MODE_FILE="$KAFKA_DIR/security"
+# Unset: a secured data directory stays secured; otherwise this default.
+KAFKA_SECURITY_DEFAULT=plaintext
+KAFKA_SECURITY="${SPINE_KAFKA_SECURITY:-}"
+CREDS="$SPINE/credentials"
 KAFKA_PROPS="$KAFKA_DIR/server.properties"
 KAFKA_POM="$DEPLOY/pom.xml"
 KAFKA_LOG4J="$DEPLOY/kafka/log4j2.xml"
@@ -145,8 +176,34 @@ ensure_python3() {
 }
 
 # ---------------------------------------------------------------------------- kafka
-kafka_probe() { # BOOTSTRAP TIMEOUT [--quiet]
-  python3 "$ROOT/scripts/kafka_ready.py" --bootstrap "$1" --timeout "$2" ${3:-}
+kafka_secured() { [ "$KAFKA_SECURITY" = sasl ]; }
+
+# SPINE_KAFKA_SECURITY, or when unset: sasl for a secured data directory (secured is
+# sticky), else the default.
+kafka_resolve_security() {
+  if [ -z "$KAFKA_SECURITY" ]; then
+    if [ "$(kafka_data_mode)" = sasl ]; then KAFKA_SECURITY=sasl; else KAFKA_SECURITY="$KAFKA_SECURITY_DEFAULT"; fi
+  fi
+  case "$KAFKA_SECURITY" in
+    sasl | plaintext) ;;
+    *) die "SPINE_KAFKA_SECURITY must be 'sasl' or 'plaintext' (got '$KAFKA_SECURITY')" ;;
+  esac
+}
+
+# The credentials file the readiness probe logs in with: our admin's when secured; for an
+# external broker, KAFKA_CREDENTIALS_FILE if the environment names one. Empty: no login.
+KAFKA_PROBE_CREDENTIALS=""
+
+kafka_probe() { # BOOTSTRAP TIMEOUT [--quiet|--warm]
+  local login=()
+  [ -z "$KAFKA_PROBE_CREDENTIALS" ] || login=(--credentials "$KAFKA_PROBE_CREDENTIALS")
+  python3 "$ROOT/scripts/kafka_ready.py" --bootstrap "$1" --timeout "$2" "${login[@]}" ${3:-}
+}
+
+# True when a client WITHOUT credentials gets metadata: an unsecured broker. A SASL listener
+# answers ApiVersions, then closes the connection at the Metadata request.
+kafka_served_anonymously() { # BOOTSTRAP
+  python3 "$ROOT/scripts/kafka_ready.py" --bootstrap "$1" --timeout 0 --quiet
 }
 
 kafka_jars_stamp() {
@@ -164,9 +221,9 @@ kafka_install_jars() {
   have mvn || apt_install maven
   say "kafka: downloading Kafka $KAFKA_VERSION jars with Maven (first run, ~1 min)..."
   t0="$(now)"
-  tmp="$KAFKA_DIR/libs.tmp"
+  tmp="$KAFKA_LIBS.tmp"
   rm -rf "$tmp"
-  mkdir -p "$KAFKA_DIR"
+  mkdir -p "$(dirname "$KAFKA_LIBS")"
   if ! mvn -B -q -Dstyle.color=never -f "$KAFKA_POM" dependency:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$tmp" >"$LOGS/maven.log" 2>&1; then
     tail_log "$LOGS/maven.log" 40
@@ -176,7 +233,7 @@ kafka_install_jars() {
   echo "$want" >"$tmp/.spine-stamp"
   rm -rf "$KAFKA_LIBS"
   mv "$tmp" "$KAFKA_LIBS"
-  say "kafka: $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars in .spine/kafka/libs ($(since "$t0"))"
+  say "kafka: $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars in $KAFKA_LIBS ($(since "$t0"))"
 }
 
 kafka_jvm_cmd() { # prints nothing; fills KAFKA_CMD with the java command line
@@ -193,30 +250,153 @@ kafka_java() { # main-class args...
   "${KAFKA_CMD[@]}" "$@"
 }
 
-kafka_render_config() {
+# The admin, broker and controller credentials files, made once (0600 in a 0700 directory).
+kafka_credentials() {
+  python3 "$ROOT/scripts/kafka_config.py" credentials "$CREDS" admin broker controller ||
+    die "kafka: could not make the credentials files under $CREDS"
+}
+
+kafka_render_config() { # [--migration]
+  local login=()
   mkdir -p "$KAFKA_DATA"
-  sed -e "s|@KAFKA_HOST@|$KAFKA_HOST|g" -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" \
-    -e "s|@CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" -e "s|@KAFKA_DATA_DIR@|$KAFKA_DATA|g" \
-    "$DEPLOY/kafka/server.properties.tmpl" >"$KAFKA_PROPS.tmp"
-  mv "$KAFKA_PROPS.tmp" "$KAFKA_PROPS"
+  kafka_secured && login=(--credentials "$CREDS")
+  python3 "$ROOT/scripts/kafka_config.py" render --templates "$DEPLOY/kafka" --out "$KAFKA_PROPS" \
+    --security "$KAFKA_SECURITY" --host "$KAFKA_HOST" --port "$KAFKA_PORT" \
+    --controller-port "$KAFKA_CONTROLLER_PORT" --data "$KAFKA_DATA" "${login[@]}" "$@" ||
+    die "kafka: could not render $KAFKA_PROPS"
+}
+
+kafka_data_mode() { # none | plaintext | sasl: what the data directory was formatted for
+  if [ ! -f "$KAFKA_DATA/meta.properties" ]; then
+    echo none
+  elif [ -s "$KAFKA_MODE_FILE" ]; then
+    head -n 1 "$KAFKA_MODE_FILE"
+  else
+    echo plaintext # formatted before infra.sh knew about security
+  fi
 }
 
 kafka_format_once() {
-  local id
+  local id args="$CREDS/.storage-format.args" out="$LOGS/kafka-format.log"
   [ -f "$KAFKA_DATA/meta.properties" ] && return 0
   if [ -s "$KAFKA_DIR/cluster.id" ]; then
     id="$(cat "$KAFKA_DIR/cluster.id")"
   else
-    id="$(kafka_java kafka.tools.StorageTool random-uuid 2>>"$LOGS/kafka.log" | tail -n 1)"
+    # what `StorageTool random-uuid` prints (a url-safe base64 UUID, never starting with
+    # '-'), without starting a JVM for it
+    id="$(python3 -c 'import base64, uuid
+while (i := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"): pass
+print(i)')"
     [ -n "$id" ] || die "kafka: could not generate a cluster id"
     echo "$id" >"$KAFKA_DIR/cluster.id"
   fi
-  say "kafka: formatting storage (cluster id $id)"
-  kafka_java kafka.tools.StorageTool format -t "$id" -c "$KAFKA_PROPS" --standalone \
-    >>"$LOGS/kafka.log" 2>&1 || {
-    tail_log "$LOGS/kafka.log" 20
-    die "kafka: storage format failed"
-  }
+  # The format's own output stays private: a refused --add-scram may echo its argument.
+  (umask 077 && : >"$out")
+  if kafka_secured; then
+    say "kafka: formatting storage (cluster id $id) with the SCRAM-SHA-512 users admin and broker"
+    # java @file: the passwords never appear on a command line (ps shows those to everyone)
+    python3 "$ROOT/scripts/kafka_config.py" scram-argfile --out "$args" --credentials "$CREDS" \
+      --users admin,broker -- kafka.tools.StorageTool format -t "$id" -c "$KAFKA_PROPS" \
+      --standalone || die "kafka: could not prepare the storage format"
+    if ! kafka_java "@$args" >>"$out" 2>&1; then
+      rm -f "$args"
+      tail_log "$out" 20
+      die "kafka: storage format failed"
+    fi
+    rm -f "$args"
+  else
+    say "kafka: formatting storage (cluster id $id)"
+    kafka_java kafka.tools.StorageTool format -t "$id" -c "$KAFKA_PROPS" --standalone \
+      >>"$out" 2>&1 || {
+      tail_log "$out" 20
+      die "kafka: storage format failed"
+    }
+  fi
+  echo "$KAFKA_SECURITY" >"$KAFKA_MODE_FILE"
+}
+
+kafka_launch() { # [what]: start the broker in the background; its pid goes to kafka.pid
+  say "kafka: starting Kafka $KAFKA_VERSION (KRaft, single node, $KAFKA_SECURITY) on $KAFKA_HOST:$KAFKA_PORT${1:+ $1}"
+  printf '\n===== %s infra.sh: starting kafka %s (%s) =====\n' "$(date -Is)" "$KAFKA_VERSION" \
+    "$KAFKA_SECURITY${1:+ $1}" >>"$LOGS/kafka.log"
+  # setsid: own session, so a Ctrl-C in the calling shell does not kill the broker.
+  # The inner bash writes its own pid, then execs java (same pid).
+  # 9>&-: do not hand the infra.sh lock to the daemon.
+  kafka_jvm_cmd
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$RUN/kafka.pid" \
+    "${KAFKA_CMD[@]}" kafka.Kafka "$KAFKA_PROPS" </dev/null >>"$LOGS/kafka.log" 2>&1 9>&- &
+}
+
+kafka_stop_launched() { # stop the broker kafka_launch just started (its pid file may lag)
+  local pid i
+  for ((i = 0; i < 50; i++)); do
+    pid="$(pid_of "$RUN/kafka.pid" kafka.Kafka 2>/dev/null)" && break
+    sleep 0.1
+  done
+  [ -n "${pid:-}" ] && stop_pid "$pid" kafka 60
+  rm -f "$RUN/kafka.pid"
+}
+
+# What an existing data directory holds, for the migration's message.
+kafka_data_summary() {
+  python3 - "$KAFKA_DATA" <<'PY'
+import os, re, sys
+root = sys.argv[1]
+topics: dict[str, list[int]] = {}
+for name in os.listdir(root):
+    m = re.fullmatch(r"(.+)-(\d+)", name)
+    path = os.path.join(root, name)
+    if not m or not os.path.isdir(path) or m.group(1) == "__cluster_metadata":
+        continue
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    entry = topics.setdefault(m.group(1), [0, 0])
+    entry[0] += 1
+    entry[1] += size
+def human(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+ours = sorted(t for t in topics if not t.startswith("__"))
+total = human(sum(v[1] for v in topics.values()))
+print(f"{len(ours)} topics, {sum(topics[t][0] for t in ours)} partitions, {total} on disk")
+for t in ours[:12]:
+    print(f"  {t}: {topics[t][0]} partitions, {human(topics[t][1])}")
+if len(ours) > 12:
+    print(f"  ... and {len(ours) - 12} more topics")
+PY
+}
+
+# An UNSECURED data directory, SPINE_KAFKA_SECURITY=sasl: migrate it in place. Format cannot
+# add SCRAM users to it and the controller does not serve AlterUserScramCredentials, so the
+# broker runs once with the secured config plus SASL PLAIN for the static admin on the
+# client listener (only the admin can log in; the authorizer is on), kafka_scram.py makes
+# admin and broker SCRAM users, and the broker restarts SCRAM-only. Nothing is deleted.
+kafka_migrate() {
+  local line rc
+  {
+    printf '==> WARNING: %s\n' "=============================================================================="
+    printf '==> WARNING: kafka: %s was formatted UNSECURED (no login, no ACLs:\n' "$KAFKA_DATA"
+    printf '==> WARNING: any local process could read and write every topic), and\n'
+    printf '==> WARNING: SPINE_KAFKA_SECURITY=sasl: MIGRATING IT IN PLACE to SASL/SCRAM.\n'
+    printf '==> WARNING: Nothing is deleted. It holds:\n'
+    kafka_data_summary | while IFS= read -r line; do printf '==> WARNING:   %s\n' "$line"; done
+    printf '==> WARNING: From now on every client must log in (KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT\n'
+    printf '==> WARNING: and a credentials file from %s), services included;\n' "$CREDS"
+    printf '==> WARNING: processes still running without credentials will be refused. The data\n'
+    printf '==> WARNING: directory cannot be served unsecured again (purge deletes it).\n'
+    printf '==> WARNING: %s\n' "=============================================================================="
+  } >&2
+  kafka_render_config --migration
+  kafka_launch "(migration run: only the admin may log in)"
+  rc=0
+  python3 "$ROOT/scripts/kafka_scram.py" --bootstrap "$KAFKA_HOST:$KAFKA_PORT" \
+    --login "$CREDS/admin.json" --mechanism PLAIN --upsert "$CREDS/admin.json" \
+    --upsert "$CREDS/broker.json" --timeout "$TIMEOUT" >>"$LOGS/kafka.log" 2>&1 || rc=$?
+  kafka_stop_launched
+  if [ "$rc" != 0 ]; then
+    tail_log "$LOGS/kafka.log" 30
+    die "kafka: the migration failed (log: $LOGS/kafka.log); $KAFKA_DATA is unchanged and still UNSECURED. Retry, run it unsecured with SPINE_KAFKA_SECURITY=plaintext, or start over empty and secured with scripts/infra.sh purge (DELETES the Kafka, PostgreSQL and Redis data)"
+  fi
+  echo sasl >"$KAFKA_MODE_FILE"
+  warn "kafka: migrated: admin and broker are SCRAM-SHA-512 users of $KAFKA_DATA; starting it secured"
 }
 
 KAFKA_MODE="" # external | running | reused | started
@@ -224,41 +404,62 @@ KAFKA_T0=""
 KAFKA_BOOTSTRAP=""
 
 kafka_start() {
+  local pid mode
   KAFKA_T0="$(now)"
   if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
     KAFKA_MODE=external
     KAFKA_BOOTSTRAP="$KAFKA_BOOTSTRAP_SERVERS"
+    KAFKA_PROBE_CREDENTIALS="${KAFKA_CREDENTIALS_FILE:-}"
     say "kafka: KAFKA_BOOTSTRAP_SERVERS is set, waiting for $KAFKA_BOOTSTRAP"
     return 0
   fi
   KAFKA_BOOTSTRAP="$KAFKA_HOST:$KAFKA_PORT"
-  if pid_of "$RUN/kafka.pid" kafka.Kafka >/dev/null; then
-    KAFKA_MODE=running
-    return 0
+  if kafka_secured; then KAFKA_PROBE_CREDENTIALS="$CREDS/admin.json"; fi
+  mode="$(kafka_data_mode)"
+  if pid="$(pid_of "$RUN/kafka.pid" kafka.Kafka)"; then
+    if kafka_secured && [ "$mode" != sasl ]; then
+      warn "kafka: the broker infra.sh started (pid $pid) serves an UNSECURED data directory; stopping it to secure it"
+      stop_pid "$pid" kafka 60
+    elif ! kafka_secured && [ "$mode" = sasl ]; then
+      die "kafka: the running broker (pid $pid) is secured; it stays so. Run with SPINE_KAFKA_SECURITY=sasl (or stop it: scripts/infra.sh down)"
+    else
+      KAFKA_MODE=running
+      return 0
+    fi
   fi
   rm -f "$RUN/kafka.pid"
-  if kafka_probe "$KAFKA_BOOTSTRAP" 0 --quiet; then
-    KAFKA_MODE=reused
-    say "kafka: something already answers on $KAFKA_BOOTSTRAP, reusing it"
-    return 0
-  fi
-  if tcp_open "$KAFKA_HOST" "$KAFKA_PORT"; then
-    # Open but not answering yet: maybe a broker (not ours) that is still starting.
-    KAFKA_MODE=reused
-    say "kafka: port $KAFKA_PORT is open but not serving yet (not started by us), waiting for it"
-    return 0
+  if kafka_secured; then
+    if kafka_served_anonymously "$KAFKA_BOOTSTRAP"; then
+      die "kafka: an UNSECURED broker (not started by this infra.sh) answers on $KAFKA_BOOTSTRAP: it serves clients without credentials, so it is not reused with SPINE_KAFKA_SECURITY=sasl. Stop it, or choose SPINE_KAFKA_PORT and SPINE_KAFKA_CONTROLLER_PORT"
+    fi
+    if tcp_open "$KAFKA_HOST" "$KAFKA_PORT"; then
+      KAFKA_MODE=reused
+      say "kafka: port $KAFKA_PORT is open (not started by us): reusing it only if it refuses anonymous clients and accepts $CREDS/admin.json"
+      return 0
+    fi
+  else
+    if kafka_probe "$KAFKA_BOOTSTRAP" 0 --quiet; then
+      KAFKA_MODE=reused
+      say "kafka: something already answers on $KAFKA_BOOTSTRAP, reusing it"
+      return 0
+    fi
+    if tcp_open "$KAFKA_HOST" "$KAFKA_PORT"; then
+      # Open but not answering yet: maybe a broker (not ours) that is still starting.
+      KAFKA_MODE=reused
+      say "kafka: port $KAFKA_PORT is open but not serving yet (not started by us), waiting for it"
+      return 0
+    fi
   fi
   kafka_install_jars
+  if kafka_secured; then
+    kafka_credentials
+    [ "$mode" != plaintext ] || kafka_migrate
+  elif [ "$mode" = sasl ]; then
+    die "kafka: $KAFKA_DATA is secured (SASL/SCRAM); SPINE_KAFKA_SECURITY=plaintext would serve it to every local process without a login. Run with SPINE_KAFKA_SECURITY=sasl, or delete it (and PostgreSQL's and Redis's data) with scripts/infra.sh purge"
+  fi
   kafka_render_config
   kafka_format_once
-  say "kafka: starting Kafka $KAFKA_VERSION (KRaft, single node) on $KAFKA_BOOTSTRAP"
-  printf '\n===== %s infra.sh: starting kafka %s =====\n' "$(date -Is)" "$KAFKA_VERSION" >>"$LOGS/kafka.log"
-  # setsid: own session, so a Ctrl-C in the calling shell does not kill the broker.
-  # The inner bash writes its own pid, then execs java (same pid).
-  # 9>&-: do not hand the infra.sh lock to the daemon.
-  kafka_jvm_cmd
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$RUN/kafka.pid" \
-    "${KAFKA_CMD[@]}" kafka.Kafka "$KAFKA_PROPS" </dev/null >>"$LOGS/kafka.log" 2>&1 9>&- &
+  kafka_launch
   KAFKA_MODE=started
 }
 
@@ -266,6 +467,9 @@ kafka_wait() {
   local deadline pid
   deadline=$(($(date +%s) + TIMEOUT))
   while :; do
+    if [ "$KAFKA_MODE" = reused ] && kafka_secured && kafka_served_anonymously "$KAFKA_BOOTSTRAP"; then
+      die "kafka: the broker on $KAFKA_BOOTSTRAP (not started by this infra.sh) serves clients without credentials: an UNSECURED broker is not reused with SPINE_KAFKA_SECURITY=sasl. Stop it, or choose SPINE_KAFKA_PORT and SPINE_KAFKA_CONTROLLER_PORT"
+    fi
     if kafka_probe "$KAFKA_BOOTSTRAP" 0 --quiet; then
       break
     fi
@@ -277,6 +481,9 @@ kafka_wait() {
     if [ "$(date +%s)" -ge "$deadline" ]; then
       kafka_probe "$KAFKA_BOOTSTRAP" 0 || true
       [ "$KAFKA_MODE" = external ] || tail_log "$LOGS/kafka.log" 40
+      if [ "$KAFKA_MODE" = reused ] && kafka_secured; then
+        die "kafka: the broker on $KAFKA_BOOTSTRAP (not started by this infra.sh) did not accept $CREDS/admin.json within ${TIMEOUT}s: a secured broker of another installation? Stop it, or choose SPINE_KAFKA_PORT and SPINE_KAFKA_CONTROLLER_PORT"
+      fi
       die "kafka: not ready at $KAFKA_BOOTSTRAP after ${TIMEOUT}s"
     fi
     sleep 0.3
@@ -290,7 +497,7 @@ kafka_wait() {
   fi
   pid=""
   [ "$KAFKA_MODE" = external ] || pid="$(pid_of "$RUN/kafka.pid" kafka.Kafka 2>/dev/null || true)"
-  say "kafka: ready at $KAFKA_BOOTSTRAP in $(since "$KAFKA_T0") ($KAFKA_MODE${pid:+, pid $pid})"
+  say "kafka: ready at $KAFKA_BOOTSTRAP in $(since "$KAFKA_T0") ($KAFKA_MODE${pid:+, pid $pid}, $([ -n "$KAFKA_PROBE_CREDENTIALS" ] && echo "SASL/SCRAM, logged in as $(basename "$KAFKA_PROBE_CREDENTIALS" .json)" || echo "no login"))"
 }
 
 kafka_down() {
@@ -305,8 +512,9 @@ kafka_down() {
 }
 
 kafka_status() {
-  local pid
+  local pid mode
   if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+    KAFKA_PROBE_CREDENTIALS="${KAFKA_CREDENTIALS_FILE:-}"
     if kafka_probe "$KAFKA_BOOTSTRAP_SERVERS" 0 --quiet; then
       echo "kafka:    external  $KAFKA_BOOTSTRAP_SERVERS (KAFKA_BOOTSTRAP_SERVERS)"
       return 0
@@ -314,9 +522,12 @@ kafka_status() {
     echo "kafka:    stopped   $KAFKA_BOOTSTRAP_SERVERS (KAFKA_BOOTSTRAP_SERVERS) not answering"
     return 1
   fi
+  mode="$(kafka_data_mode)"
+  if [ "$mode" = sasl ] || kafka_secured; then KAFKA_PROBE_CREDENTIALS="$CREDS/admin.json"; fi
+  [ "$mode" != none ] || mode="$KAFKA_SECURITY"
   if pid="$(pid_of "$RUN/kafka.pid" kafka.Kafka)"; then
     if kafka_probe "$KAFKA_HOST:$KAFKA_PORT" 0 --quiet; then
-      echo "kafka:    running   $KAFKA_HOST:$KAFKA_PORT (pid $pid, Kafka $KAFKA_VERSION)"
+      echo "kafka:    running   $KAFKA_HOST:$KAFKA_PORT (pid $pid, Kafka $KAFKA_VERSION, $mode)"
       return 0
     fi
     echo "kafka:    starting  $KAFKA_HOST:$KAFKA_PORT (pid $pid, not answering yet)"
@@ -658,7 +869,31 @@ KAFKA_BOOTSTRAP_SERVERS=${KAFKA_BOOTSTRAP_SERVERS:-$KAFKA_HOST:$KAFKA_PORT}
 DATABASE_URL=${DATABASE_URL:-$PG_DEFAULT_URL}
 REDIS_URL=${REDIS_URL:-$REDIS_DEFAULT_URL}
 EOF
+  if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] && kafka_secured; then
+    # The operator's login, for tools and tests; scripts/stack.sh gives every process it
+    # starts its own file from SPINE_KAFKA_CREDENTIALS_DIR instead (docs/security.md).
+    {
+      echo "KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT"
+      echo "KAFKA_SASL_MECHANISM=SCRAM-SHA-512"
+      echo "KAFKA_CREDENTIALS_FILE=$CREDS/admin.json"
+      echo "SPINE_KAFKA_CREDENTIALS_DIR=$CREDS"
+    } >>"$SPINE/infra.env.tmp"
+  fi
   mv "$SPINE/infra.env.tmp" "$SPINE/infra.env"
+}
+
+# COMPONENTS: what `up`/`down` act on (all when empty).
+COMPONENTS=""
+want() { [ -z "$COMPONENTS" ] || [[ " $COMPONENTS " == *" $1 "* ]]; }
+
+set_components() {
+  local c
+  for c in "$@"; do
+    case "$c" in
+      kafka | postgres | redis) COMPONENTS="$COMPONENTS $c" ;;
+      *) die "unknown component '$c' (kafka, postgres or redis)" ;;
+    esac
+  done
 }
 
 cmd_up() {
@@ -669,28 +904,29 @@ cmd_up() {
   rm -f "$SPINE/infra.env" # rewritten only when everything is ready
   ensure_python3
   # Kafka first (slowest): its JVM boots while PostgreSQL and Redis start.
-  kafka_start
-  pg_up
-  redis_up
-  kafka_wait
+  if want kafka; then kafka_start; fi
+  if want postgres; then pg_up; fi
+  if want redis; then redis_up; fi
+  if want kafka; then kafka_wait; fi
   write_env
-  say "infra up in $(since "$t0"); endpoints in .spine/infra.env:"
+  say "infra up in $(since "$t0"); endpoints in $SPINE/infra.env:"
   sed 's/^/    /' "$SPINE/infra.env"
 }
 
 cmd_down() {
   ensure_dirs
   lock
-  kafka_down
-  redis_down
-  pg_down
+  if want kafka; then kafka_down; fi
+  if want redis; then redis_down; fi
+  if want postgres; then pg_down; fi
 }
 
 cmd_purge() {
+  COMPONENTS=""
   cmd_down
-  say "purging Kafka, PostgreSQL and Redis data and logs under .spine/ (keeping .spine/kafka/libs)"
-  rm -rf "$KAFKA_DATA" "$KAFKA_DIR/cluster.id" "$KAFKA_PROPS" "$KAFKA_DIR/libs.tmp" \
-    "$PG_DIR" "$SPINE/redis" "$LOGS" "$SPINE/infra.env"
+  say "purging Kafka, PostgreSQL and Redis data and logs under $SPINE (keeping the Kafka jars and $CREDS)"
+  rm -rf "$KAFKA_DATA" "$KAFKA_DIR/cluster.id" "$KAFKA_PROPS" "$KAFKA_MODE_FILE" \
+    "$KAFKA_LIBS.tmp" "$PG_DIR" "$SPINE/redis" "$LOGS" "$SPINE/infra.env"
 }
 
 cmd_kafka_restart() {
@@ -728,10 +964,22 @@ usage() {
   sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//'
 }
 
+kafka_resolve_security
+
 case "${1:-}" in
-  up) cmd_up ;;
+  up)
+    shift
+    set_components "$@"
+    cmd_up
+    ;;
   down)
-    if [ "${2:-}" = --purge ]; then cmd_purge; else cmd_down; fi
+    shift
+    if [ "${1:-}" = --purge ]; then
+      cmd_purge
+    else
+      set_components "$@"
+      cmd_down
+    fi
     ;;
   purge) cmd_purge ;;
   status) cmd_status ;;
