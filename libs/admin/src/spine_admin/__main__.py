@@ -1,0 +1,3 @@
+from spine_admin.cli import main
+
+main()

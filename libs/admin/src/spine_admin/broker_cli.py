@@ -1,0 +1,145 @@
+"""``spine-admin``'s commands for Kafka principals: credentials, ACLs and the static topics.
+
+Kept apart from the command-line entry point (:mod:`.cli`) so the agent commands
+(``issue-agent``: signing key, tasks topic, record on the bus) sit beside them: each
+module adds its sub-commands with ``add_commands`` and runs them with ``run``.
+
+Settings come from the environment like every process's: ``KAFKA_BOOTSTRAP_SERVERS``,
+``SPINE_TOPIC_PREFIX``/``_PARTITIONS``/``_REPLICATION``/``_MIN_ISR`` (``KafkaSettings``),
+the admin's login (:func:`.connection.login_from_env`) and ``SPINE_KAFKA_CREDENTIALS_DIR``
+(default ``.spine/credentials``), where each issued principal's file goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from spine_kafka.clients import KafkaConfig
+from spine_kafka.settings import KafkaSettings, load_settings
+
+from . import principals
+from .acls import SERVICES, _agent_grants, agent_grants, service_grants
+from .connection import Broker, credentials_dir, login_from_env
+
+COMMANDS = (
+    "issue-services",
+    "issue-agent-credentials",
+    "revoke-agent-credentials",
+    "acls",
+)
+
+
+def add_commands(commands: Any) -> None:
+    """Add this module's sub-commands to an ``add_subparsers()`` object."""
+    c = commands.add_parser(
+        "issue-services",
+        help="create the static topics, then every service principal: file, ACLs, SCRAM",
+        description="Idempotent: passwords are made once and kept; ACLs are reconciled with "
+        "the table (missing ones added, stale ones deleted). One credentials file per "
+        "service in the credentials directory (0600).",
+    )
+    c.add_argument("--credentials-dir", type=Path, help="default: SPINE_KAFKA_CREDENTIALS_DIR")
+    c.add_argument("--no-topics", action="store_true", help="do not create the static topics")
+    a = commands.add_parser(
+        "issue-agent-credentials",
+        help="an agent principal (agent-<id>): its credentials file, LITERAL ACLs and SCRAM",
+    )
+    a.add_argument("agent_ids", nargs="+", metavar="agent_id")
+    a.add_argument("--credentials-dir", type=Path)
+    r = commands.add_parser(
+        "revoke-agent-credentials",
+        help="delete the agent principal's SCRAM credential, its ACLs and its file",
+    )
+    r.add_argument("agent_ids", nargs="+", metavar="agent_id")
+    r.add_argument("--credentials-dir", type=Path)
+    r.add_argument("--keep-file", action="store_true")
+    t = commands.add_parser("acls", help="print the ACL table (docs/security.md)")
+    t.add_argument("--principal", help="one service name, or agent-<id>")
+
+
+def _settings() -> tuple[KafkaConfig, str]:
+    settings = load_settings(KafkaSettings)
+    return KafkaConfig.from_settings(settings, client_id="spine-admin"), settings.topic_prefix
+
+
+def _broker(cfg: KafkaConfig) -> Broker:
+    return Broker(cfg.bootstrap_servers, login_from_env())
+
+
+def _dir(args: argparse.Namespace) -> Path:
+    chosen: Path | None = args.credentials_dir
+    return chosen or credentials_dir(os.environ)
+
+
+def _say(issued: principals.Issued) -> None:
+    state = "new password" if issued.created_password else "password kept"
+    print(
+        f"  {issued.principal}: {issued.acls} ACLs (+{issued.acls_created} "
+        f"-{issued.acls_deleted}), SCRAM-SHA-512 set, {issued.credentials_file} ({state})",
+        flush=True,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "acls":
+        return _print_acls(args.principal)
+    cfg, prefix = _settings()
+    broker = _broker(cfg)
+    if args.command == "issue-services":
+        if not args.no_topics:
+            created = principals.create_topics(broker, cfg)
+            print(f"static topics ready ({len(created)} created)", flush=True)
+        print(f"issuing {len(SERVICES)} service principals", flush=True)
+        for issued in principals.issue_services(broker, prefix=prefix, credentials_dir=_dir(args)):
+            _say(issued)
+        return 0
+    if args.command == "issue-agent-credentials":
+        for agent_id in args.agent_ids:
+            _say(
+                principals.issue_agent_credentials(
+                    broker, agent_id, prefix=prefix, credentials_dir=_dir(args)
+                )
+            )
+        return 0
+    for agent_id in args.agent_ids:
+        revoked = principals.revoke_agent_credentials(
+            broker,
+            agent_id,
+            prefix=prefix,
+            credentials_dir=_dir(args),
+            delete_file=not args.keep_file,
+        )
+        scram_state = "deleted" if revoked.had_scram else "absent"
+        file_state = "deleted" if revoked.file_deleted else "kept"
+        print(
+            f"  {revoked.principal}: SCRAM {scram_state}, {revoked.acls_deleted} ACLs deleted, "
+            f"file {file_state}",
+            flush=True,
+        )
+    return 0
+
+
+def _print_acls(principal: str | None) -> int:
+    prefix = os.environ.get("SPINE_TOPIC_PREFIX", "")
+    names = [principal] if principal else [*SERVICES, "agent-<id>"]
+    for name in names:
+        if name in SERVICES:
+            grants = service_grants(name, prefix)
+        elif name == "agent-<id>":
+            grants = _agent_grants("<id>", prefix)
+        elif name.startswith("agent-"):
+            grants = agent_grants(name.removeprefix("agent-"), prefix)
+        else:
+            print(f"unknown principal {name!r}: a service ({', '.join(SERVICES)}) or agent-<id>")
+            return 2
+        print(f"{prefix}{name}:")
+        for g in grants:
+            a = g.acl
+            print(
+                f"  {a.permission:5} {a.operation:8} {a.resource_type.lower():16} "
+                f"{a.pattern_type.lower():8} {a.name}  ({g.why})"
+            )
+    return 0

@@ -1,0 +1,153 @@
+"""Issuing and revoking principals: credentials file, ACLs, SCRAM credentials — one code path
+for ``spine-admin``, ``make up`` and the test fixtures.
+
+Issuing is idempotent and in this order: the credentials file (its password made once and
+kept), the ACLs (reconciled with :mod:`.acls`: missing ones added, stale ones deleted), and
+last the SCRAM credential — so a principal can never log in before its ACLs are in place.
+Revoking deletes the SCRAM credential first (no new login), then every ACL of the
+principal, then (by default) its file. Calls block (confluent-kafka's futures); an async
+caller runs them with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import NewTopic
+from spine_contracts import topics
+from spine_contracts.topics import TopicSpec
+from spine_kafka.clients import KafkaConfig, new_topic
+
+from . import bindings, scram
+from . import credentials as creds
+from .acls import SERVICES, Acl, agent_grants, agent_principal, service_grants, service_principal
+from .connection import Broker
+
+
+@dataclass(frozen=True)
+class Issued:
+    """What issuing one principal did."""
+
+    principal: str
+    credentials_file: Path
+    created_password: bool
+    acls: int
+    acls_created: int
+    acls_deleted: int
+
+
+def _issue(broker: Broker, principal: str, acls: Iterable[Acl], credentials_dir: Path) -> Issued:
+    found, created = creds.load_or_create(credentials_dir, principal)
+    wanted = list(acls)
+    applied = bindings.apply(broker, principal, wanted)
+    scram.upsert(broker, found)
+    return Issued(
+        principal,
+        creds.path_for(credentials_dir, principal),
+        created,
+        len(wanted),
+        applied.created,
+        applied.deleted,
+    )
+
+
+def issue_service(
+    broker: Broker, name: str, *, prefix: str = "", credentials_dir: Path = creds.DEFAULT_DIR
+) -> Issued:
+    """The service's principal (``<prefix><name>``): its file, ACLs and SCRAM credential."""
+    grants = service_grants(name, prefix)
+    return _issue(broker, service_principal(name, prefix), (g.acl for g in grants), credentials_dir)
+
+
+def issue_services(
+    broker: Broker, *, prefix: str = "", credentials_dir: Path = creds.DEFAULT_DIR
+) -> list[Issued]:
+    return [
+        issue_service(broker, name, prefix=prefix, credentials_dir=credentials_dir)
+        for name in SERVICES
+    ]
+
+
+def issue_agent_credentials(
+    broker: Broker, agent_id: str, *, prefix: str = "", credentials_dir: Path = creds.DEFAULT_DIR
+) -> Issued:
+    """The agent's principal (``<prefix>agent-<id>``): its file, LITERAL ACLs and SCRAM
+    credential. Its tasks topic and signing key are other steps of issuing an agent."""
+    grants = agent_grants(agent_id, prefix)
+    return _issue(
+        broker, agent_principal(agent_id, prefix), (g.acl for g in grants), credentials_dir
+    )
+
+
+@dataclass(frozen=True)
+class Revoked:
+    principal: str
+    had_scram: bool
+    acls_deleted: int
+    file_deleted: bool
+
+
+def _revoke(broker: Broker, principal: str, credentials_dir: Path, delete_file: bool) -> Revoked:
+    had = scram.delete(broker, principal)
+    deleted = bindings.revoke(broker, principal)
+    removed = creds.delete(credentials_dir, principal) if delete_file else False
+    return Revoked(principal, had, deleted, removed)
+
+
+def revoke_agent_credentials(
+    broker: Broker,
+    agent_id: str,
+    *,
+    prefix: str = "",
+    credentials_dir: Path = creds.DEFAULT_DIR,
+    delete_file: bool = True,
+) -> Revoked:
+    """No more logins for the agent, no ACLs left. Connections already open stay open
+    until they reconnect, but every request they make is refused from now on."""
+    return _revoke(broker, agent_principal(agent_id, prefix), credentials_dir, delete_file)
+
+
+def revoke_service(
+    broker: Broker,
+    name: str,
+    *,
+    prefix: str = "",
+    credentials_dir: Path = creds.DEFAULT_DIR,
+    delete_file: bool = True,
+) -> Revoked:
+    return _revoke(broker, service_principal(name, prefix), credentials_dir, delete_file)
+
+
+def create_topics(
+    broker: Broker, cfg: KafkaConfig, specs: Iterable[TopicSpec] = topics.STATIC
+) -> list[str]:
+    """Create the missing topics of the registry (what every service's ``ensure_topics``
+    would create, same config), so that no service needs the right to create topics."""
+    wanted = [new_topic(cfg, spec) for spec in specs]
+    existing = set(broker.client.list_topics(timeout=broker.timeout_s).topics)
+    missing = [
+        NewTopic(
+            t.name,
+            num_partitions=t.num_partitions,
+            replication_factor=t.replication_factor,
+            config=dict(t.topic_configs),
+        )
+        for t in wanted
+        if t.name not in existing
+    ]
+    if not missing:
+        return []
+    created = []
+    futures = broker.client.create_topics(missing, request_timeout=broker.timeout_s)
+    for name, future in futures.items():
+        try:
+            future.result(timeout=broker.timeout_s)
+            created.append(name)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                raise
+    return created
