@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrP
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from spine_contracts import DeadLetter, Message, parse, to_bytes, topics, utcnow
 from spine_contracts.errors import InvalidMessage, UndecodableMessage
+from spine_contracts.signing import Signer, topic_base
 from spine_contracts.topics import TopicSpec
 
 from .settings import KafkaSettings
@@ -304,20 +305,53 @@ def dead_letter(
 
     Its ``message_id`` is :func:`dead_letter_id` of the consumer and the record's origin.
     """
-    raw: bytes = record.value or b""
     key = record.key
+    return _dead_letter(
+        record.topic,
+        record.partition,
+        record.offset,
+        bytes(key).decode(errors="replace") if key is not None else None,
+        record.value or b"",
+        error,
+        consumer,
+    )
+
+
+def dead_letter_of(incoming: Incoming, error: BaseException, consumer: str) -> DeadLetter:
+    """:func:`dead_letter` of a record a handler refuses after decoding it (a signature
+    that does not check out): the same origin, payload and deterministic id."""
+    return _dead_letter(
+        incoming.topic,
+        incoming.partition,
+        incoming.offset,
+        incoming.key,
+        incoming.value,
+        error,
+        consumer,
+    )
+
+
+def _dead_letter(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: str | None,
+    raw: bytes,
+    error: BaseException,
+    consumer: str,
+) -> DeadLetter:
     letter = DeadLetter.build(
-        origin_topic=record.topic,
-        origin_partition=record.partition,
-        origin_offset=record.offset,
-        origin_key=bytes(key).decode(errors="replace") if key is not None else None,
+        origin_topic=topic,
+        origin_partition=partition,
+        origin_offset=offset,
+        origin_key=key,
         payload_b64=base64.b64encode(raw).decode(),
         error_type=type(error).__name__,
         error=str(error)[:4000],
         consumer=consumer,
         failed_at=utcnow(),
     )
-    letter_id = dead_letter_id(consumer, record.topic, record.partition, record.offset)
+    letter_id = dead_letter_id(consumer, topic, partition, offset)
     return letter.model_copy(update={"message_id": letter_id})
 
 
@@ -340,6 +374,14 @@ class Outgoing:
     def encode(self) -> tuple[bytes, bytes, Headers]:
         return self.key.encode(), to_bytes(self.message), headers_for(self.message, self.reply_to)
 
+    def encode_signed(self, signer: Signer | None, prefix: str) -> tuple[bytes, bytes, Headers]:
+        """:meth:`encode`, with the signature headers of ``signer`` over the record
+        (:mod:`spine_contracts.signing`: its value, key and topic without ``prefix``)."""
+        key, value, headers = self.encode()
+        if signer is not None:
+            headers += signer.headers(topic_base(self.topic, prefix), key, value)
+        return key, value, headers
+
 
 @dataclass(frozen=True)
 class Incoming:
@@ -352,8 +394,10 @@ class Incoming:
     key: str | None
     timestamp_ms: int
     message: Message
-    #: only the transactional loop keeps them (for ``reply_to``); projections need none
+    #: only the transactional loop keeps them (for ``reply_to`` and signatures) and the
+    #: value bytes (a signature covers them); projections need neither
     headers: tuple[tuple[str, bytes], ...] = ()
+    value: bytes = b""
 
     @classmethod
     def of(
@@ -367,6 +411,7 @@ class Incoming:
             timestamp_ms=record.timestamp,
             message=message,
             headers=tuple((n, bytes(v)) for n, v in record.headers or ()) if headers else (),
+            value=bytes(record.value or b"") if headers else b"",
         )
 
     @property
