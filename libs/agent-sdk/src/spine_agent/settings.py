@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from spine_kafka.settings import LogLevel, ProcessSettings, SettingsError, load_settings
 
@@ -13,3 +15,7 @@ class AgentSettings(ProcessSettings):
 
     agent_concurrency: int | None = Field(None, alias="SPINE_AGENT_CONCURRENCY", ge=1, le=10_000)
     agent_drain_timeout_s: float | None = Field(None, alias="SPINE_AGENT_DRAIN_TIMEOUT", gt=0)
+    #: the agent's Ed25519 private key (PEM, 0600) that signs everything it publishes,
+    #: written by ``spine-admin issue-agent <id>``; unset: ``.spine/agents/<id>/signing-key.pem``
+    #: relative to the working directory (:func:`spine_agent.signing.default_key_file`)
+    signing_key_file: Path | None = Field(None, alias="SPINE_AGENT_SIGNING_KEY_FILE")
