@@ -238,11 +238,14 @@ def log_tail(path: Path, chars: int = 4000) -> str:
 # --- signed agents ------------------------------------------------------------------------
 
 
-async def issue_agent(cfg: KafkaConfig, agent_id: str, owner: str | None = None) -> Issued:
+async def issue_agent(
+    cfg: KafkaConfig, agent_id: str, owner: str | None = None, key_file: Path | None = None
+) -> Issued:
     """Issue a test agent in ``cfg``'s namespace exactly as ``spine-admin issue-agent`` does
-    (key file, tasks topic, ``IssueAgent``); the relay's key goes to its own test file."""
-    key_file = TEST_KEY_DIR / "relay" / "signing-key.pem" if agent_id == RELAY_SIGNER else None
-    return await issue(cfg, agent_id, owner=owner, key_dir=TEST_KEY_DIR, key_file=key_file)
+    (key file, tasks topic, ``IssueAgent``), its key under :data:`TEST_KEY_DIR` unless
+    ``key_file`` names another (a relay's own)."""
+    path = key_file or agent_key_file(agent_id)
+    return await issue(cfg, agent_id, owner=owner, key_dir=TEST_KEY_DIR, key_file=path)
 
 
 def agent_key_file(agent_id: str) -> Path:

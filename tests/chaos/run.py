@@ -294,6 +294,7 @@ class ChaosStack(Stack):
         self.generation[name] += 1
         command = COMMANDS.get(name, [name])
         env = {**self.env, **(extra_env or {}), "SPINE_INSTANCE_ID": f"chaos-{name}-{gen}"}
+        env = await self.identity(name, env)
         log = self.logs / f"test-{self.kafka.prefix}{name}.log"
         self.procs[name] = await spawn(
             Path(sys.executable).parent / command[0], *command[1:], env=env, log=log, cwd=ROOT
