@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from spine_contracts import ContractError, Message, parse, topics
 from spine_contracts.topics import TopicSpec
-from spine_servicekit.kafka import KafkaConfig, ensure_topics, make_consumer
+from spine_servicekit.kafka import KafkaConfig, ensure_topics, make_admin, make_consumer
 
 M = TypeVar("M", bound=Message)
 
@@ -33,7 +32,7 @@ M = TypeVar("M", bound=Message)
 async def partitions_of(cfg: KafkaConfig, topic_names: Sequence[str]) -> list[TopicPartition]:
     """The partitions the broker's metadata shows for these topics (none for a topic that
     does not exist yet)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    admin = make_admin(cfg)
     await admin.start()
     try:
         described = await admin.describe_topics(list(topic_names))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 from spine_agent.settings import AgentSettings
+from spine_kafka.clients import KafkaConfig
 from spine_kafka.security import SECURITY_ENV, KafkaSecurity, KafkaSecuritySettings
 from spine_kafka.settings import KafkaSettings, SettingsError, load_settings
 
@@ -299,7 +300,8 @@ def test_no_repr_or_traceback_carries_the_password(monkeypatch: pytest.MonkeyPat
     security = KafkaSecurity(
         security_protocol="SASL_PLAINTEXT", sasl_username="u", sasl_password=SecretStr(SECRET)
     )
-    assert SECRET not in repr(security)
+    config = KafkaConfig("k:9092", security=security)
+    assert SECRET not in repr(security) and SECRET not in repr(config)
     # a rule across fields reports the model's input: hidden, so the env's values stay out
     _env(monkeypatch, KAFKA_SASL_PASSWORD=SECRET)
     with pytest.raises(ValidationError) as caught:
@@ -314,7 +316,7 @@ def test_the_resolved_model_refuses_an_incoherent_mix_too() -> None:
         KafkaSecurity(sasl_username="u", sasl_password=SecretStr(SECRET))
     with pytest.raises(ValidationError, match="uses no TLS"):
         KafkaSecurity(ssl_cafile=Path("/ca.pem"))
-    assert hash(KafkaSecurity())  # a frozen value
+    assert hash(KafkaConfig("k:9092", security=KafkaSecurity()))  # still a frozen value
 
 
 def test_from_env_reads_only_the_mapping_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -343,4 +345,5 @@ def test_an_agent_from_the_environment_connects_as_its_principal(
     _sasl(monkeypatch)
     _env(monkeypatch, KAFKA_CREDENTIALS_FILE=str(path))
     settings = load_settings(AgentSettings, _env_file=None)
-    assert settings.kafka_security.client_kwargs()["sasl_plain_username"] == "agent-echo"
+    cfg = KafkaConfig.from_settings(settings, client_id="agent-echo")
+    assert cfg.security.client_kwargs()["sasl_plain_username"] == "agent-echo"

@@ -395,6 +395,7 @@ class _Worker:
                 topic=self.tasks_topic,
                 group_id=self.group_id,
                 concurrency=self.concurrency,
+                kafka_security=self.cfg.security.describe(),
             )
             await self._loop()
         finally:
