@@ -80,7 +80,11 @@ class FloorContestant:
             await self.close()
 
     async def open(self) -> None:
-        self.floor = Floor(self.kafka.bootstrap_servers, self.partitions)
+        self.floor = Floor(
+            self.kafka.bootstrap_servers,
+            self.partitions,
+            security=self.kafka.security.client_kwargs(),
+        )
         await self.floor.__aenter__()
 
     async def close(self) -> None:
