@@ -23,12 +23,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from spine_admin import Issued, issue
 from spine_contracts import ContractError, Message, parse, to_bytes, topics
 from spine_contracts.signing import RELAY_SIGNER, Signer, load_or_create_key, topic_base
 from spine_contracts.topics import TopicSpec
-from spine_servicekit.kafka import KafkaConfig, ensure_topics, headers_for, make_consumer
+from spine_servicekit.kafka import (
+    KafkaConfig,
+    ensure_topics,
+    headers_for,
+    make_admin,
+    make_consumer,
+)
 
 M = TypeVar("M", bound=Message)
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +47,7 @@ TEST_KEY_DIR = ROOT / ".spine" / "test-agents"
 async def partitions_of(cfg: KafkaConfig, topic_names: Sequence[str]) -> list[TopicPartition]:
     """The partitions the broker's metadata shows for these topics (none for a topic that
     does not exist yet)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    admin = make_admin(cfg)
     await admin.start()
     try:
         described = await admin.describe_topics(list(topic_names))

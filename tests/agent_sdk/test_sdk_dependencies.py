@@ -81,12 +81,14 @@ def test_an_agent_signs_with_the_key_file_and_says_how_to_get_one() -> None:
         from pathlib import Path
         from spine_agent import Agent, AgentInfo
         from spine_kafka.clients import KafkaConfig
+        from spine_kafka.security import KafkaSecurity
         agent = Agent(AgentInfo(agent_id="nokey"))
         @agent.handler
         async def handle(task):
             return {}
         try:
-            asyncio.run(agent.serve(KafkaConfig("127.0.0.1:1"), asyncio.Event(),
+            asyncio.run(agent.serve(KafkaConfig("127.0.0.1:1", security=KafkaSecurity()),
+                                    asyncio.Event(),
                                     signing_key_file=Path("/nonexistent/key.pem")))
         except Exception as exc:
             print(type(exc).__name__, exc)

@@ -422,6 +422,7 @@ class _Worker:
                 group_id=self.group_id,
                 concurrency=self.concurrency,
                 key_id=self.signer.key_id,
+                kafka_security=self.cfg.security.describe(),
             )
             await self._loop()
         finally:

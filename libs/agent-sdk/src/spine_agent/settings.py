@@ -1,13 +1,19 @@
-"""Settings of an agent process: what every process on the bus reads plus the agent's knobs."""
+"""Settings of an agent process: what every process on the bus reads plus the agent's knobs.
+
+The Kafka login (``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*``, ``KAFKA_CREDENTIALS_FILE``,
+``KAFKA_SSL_CAFILE``) is the same model the services read (:mod:`spine_kafka.security`), so
+an agent issued credentials connects as its own principal from the environment alone.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from pydantic import Field
+from spine_kafka.security import KafkaSecurity
 from spine_kafka.settings import LogLevel, ProcessSettings, SettingsError, load_settings
 
-__all__ = ["AgentSettings", "LogLevel", "SettingsError", "load_settings"]
+__all__ = ["AgentSettings", "KafkaSecurity", "LogLevel", "SettingsError", "load_settings"]
 
 
 class AgentSettings(ProcessSettings):

@@ -22,10 +22,9 @@ from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from spine_contracts import AgentMessage, ContractError, Message, parse
 from spine_contracts.signing import Signer
-from spine_kafka.clients import KafkaConfig, Outgoing, make_consumer, make_producer
+from spine_kafka.clients import KafkaConfig, Outgoing, make_admin, make_consumer, make_producer
 
 from .agent import Agent
 
@@ -201,7 +200,7 @@ async def group_offsets(
     cfg: KafkaConfig, group_id: str, topic: str
 ) -> tuple[dict[int, int | None], dict[int, int]]:
     """``(committed, end)`` offsets per partition of ``topic`` for the consumer group."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    admin = make_admin(cfg)
     await admin.start()
     try:
         raw = await admin.list_consumer_group_offsets(group_id)

@@ -6,6 +6,12 @@ a small one makes every idle consumer send a fetch per bound, which keeps the CP
 nothing (see docs/operations.md). Producers are idempotent with
 ``acks=all``; readers use ``read_committed`` because the orchestrator and auth write
 in transactions.
+
+Every aiokafka client of the project is built here (``make_producer``, ``make_consumer``,
+``make_admin``), with the security of its :class:`KafkaConfig` — a required field, so no
+client connects from ``bootstrap_servers`` alone (``tests/servicekit/test_kafka_client_guard.py``
+fails on a client built anywhere else). The benchmark's frozen floor, bare aiokafka by
+design, passes the same :meth:`KafkaSecurity.client_kwargs` itself.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import functools
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -30,6 +36,7 @@ from spine_contracts.errors import InvalidMessage, UndecodableMessage
 from spine_contracts.signing import Signer, topic_base
 from spine_contracts.topics import TopicSpec
 
+from .security import KafkaSecurity
 from .settings import KafkaSettings
 
 _DEFAULT_PARTITIONER = DefaultPartitioner()
@@ -62,6 +69,9 @@ class KafkaConfig:
     #: the largest message a producer sends (``max_request_size``); the broker's
     #: ``message.max.bytes`` (default 1048588) must allow it
     max_message_bytes: int = 1_048_576
+    #: how every client built from this config logs in; required, so that choosing
+    #: PLAINTEXT is a decision (``KafkaSecurity()``), never an omission
+    security: KafkaSecurity = field(kw_only=True)
 
     @classmethod
     def from_settings(cls, settings: KafkaSettings, client_id: str = "spine") -> KafkaConfig:
@@ -75,6 +85,7 @@ class KafkaConfig:
             linger_ms=settings.kafka_linger_ms,
             client_id=client_id,
             max_message_bytes=settings.kafka_max_message_bytes,
+            security=settings.kafka_security,
         )
 
     def topic(self, spec: TopicSpec) -> str:
@@ -135,7 +146,7 @@ def make_producer(
         options["transactional_id"] = transactional_id
         options["transaction_timeout_ms"] = 60_000
     options.update(overrides)
-    return AIOKafkaProducer(**options)
+    return AIOKafkaProducer(**options, **cfg.security.client_kwargs())
 
 
 def make_consumer(
@@ -160,7 +171,16 @@ def make_consumer(
         "heartbeat_interval_ms": 1_000,
     }
     options.update(overrides)
-    return AIOKafkaConsumer(*topic_names, **options)
+    return AIOKafkaConsumer(*topic_names, **options, **cfg.security.client_kwargs())
+
+
+def make_admin(cfg: KafkaConfig, *, client_id: str | None = None) -> AIOKafkaAdminClient:
+    """An admin client (topics, metadata, group offsets); ``start()`` and ``close()`` it."""
+    return AIOKafkaAdminClient(
+        bootstrap_servers=cfg.bootstrap_servers,
+        client_id=client_id or cfg.client_id,
+        **cfg.security.client_kwargs(),
+    )
 
 
 def new_topic(cfg: KafkaConfig, spec: TopicSpec, name: str | None = None) -> NewTopic:
@@ -182,7 +202,7 @@ async def ensure_topics(
     """Create missing topics from the registry; return the names that were created."""
     wanted = [new_topic(cfg, spec) for spec in specs]
     wanted += [new_topic(cfg, topics.AGENT_TASKS, cfg.agent_tasks(a)) for a in agent_ids]
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    admin = make_admin(cfg)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -222,7 +242,7 @@ async def delete_topics_with_prefix(cfg: KafkaConfig, prefix: str) -> list[str]:
     """Delete every topic whose name starts with ``prefix`` (test clean-up)."""
     if not prefix:
         raise ValueError("refusing to delete topics without a prefix")
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    admin = make_admin(cfg)
     await admin.start()
     try:
         doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]
@@ -460,7 +480,7 @@ async def partitions_of(cfg: KafkaConfig, topic: str) -> list[int]:
     (aiokafka's ``consumer.topics()`` refreshes a copy of the metadata that
     ``partitions_for_topic`` does not read, so a just-created topic can look missing.)
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    admin = make_admin(cfg)
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])
