@@ -30,6 +30,7 @@ COPY libs/kafkakit/pyproject.toml libs/kafkakit/
 COPY libs/servicekit/pyproject.toml libs/servicekit/
 COPY libs/flows/pyproject.toml libs/flows/
 COPY libs/agent-sdk/pyproject.toml libs/agent-sdk/
+COPY libs/admin/pyproject.toml libs/admin/
 COPY services/gateway/pyproject.toml services/gateway/
 COPY services/orchestrator/pyproject.toml services/orchestrator/
 COPY services/registry/pyproject.toml services/registry/
@@ -51,12 +52,16 @@ FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="ai-spine" \
       org.opencontainers.image.description="AI Spine services and demo agents; the command picks one"
 # A fixed numeric uid/gid so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
-# /var/lib/spine is where the service user keeps state: the relay's signing key, on a
-# volume that takes this ownership when compose mounts a new one over it.
+# /var/lib/spine is where the service user keeps state: the relay's or an agent's signing
+# key, on a volume that takes this ownership when compose mounts a new one over it;
+# /var/lib/spine-admin/<id> are the mount points where compose's init job (spine-admin)
+# writes those keys, one volume each.
 RUN groupadd --system --gid 10001 spine \
  && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home \
             --shell /usr/sbin/nologin spine \
- && install -d -o 10001 -g 10001 -m 0700 /var/lib/spine
+ && install -d -o 10001 -g 10001 -m 0700 /var/lib/spine \
+      /var/lib/spine-admin /var/lib/spine-admin/relay /var/lib/spine-admin/echo \
+      /var/lib/spine-admin/zoe /var/lib/spine-admin/eddie
 WORKDIR /app
 # Owned by root and read-only for the service user: the code cannot be changed at run time.
 COPY --from=build /app/.venv /app/.venv

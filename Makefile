@@ -7,7 +7,7 @@ BENCH_ARGS ?=
 SCENARIO_ARGS ?=
 CHAOS_ARGS ?=
 
-.PHONY: help install infra infra-down infra-status up down test test-unit lint asyncapi clean rebuild bench bench-scenarios chaos demo
+.PHONY: help install infra infra-down infra-status up down test test-unit lint asyncapi clean rebuild bench bench-scenarios chaos demo agent-credentials
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -30,6 +30,10 @@ up: install infra ## run the stack (infrastructure + services)
 down: ## stop everything `make up` started
 	@bash scripts/stack.sh down
 	@bash scripts/infra.sh down
+
+agent-credentials: install ## issue an agent: signing key, tasks topic, key+owner on the bus (AGENT=<id> [OWNER=<user_id>|system])
+	@test -n "$(AGENT)" || { echo "usage: make agent-credentials AGENT=<agent_id> [OWNER=<user_id>|system]" >&2; exit 2; }
+	$(UV) run --frozen spine-admin issue-agent $(AGENT) $(if $(OWNER),--owner $(OWNER))
 
 demo: ## the original demo over HTTP: credit_analysis with two input turns, live (after `make up`)
 	$(UV) run --frozen python scripts/demo.py

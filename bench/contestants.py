@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer
+from spine_kafka.clients import KafkaConfig, make_producer
 
 from . import celery_peer
 from .checks import (
@@ -62,8 +62,8 @@ class FloorContestant:
 
     name = "floor"
 
-    def __init__(self, bootstrap: str, partitions: int) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: KafkaConfig, partitions: int) -> None:
+        self.kafka = kafka
         self.partitions = partitions
         self.floor: Floor | None = None
 
@@ -80,7 +80,11 @@ class FloorContestant:
             await self.close()
 
     async def open(self) -> None:
-        self.floor = Floor(self.bootstrap, self.partitions)
+        self.floor = Floor(
+            self.kafka.bootstrap_servers,
+            self.partitions,
+            security=self.kafka.security.client_kwargs(),
+        )
         await self.floor.__aenter__()
 
     async def close(self) -> None:
@@ -160,7 +164,7 @@ class SpineContestant:
     def __init__(
         self,
         client: SpineClient,
-        bootstrap: str,
+        kafka: KafkaConfig,
         prefix: str,
         flows: dict[str, dict[str, Any]],
         *,
@@ -168,7 +172,7 @@ class SpineContestant:
         inject: frozenset[str] = frozenset(),
     ) -> None:
         self.client = client
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.prefix = prefix
         self.drain_s = drain_s
         self.expected = {shape: spine_echo_output(f, INPUT) for shape, f in flows.items()}
@@ -182,7 +186,7 @@ class SpineContestant:
 
     async def open(self) -> None:
         if self.observer is None:  # one observer for the whole run: a late duplicate is seen
-            self.observer = SpineObserver(self.bootstrap, self.prefix)
+            self.observer = SpineObserver(self.kafka, self.prefix)
             await self.observer.start()
 
     async def close(self) -> None:
@@ -215,7 +219,7 @@ class SpineContestant:
             await self.client.add_credits(1)
         if "double" in self.inject:
             self.inject.discard("double")
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+            producer = make_producer(self.kafka)
             await producer.start()
             try:
                 execution_id = sorted(ids)[0]

@@ -20,8 +20,11 @@ One process, one event loop, on fresh ``benchfloor<hex>.`` topics (deleted after
   and events topics without a group (``read_committed``), like the gateway.
 
 Client settings are AI Spine's (``fetch_max_wait_ms=500``, ``linger_ms=0``), so the ratio
-to it measures code, not tuning. What the floor leaves out on purpose: the extra records
-AI Spine writes in the same transactions (events, snapshots), HTTP, PostgreSQL, Redis.
+to it measures code, not tuning. The login is AI Spine's too: every client takes the
+``security`` arguments it is given (``KafkaSecurity.client_kwargs()``), so on a secured
+broker the floor pays for SASL as AI Spine does. What the floor leaves out on purpose: the
+extra records AI Spine writes in the same transactions (events, snapshots), HTTP,
+PostgreSQL, Redis.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -47,9 +50,10 @@ USER = "bench-user"
 
 Out = tuple[str, bytes, bytes]  # topic, key, value
 Decide = Callable[[ConsumerRecord[bytes, bytes]], list[Out]]
+Security = Mapping[str, Any]  # aiokafka's security_protocol, sasl_*, ssl_context arguments
 
 
-def _producer(bootstrap: str, **extra: Any) -> AIOKafkaProducer:
+def _producer(bootstrap: str, security: Security, **extra: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
@@ -57,10 +61,13 @@ def _producer(bootstrap: str, **extra: Any) -> AIOKafkaProducer:
         linger_ms=0,
         max_batch_size=256 * 1024,
         **extra,
+        **security,
     )
 
 
-def _consumer(bootstrap: str, *topics: str, group_id: str | None) -> AIOKafkaConsumer:
+def _consumer(
+    bootstrap: str, security: Security, *topics: str, group_id: str | None
+) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
@@ -71,6 +78,7 @@ def _consumer(bootstrap: str, *topics: str, group_id: str | None) -> AIOKafkaCon
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         max_poll_records=500,
         partition_assignment_strategy=(RangePartitionAssignor,),
+        **security,
     )
 
 
@@ -80,6 +88,7 @@ class TxHop:
     def __init__(
         self,
         bootstrap: str,
+        security: Security,
         name: str,
         group: str,
         inputs: Sequence[str],
@@ -90,9 +99,14 @@ class TxHop:
         self.group = group
         self.decide = decide
         self.partitions = partitions
-        self.consumer = _consumer(bootstrap, *inputs, group_id=group)
+        self.consumer = _consumer(bootstrap, security, *inputs, group_id=group)
         self.producers = {
-            p: _producer(bootstrap, transactional_id=f"{group}-{p}", transaction_timeout_ms=60_000)
+            p: _producer(
+                bootstrap,
+                security,
+                transactional_id=f"{group}-{p}",
+                transaction_timeout_ms=60_000,
+            )
             for p in range(partitions)
         }
         self.transactions = 0
@@ -148,9 +162,11 @@ class TxHop:
 class AgentHop:
     """Answer every task with a result; commit consumed offsets every 200 ms."""
 
-    def __init__(self, bootstrap: str, group: str, tasks: str, results: str) -> None:
-        self.consumer = _consumer(bootstrap, tasks, group_id=group)
-        self.producer = _producer(bootstrap)
+    def __init__(
+        self, bootstrap: str, security: Security, group: str, tasks: str, results: str
+    ) -> None:
+        self.consumer = _consumer(bootstrap, security, tasks, group_id=group)
+        self.producer = _producer(bootstrap, security)
         self.results = results
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -201,8 +217,9 @@ class AgentHop:
 class Floor:
     """Topics, the three hops and the client; ``async with Floor(...) as floor``."""
 
-    def __init__(self, bootstrap: str, partitions: int) -> None:
+    def __init__(self, bootstrap: str, partitions: int, *, security: Security) -> None:
         self.bootstrap = bootstrap
+        self.security = security
         self.partitions = partitions
         self.prefix = f"benchfloor{uuid.uuid4().hex[:8]}."
         p = self.prefix
@@ -214,19 +231,20 @@ class Floor:
         self.t_events = p + "executions.events"
         self.state: dict[str, list[Any]] = {}  # execution -> [shape, stage, pending]
         self.auth = TxHop(
-            bootstrap, "auth", p + "auth", [self.t_auth], partitions, self._auth_decide
+            bootstrap, security, "auth", p + "auth", [self.t_auth], partitions, self._auth_decide
         )
         self.orchestrator = TxHop(
             bootstrap,
+            security,
             "orchestrator",
             p + "orchestrator",
             [self.t_commands, self.t_results],
             partitions,
             self._orchestrator_decide,
         )
-        self.agent = AgentHop(bootstrap, p + "agent.echo", self.t_tasks, self.t_results)
-        self.producer = _producer(bootstrap)
-        self.follower = _consumer(bootstrap, group_id=None)
+        self.agent = AgentHop(bootstrap, security, p + "agent.echo", self.t_tasks, self.t_results)
+        self.producer = _producer(bootstrap, security)
+        self.follower = _consumer(bootstrap, security, group_id=None)
         self._follow_task: asyncio.Task[None] | None = None
         self.replied: dict[str, float] = {}
         self.completed: dict[str, float] = {}
@@ -280,7 +298,7 @@ class Floor:
     # -- set-up ------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Floor:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.security)
         await admin.start()
         try:
             counts = {
@@ -332,7 +350,7 @@ class Floor:
             await part.stop()
         await self.follower.stop()
         await self.producer.stop()
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.security)
         await admin.start()
         try:
             doomed = [t for t in await admin.list_topics() if t.startswith(self.prefix)]

@@ -16,6 +16,7 @@ import uuid
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from spine_contracts import topics
+from spine_kafka.security import KafkaSecuritySettings
 from spine_servicekit.kafka import (
     KafkaConfig,
     delete_topics_with_prefix,
@@ -36,8 +37,11 @@ async def measure(cfg: KafkaConfig, ours: bool, n: int, transactional: bool) -> 
             cfg, topic, group_id=group, auto_offset_reset="latest", isolation_level=isolation
         )
     else:
+        # aiokafka's own defaults, on purpose: only the address and the login are ours
         producer = AIOKafkaProducer(
-            bootstrap_servers=cfg.bootstrap_servers, transactional_id=txn_id
+            bootstrap_servers=cfg.bootstrap_servers,
+            transactional_id=txn_id,
+            **cfg.security.client_kwargs(),
         )
         consumer = AIOKafkaConsumer(
             topic,
@@ -45,6 +49,7 @@ async def measure(cfg: KafkaConfig, ours: bool, n: int, transactional: bool) -> 
             group_id=group,
             auto_offset_reset="latest",
             isolation_level=isolation,
+            **cfg.security.client_kwargs(),
         )
     await producer.start()
     await consumer.start()
@@ -90,6 +95,7 @@ async def main() -> None:
         bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
         prefix=prefix,
         partitions=1,
+        security=KafkaSecuritySettings().kafka_security,
     )
     await ensure_topics(cfg, [topics.USAGE])
     try:

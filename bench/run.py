@@ -25,9 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
+from spine_kafka.clients import KafkaConfig, make_admin
+from spine_kafka.security import KafkaSecurity
 
 from .checks import Audit
 from .common import FLOW_IDS, Latency, Throughput, progress
@@ -64,6 +65,16 @@ def load_env() -> dict[str, str]:
                     env[key.strip()] = value.strip().strip("'\"")
     env.update(os.environ)
     return env
+
+
+def kafka_config(env: dict[str, str]) -> KafkaConfig:
+    """The bench's own clients (observer, probes, the floor's security) reach the broker as
+    the services do: the bootstrap servers and the login of :func:`load_env`'s variables."""
+    return KafkaConfig(
+        bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        client_id="bench",
+        security=KafkaSecurity.from_env(env),
+    )
 
 
 def listener_pid(port: int) -> int | None:
@@ -253,7 +264,7 @@ async def main_async(args: argparse.Namespace) -> int:
     for key in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "DATABASE_URL", "SPINE_TOPIC_PREFIX"):
         if key in env:
             os.environ.setdefault(key, env[key])
-    bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    kafka = kafka_config(env)
     port = int(env.get("PORT", "8000"))
     base_url = args.url or env.get("SPINE_BENCH_URL") or f"http://127.0.0.1:{port}"
     master = env.get("API_KEY", "")
@@ -304,7 +315,7 @@ async def main_async(args: argparse.Namespace) -> int:
         for shape, flow_id in FLOW_IDS.items()
     }
     flows = {shape: await client.flow(flow_id) for shape, flow_id in FLOW_IDS.items()}
-    partitions = await _partitions(bootstrap, f"{prefix}spine.executions.commands")
+    partitions = await _partitions(kafka, f"{prefix}spine.executions.commands")
     console.print(
         f"[bold]AI Spine bench[/] {started_at:%Y-%m-%d %H:%M:%S} UTC · gateway {base_url} · "
         f"{os.cpu_count()} cores · load {load_start[0]:.2f} · rounds={args.rounds} "
@@ -316,7 +327,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
     spine = SpineContestant(
         client,
-        bootstrap,
+        kafka,
         prefix,
         flows,
         drain_s=args.drain,
@@ -325,7 +336,7 @@ async def main_async(args: argparse.Namespace) -> int:
     contestants: list[Contestant] = []
     peers: list[CeleryPeer] = []
     if "floor" in only:
-        contestants.append(FloorContestant(bootstrap, partitions))
+        contestants.append(FloorContestant(kafka, partitions))
     if "spine" in only:
         contestants.append(spine)
     for config in ("fast", "matched"):
@@ -459,8 +470,8 @@ def _checks(
     return out
 
 
-async def _partitions(bootstrap: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _partitions(kafka: KafkaConfig, topic: str) -> int:
+    admin = make_admin(kafka)
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])

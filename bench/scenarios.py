@@ -47,7 +47,7 @@ from .checks import Audit, audit, spine_echo_output
 from .common import FLOW_IDS, Latency
 from .peer import CeleryPeer
 from .procstats import INFRA, SERVICES, ProcessWatch, cpu_delta, read_pid
-from .run import listener_pid, load_env, machine_busy_s
+from .run import kafka_config, listener_pid, load_env, machine_busy_s
 from .spine import INPUT, SpineClient, SpineObserver, SpineUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,7 +232,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, env: dict[str, str]) -> None:
         self.args = args
         self.env = env
-        self.bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+        self.kafka = kafka_config(env)
         self.prefix = env.get("SPINE_TOPIC_PREFIX", "")
         self.base_url = args.url or f"http://127.0.0.1:{env.get('PORT', '8000')}"
         self.master = env.get("API_KEY", "")
@@ -266,7 +266,7 @@ class Bench:
                 self.watch.add(name, pid)
         self.watch.add("bench-client", os.getpid(), tree=False)
         self.watch.start()
-        self.observer = SpineObserver(self.bootstrap, self.prefix)
+        self.observer = SpineObserver(self.kafka, self.prefix)
         await self.observer.start()
 
     def peer(self, system: str) -> CeleryPeer:

@@ -30,7 +30,8 @@ import aiohttp
 import httpx
 import orjson
 import yaml
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
+from spine_kafka.clients import KafkaConfig, make_consumer
 
 from .checks import Tally
 from .common import FLOW_IDS, WARMUP, Latency, Throughput, Tick, no_tick, out_of_time
@@ -575,17 +576,16 @@ class SpineObserver:
     event as it arrives (the throughput phase's clock).
     """
 
-    def __init__(self, bootstrap: str, prefix: str, agent_id: str = "echo") -> None:
+    def __init__(self, kafka: KafkaConfig, prefix: str, agent_id: str = "echo") -> None:
         self.topics = [
             f"{prefix}spine.executions.events",
             f"{prefix}spine.agents.{agent_id}.tasks",
             f"{prefix}spine.agents.results",
         ]
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+        self.consumer = make_consumer(
+            kafka,
             group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
+            auto_offset_reset="latest",
             fetch_max_wait_ms=100,
             max_poll_records=2000,
         )

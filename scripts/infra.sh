@@ -10,6 +10,8 @@
 #   scripts/infra.sh purge         down + delete Kafka/PostgreSQL/Redis data and logs
 #                                  (keeps the downloaded Kafka jars and .spine/credentials)
 #   scripts/infra.sh status        one line per component; exit 3 if something is not up
+#   scripts/infra.sh kafka-jars    fetch the broker jars if needed (as `up` does) and print their
+#                                  directory (a test's throwaway broker runs from them)
 #   scripts/infra.sh kafka-restart [--kill]
 #                                  stop the broker this script started (SIGTERM, or SIGKILL
 #                                  with --kill), start it again and wait until it is ready
@@ -960,6 +962,13 @@ cmd_status() {
   return "$rc"
 }
 
+cmd_kafka_jars() {
+  ensure_dirs
+  lock
+  kafka_install_jars >&2 # stdout is the directory only
+  echo "$KAFKA_LIBS"
+}
+
 usage() {
   sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//'
 }
@@ -983,6 +992,7 @@ case "${1:-}" in
     ;;
   purge) cmd_purge ;;
   status) cmd_status ;;
+  kafka-jars) cmd_kafka_jars ;;
   kafka-restart) cmd_kafka_restart "${2:-}" ;;
   -h | --help | help) usage ;;
   *)

@@ -20,6 +20,7 @@ from spine_contracts import (
     to_bytes,
     topics,
 )
+from spine_contracts.access import SYSTEM
 from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import KafkaConfig, headers_for, make_producer
 from spine_servicekit.settings import CommonSettings, load_settings
@@ -56,7 +57,9 @@ async def main() -> int:
     await follower.start()
     await producer.start()
     try:
-        message = RegisterAgent.build(agent=info)
+        # the operator's registration, as the admin's gateway sends it: an HTTP agent signs
+        # nothing itself (the relay signs what it writes for it)
+        message = RegisterAgent.build(agent=info, owner=SYSTEM)
         await producer.send_and_wait(
             cfg.topic(topics.REGISTRY_COMMANDS),
             to_bytes(message),

@@ -72,6 +72,25 @@ relay_key() {
   echo "==> relay signing key $SPINE_RELAY_SIGNING_KEY_FILE (public key: spine-relay public-key)"
 }
 
+# Every message an agent publishes must be signed with a key the operator issued (DESIGN
+# §12, docs/security.md): before anything starts, the relay (whose key signs what it
+# writes for HTTP agents) and the demo Kafka agents are issued with spine-admin — their
+# keys in .spine/agents/<id>/signing-key.pem (0600, reused when present, where the SDK
+# looks by default), their tasks topics, and IssueAgent on spine.registry.admin.
+DEMO_AGENTS=(echo zoe eddie)
+issue_agents() {
+  echo "==> issuing the relay and the demo agents (spine-admin issue-agent; log .spine/logs/spine-admin.log)"
+  local id
+  for id in relay "${DEMO_AGENTS[@]}"; do
+    if ! "$ROOT/.venv/bin/spine-admin" issue-agent "$id" >>"$LOGS/spine-admin.log" 2>&1; then
+      echo "!!  spine-admin issue-agent $id failed:" >&2
+      tail -n 5 "$LOGS/spine-admin.log" >&2
+      return 1
+    fi
+    echo "    $id: issued"
+  done
+}
+
 alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
 # The relay refuses loopback and private addresses (SSRF guard, docs/agents.md); the demo
@@ -96,6 +115,7 @@ start_one() {
 up() {
   load_env
   relay_key
+  issue_agents
   echo "==> starting services"
   for entry in "${SERVICES[@]}"; do start_one "${entry%%=*}" "${entry#*=}"; done
   echo "==> waiting for the gateway on port $PORT (/health, /status and every service's heartbeat)"

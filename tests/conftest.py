@@ -3,7 +3,9 @@
 ``scripts/infra.sh up`` is idempotent and honours ``KAFKA_BOOTSTRAP_SERVERS``,
 ``DATABASE_URL`` and ``REDIS_URL``; a component that cannot start fails the run (never a
 skip). Each test module gets its own topic prefix, with the registry's topics created at
-``SPINE_TOPIC_PARTITIONS`` (2 by default here) and deleted afterwards.
+``SPINE_TOPIC_PARTITIONS`` (2 by default here) and deleted afterwards. The Kafka login
+(``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*``...) comes from the environment or
+``.spine/infra.env`` too, and reaches every client and child process the tests start.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from spine_kafka.security import SECURITY_ENV, KafkaSecurity
 from spine_servicekit.kafka import KafkaConfig, delete_topics_with_prefix, ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +37,8 @@ def _read_env_file(path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def infra() -> dict[str, str]:
-    """Effective ``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL`` and ``REDIS_URL``."""
+    """Effective ``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL``, ``REDIS_URL`` and the Kafka
+    security variables that are set."""
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "infra.sh"), "up"],
         cwd=ROOT,
@@ -51,6 +55,9 @@ def infra() -> dict[str, str]:
     values = _read_env_file(INFRA_ENV)
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL"):
         values[name] = os.environ.get(name) or values[name]
+    for name in SECURITY_ENV:
+        if os.environ.get(name):
+            values[name] = os.environ[name]
     return values
 
 
@@ -67,6 +74,7 @@ async def kafka(infra: dict[str, str], topic_prefix: str) -> AsyncIterator[Kafka
         prefix=topic_prefix,
         partitions=TEST_PARTITIONS,
         client_id="spine-tests",
+        security=KafkaSecurity.from_env(infra),
     )
     await ensure_topics(cfg)
     yield cfg

@@ -5,7 +5,10 @@
   only after reading to its end (read_committed: the last stable offset), so a duplicate
   that arrives in a later fetch is counted too;
 * :func:`spawn`, :func:`stop` and :func:`log_tail`: a process started by a test, stopped
-  with SIGTERM (SIGKILL when it does not go), and the end of its log for a failure message.
+  with SIGTERM (SIGKILL when it does not go), and the end of its log for a failure message;
+* :func:`issue_agent` and :func:`signed`: a test agent issued through ``spine-admin``'s own
+  code path (its key under ``.spine/test-agents``), and a message signed as an agent signs
+  it, for tests that publish an agent's messages themselves.
 """
 
 from __future__ import annotations
@@ -20,12 +23,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from spine_contracts import ContractError, Message, parse, topics
+from spine_admin import Issued, issue
+from spine_contracts import ContractError, Message, parse, to_bytes, topics
+from spine_contracts.signing import RELAY_SIGNER, Signer, load_or_create_key, topic_base
 from spine_contracts.topics import TopicSpec
-from spine_servicekit.kafka import KafkaConfig, ensure_topics, make_consumer
+from spine_servicekit.kafka import (
+    KafkaConfig,
+    ensure_topics,
+    headers_for,
+    make_admin,
+    make_consumer,
+)
 
 M = TypeVar("M", bound=Message)
+ROOT = Path(__file__).resolve().parent.parent
+#: where test agents' keys live (spine-admin's --key-dir for tests); keys are reused across
+#: tests and runs, each test's namespace records them again
+TEST_KEY_DIR = ROOT / ".spine" / "test-agents"
 
 # --- topics -------------------------------------------------------------------------------
 
@@ -33,7 +47,7 @@ M = TypeVar("M", bound=Message)
 async def partitions_of(cfg: KafkaConfig, topic_names: Sequence[str]) -> list[TopicPartition]:
     """The partitions the broker's metadata shows for these topics (none for a topic that
     does not exist yet)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    admin = make_admin(cfg)
     await admin.start()
     try:
         described = await admin.describe_topics(list(topic_names))
@@ -224,3 +238,40 @@ async def stop(
 def log_tail(path: Path, chars: int = 4000) -> str:
     """The end of a process's log, for an assertion message."""
     return path.read_text(errors="replace")[-chars:] if path.exists() else f"({path}: no log)"
+
+
+# --- signed agents ------------------------------------------------------------------------
+
+
+async def issue_agent(
+    cfg: KafkaConfig, agent_id: str, owner: str | None = None, key_file: Path | None = None
+) -> Issued:
+    """Issue a test agent in ``cfg``'s namespace exactly as ``spine-admin issue-agent`` does
+    (key file, tasks topic, ``IssueAgent``), its key under :data:`TEST_KEY_DIR` unless
+    ``key_file`` names another (a relay's own)."""
+    path = key_file or agent_key_file(agent_id)
+    return await issue(cfg, agent_id, owner=owner, key_dir=TEST_KEY_DIR, key_file=path)
+
+
+def agent_key_file(agent_id: str) -> Path:
+    """The key file :func:`issue_agent` wrote (``SPINE_AGENT_SIGNING_KEY_FILE`` of a test
+    agent process)."""
+    if agent_id == RELAY_SIGNER:
+        return TEST_KEY_DIR / "relay" / "signing-key.pem"
+    return TEST_KEY_DIR / agent_id / "signing-key.pem"
+
+
+def signer_of(agent_id: str) -> Signer:
+    """The signer of a test agent (its key file made first when missing, as issuing does:
+    for in-process catalogues that are fed the key without a registry)."""
+    return load_or_create_key(agent_key_file(agent_id)).signer
+
+
+def signed(
+    cfg: KafkaConfig, topic: str, key: str, message: Message, signer: Signer
+) -> tuple[str, Message, list[tuple[str, bytes]]]:
+    """``(key, message, headers)`` for ``crash.helpers.publish_raw``: the message with the
+    signature headers ``signer`` gives it on ``topic``, as an agent publishes it."""
+    headers = headers_for(message)
+    headers += signer.headers(topic_base(topic, cfg.prefix), key.encode(), to_bytes(message))
+    return key, message, headers

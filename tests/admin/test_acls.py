@@ -47,6 +47,7 @@ def test_the_agent_group_is_the_sdks() -> None:
 
 def test_every_topic_has_a_writer_and_a_reader() -> None:
     writers = {s for r in SERVICES.values() for s in r.produces} | set(acls.AGENT_PRODUCES)
+    writers |= set(acls.ALL_TOPICS_WRITTEN_BY_THE_OPERATOR)
     readers = {s for r in SERVICES.values() for s in r.consumes}
     readers |= set(acls.ALL_TOPICS_READ_BY_THE_OPERATOR)
     for spec in topics.STATIC:
@@ -167,3 +168,11 @@ def test_the_doc_shows_the_table() -> None:
     assert acl_doc.replace_block(doc, acl_doc.render()) == doc, (
         "docs/security.md's ACL table is stale: run `uv run python -m spine_admin.acl_doc --write`"
     )
+
+
+def test_nobody_but_the_operator_writes_the_agents_keys() -> None:
+    for name in SERVICES:
+        writes = {g.acl.name for g in acls.service_grants(name) if g.acl.operation == "WRITE"}
+        assert topics.REGISTRY_ADMIN.base not in writes, name
+    agent = {g.acl.name for g in acls.agent_grants("echo") if g.acl.operation == "WRITE"}
+    assert topics.REGISTRY_ADMIN.base not in agent

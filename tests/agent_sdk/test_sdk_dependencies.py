@@ -1,6 +1,8 @@
 """A third-party agent installs a small package: the SDK needs neither servicekit nor the
-PostgreSQL, Redis or OpenTelemetry clients, and runs untraced without the ``otel`` extra;
-``cryptography`` (to verify the relay's signature) comes only with ``relay-signature``."""
+PostgreSQL, Redis or OpenTelemetry clients, and runs untraced without the ``otel`` extra.
+``cryptography`` is a dependency of its own: every message an agent publishes is signed
+(``spine_contracts.signing``), and an agent that cannot sign has its work refused; the
+``relay-signature`` extra still installs for those who name it."""
 
 from __future__ import annotations
 
@@ -64,13 +66,40 @@ def test_with_the_otel_extra_the_agent_traces() -> None:
     assert out.strip() == "spine_kafka.tracing"
 
 
-def test_cryptography_is_only_the_relay_signature_extra() -> None:
+def test_cryptography_comes_with_the_sdk_and_the_old_extra_still_names_it() -> None:
     reqs = requires("spine-agent-sdk") or []
     crypto = [r for r in reqs if r.lower().startswith("cryptography")]
-    assert crypto and all("extra ==" in r and "relay-signature" in r for r in crypto), crypto
+    assert any("extra ==" not in r for r in crypto), crypto
+    assert any("relay-signature" in r for r in crypto), crypto
+    assert any(r.startswith("spine-contracts[signing]") for r in reqs), reqs
 
 
-def test_an_http_agent_without_the_extra_is_told_which_extra_verifies() -> None:
+def test_an_agent_signs_with_the_key_file_and_says_how_to_get_one() -> None:
+    out = _run(
+        """
+        import asyncio
+        from pathlib import Path
+        from spine_agent import Agent, AgentInfo
+        from spine_kafka.clients import KafkaConfig
+        from spine_kafka.security import KafkaSecurity
+        agent = Agent(AgentInfo(agent_id="nokey"))
+        @agent.handler
+        async def handle(task):
+            return {}
+        try:
+            asyncio.run(agent.serve(KafkaConfig("127.0.0.1:1", security=KafkaSecurity()),
+                                    asyncio.Event(),
+                                    signing_key_file=Path("/nonexistent/key.pem")))
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+        """,
+        set(),
+    )
+    assert out.startswith("SigningKeyError"), out
+    assert "spine-admin issue-agent nokey" in out and "SPINE_AGENT_SIGNING_KEY_FILE" in out
+
+
+def test_an_http_agent_without_cryptography_is_told_what_to_install() -> None:
     out = _run(
         """
         import spine_agent.http as http
@@ -81,4 +110,4 @@ def test_an_http_agent_without_the_extra_is_told_which_extra_verifies() -> None:
         """,
         {"cryptography"},
     )
-    assert "pip install 'spine-agent-sdk[relay-signature]'" in out
+    assert "cryptography" in out and "pip install" in out

@@ -12,7 +12,7 @@ import pytest
 from spine_agent.testing import TopicReader, publish_tasks, task_message, wait_caught_up
 from spine_contracts import AgentHeartbeat, AgentResult, Message, RegisterAgent, topics
 from spine_servicekit.kafka import KafkaConfig
-from support import spawn, stop
+from support import issue_agent, spawn, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -23,7 +23,12 @@ AGENT_ID = "sdk-proc"
 async def test_sigterm_drains_the_task_in_flight(
     kafka: KafkaConfig, child_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = {**child_env, "SPINE_HEARTBEAT_INTERVAL": "0.2"}
+    issued = await issue_agent(kafka, AGENT_ID)  # as the operator does before it starts
+    env = {
+        **child_env,
+        "SPINE_HEARTBEAT_INTERVAL": "0.2",
+        "SPINE_AGENT_SIGNING_KEY_FILE": str(issued.key_file),
+    }
     log = tmp_path / "agent.log"
     task = task_message(AGENT_ID, config={"hold": True})  # until released on stdin
     execution_id = task.data.execution_id

@@ -14,7 +14,7 @@ import pytest
 from spine_agent.testing import TopicReader, publish_tasks, task_message
 from spine_contracts import AgentHeartbeat, AgentResult, RegisterAgent, topics
 from spine_servicekit.kafka import KafkaConfig
-from support import log_tail, spawn, stop
+from support import issue_agent, log_tail, spawn, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -56,7 +56,9 @@ async def test_kafka_agents_answer_and_stop_cleanly(
         try:
             for agent_id in tasks:
                 log = tmp_path / f"{agent_id}.log"
-                proc = await spawn(_script(f"spine-agent-{agent_id}"), env=env, log=log)
+                issued = await issue_agent(kafka, agent_id)  # as `make up` does first
+                own = {**env, "SPINE_AGENT_SIGNING_KEY_FILE": str(issued.key_file)}
+                proc = await spawn(_script(f"spine-agent-{agent_id}"), env=own, log=log)
                 procs[agent_id] = (proc, log)
             registered = await commands.wait_for(
                 lambda m: isinstance(m, RegisterAgent) and m.data.agent.agent_id in tasks,

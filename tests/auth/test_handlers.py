@@ -22,10 +22,11 @@ from spine_contracts import (
     WithdrawReservation,
     topics,
 )
+from spine_kafka.security import KafkaSecurity
 from spine_servicekit.kafka import REPLY_TO_HEADER, KafkaConfig
 from spine_servicekit.txloop import Incoming, PoisonMessage
 
-CFG = KafkaConfig(bootstrap_servers="unused:9092", prefix="p.")
+CFG = KafkaConfig(bootstrap_servers="unused:9092", prefix="p.", security=KafkaSecurity())
 PARTITIONS = 2
 FLOW = FlowDefinition(flow_id="f", nodes=(FlowNode(id="n", agent_id="echo"),))
 EVENTS = CFG.topic(topics.AUTH_EVENTS)

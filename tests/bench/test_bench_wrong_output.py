@@ -22,6 +22,7 @@ pytestmark = [
 ]
 
 harness.COMMANDS.setdefault("liar-echo", ["python", str(Path(__file__).with_name("liar_echo.py"))])
+harness.ISSUED.setdefault("liar-echo", "echo")  # it runs as echo: issued as echo
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -68,6 +68,7 @@ from spine_contracts import (
     ServiceHeartbeat,
     topics,
 )
+from spine_kafka.security import SECURITY_ENV, KafkaSecurity
 from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import (
     KafkaConfig,
@@ -294,6 +295,7 @@ class ChaosStack(Stack):
         self.generation[name] += 1
         command = COMMANDS.get(name, [name])
         env = {**self.env, **(extra_env or {}), "SPINE_INSTANCE_ID": f"chaos-{name}-{gen}"}
+        env = await self.identity(name, env)
         log = self.logs / f"test-{self.kafka.prefix}{name}.log"
         self.procs[name] = await spawn(
             Path(sys.executable).parent / command[0], *command[1:], env=env, log=log, cwd=ROOT
@@ -408,6 +410,7 @@ class Chaos:
             prefix=prefix,
             partitions=options.partitions,
             client_id="spine-chaos",
+            security=kafka.security,
         )
         self.port = _free_port()
         env, self.schemas = _stack_env(self.kafka, infra, prefix, self.port)
@@ -882,10 +885,12 @@ async def run_chaos(
 
 def _infra() -> dict[str, str]:
     """The endpoints ``scripts/infra.sh up`` (idempotent) reports, like the tests' conftest;
-    all three given in the environment: those, as they are."""
+    all three given in the environment: those, as they are. The Kafka security variables
+    that are set come along."""
     names = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL")
+    security = {n: os.environ[n] for n in SECURITY_ENV if os.environ.get(n)}
     if all(os.environ.get(n) for n in names):
-        return {n: os.environ[n] for n in names}
+        return {n: os.environ[n] for n in names} | security
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "infra.sh"), "up"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
@@ -899,7 +904,7 @@ def _infra() -> dict[str, str]:
             values[name.strip()] = value.strip()
     for name in names:
         values[name] = os.environ.get(name) or values[name]
-    return values
+    return values | security
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -920,7 +925,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-broker-restart", action="store_true")
     args = parser.parse_args(argv)
     infra = _infra()
-    kafka = KafkaConfig(bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"])
+    kafka = KafkaConfig(
+        bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"], security=KafkaSecurity.from_env(infra)
+    )
     options = ChaosOptions(
         executions=args.executions,
         seed=args.seed,

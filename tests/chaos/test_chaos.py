@@ -10,6 +10,7 @@ equals its rebuild.
 from __future__ import annotations
 
 import pytest
+from spine_kafka.security import KafkaSecurity
 from spine_servicekit.kafka import KafkaConfig
 
 from .run import VICTIMS, ChaosOptions, run_chaos
@@ -28,7 +29,9 @@ async def test_kill_every_service_and_restart_the_broker_loses_and_doubles_nothi
     options = ChaosOptions(
         executions=48, gap=(1.0, 3.0), slow=2.0, first_wave=0.25, settle_timeout=150.0
     )
-    kafka = KafkaConfig(bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"])
+    kafka = KafkaConfig(
+        bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"], security=KafkaSecurity.from_env(infra)
+    )
     report = await run_chaos(kafka, infra, options)
     print(report.details())
     assert report.kills == len(VICTIMS) and report.broker_restarts == 1, report.details()

@@ -24,6 +24,7 @@ TOPIC_RETENTION = {
     "spine.agents.{agent_id}.tasks": "7 d",
     "spine.agents.results": "7 d",
     "spine.registry.commands": "7 d",
+    "spine.registry.admin": "7 d",
     "spine.registry.events": "compacted",
     "spine.registry.heartbeats": "1 h",
     "spine.services.heartbeats": "1 h",
@@ -93,7 +94,7 @@ def test_spec_for_round_trips_names(spec: topics.TopicSpec, prefix: str) -> None
 
 
 @pytest.mark.parametrize("prefix", ["", "test-1234."])
-@pytest.mark.parametrize("agent_id", ["echo", "summarizer-v2", "a.b_c", "results", "x" * 128])
+@pytest.mark.parametrize("agent_id", ["echo", "summarizer-v2", "a-b_c", "results", "x" * 128])
 def test_spec_for_agent_task_topics(agent_id: str, prefix: str) -> None:
     name = topics.agent_tasks(agent_id, prefix)
     assert name == f"{prefix}spine.agents.{agent_id}.tasks"
@@ -112,7 +113,8 @@ def test_spec_for_rejects_unknown_or_unprefixed_names() -> None:
 
 
 @pytest.mark.parametrize(
-    "agent_id", ["", "has space", "a/b", "a:b", "ü", "x" * 129, "abc\n", "\nabc", "{agent_id}"]
+    "agent_id",
+    ["", "has space", "a/b", "a:b", "ü", "x" * 129, "abc\n", "\nabc", "{agent_id}", "a.b", "."],
 )
 def test_agent_tasks_rejects_illegal_ids(agent_id: str) -> None:
     with pytest.raises(ValueError):

@@ -64,6 +64,7 @@ from spine_servicekit.kafka import (
 )
 from spine_servicekit.runtime import ServiceContext
 from spine_servicekit.txloop import TransactionalLoop
+from support import signed, signer_of
 
 FLOW = FlowDefinition(flow_id="f", nodes=(FlowNode(id="a", agent_id="echo"),))
 Raw = tuple[str, bytes | Message, list[tuple[str, bytes]] | None]
@@ -239,9 +240,23 @@ def origin_of(meta: RecordMetadata) -> Callable[[DeadLetter], bool]:
 
 
 def active_agent(agent_id: str) -> AgentRegistered:
+    """An issued, registered and active agent's entry (its key: :func:`support.signer_of`)."""
+    signer = signer_of(agent_id)
     return AgentRegistered.build(
-        agent=AgentInfo(agent_id=agent_id), registered=True, active=True, reason="test"
+        agent=AgentInfo(agent_id=agent_id),
+        registered=True,
+        active=True,
+        reason="test",
+        public_key=signer.public_key_b64,
+        key_id=signer.key_id,
     )
+
+
+def signed_result(cfg: KafkaConfig, result: AgentResult, signer_id: str | None = None) -> Raw:
+    """``result`` as ``publish_raw`` takes it, signed by its agent (or ``signer_id``)."""
+    topic = cfg.topic(topics.AGENT_RESULTS)
+    signer = signer_of(signer_id or result.data.agent_id)
+    return signed(cfg, topic, result.data.execution_id, result, signer)
 
 
 @asynccontextmanager

@@ -29,7 +29,7 @@ from spine_contracts import (
 )
 from spine_servicekit.kafka import KafkaConfig, Outgoing
 from spine_servicekit.txloop import Incoming, TransactionalLoop
-from support import fresh_topics
+from support import fresh_topics, signer_of
 
 from .helpers import key_hash, orchestrator_loop, start_execution
 
@@ -44,8 +44,12 @@ FLOW = FlowDefinition(
 async def test_a_saturated_agent_delays_no_other_agents_nodes(kafka: KafkaConfig) -> None:
     cfg = await fresh_topics(kafka, agents=["slow", "fast"])
     release = asyncio.Event()
-    slow = Agent(AgentInfo(agent_id="slow"), concurrency=2, announce=False)
-    fast = Agent(AgentInfo(agent_id="fast"), concurrency=4, announce=False)
+    slow = Agent(
+        AgentInfo(agent_id="slow"), signer=signer_of("slow"), concurrency=2, announce=False
+    )
+    fast = Agent(
+        AgentInfo(agent_id="fast"), signer=signer_of("fast"), concurrency=4, announce=False
+    )
 
     @slow.handler
     async def crawl(task: Task) -> dict[str, object]:

@@ -72,7 +72,7 @@ from spine_servicekit.kafka import (
 from spine_servicekit.postgres import drop_schema
 from spine_servicekit.projector import Incoming, Projection, Projector
 from spine_servicekit.rebuild import TARGETS, rebuild_schema
-from support import fresh_topics, read_to_end
+from support import fresh_topics, read_to_end, signer_of
 
 from .helpers import (
     auth_loop,
@@ -84,6 +84,7 @@ from .helpers import (
     registry_service,
     result_of,
     service_feed,
+    signed_result,
     start_execution,
 )
 
@@ -182,9 +183,9 @@ async def test_g2_g3_the_orchestrator_takes_one_result_and_dispatches_once(
         await publish(cfg, commands, [(eid, start), (eid, start)])
         [task] = of(await read_to_end(cfg, cfg.agent_tasks("ghost"), at_least=1), AgentMessage)
         result = result_of(task, answer=42)  # type: ignore[arg-type]
-        await publish(cfg, results, [(eid, result), (eid, result)])
+        await publish_raw(cfg, results, [signed_result(cfg, result)] * 2)
         await read_to_end(cfg, topics.EXECUTION_EVENTS, at_least=4)
-        await publish(cfg, results, [(eid, result)])  # late, after the execution ended
+        await publish_raw(cfg, results, [signed_result(cfg, result)])  # late, after the end
         await wait_caught_up(cfg, f"{cfg.prefix}orchestrator", results)
         await wait_caught_up(cfg, f"{cfg.prefix}orchestrator", commands)
     events = await read_to_end(cfg, topics.EXECUTION_EVENTS)
@@ -210,7 +211,13 @@ async def test_g4_an_uncommitted_task_runs_again_with_the_same_key(kafka: KafkaC
     started = asyncio.Event()
 
     def make(life: int, block: bool) -> Agent:
-        agent = Agent(AgentInfo(agent_id="alo"), concurrency=4, drain_timeout=0.2, announce=False)
+        agent = Agent(
+            AgentInfo(agent_id="alo"),
+            signer=signer_of("alo"),
+            concurrency=4,
+            drain_timeout=0.2,
+            announce=False,
+        )
 
         @agent.handler
         async def handle(task: Task) -> dict[str, object]:
@@ -368,7 +375,7 @@ async def test_g8_a_registry_command_changes_the_catalogue_once(
     entries — which outlive a restart on the compacted topic — and changes nothing." """
     cfg = await fresh_topics(kafka)
     info = AgentInfo(agent_id="g8-agent", transport="http", endpoint="http://g8.test")
-    register = RegisterAgent.build(agent=info)
+    register = RegisterAgent.build(agent=info, owner="system")  # as the admin's gateway sends it
     deregister = DeregisterAgent.build(agent_id=info.agent_id)
     commands = cfg.topic(topics.REGISTRY_COMMANDS)
     async with registry_service(cfg, database_url, pg_schema):

@@ -67,7 +67,7 @@ from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import REPLY_TO_HEADER, KafkaConfig
 from spine_servicekit.postgres import drop_schema
 from spine_servicekit.projector import Projector
-from support import fresh_topics, read_to_end
+from support import fresh_topics, issue_agent, read_to_end, signed, signer_of
 
 from .helpers import (
     POISON,
@@ -80,6 +80,7 @@ from .helpers import (
     registry_service,
     result_of,
     service_feed,
+    signed_result,
     start_execution,
 )
 
@@ -141,7 +142,8 @@ async def test_orchestrator_inputs_and_snapshots(kafka: KafkaConfig) -> None:
         await publish(cfg, commands, [(eid, start_execution(eid, GHOST_FLOW))])
         task = await first(cfg, cfg.agent_tasks("ghost"), AgentMessage, execution_id=eid)
         bad_results = await publish_raw(cfg, results, poison(eid))
-        await publish(cfg, results, [(eid, result_of(task, ok=True))])  # type: ignore[arg-type]
+        result = result_of(task, ok=True)  # type: ignore[arg-type]
+        await publish_raw(cfg, results, [signed_result(cfg, result)])
         await first(cfg, cfg.topic(topics.EXECUTION_EVENTS), ExecutionCompleted, execution_id=eid)
     await assert_dead_lettered(cfg, [*bad_commands, *bad_results], "orchestrator")
     # Each state rebuild that meets it sends it again, under the same message_id.
@@ -228,7 +230,9 @@ async def test_every_projector_on_every_projected_topic(
 
 async def test_an_agents_tasks_topic(kafka: KafkaConfig) -> None:
     cfg = await fresh_topics(kafka, [topics.AGENT_RESULTS, topics.DEADLETTER], agents=["sdkp"])
-    agent = Agent(AgentInfo(agent_id="sdkp"), concurrency=2, announce=False)
+    agent = Agent(
+        AgentInfo(agent_id="sdkp"), signer=signer_of("sdkp"), concurrency=2, announce=False
+    )
 
     @agent.handler
     async def handle(task: Task) -> dict[str, object]:
@@ -254,7 +258,9 @@ async def test_an_agent_that_throws_is_retried_then_fails_and_never_stalls(
     """An agent that throws goes through the node's retries, then the node fails; the
     executions behind it on the same partitions all finish."""
     cfg = await fresh_topics(kafka, agents=["thrower"])
-    agent = Agent(AgentInfo(agent_id="thrower"), concurrency=4, announce=False)
+    agent = Agent(
+        AgentInfo(agent_id="thrower"), signer=signer_of("thrower"), concurrency=4, announce=False
+    )
 
     @agent.handler
     async def handle(task: Task) -> dict[str, object]:
@@ -304,11 +310,16 @@ async def test_registry_commands_and_heartbeats(
 ) -> None:
     cfg = await fresh_topics(kafka)
     agent_id = "pr-agent"
+    await issue_agent(cfg, agent_id)
+    commands = cfg.topic(topics.REGISTRY_COMMANDS)
     async with registry_service(cfg, database_url, pg_schema):
-        bad = await publish_raw(cfg, cfg.topic(topics.REGISTRY_COMMANDS), poison(agent_id))
+        bad = await publish_raw(cfg, commands, poison(agent_id))
         bad += await publish_raw(cfg, cfg.topic(topics.REGISTRY_HEARTBEATS), poison(agent_id))
+        bad += await publish_raw(cfg, cfg.topic(topics.REGISTRY_ADMIN), poison(agent_id))
         register = RegisterAgent.build(agent=AgentInfo(agent_id=agent_id))
-        await publish(cfg, cfg.topic(topics.REGISTRY_COMMANDS), [(agent_id, register)])
+        await publish_raw(
+            cfg, commands, [signed(cfg, commands, agent_id, register, signer_of(agent_id))]
+        )
         entry = await first(cfg, cfg.topic(topics.REGISTRY_EVENTS), AgentRegistered)
     assert entry.causation_id == str(register.message_id)
     await assert_dead_lettered(cfg, bad, "registry")

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from spine_contracts import to_bytes, topics
+from spine_kafka.security import KafkaSecurity
 from spine_orchestrator.projection import PROJECTION
 from spine_servicekit.kafka import KafkaConfig, make_producer
 from spine_servicekit.postgres import create_pool, drop_schema
@@ -227,7 +228,7 @@ async def test_targets_name_every_service_with_tables_and_resolve_lazily(
             {"gw_users", "gw_flows", "gw_agents", "gw_executions", "gw_usage", "gw_audit"},
         ),
     }
-    kafka = KafkaConfig(bootstrap_servers="unused:9092")
+    kafka = KafkaConfig(bootstrap_servers="unused:9092", security=KafkaSecurity())
     for name, (env, default, projections) in expected.items():
         target = TARGETS[name]
         monkeypatch.delenv(env, raising=False)

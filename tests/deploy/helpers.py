@@ -146,6 +146,9 @@ PROCESSES: tuple[Process, ...] = (
     ),
 )
 BY_NAME = {p.name: p for p in PROCESSES}
+#: Console scripts that are the operator's tools, not processes a deployment runs (compose's
+#: init job and the Kubernetes docs use them).
+OPERATOR_TOOLS = frozenset({"spine-admin"})
 #: Processes that consume in a Kafka consumer group: replicas beyond the partitions idle.
 GROUP_CONSUMERS = ("orchestrator", "auth", "registry", "zoe", "eddie", "echo")
 DEMO_AGENT_IDS = ("zoe", "eddie", "echo", "echo-http")

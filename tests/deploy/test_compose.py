@@ -31,6 +31,7 @@ from .helpers import (
     BY_NAME,
     COMPOSE_FILE,
     DEMO_AGENT_IDS,
+    OPERATOR_TOOLS,
     PROCESSES,
     ROOT,
     TEST_API_KEY,
@@ -241,7 +242,7 @@ def _needs(services: dict[str, Any], name: str, target: str, condition: str) -> 
 def test_every_service_and_agent_is_in_compose(compose: dict[str, Any]) -> None:
     structural_check(compose)
     scripts = workspace_scripts()
-    assert set(scripts) == {p.script for p in PROCESSES}, "a console script has no process"
+    assert set(scripts) - OPERATOR_TOOLS == {p.script for p in PROCESSES}, "a script has no process"
     for service_dir in sorted((ROOT / "services").iterdir()):
         if (service_dir / "pyproject.toml").exists():
             member = str(service_dir.relative_to(ROOT))
@@ -376,18 +377,50 @@ def test_observability_profile(compose: dict[str, Any]) -> None:
                 assert (COMPOSE_FILE.parent / source).exists(), source
 
 
-def test_the_relay_keeps_its_signing_key_on_a_volume_of_its_own(compose: dict[str, Any]) -> None:
-    """Created on the first start, kept across restarts, mounted by no other service; the
-    image gives the mount point to the service user so a new volume is writable by it."""
+@pytest.mark.parametrize(
+    ("process", "setting"),
+    [
+        ("relay", "SPINE_RELAY_SIGNING_KEY_FILE"),
+        ("echo", "SPINE_AGENT_SIGNING_KEY_FILE"),
+        ("zoe", "SPINE_AGENT_SIGNING_KEY_FILE"),
+        ("eddie", "SPINE_AGENT_SIGNING_KEY_FILE"),
+    ],
+)
+def test_each_signer_keeps_its_key_on_a_volume_of_its_own(
+    compose: dict[str, Any], process: str, setting: str
+) -> None:
+    """Created by the init job (the operator's step, spine-admin), kept across restarts,
+    mounted by no other long-running process; the image gives every mount point to the
+    service user so a new volume is writable by it, and the init job writes the key where
+    the process reads it."""
     services, volumes = compose["services"], compose.get("volumes") or {}
-    relay = services["relay"]
-    key_file = PurePosixPath(environment(relay)["SPINE_RELAY_SIGNING_KEY_FILE"])
-    mounts = [str(v).split(":") for v in relay.get("volumes", [])]
+    service = services[process]
+    key_file = PurePosixPath(environment(service)[setting])
+    mounts = [str(v).split(":") for v in service.get("volumes", [])]
     [(source, target, *_)] = [m for m in mounts if key_file.is_relative_to(m[1])]
     assert source in volumes, "a named volume: the key outlives the container"
-    for name, service in services.items():
-        sources = {str(v).split(":")[0] for v in service.get("volumes", [])}
-        assert name == "relay" or source not in sources, f"{name} mounts the relay's key"
+    for name, other in services.items():
+        sources = {str(v).split(":")[0] for v in other.get("volumes", [])}
+        assert name in (process, "init") or source not in sources, f"{name} mounts {source}"
+    [(_, init_target)] = [
+        str(v).split(":")[:2] for v in services["init"]["volumes"] if str(v).startswith(source)
+    ]
     dockerfile = (ROOT / "Dockerfile").read_text()
     user = re.findall(r"^USER (\d+):(\d+)", dockerfile, re.M)[-1]
-    assert f"install -d -o {user[0]} -g {user[1]} -m 0700 {target}" in dockerfile
+    install = re.search(r"install -d -o (\d+) -g (\d+) -m 0700 ([^&]+)", dockerfile)
+    assert install is not None and install.groups()[:2] == user
+    made = install.group(3).replace("\\", " ").split()
+    assert target in made and init_target in made
+    # where the init job writes it = where the process reads it, through the volume
+    namespace: dict[str, Any] = {}
+    for node in ast.parse(_init_script(compose)).body:
+        if isinstance(node, ast.ImportFrom | ast.Assign):
+            exec(compile(ast.Module([node], []), "<init>", "exec"), namespace)
+    written = namespace["KEY_FILES"][process if process != "relay" else "relay"]
+    assert written.relative_to(init_target) == key_file.relative_to(target)
+
+
+def test_the_init_job_issues_through_spine_admin(compose: dict[str, Any]) -> None:
+    source = _init_script(compose)
+    assert "from spine_admin import issue" in source and "await issue(" in source
+    assert "owner=SYSTEM" in source  # the HTTP agent's registration is the operator's

@@ -41,9 +41,12 @@ def test_generator_covers_every_topic(topic_generator: ModuleType) -> None:
 
 
 def test_generated_config_is_what_ensure_topics_creates(topic_generator: ModuleType) -> None:
+    from spine_kafka.security import KafkaSecurity
     from spine_servicekit.kafka import KafkaConfig, new_topic
 
-    cfg = KafkaConfig("unused:9092", partitions=6, replication=3, min_isr=2)
+    cfg = KafkaConfig(
+        "unused:9092", partitions=6, replication=3, min_isr=2, security=KafkaSecurity()
+    )
     for spec in topics.STATIC:
         wanted = new_topic(cfg, spec)
         manifest = topic_generator.kafka_topic(

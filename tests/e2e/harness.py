@@ -3,6 +3,10 @@
 ``Stack`` starts service and agent processes with a test's topic prefix, follows the
 execution log and the agent catalogue, and lets a test publish commands and await events
 (never sleep). Processes log to ``.spine/logs/test-<prefix><name>.log``.
+
+Before it starts an agent (or the relay) it issues it as ``make up`` does, through
+``spine-admin``'s code (:func:`support.issue_agent`), and hands the process its key file:
+an agent nobody issued has its work refused.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from spine_contracts import (
     to_bytes,
     topics,
 )
+from spine_contracts.signing import RELAY_SIGNER
 from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import KafkaConfig, headers_for, make_producer
-from support import spawn, stop
+from support import agent_key_file, issue_agent, spawn, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -52,6 +57,8 @@ COMMANDS = {
     "relay": ["spine-relay"],
     "echo-http": ["spine-agent-echo-http"],
 }
+#: the processes that sign what they publish, by the agent id they are issued under
+ISSUED = {"echo": "echo", "zoe": "zoe", "eddie": "eddie", "relay": RELAY_SIGNER}
 
 
 class Stack:
@@ -64,6 +71,7 @@ class Stack:
         self._changed = asyncio.Condition()
         self._followers: list[TopicFollower] = []
         self._producer = make_producer(kafka)
+        self._issued: set[str] = set()
         self.logs = ROOT / ".spine" / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
 
@@ -80,9 +88,27 @@ class Stack:
         for name in names:
             await self.spawn(name, extra_env)
 
+    async def identity(self, name: str, env: dict[str, str]) -> dict[str, str]:
+        """``env`` with the key file of the agent (or relay) ``name`` runs as, issued first
+        in this stack's namespace; other processes' ``env`` unchanged."""
+        agent_id = ISSUED.get(name.split("#")[0])
+        if agent_id is None:
+            return env
+        if agent_id == RELAY_SIGNER:
+            setting = "SPINE_RELAY_SIGNING_KEY_FILE"
+            path = Path(env.get(setting) or agent_key_file(agent_id))
+        else:
+            setting = "SPINE_AGENT_SIGNING_KEY_FILE"
+            path = agent_key_file(agent_id)
+        if agent_id not in self._issued:
+            await issue_agent(self.kafka, agent_id, key_file=path)
+            self._issued.add(agent_id)
+        return {**env, setting: str(path)}
+
     async def spawn(self, name: str, extra_env: dict[str, str] | None = None) -> None:
         command = COMMANDS.get(name.split("#")[0], [name])
         env = {**self.env, **(extra_env or {}), "SPINE_INSTANCE_ID": f"{name}-test"}
+        env = await self.identity(name, env)
         log = self.logs / f"test-{self.kafka.prefix}{name}.log"
         self.procs[name] = await spawn(BIN / command[0], *command[1:], env=env, log=log, cwd=ROOT)
 

@@ -132,7 +132,9 @@ async def stack(
         endpoint=s.endpoint,
         capabilities=("echo",),
     )
-    await s.publish(topics.REGISTRY_COMMANDS, AGENT, RegisterAgent.build(agent=info))
+    # the admin's registration (as the gateway sends it): an HTTP agent signs nothing
+    register = RegisterAgent.build(agent=info, owner="system")
+    await s.publish(topics.REGISTRY_COMMANDS, AGENT, register)
     await s.agents_active(AGENT)
     yield s
     await s.stop()

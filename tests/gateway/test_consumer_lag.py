@@ -8,6 +8,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from spine_gateway.adapters.kafka import ConsumerLag
+from spine_kafka.security import KafkaSecurity
 from spine_servicekit.kafka import KafkaConfig
 
 P = "t1."
@@ -41,7 +42,9 @@ class FakeConsumer:
 
 
 def _lag(admin: FakeAdmin, consumer: FakeConsumer, cache_s: float = 60.0) -> ConsumerLag:
-    lag = ConsumerLag(KafkaConfig("nowhere:9092", prefix=P), cache_s=cache_s)
+    lag = ConsumerLag(
+        KafkaConfig("nowhere:9092", prefix=P, security=KafkaSecurity()), cache_s=cache_s
+    )
 
     async def connect() -> Any:
         return admin, consumer

@@ -17,6 +17,7 @@ from spine_gateway.app import _install_errors, create_app
 from spine_gateway.errors import PayloadTooLarge, replayed
 from spine_gateway.limits import MESSAGE_HEADROOM_BYTES, BodySizeLimit, message_budget
 from spine_gateway.settings import GatewaySettings
+from spine_kafka.security import KafkaSecurity
 from spine_servicekit.kafka import KafkaConfig
 
 FIELDS = {"detail", "code", "message", "error_code"}
@@ -139,7 +140,9 @@ class RecordingProducer:
 
 
 async def test_oversized_message_is_refused_before_it_is_sent() -> None:
-    cfg = KafkaConfig(bootstrap_servers="unused:9092", max_message_bytes=200_000)
+    cfg = KafkaConfig(
+        bootstrap_servers="unused:9092", max_message_bytes=200_000, security=KafkaSecurity()
+    )
     producer = RecordingProducer()
     publisher = Publisher(cfg, producer)  # type: ignore[arg-type]
     cmd = ProvideInput.build(execution_id="e1", input={"text": "x" * 150_000})

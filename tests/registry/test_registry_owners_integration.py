@@ -18,7 +18,7 @@ from spine_contracts import (
     topics,
 )
 from spine_servicekit.kafka import KafkaConfig, headers_for
-from support import TopicTail, fresh_topics
+from support import TopicTail, fresh_topics, issue_agent, signed, signer_of
 
 pytestmark = pytest.mark.integration
 
@@ -66,8 +66,11 @@ async def test_a_tombstoned_agent_id_is_refused_to_another_owner(
     async with registry_service(cfg, database_url, pg_schema):  # a new life, from the log
         await publish_raw(cfg, commands, [as_gateway(register("u2", "reg-u2-again"))])
         assert (await answer(cfg, "reg-u2-again")).data.error_code == "AGENT_ID_TAKEN"
+        await issue_agent(cfg, AGENT)  # keeps u1's ownership: only its key is recorded
         self_registration = RegisterAgent.build(agent=register("u2", "x").data.agent)
-        await publish_raw(cfg, commands, [(AGENT, self_registration, None)])
+        await publish_raw(
+            cfg, commands, [signed(cfg, commands, AGENT, self_registration, signer_of(AGENT))]
+        )
         async with TopicTail(cfg, topics.REGISTRY_EVENTS) as events:
             await events.until(lambda t: len(t.of(AgentRegistered)) == 2)
             await events.to_end()
@@ -79,7 +82,7 @@ async def test_a_tombstoned_agent_id_is_refused_to_another_owner(
         (AgentRegistered, "u1"),  # the agent itself came back: still u1's
     ]
     async with TopicTail(cfg, topics.AUDIT) as audit:
-        await audit.until(lambda t: len(t.messages) >= 4)
+        await audit.until(lambda t: len(t.messages) >= 6)
         await audit.to_end()
     records = audit.of(AuditRecorded)
     assert [(a.data.action, a.data.owner) for a in records] == [
@@ -87,6 +90,7 @@ async def test_a_tombstoned_agent_id_is_refused_to_another_owner(
         ("agent.deregistered", "u1"),
         ("agent.refused", "u2"),
         ("agent.refused", "u2"),
+        ("agent.key_issued", "u1"),
         ("agent.registered", "u1"),
     ]
     assert records[0].actor == "key_u1" and records[2].actor == "key_u2"

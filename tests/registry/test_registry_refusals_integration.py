@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 def register(agent_id: str, endpoint: str, agent_type: str = "processor") -> RegisterAgent:
     info = AgentInfo(agent_id=agent_id, transport="http", endpoint=endpoint, agent_type=agent_type)
-    return RegisterAgent.build(agent=info)
+    return RegisterAgent.build(agent=info, owner="system")  # the admin's, as the gateway sends it
 
 
 async def test_refused_registrations_are_dead_lettered_with_the_reason(

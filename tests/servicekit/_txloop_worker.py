@@ -24,6 +24,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from spine_contracts import CancelExecution, NodeSkipped, topics
+from spine_kafka.security import KafkaSecurity
 from spine_servicekit.kafka import KafkaConfig, Outgoing, make_producer
 from spine_servicekit.logging import configure_logging
 from spine_servicekit.txloop import Incoming, PoisonMessage, TransactionalLoop
@@ -121,6 +122,7 @@ async def main(argv: list[str] | None = None) -> None:
         bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
         prefix=os.environ.get("SPINE_TOPIC_PREFIX", ""),
         client_id="txloop-worker",
+        security=KafkaSecurity.from_env(os.environ),
     )
     factory = None
     if args.kill_on_commit:

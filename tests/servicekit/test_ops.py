@@ -19,7 +19,8 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 from spine_contracts import ServiceHeartbeat, utcnow
 from spine_servicekit import ops
-from support import log_tail, spawn, stop
+from spine_servicekit.kafka import KafkaConfig
+from support import issue_agent, log_tail, spawn, stop
 
 BIN = Path(sys.executable).parent
 
@@ -128,9 +129,12 @@ async def _probe_until_ready(port: int, proc: asyncio.subprocess.Process) -> htt
     ],
 )
 async def test_processes_serve_ops(
-    child_env: dict[str, str], command: str, metric: str, tmp_path: Path
+    kafka: KafkaConfig, child_env: dict[str, str], command: str, metric: str, tmp_path: Path
 ) -> None:
     port = _free_port()
+    if command.startswith("spine-agent-"):  # an agent runs once issued, with its key
+        issued = await issue_agent(kafka, command.removeprefix("spine-agent-"))
+        child_env = {**child_env, "SPINE_AGENT_SIGNING_KEY_FILE": str(issued.key_file)}
     env = {
         **child_env,
         "SPINE_OPS_PORT": str(port),

@@ -6,16 +6,21 @@ import asyncio
 import uuid
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from spine_contracts import ServiceHeartbeat, parse, to_bytes, topics, utcnow
-from spine_servicekit.kafka import KafkaConfig, ensure_topics, make_consumer, make_producer
+from spine_servicekit.kafka import (
+    KafkaConfig,
+    ensure_topics,
+    make_admin,
+    make_consumer,
+    make_producer,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 
 async def test_registry_topics_exist_with_their_policies(kafka: KafkaConfig) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    admin = make_admin(kafka)
     await admin.start()
     try:
         names = [kafka.topic(spec) for spec in topics.STATIC]

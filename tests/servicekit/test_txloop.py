@@ -16,8 +16,7 @@ from typing import Any
 import orjson
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
 from spine_contracts import (
     AgentResult,
@@ -28,7 +27,7 @@ from spine_contracts import (
     to_bytes,
     topics,
 )
-from spine_servicekit.kafka import KafkaConfig, make_producer
+from spine_servicekit.kafka import KafkaConfig, make_admin, make_consumer, make_producer
 from spine_servicekit.txloop import TransactionalLoop
 from support import TopicTail, fresh_topics, log_tail, partitions_of, spawn, stop
 
@@ -98,7 +97,8 @@ async def produce(cfg: KafkaConfig, items: Sequence[tuple[str, str, bytes]]) -> 
 
 async def end_offsets(cfg: KafkaConfig, topic_names: Sequence[str]) -> dict[TopicPartition, int]:
     tps = await partitions_of(cfg, topic_names)
-    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap_servers)
+    # read_uncommitted: the high watermark, counting every record written (markers too)
+    consumer = make_consumer(cfg, group_id=None, isolation_level="read_uncommitted")
     await consumer.start()
     try:
         return dict(await consumer.end_offsets(tps))
@@ -107,7 +107,7 @@ async def end_offsets(cfg: KafkaConfig, topic_names: Sequence[str]) -> dict[Topi
 
 
 async def committed(cfg: KafkaConfig, group: str) -> dict[TopicPartition, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers)
+    admin = make_admin(cfg)
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)

@@ -1,3 +1,5 @@
-from spine_admin.cli import main
+from __future__ import annotations
+
+from .cli import main
 
 main()

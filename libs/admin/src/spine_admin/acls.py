@@ -36,7 +36,6 @@ have no ACLs.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -45,9 +44,9 @@ from spine_contracts import topics
 from spine_contracts.topics import TopicSpec
 
 __all__ = [
-    "AGENT_ID",
     "AGENT_PRODUCES",
     "ALL_TOPICS_READ_BY_THE_OPERATOR",
+    "ALL_TOPICS_WRITTEN_BY_THE_OPERATOR",
     "SERVICES",
     "SUPER_USERS",
     "Acl",
@@ -70,8 +69,8 @@ Permission = Literal["ALLOW", "DENY"]
 SUPER_USERS = ("admin", "broker", "controller")
 #: Read by nobody but the operator (as ``admin``): dead letters are inspected by hand.
 ALL_TOPICS_READ_BY_THE_OPERATOR: tuple[TopicSpec, ...] = (topics.DEADLETTER,)
-#: What an agent id may be once it is a Kafka principal: no ``.`` (see the module docstring).
-AGENT_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+#: Written by nobody but the operator (``spine-admin``, as ``admin``): agents' keys and owners.
+ALL_TOPICS_WRITTEN_BY_THE_OPERATOR: tuple[TopicSpec, ...] = (topics.REGISTRY_ADMIN,)
 #: The tasks topics' namespace: ``spine.agents.<agent_id>.tasks``.
 AGENTS_NAMESPACE = "spine.agents."
 
@@ -144,7 +143,7 @@ SERVICES: dict[str, Role] = {
         transactional_ids=("auth",),
     ),
     "registry": Role(
-        consumes=(T.REGISTRY_COMMANDS, T.REGISTRY_HEARTBEATS, T.REGISTRY_EVENTS),
+        consumes=(T.REGISTRY_COMMANDS, T.REGISTRY_ADMIN, T.REGISTRY_HEARTBEATS, T.REGISTRY_EVENTS),
         produces=(T.REGISTRY_EVENTS, T.AUDIT, T.GATEWAY_REPLIES, T.DEADLETTER,
                   T.SERVICE_HEARTBEATS),
         groups=("registry",),
@@ -168,9 +167,9 @@ AGENT_PRODUCES: tuple[TopicSpec, ...] = (T.AGENT_RESULTS, T.REGISTRY_COMMANDS,
 
 
 def check_agent_id(agent_id: str) -> str:
-    """The id, if it may be a principal: no ``.``, the tasks topic's legal characters."""
-    if not AGENT_ID.fullmatch(agent_id):
-        raise ValueError(f"agent id {agent_id!r} must match {AGENT_ID.pattern} (no '.')")
+    """The id, if it may be a principal: the tasks topic's legal characters, no ``.``
+    (``spine_contracts.topics.agent_tasks`` holds the one rule)."""
+    topics.agent_tasks(agent_id)
     return agent_id
 
 

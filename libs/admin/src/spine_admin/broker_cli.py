@@ -1,12 +1,12 @@
 """``spine-admin``'s commands for Kafka principals: credentials, ACLs and the static topics.
 
 Kept apart from the command-line entry point (:mod:`.cli`) so the agent commands
-(``issue-agent``: signing key, tasks topic, record on the bus) sit beside them: each
-module adds its sub-commands with ``add_commands`` and runs them with ``run``.
+(:mod:`.agent_cli`) sit beside them: each module adds its sub-commands with
+``add_commands`` and runs them with ``run``.
 
 Settings come from the environment like every process's: ``KAFKA_BOOTSTRAP_SERVERS``,
 ``SPINE_TOPIC_PREFIX``/``_PARTITIONS``/``_REPLICATION``/``_MIN_ISR`` (``KafkaSettings``),
-the admin's login (:func:`.connection.login_from_env`) and ``SPINE_KAFKA_CREDENTIALS_DIR``
+the admin's login (``KafkaConfig.security``) and ``SPINE_KAFKA_CREDENTIALS_DIR``
 (default ``.spine/credentials``), where each issued principal's file goes.
 """
 
@@ -22,14 +22,9 @@ from spine_kafka.settings import KafkaSettings, load_settings
 
 from . import principals
 from .acls import SERVICES, _agent_grants, agent_grants, service_grants
-from .connection import Broker, credentials_dir, login_from_env
+from .connection import Broker, credentials_dir
 
-COMMANDS = (
-    "issue-services",
-    "issue-agent-credentials",
-    "revoke-agent-credentials",
-    "acls",
-)
+COMMANDS = ("issue-services", "acls")
 
 
 def add_commands(commands: Any) -> None:
@@ -43,19 +38,6 @@ def add_commands(commands: Any) -> None:
     )
     c.add_argument("--credentials-dir", type=Path, help="default: SPINE_KAFKA_CREDENTIALS_DIR")
     c.add_argument("--no-topics", action="store_true", help="do not create the static topics")
-    a = commands.add_parser(
-        "issue-agent-credentials",
-        help="an agent principal (agent-<id>): its credentials file, LITERAL ACLs and SCRAM",
-    )
-    a.add_argument("agent_ids", nargs="+", metavar="agent_id")
-    a.add_argument("--credentials-dir", type=Path)
-    r = commands.add_parser(
-        "revoke-agent-credentials",
-        help="delete the agent principal's SCRAM credential, its ACLs and its file",
-    )
-    r.add_argument("agent_ids", nargs="+", metavar="agent_id")
-    r.add_argument("--credentials-dir", type=Path)
-    r.add_argument("--keep-file", action="store_true")
     t = commands.add_parser("acls", help="print the ACL table (docs/security.md)")
     t.add_argument("--principal", help="one service name, or agent-<id>")
 
@@ -66,7 +48,7 @@ def _settings() -> tuple[KafkaConfig, str]:
 
 
 def _broker(cfg: KafkaConfig) -> Broker:
-    return Broker(cfg.bootstrap_servers, login_from_env())
+    return Broker(cfg.bootstrap_servers, cfg.security)
 
 
 def _dir(args: argparse.Namespace) -> Path:
@@ -74,7 +56,7 @@ def _dir(args: argparse.Namespace) -> Path:
     return chosen or credentials_dir(os.environ)
 
 
-def _say(issued: principals.Issued) -> None:
+def _say(issued: principals.PrincipalIssued) -> None:
     state = "new password" if issued.created_password else "password kept"
     print(
         f"  {issued.principal}: {issued.acls} ACLs (+{issued.acls_created} "
@@ -88,37 +70,19 @@ def run(args: argparse.Namespace) -> int:
         return _print_acls(args.principal)
     cfg, prefix = _settings()
     broker = _broker(cfg)
-    if args.command == "issue-services":
-        if not args.no_topics:
-            created = principals.create_topics(broker, cfg)
-            print(f"static topics ready ({len(created)} created)", flush=True)
-        print(f"issuing {len(SERVICES)} service principals", flush=True)
-        for issued in principals.issue_services(broker, prefix=prefix, credentials_dir=_dir(args)):
-            _say(issued)
-        return 0
-    if args.command == "issue-agent-credentials":
-        for agent_id in args.agent_ids:
-            _say(
-                principals.issue_agent_credentials(
-                    broker, agent_id, prefix=prefix, credentials_dir=_dir(args)
-                )
-            )
-        return 0
-    for agent_id in args.agent_ids:
-        revoked = principals.revoke_agent_credentials(
-            broker,
-            agent_id,
-            prefix=prefix,
-            credentials_dir=_dir(args),
-            delete_file=not args.keep_file,
-        )
-        scram_state = "deleted" if revoked.had_scram else "absent"
-        file_state = "deleted" if revoked.file_deleted else "kept"
+    if not args.no_topics:
+        created = principals.create_topics(broker, cfg)
+        print(f"static topics ready ({len(created)} created)", flush=True)
+    if not cfg.security.sasl:
         print(
-            f"  {revoked.principal}: SCRAM {scram_state}, {revoked.acls_deleted} ACLs deleted, "
-            f"file {file_state}",
+            f"the broker is not secured ({cfg.security.describe()}): nobody logs in, no "
+            "principals to issue",
             flush=True,
         )
+        return 0
+    print(f"issuing {len(SERVICES)} service principals", flush=True)
+    for issued in principals.issue_services(broker, prefix=prefix, credentials_dir=_dir(args)):
+        _say(issued)
     return 0
 
 

@@ -1,14 +1,10 @@
 """The operator's connection: confluent-kafka's ``AdminClient`` logged in as a super user.
 
 aiokafka's admin client has neither SCRAM credentials nor ACLs, so spine-admin talks to the
-broker through confluent-kafka (librdkafka, bundled in its wheels). Its login comes from
-the same variables as every client's (docs/security.md): ``KAFKA_SECURITY_PROTOCOL``
-(default here ``SASL_PLAINTEXT``: spine-admin has nothing to do on an unsecured broker),
-``KAFKA_SASL_MECHANISM``, and ``KAFKA_CREDENTIALS_FILE`` or ``KAFKA_SASL_USERNAME`` with
-``KAFKA_SASL_PASSWORD``/``KAFKA_SASL_PASSWORD_FILE``; with none of them, the admin's file in
-``SPINE_KAFKA_CREDENTIALS_DIR`` (``.spine/credentials/admin.json``). :func:`login_from_env`
-reads a subset of ``spine_kafka.security``'s rules; when that model is on this branch, it
-replaces this function (one settings model for every client).
+broker through confluent-kafka (librdkafka, bundled in its wheels). Its login is the one
+settings model of every client (``spine_kafka.security.KafkaSecurity``, from
+``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_CREDENTIALS_FILE``...: docs/security.md), here the
+admin's (``.spine/credentials/admin.json`` locally, which ``.spine/infra.env`` names).
 """
 
 from __future__ import annotations
@@ -23,59 +19,27 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+from spine_kafka.security import KafkaSecurity
 
 from . import credentials as creds
 
-SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 
-
-@dataclass(frozen=True)
-class Login:
-    """How a client proves who it is; field names as ``spine_kafka.security.KafkaSecurity``."""
-
-    security_protocol: str = "SASL_PLAINTEXT"
-    sasl_mechanism: str = "SCRAM-SHA-512"
-    sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def of(cls, credentials: creds.Credentials, protocol: str = "SASL_PLAINTEXT") -> Login:
-        return cls(protocol, "SCRAM-SHA-512", credentials.username, credentials.password)
-
-    def librdkafka(self) -> dict[str, str]:
-        """The login as librdkafka settings."""
-        config = {"security.protocol": self.security_protocol.lower()}
-        if self.security_protocol in SASL_PROTOCOLS:
-            if not self.sasl_username or not self.sasl_password:
-                raise creds.CredentialsError(
-                    f"{self.security_protocol} needs a username and password"
-                )
-            config["sasl.mechanism"] = self.sasl_mechanism
-            config["sasl.username"] = self.sasl_username
-            config["sasl.password"] = self.sasl_password
-        return config
+def librdkafka_login(security: KafkaSecurity) -> dict[str, str]:
+    """The client login (``spine_kafka.security``, one model for every client) as
+    librdkafka settings."""
+    config = {"security.protocol": security.security_protocol.lower()}
+    if security.sasl:
+        assert security.sasl_username and security.sasl_password  # KafkaSecurity checks
+        config["sasl.mechanism"] = security.sasl_mechanism
+        config["sasl.username"] = security.sasl_username
+        config["sasl.password"] = security.sasl_password.get_secret_value()
+    if security.ssl_cafile is not None:
+        config["ssl.ca.location"] = str(security.ssl_cafile)
+    return config
 
 
 def credentials_dir(env: Mapping[str, str] = os.environ) -> Path:
     return Path(env.get("SPINE_KAFKA_CREDENTIALS_DIR") or creds.DEFAULT_DIR)
-
-
-def login_from_env(env: Mapping[str, str] = os.environ) -> Login:
-    protocol = env.get("KAFKA_SECURITY_PROTOCOL") or "SASL_PLAINTEXT"
-    mechanism = env.get("KAFKA_SASL_MECHANISM") or "SCRAM-SHA-512"
-    if protocol not in SASL_PROTOCOLS:
-        return Login(protocol, mechanism)
-    if env.get("KAFKA_CREDENTIALS_FILE"):
-        found = creds.read(Path(env["KAFKA_CREDENTIALS_FILE"]))
-        return Login(protocol, mechanism, found.username, found.password)
-    if env.get("KAFKA_SASL_USERNAME"):
-        password = env.get("KAFKA_SASL_PASSWORD")
-        if env.get("KAFKA_SASL_PASSWORD_FILE"):
-            text = Path(env["KAFKA_SASL_PASSWORD_FILE"]).read_text(encoding="utf-8")
-            password = text.removesuffix("\n")
-        return Login(protocol, mechanism, env["KAFKA_SASL_USERNAME"], password)
-    found = creds.read(creds.path_for(credentials_dir(env), "admin"))
-    return Login(protocol, mechanism, found.username, found.password)
 
 
 class LoginFailed(RuntimeError):
@@ -93,7 +57,7 @@ class Broker:
     """An admin connection, checked at once, and the timeout of its calls (seconds)."""
 
     bootstrap_servers: str
-    login: Login
+    login: KafkaSecurity
     timeout_s: float = 30.0
     connect_timeout_s: float = 15.0
     client: AdminClient = field(init=False, repr=False)
@@ -105,7 +69,7 @@ class Broker:
             "client.id": "spine-admin",
             "error_cb": self._errors.append,
             "logger": _librdkafka_log,
-            **self.login.librdkafka(),
+            **librdkafka_login(self.login),
         }
         self.client = AdminClient(config)
         self._check()
@@ -121,10 +85,9 @@ class Broker:
                 self.client.poll(0)  # serves error_cb
                 if self._refused() or time.monotonic() > deadline:
                     reason = self._refused() or str(exc)
-                    who = self.login.sasl_username or "no login"
+                    who = self.login.describe()
                     raise LoginFailed(
-                        f"cannot use the broker at {self.bootstrap_servers} as {who} "
-                        f"({self.login.security_protocol}): {reason}"
+                        f"cannot use the broker at {self.bootstrap_servers} ({who}): {reason}"
                     ) from None
 
     def _refused(self) -> str | None:

@@ -28,7 +28,7 @@ from .connection import Broker
 
 
 @dataclass(frozen=True)
-class Issued:
+class PrincipalIssued:
     """What issuing one principal did."""
 
     principal: str
@@ -39,12 +39,14 @@ class Issued:
     acls_deleted: int
 
 
-def _issue(broker: Broker, principal: str, acls: Iterable[Acl], credentials_dir: Path) -> Issued:
+def _issue(
+    broker: Broker, principal: str, acls: Iterable[Acl], credentials_dir: Path
+) -> PrincipalIssued:
     found, created = creds.load_or_create(credentials_dir, principal)
     wanted = list(acls)
     applied = bindings.apply(broker, principal, wanted)
     scram.upsert(broker, found)
-    return Issued(
+    return PrincipalIssued(
         principal,
         creds.path_for(credentials_dir, principal),
         created,
@@ -56,7 +58,7 @@ def _issue(broker: Broker, principal: str, acls: Iterable[Acl], credentials_dir:
 
 def issue_service(
     broker: Broker, name: str, *, prefix: str = "", credentials_dir: Path = creds.DEFAULT_DIR
-) -> Issued:
+) -> PrincipalIssued:
     """The service's principal (``<prefix><name>``): its file, ACLs and SCRAM credential."""
     grants = service_grants(name, prefix)
     return _issue(broker, service_principal(name, prefix), (g.acl for g in grants), credentials_dir)
@@ -64,7 +66,7 @@ def issue_service(
 
 def issue_services(
     broker: Broker, *, prefix: str = "", credentials_dir: Path = creds.DEFAULT_DIR
-) -> list[Issued]:
+) -> list[PrincipalIssued]:
     return [
         issue_service(broker, name, prefix=prefix, credentials_dir=credentials_dir)
         for name in SERVICES
@@ -73,7 +75,7 @@ def issue_services(
 
 def issue_agent_credentials(
     broker: Broker, agent_id: str, *, prefix: str = "", credentials_dir: Path = creds.DEFAULT_DIR
-) -> Issued:
+) -> PrincipalIssued:
     """The agent's principal (``<prefix>agent-<id>``): its file, LITERAL ACLs and SCRAM
     credential. Its tasks topic and signing key are other steps of issuing an agent."""
     grants = agent_grants(agent_id, prefix)
@@ -83,18 +85,20 @@ def issue_agent_credentials(
 
 
 @dataclass(frozen=True)
-class Revoked:
+class PrincipalRevoked:
     principal: str
     had_scram: bool
     acls_deleted: int
     file_deleted: bool
 
 
-def _revoke(broker: Broker, principal: str, credentials_dir: Path, delete_file: bool) -> Revoked:
+def _revoke(
+    broker: Broker, principal: str, credentials_dir: Path, delete_file: bool
+) -> PrincipalRevoked:
     had = scram.delete(broker, principal)
     deleted = bindings.revoke(broker, principal)
     removed = creds.delete(credentials_dir, principal) if delete_file else False
-    return Revoked(principal, had, deleted, removed)
+    return PrincipalRevoked(principal, had, deleted, removed)
 
 
 def revoke_agent_credentials(
@@ -104,7 +108,7 @@ def revoke_agent_credentials(
     prefix: str = "",
     credentials_dir: Path = creds.DEFAULT_DIR,
     delete_file: bool = True,
-) -> Revoked:
+) -> PrincipalRevoked:
     """No more logins for the agent, no ACLs left. Connections already open stay open
     until they reconnect, but every request they make is refused from now on."""
     return _revoke(broker, agent_principal(agent_id, prefix), credentials_dir, delete_file)
@@ -117,7 +121,7 @@ def revoke_service(
     prefix: str = "",
     credentials_dir: Path = creds.DEFAULT_DIR,
     delete_file: bool = True,
-) -> Revoked:
+) -> PrincipalRevoked:
     return _revoke(broker, service_principal(name, prefix), credentials_dir, delete_file)
 
 

@@ -13,6 +13,9 @@
 
 What :meth:`Agent.serve` does (docs/agents.md):
 
+* signs everything it publishes with the agent's Ed25519 key (:mod:`.signing`: the file
+  ``spine-admin issue-agent`` wrote, ``SPINE_AGENT_SIGNING_KEY_FILE``; or a ``signer``
+  handed in, as the relay does with its own key), and stops before it starts without one;
 * creates the agent's tasks topic when missing, publishes ``RegisterAgent`` (transport
   ``kafka``) and an ``AgentHeartbeat`` every ``heartbeat_interval`` (with ``in_flight``) —
   unless built with ``announce=False``: then someone else speaks for the agent (the
@@ -55,6 +58,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeAlias
 
 from aiokafka import (
@@ -78,6 +82,7 @@ from spine_contracts import (
     topics,
     utcnow,
 )
+from spine_contracts.signing import Signer, SigningKeyError
 from spine_kafka import ops
 from spine_kafka.aio import run_loop, wait_any
 from spine_kafka.clients import (
@@ -97,6 +102,7 @@ try:  # the ``otel`` extra: without OpenTelemetry installed an agent runs untrac
 except ImportError:
     tracing = None  # type: ignore[assignment]
 
+from . import signing
 from .offsets import OffsetTracker
 from .results import InvalidOutput, describe_error, result_for
 from .settings import AgentSettings
@@ -183,12 +189,15 @@ class Agent:
         poll_timeout_ms: int = 100,
         remember_completed: int = 10_000,
         announce: bool = True,
+        signer: Signer | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if heartbeat_interval is not None and heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be positive")
         self.announce = announce
+        #: signs what this agent publishes; ``None``: loaded from the key file at serve()
+        self.signer = signer
         self.info = (
             info
             if info.transport == "kafka" or not announce
@@ -247,10 +256,20 @@ class Agent:
         heartbeat_interval: float | None = None,
         concurrency: int | None = None,
         drain_timeout: float | None = None,
+        signer: Signer | None = None,
+        signing_key_file: Path | None = None,
     ) -> None:
-        """Run until ``stopping`` is set, then drain and return (for tests and embedding)."""
+        """Run until ``stopping`` is set, then drain and return (for tests and embedding).
+
+        Signs with ``signer``, else the agent's own, else the key in ``signing_key_file``
+        (default ``.spine/agents/<agent_id>/signing-key.pem``); raises
+        :class:`~spine_contracts.signing.SigningKeyError` before touching Kafka when there
+        is none."""
         if self._handler is None:
             raise HandlerMissing(f"agent {self.agent_id!r} has no @agent.handler")
+        signer = signer or self.signer
+        if signer is None:
+            signer = await asyncio.to_thread(signing.load, self.agent_id, signing_key_file)
         worker = _Worker(
             self,
             self._handler,
@@ -260,6 +279,7 @@ class Agent:
             heartbeat_interval=heartbeat_interval or self.heartbeat_interval or DEFAULT_HEARTBEAT_S,
             concurrency=concurrency or self.concurrency,
             drain_timeout=self.drain_timeout if drain_timeout is None else drain_timeout,
+            signer=signer,
         )
         self._worker = worker
         for hook in self._on_startup:
@@ -282,6 +302,9 @@ class Agent:
             log.warning("tracing_unavailable", install="spine-agent-sdk[otel]")
         try:
             run_loop(self._main(settings), settings.event_loop)
+        except SigningKeyError as exc:
+            log.error("agent_signing_key_missing", error=str(exc))
+            raise SystemExit(f"{self.agent_id}: {exc}") from None
         finally:
             if tracing is not None:
                 tracing.shutdown()
@@ -309,6 +332,7 @@ class Agent:
                 heartbeat_interval=self.heartbeat_interval or settings.heartbeat_interval_s,
                 concurrency=settings.agent_concurrency,
                 drain_timeout=settings.agent_drain_timeout_s,
+                signing_key_file=settings.signing_key_file,
             )
         finally:
             if server is not None:
@@ -340,8 +364,10 @@ class _Worker:
         heartbeat_interval: float,
         concurrency: int,
         drain_timeout: float,
+        signer: Signer,
     ) -> None:
         self.agent = agent
+        self.signer = signer
         self.handler = handler
         self.cfg = cfg
         self.stopping = stopping
@@ -395,6 +421,8 @@ class _Worker:
                 topic=self.tasks_topic,
                 group_id=self.group_id,
                 concurrency=self.concurrency,
+                key_id=self.signer.key_id,
+                kafka_security=self.cfg.security.describe(),
             )
             await self._loop()
         finally:
@@ -804,7 +832,9 @@ class _Worker:
         assert producer is not None
         if tracing is not None and tracing.ENABLED:  # a result answers from inside its task's span
             message = tracing.stamp(message)
-        k, value, headers = Outgoing(topic, key, message).encode()
+        k, value, headers = Outgoing(topic, key, message).encode_signed(
+            self.signer, self.cfg.prefix
+        )
         await producer.send_and_wait(topic, value=value, key=k, headers=headers)
 
     async def _beat(self, *, ready: bool) -> None:

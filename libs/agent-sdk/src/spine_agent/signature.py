@@ -16,9 +16,9 @@ the id the agent is registered under, ``body`` the exact request bytes (empty fo
 shifted into one another.
 
 This module is pure apart from :func:`load_public_key` and :func:`verify_relay_signature`,
-which need ``cryptography`` — the SDK's optional extra ``relay-signature``
-(``pip install 'spine-agent-sdk[relay-signature]'``), so a Kafka-native agent does not
-install it. The relay builds its headers with the same :func:`signed_message`.
+which need ``cryptography`` — a dependency of the SDK (every Kafka-native agent signs what
+it publishes); the extra ``relay-signature`` that once brought it still installs. The
+relay builds its headers with the same :func:`signed_message`.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ VERSION_TAG = b"spine-relay-v1"
 DEFAULT_MAX_SKEW_S = 300.0
 
 _EXTRA_HINT = (
-    "verifying the relay's signature needs the 'cryptography' package: "
-    "pip install 'spine-agent-sdk[relay-signature]'"
+    "verifying the relay's signature needs the 'cryptography' package, a dependency of "
+    "spine-agent-sdk: pip install 'cryptography>=44'"
 )
 
 

@@ -22,9 +22,9 @@ from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from spine_contracts import AgentMessage, ContractError, Message, parse
-from spine_kafka.clients import KafkaConfig, Outgoing, make_consumer, make_producer
+from spine_contracts.signing import Signer
+from spine_kafka.clients import KafkaConfig, Outgoing, make_admin, make_consumer, make_producer
 
 from .agent import Agent
 
@@ -178,9 +178,14 @@ class TopicReader:
 async def serving(agent: Agent, cfg: KafkaConfig, **options: Any) -> AsyncIterator[Agent]:
     """Run ``agent.serve`` in the background for the block, then stop it and wait.
 
-    ``options`` go to :meth:`Agent.serve` (``heartbeat_interval``, ``concurrency``...).
-    A crash of the agent surfaces when the block ends.
+    ``options`` go to :meth:`Agent.serve` (``heartbeat_interval``, ``concurrency``,
+    ``signer``...). An agent with neither a signer nor a ``signing_key_file`` signs with a
+    throwaway key: enough where nothing checks it (the agent's own tests); where the
+    orchestrator or the registry reads the messages, issue the agent (``spine-admin``) and
+    hand its key in. A crash of the agent surfaces when the block ends.
     """
+    if agent.signer is None and not options.get("signer") and not options.get("signing_key_file"):
+        options["signer"] = Signer.generate()
     stopping = asyncio.Event()
     task = asyncio.create_task(agent.serve(cfg, stopping, **options))
     try:
@@ -195,7 +200,7 @@ async def group_offsets(
     cfg: KafkaConfig, group_id: str, topic: str
 ) -> tuple[dict[int, int | None], dict[int, int]]:
     """``(committed, end)`` offsets per partition of ``topic`` for the consumer group."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    admin = make_admin(cfg)
     await admin.start()
     try:
         raw = await admin.list_consumer_group_offsets(group_id)

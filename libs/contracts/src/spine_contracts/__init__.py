@@ -73,7 +73,9 @@ from .messages.registry import (
     AgentRegistered,
     AgentStatusChanged,
     DeregisterAgent,
+    IssueAgent,
     RegisterAgent,
+    RevokeAgentKey,
 )
 
 __all__ = [
@@ -131,6 +133,8 @@ __all__ = [
     "NodeWaitingInput",
     "ProvideInput",
     "RegisterAgent",
+    "IssueAgent",
+    "RevokeAgentKey",
     "ReservationWithdrawn",
     "ReserveCredits",
     "RotateKey",

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from .flow import NodeType
 from .messages.registry import AgentInfo
+from .signing import RELAY_SIGNER
 
 #: An agent runs nodes, so its type is one of the flow's node types.
 AGENT_TYPES: tuple[str, ...] = get_args(NodeType)
@@ -18,6 +19,10 @@ ENDPOINT_SCHEMES = ("http", "https")
 
 def registration_problem(info: AgentInfo) -> str | None:
     """Why ``info`` cannot be served as given, or ``None``."""
+    if "." in info.agent_id:  # AgentInfo refuses it too; said here for older readers' sake
+        return f"agent id {info.agent_id!r}: agent ids contain no '.'"
+    if info.agent_id == RELAY_SIGNER:
+        return f"agent id {RELAY_SIGNER!r} is reserved: it names the relay's signing key"
     if info.agent_type not in AGENT_TYPES:
         return f"agent_type {info.agent_type!r} is not one of {', '.join(AGENT_TYPES)}"
     if info.transport == "http" and not info.endpoint:

@@ -22,7 +22,8 @@ FOREVER = -1
 
 CleanupPolicy = Literal["delete", "compact"]
 
-_AGENT_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+#: no ``.``: a literal ACL on an agent's tasks topic and group names that agent only
+_AGENT_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,12 @@ REGISTRY_COMMANDS = TopicSpec(
     (registry.RegisterAgent, registry.DeregisterAgent),
     "Register, update (register again) and deregister agents.",
 )
+REGISTRY_ADMIN = TopicSpec(
+    "spine.registry.admin", "agent_id", 7 * DAY_MS, "delete",
+    (registry.IssueAgent, registry.RevokeAgentKey),
+    "The operator's agent commands (spine-admin): record or revoke an agent's signing key "
+    "and owner. Co-partitioned with the registry commands; only the operator writes it.",
+)
 REGISTRY_EVENTS = TopicSpec(
     "spine.registry.events", "agent_id", FOREVER, "compact",
     (registry.AgentRegistered, registry.AgentStatusChanged, registry.AgentDeregistered),
@@ -168,8 +175,9 @@ DEADLETTER = TopicSpec(
 
 ALL: tuple[TopicSpec, ...] = (
     FLOWS, FLOW_COMMANDS, AUDIT, AUTH_COMMANDS, AUTH_EVENTS, EXECUTION_COMMANDS, EXECUTION_EVENTS,
-    EXECUTION_SNAPSHOTS, AGENT_TASKS, AGENT_RESULTS, REGISTRY_COMMANDS, REGISTRY_EVENTS,
-    REGISTRY_HEARTBEATS, SERVICE_HEARTBEATS, GATEWAY_REPLIES, USAGE, METRICS_SUMMARY, DEADLETTER,
+    EXECUTION_SNAPSHOTS, AGENT_TASKS, AGENT_RESULTS, REGISTRY_COMMANDS, REGISTRY_ADMIN,
+    REGISTRY_EVENTS, REGISTRY_HEARTBEATS, SERVICE_HEARTBEATS, GATEWAY_REPLIES, USAGE,
+    METRICS_SUMMARY, DEADLETTER,
 )
 # fmt: on
 #: Topics that exist once per installation (the per-agent task topics are created on demand).

@@ -6,7 +6,9 @@ services' plumbing (projections, the transactional loop) is ``spine_servicekit``
 builds on this.
 
 * :mod:`spine_kafka.settings` — ``KafkaSettings``, ``ProcessSettings``, ``load_settings``;
-* :mod:`spine_kafka.clients` — ``KafkaConfig``, producer/consumer factories, topics,
+* :mod:`spine_kafka.security` — ``KafkaSecurity``: how every client logs in (SASL/TLS)
+  and its aiokafka arguments;
+* :mod:`spine_kafka.clients` — ``KafkaConfig``, producer/consumer/admin factories, topics,
   ``Incoming``/``Outgoing``, dead letters;
 * :mod:`spine_kafka.logging` — structlog set-up;
 * :mod:`spine_kafka.ops` — ``/metrics``, ``/health``, ``/ready`` and the shared metrics;

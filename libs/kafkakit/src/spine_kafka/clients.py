@@ -6,6 +6,12 @@ a small one makes every idle consumer send a fetch per bound, which keeps the CP
 nothing (see docs/operations.md). Producers are idempotent with
 ``acks=all``; readers use ``read_committed`` because the orchestrator and auth write
 in transactions.
+
+Every aiokafka client of the project is built here (``make_producer``, ``make_consumer``,
+``make_admin``), with the security of its :class:`KafkaConfig` — a required field, so no
+client connects from ``bootstrap_servers`` alone (``tests/servicekit/test_kafka_client_guard.py``
+fails on a client built anywhere else). The benchmark's frozen floor, bare aiokafka by
+design, passes the same :meth:`KafkaSecurity.client_kwargs` itself.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import functools
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -27,8 +33,10 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrP
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from spine_contracts import DeadLetter, Message, parse, to_bytes, topics, utcnow
 from spine_contracts.errors import InvalidMessage, UndecodableMessage
+from spine_contracts.signing import Signer, topic_base
 from spine_contracts.topics import TopicSpec
 
+from .security import KafkaSecurity
 from .settings import KafkaSettings
 
 _DEFAULT_PARTITIONER = DefaultPartitioner()
@@ -61,6 +69,9 @@ class KafkaConfig:
     #: the largest message a producer sends (``max_request_size``); the broker's
     #: ``message.max.bytes`` (default 1048588) must allow it
     max_message_bytes: int = 1_048_576
+    #: how every client built from this config logs in; required, so that choosing
+    #: PLAINTEXT is a decision (``KafkaSecurity()``), never an omission
+    security: KafkaSecurity = field(kw_only=True)
 
     @classmethod
     def from_settings(cls, settings: KafkaSettings, client_id: str = "spine") -> KafkaConfig:
@@ -74,6 +85,7 @@ class KafkaConfig:
             linger_ms=settings.kafka_linger_ms,
             client_id=client_id,
             max_message_bytes=settings.kafka_max_message_bytes,
+            security=settings.kafka_security,
         )
 
     def topic(self, spec: TopicSpec) -> str:
@@ -134,7 +146,7 @@ def make_producer(
         options["transactional_id"] = transactional_id
         options["transaction_timeout_ms"] = 60_000
     options.update(overrides)
-    return AIOKafkaProducer(**options)
+    return AIOKafkaProducer(**options, **cfg.security.client_kwargs())
 
 
 def make_consumer(
@@ -159,7 +171,16 @@ def make_consumer(
         "heartbeat_interval_ms": 1_000,
     }
     options.update(overrides)
-    return AIOKafkaConsumer(*topic_names, **options)
+    return AIOKafkaConsumer(*topic_names, **options, **cfg.security.client_kwargs())
+
+
+def make_admin(cfg: KafkaConfig, *, client_id: str | None = None) -> AIOKafkaAdminClient:
+    """An admin client (topics, metadata, group offsets); ``start()`` and ``close()`` it."""
+    return AIOKafkaAdminClient(
+        bootstrap_servers=cfg.bootstrap_servers,
+        client_id=client_id or cfg.client_id,
+        **cfg.security.client_kwargs(),
+    )
 
 
 def new_topic(cfg: KafkaConfig, spec: TopicSpec, name: str | None = None) -> NewTopic:
@@ -181,7 +202,7 @@ async def ensure_topics(
     """Create missing topics from the registry; return the names that were created."""
     wanted = [new_topic(cfg, spec) for spec in specs]
     wanted += [new_topic(cfg, topics.AGENT_TASKS, cfg.agent_tasks(a)) for a in agent_ids]
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    admin = make_admin(cfg)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -221,7 +242,7 @@ async def delete_topics_with_prefix(cfg: KafkaConfig, prefix: str) -> list[str]:
     """Delete every topic whose name starts with ``prefix`` (test clean-up)."""
     if not prefix:
         raise ValueError("refusing to delete topics without a prefix")
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    admin = make_admin(cfg)
     await admin.start()
     try:
         doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]
@@ -304,20 +325,53 @@ def dead_letter(
 
     Its ``message_id`` is :func:`dead_letter_id` of the consumer and the record's origin.
     """
-    raw: bytes = record.value or b""
     key = record.key
+    return _dead_letter(
+        record.topic,
+        record.partition,
+        record.offset,
+        bytes(key).decode(errors="replace") if key is not None else None,
+        record.value or b"",
+        error,
+        consumer,
+    )
+
+
+def dead_letter_of(incoming: Incoming, error: BaseException, consumer: str) -> DeadLetter:
+    """:func:`dead_letter` of a record a handler refuses after decoding it (a signature
+    that does not check out): the same origin, payload and deterministic id."""
+    return _dead_letter(
+        incoming.topic,
+        incoming.partition,
+        incoming.offset,
+        incoming.key,
+        incoming.value,
+        error,
+        consumer,
+    )
+
+
+def _dead_letter(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: str | None,
+    raw: bytes,
+    error: BaseException,
+    consumer: str,
+) -> DeadLetter:
     letter = DeadLetter.build(
-        origin_topic=record.topic,
-        origin_partition=record.partition,
-        origin_offset=record.offset,
-        origin_key=bytes(key).decode(errors="replace") if key is not None else None,
+        origin_topic=topic,
+        origin_partition=partition,
+        origin_offset=offset,
+        origin_key=key,
         payload_b64=base64.b64encode(raw).decode(),
         error_type=type(error).__name__,
         error=str(error)[:4000],
         consumer=consumer,
         failed_at=utcnow(),
     )
-    letter_id = dead_letter_id(consumer, record.topic, record.partition, record.offset)
+    letter_id = dead_letter_id(consumer, topic, partition, offset)
     return letter.model_copy(update={"message_id": letter_id})
 
 
@@ -340,6 +394,14 @@ class Outgoing:
     def encode(self) -> tuple[bytes, bytes, Headers]:
         return self.key.encode(), to_bytes(self.message), headers_for(self.message, self.reply_to)
 
+    def encode_signed(self, signer: Signer | None, prefix: str) -> tuple[bytes, bytes, Headers]:
+        """:meth:`encode`, with the signature headers of ``signer`` over the record
+        (:mod:`spine_contracts.signing`: its value, key and topic without ``prefix``)."""
+        key, value, headers = self.encode()
+        if signer is not None:
+            headers += signer.headers(topic_base(self.topic, prefix), key, value)
+        return key, value, headers
+
 
 @dataclass(frozen=True)
 class Incoming:
@@ -352,8 +414,10 @@ class Incoming:
     key: str | None
     timestamp_ms: int
     message: Message
-    #: only the transactional loop keeps them (for ``reply_to``); projections need none
+    #: only the transactional loop keeps them (for ``reply_to`` and signatures) and the
+    #: value bytes (a signature covers them); projections need neither
     headers: tuple[tuple[str, bytes], ...] = ()
+    value: bytes = b""
 
     @classmethod
     def of(
@@ -367,6 +431,7 @@ class Incoming:
             timestamp_ms=record.timestamp,
             message=message,
             headers=tuple((n, bytes(v)) for n, v in record.headers or ()) if headers else (),
+            value=bytes(record.value or b"") if headers else b"",
         )
 
     @property
@@ -415,7 +480,7 @@ async def partitions_of(cfg: KafkaConfig, topic: str) -> list[int]:
     (aiokafka's ``consumer.topics()`` refreshes a copy of the metadata that
     ``partitions_for_topic`` does not read, so a just-created topic can look missing.)
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    admin = make_admin(cfg)
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])

@@ -59,6 +59,12 @@ TRANSACTIONS = Counter(
 DEAD_LETTERS = Counter(
     "spine_dead_letters_total", "Records sent to the dead-letter topic, by consumer", ["consumer"]
 )
+SIGNATURE_FAILURES = Counter(
+    "spine_signature_failures_total",
+    "Agent messages refused because their signature did not check out (dead-lettered), by "
+    "consumer and reason: unsigned, unknown_key, wrong_key, bad_signature",
+    ["consumer", "reason"],
+)
 RESETS = Counter(
     "spine_partition_resets_total",
     "Partition (re)starts: producer started, state rebuilt, inputs re-read",

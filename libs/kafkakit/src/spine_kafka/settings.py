@@ -1,6 +1,7 @@
 """Settings of every process on the bus, a service or an agent, read from the environment.
 
-:class:`KafkaSettings` is the one model of how to reach Kafka and shape its topics;
+:class:`KafkaSettings` is the one model of how to reach Kafka and shape its topics, and it
+inherits how to log in to it (:class:`spine_kafka.security.KafkaSecuritySettings`);
 :class:`ProcessSettings` adds what any long-running process needs (logging, event loop,
 heartbeats, the ops port). Services extend it with their databases and keys
 (``spine_servicekit.settings.CommonSettings``), agents with their own knobs
@@ -17,13 +18,18 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .security import KafkaSecuritySettings
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
-class KafkaSettings(BaseSettings):
-    """How to reach the brokers, and the topics' names and shape."""
+class KafkaSettings(KafkaSecuritySettings):
+    """How to reach the brokers (and log in: the ``KAFKA_SECURITY_PROTOCOL``/``KAFKA_SASL_*``
+    fields it inherits), and the topics' names and shape."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
 
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", alias="KAFKA_BOOTSTRAP_SERVERS")
     topic_prefix: str = Field("", alias="SPINE_TOPIC_PREFIX", pattern=r"^[A-Za-z0-9._\-]*$")

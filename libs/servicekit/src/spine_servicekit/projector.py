@@ -80,7 +80,6 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import IllegalStateError, KafkaError
 from spine_contracts import ContractError, topics
 from spine_contracts.topics import FOREVER, TopicSpec
@@ -92,6 +91,7 @@ from spine_kafka.clients import (
     dead_letter,
     dead_letter_outgoing,
     decode_record,
+    make_admin,
     make_consumer,
     make_producer,
     send_all,
@@ -843,9 +843,7 @@ class Projector:
 
     async def _discover_partitions(self) -> list[TopicPartition]:
         """Every partition of the projection's topics (which must exist: never auto-created)."""
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self._kafka.bootstrap_servers, client_id=self._kafka.client_id
-        )
+        admin = make_admin(self._kafka)
         await admin.start()
         try:
             deadline = time.monotonic() + _TOPIC_WAIT_S

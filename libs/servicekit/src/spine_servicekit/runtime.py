@@ -77,7 +77,12 @@ async def serve(service: str, settings: CommonSettings, main: Main) -> None:
             service, settings.api_host, settings.ops_port, ready=lambda: not stopping.is_set()
         )
         await ops_server.start()
-    log.info("service_started", instance_id=ident, kafka=cfg.bootstrap_servers)
+    log.info(
+        "service_started",
+        instance_id=ident,
+        kafka=cfg.bootstrap_servers,
+        kafka_security=cfg.security.describe(),
+    )
     task = asyncio.create_task(main(ctx), name=f"{service}-main")
     stop_wait = asyncio.create_task(stopping.wait())
     try:

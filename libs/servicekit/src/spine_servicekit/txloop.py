@@ -55,7 +55,6 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import OffsetAndMetadata
@@ -67,6 +66,7 @@ from spine_kafka.clients import (
     Outgoing,
     dead_letter,
     decode_record,
+    make_admin,
     make_consumer,
     make_producer,
     send_all,
@@ -334,9 +334,7 @@ class TransactionalLoop:
     async def _check_co_partitioned(self) -> None:
         # aiokafka quirk: consumer.topics() refreshes a copy of the metadata, not the one
         # partitions_for_topic() reads, so ask an admin client instead.
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self._cfg.bootstrap_servers, client_id=self._cfg.client_id
-        )
+        admin = make_admin(self._cfg)
         await admin.start()
         try:
             described = await admin.describe_topics(list(self._input_topics))

@@ -8,9 +8,8 @@ import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
-from aiokafka.admin import AIOKafkaAdminClient
 from spine_contracts import topics
-from spine_servicekit.kafka import KafkaConfig
+from spine_servicekit.kafka import KafkaConfig, make_admin
 from spine_servicekit.logging import get_logger
 from spine_servicekit.projector import BATCH_INTERVAL_S, Projector
 from spine_servicekit.runtime import ServiceContext
@@ -47,7 +46,7 @@ async def check_co_partitioned(cfg: KafkaConfig, *, wait_s: float = 15.0) -> int
 
 async def partition_counts(cfg: KafkaConfig, names: Sequence[str]) -> dict[str, int]:
     """Partitions per topic (0: missing), from the broker rather than a client's cache."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=cfg.client_id)
+    admin = make_admin(cfg)
     await admin.start()
     try:
         # every topic's metadata: asking for named ones may auto-create them

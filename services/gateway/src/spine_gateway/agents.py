@@ -21,14 +21,14 @@ from .models import AgentList, AgentRemoved, AgentView
 from .policy import HIDDEN, Action, check, visible
 from .visibility import ReadYourWrites
 
-_SLUG = re.compile(r"[^A-Za-z0-9_.\-]+")
+_SLUG = re.compile(r"[^A-Za-z0-9_\-]+")  # agent ids contain no "." (DESIGN §12)
 #: how long a registration waits for the registry before answering 202
 REGISTRY_WAIT_S = 5.0
 
 
 def agent_id_for(name: str) -> str:
     """An agent id from a name, for clients that send only ``{name, type, ...}``."""
-    slug = _SLUG.sub("-", name.strip().lower()).strip("-.")[:100]
+    slug = _SLUG.sub("-", name.strip().lower()).strip("-")[:100]
     if not slug:
         raise InvalidInput("agent_id (or a name to derive it from) is required")
     return slug

@@ -2,8 +2,9 @@
 
 Pure: :meth:`AgentCatalog.apply` takes one registry event; :meth:`availability` and
 :meth:`owner` answer what :class:`~spine_orchestrator.domain.Environment` asks (whether a
-node can be dispatched, and whether the execution's user may use the agent at all). The
-Kafka adapter feeds it.
+node can be dispatched, and whether the execution's user may use the agent at all), and
+:meth:`signing_key` whose key a result from the agent must be signed with. The Kafka
+adapter feeds it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from spine_contracts import AgentDeregistered, AgentRegistered, AgentStatusChanged, Message
 from spine_contracts.access import SYSTEM
+from spine_contracts.signing import RELAY_SIGNER, decode_public_key
 
 from .domain import AgentAvailability
 
@@ -22,6 +24,8 @@ class AgentView:
     active: bool
     transport: str
     owner: str = SYSTEM
+    #: the raw Ed25519 public key ``spine-admin`` issued; ``None``: not issued, or revoked
+    public_key: bytes | None = None
 
 
 class AgentCatalog:
@@ -37,6 +41,7 @@ class AgentCatalog:
                 active=registered and d.active,
                 transport=d.agent.transport,
                 owner=d.owner,
+                public_key=decode_public_key(d.public_key) if d.public_key else None,
             )
 
     def availability(self, agent_id: str) -> AgentAvailability:
@@ -51,6 +56,15 @@ class AgentCatalog:
         """The agent's owner (kept by a deregistration too); ``None`` for an unknown agent."""
         view = self._agents.get(agent_id)
         return view.owner if view is not None else None
+
+    def signing_key(self, agent_id: str) -> tuple[str, bytes | None]:
+        """Who signs for ``agent_id`` and with which key: the agent itself, or the relay
+        for an HTTP agent; the key is ``None`` when none is issued (or it is revoked)."""
+        view = self._agents.get(agent_id)
+        signer = RELAY_SIGNER if view is not None and view.transport == "http" else agent_id
+        if signer != agent_id:
+            view = self._agents.get(signer)
+        return signer, view.public_key if view is not None else None
 
     def __len__(self) -> int:
         return len(self._agents)

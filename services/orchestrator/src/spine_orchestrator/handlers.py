@@ -6,6 +6,12 @@ come back as :class:`Outgoing` records, which the loop commits in one transactio
 the input offsets. State is rebuilt from the snapshots topic when a partition is assigned;
 a snapshot record that does not decode (only a foreign producer can write one) is
 skipped and handed to ``dead_letter``, so it can never keep a partition from starting.
+
+An ``AgentResult`` must carry the signature of the agent its task was sent to
+(:mod:`.authenticity`); one that does not changes nothing: it becomes a dead letter in
+the batch's transaction (with the reason), is counted in
+``spine_signature_failures_total{consumer="orchestrator",reason}``, and the execution
+goes on — the right agent's answer, or the node's timeout, decides the node.
 """
 
 from __future__ import annotations
@@ -26,9 +32,13 @@ from spine_contracts import (
     topics,
     utcnow,
 )
+from spine_contracts.signing import SignatureRefused
+from spine_kafka import ops
 from spine_servicekit.kafka import (
     KafkaConfig,
     Outgoing,
+    dead_letter_of,
+    dead_letter_outgoing,
     decode_record,
     problem_fields,
     read_partition,
@@ -36,12 +46,15 @@ from spine_servicekit.kafka import (
 from spine_servicekit.logging import get_logger
 from spine_servicekit.txloop import Incoming, PoisonMessage
 
+from .authenticity import verify_result
 from .catalog import AgentCatalog
 from .domain import AnyState, Decision, Environment, FinishedExecution, decide, state_from_dict
 from .timers import TimerScheduler
 
 log = get_logger(__name__)
 
+#: the loop's consumer name (app.py): dead letters of refused results carry it
+CONSUMER = "orchestrator"
 INPUTS = (StartExecution, CancelExecution, ProvideInput, FireTimer, AgentResult)
 ConditionEvaluator = Callable[[str, Mapping[str, Any], Mapping[str, Any]], bool]
 DeadLetterFn = Callable[[ConsumerRecord[Any, Any], Exception], Awaitable[None]]
@@ -134,6 +147,14 @@ class OrchestratorHandler:
             if not isinstance(message, INPUTS):
                 raise PoisonMessage(f"the orchestrator does not handle {message.type!r}")
             execution_id = execution_id_of(message)
+            if isinstance(message, AgentResult):
+                try:
+                    verify_result(
+                        incoming, states.get(execution_id), self._catalog, self._cfg.prefix
+                    )
+                except SignatureRefused as exc:
+                    out.append(self._refused(incoming, exc))
+                    continue
             decision = decide(states.get(execution_id), message, env)
             out.extend(self._effects(decision, execution_id))
             if decision.state is not None and decision.changed:
@@ -154,6 +175,18 @@ class OrchestratorHandler:
             out.append(Outgoing(self._topic_snapshots, execution_id, snapshot))
             self._timers.sync(state)
         return out
+
+    def _refused(self, incoming: Incoming, error: SignatureRefused) -> Outgoing:
+        ops.SIGNATURE_FAILURES.labels(CONSUMER, error.reason).inc()
+        log.warning(
+            "result_signature_refused",
+            execution_id=incoming.key,
+            reason=error.reason,
+            topic=incoming.topic,
+            offset=incoming.offset,
+            error=str(error),
+        )
+        return dead_letter_outgoing(self._cfg, dead_letter_of(incoming, error, CONSUMER))
 
     def _effects(self, decision: Decision, execution_id: str) -> list[Outgoing]:
         out = [Outgoing(self._topic_events, execution_id, e) for e in decision.events]

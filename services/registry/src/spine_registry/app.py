@@ -1,7 +1,11 @@
-"""Wiring of the registry: commands and heartbeats in, whole catalogue entries out.
+"""Wiring of the registry: commands, the operator's commands and heartbeats in, whole
+catalogue entries out.
 
-One consumer group over the co-partitioned commands and heartbeats (key agent_id), so one
-replica decides for an agent. What a batch of one partition causes — entries, audit
+One consumer group over the co-partitioned commands, admin commands (``spine-admin``'s
+``IssueAgent``/``RevokeAgentKey``) and heartbeats (key agent_id), so one replica decides
+for an agent; within a partition the three topics are decided in record-time order, so
+the key an agent was issued is known when its first signed registration arrives.
+What a batch of one partition causes — entries, audit
 records, answers to the gateway, dead letters — is produced in one Kafka transaction
 (:mod:`.producers`: one transactional producer per owned partition), and the offsets are
 committed after it (at least once); a command read again is recognised by its
@@ -19,6 +23,12 @@ command (one with a ``request_id``) is also audited and answered on
 ``spine.gateway.replies`` (to its ``reply-to`` header) with the refusal's code, and an
 accepted one with the entry, so the gateway can answer 201/409/403/422 rather than 202.
 
+Signatures (:mod:`.authenticity`): an agent's own registration and every heartbeat must
+carry the signature of the key in the agent's entry (the relay's for an HTTP agent); one
+that does not — unsigned, unknown key, another key, bad signature — changes nothing, is
+logged as ``registry_signature_refused``, counted in
+``spine_signature_failures_total{consumer="registry",reason}`` and dead-lettered.
+
 Poison: a record that does not decode, whose type its topic does not carry, that sits on
 another partition than its agent id's, or that the catalogue cannot decide goes to the
 dead-letter topic (deterministic ``message_id``, so a replay after a crash sends the same
@@ -27,6 +37,7 @@ letter) and the loop goes on.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import defaultdict
 from datetime import timedelta
@@ -40,11 +51,16 @@ from spine_contracts import (
     AgentStatusChanged,
     ContractError,
     DeregisterAgent,
+    IssueAgent,
     Message,
     RegisterAgent,
+    RevokeAgentKey,
     topics,
     utcnow,
 )
+from spine_contracts.signing import SignatureRefused, topic_base
+from spine_kafka import ops
+from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import (
     REPLY_TO_HEADER,
     KafkaConfig,
@@ -65,6 +81,7 @@ from spine_servicekit.projector import Projector
 from spine_servicekit.runtime import ServiceContext
 
 from .addresses import endpoint_refusal
+from .authenticity import RelayKey, verify
 from .domain import (
     Catalog,
     Entry,
@@ -92,12 +109,23 @@ def partition_for(agent_id: str, count: int) -> int:
 class Registry:
     """Decides the records of the partitions it owns and sweeps their agents' liveness."""
 
-    def __init__(self, cfg: KafkaConfig, settings: RegistrySettings, partitions: int) -> None:
+    def __init__(
+        self,
+        cfg: KafkaConfig,
+        settings: RegistrySettings,
+        partitions: int,
+        relay_key: RelayKey | None = None,
+    ) -> None:
         self._cfg = cfg
         self._settings = settings
         self._partitions = partitions
         self.catalog = Catalog()
+        self.relay_key = relay_key or RelayKey()
         self._commands = cfg.topic(topics.REGISTRY_COMMANDS)
+        self._admin = cfg.topic(topics.REGISTRY_ADMIN)
+        self._heartbeats = cfg.topic(topics.REGISTRY_HEARTBEATS)
+        #: within a partition, on equal record times: the operator's commands first
+        self._rank = {self._admin: 0, self._commands: 1, self._heartbeats: 2}
         self._events = cfg.topic(topics.REGISTRY_EVENTS)
         self._audit = cfg.topic(topics.AUDIT)
         self._replies = cfg.topic(topics.GATEWAY_REPLIES)
@@ -112,8 +140,7 @@ class Registry:
     async def start(self) -> None:
         await self.consumer.start()
         self.consumer.subscribe(
-            [self._commands, self._cfg.topic(topics.REGISTRY_HEARTBEATS)],
-            listener=self.producers,
+            [self._admin, self._commands, self._heartbeats], listener=self.producers
         )
 
     async def stop(self) -> None:
@@ -153,12 +180,16 @@ class Registry:
         """Decide each ready partition's records, one transaction each, then commit them."""
         async with self.producers.lock:
             ready = self.producers.ready
-            by_partition: dict[int, list[ConsumerRecord[Any, Any]]] = defaultdict(list)
+            per_topic: dict[int, list[list[ConsumerRecord[Any, Any]]]] = defaultdict(list)
             for tp, records in batches.items():
                 if tp.partition in ready:  # else it is being reset: read again after that
-                    by_partition[tp.partition].extend(records)
+                    per_topic[tp.partition].append(records)
             offsets: dict[TopicPartition, int] = {}
-            for p, records in by_partition.items():
+            for p, lists in per_topic.items():
+                # each topic in offset order, the topics interleaved by record time
+                records = list(
+                    heapq.merge(*lists, key=lambda r: (r.timestamp, self._rank.get(r.topic, 3)))
+                )
                 out: list[Outgoing] = []
                 for record in records:
                     out += await self._handle(p, record)
@@ -173,6 +204,21 @@ class Registry:
                     await self.consumer.commit(offsets)
                 except KafkaError as exc:  # a rebalance: the next owner reads them again
                     log.warning("registry_commit_failed", error_type=type(exc).__name__)
+
+    async def top_up(
+        self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
+        """Add what is already fetched for the other topics of the partitions in
+        ``batches``: aiokafka's getmany drains one partition's buffer before the next, and
+        an agent's issued key (admin topic) must be decided before its registration."""
+        numbers = {tp.partition for tp in batches}
+        rest = [
+            tp for tp in self.consumer.assignment() if tp.partition in numbers and tp not in batches
+        ]
+        if rest:
+            more = await self.consumer.getmany(*rest, timeout_ms=0, max_records=500)
+            batches.update(more)
+        return batches
 
     async def sweep(self) -> None:
         """Mark inactive the owned agents whose beats stopped, one transaction per partition."""
@@ -199,7 +245,11 @@ class Registry:
             message: Message = decode_record(record, self._cfg.prefix)
         except ContractError as exc:
             return [self._reject(record, exc)]
-        if not isinstance(message, RegisterAgent | DeregisterAgent):
+        if not isinstance(message, RegisterAgent | DeregisterAgent | IssueAgent | RevokeAgentKey):
+            try:
+                self._verify(record, message)
+            except SignatureRefused as exc:
+                return [self._refuse_signature(record, message, exc)]
             try:
                 return self._entries(self.catalog.decide(message, utcnow()))
             except Exception as exc:  # the catalogue cannot take it: a dead letter, not a loop
@@ -215,6 +265,10 @@ class Registry:
             again = answered_again(message, self.catalog.agents.get(agent_id))
             return self._outcome(agent_id, again, reply_to)
         try:
+            self._verify(record, message)
+        except SignatureRefused as exc:
+            return [self._refuse_signature(record, message, exc)]
+        try:
             if isinstance(message, RegisterAgent):
                 await self._check_endpoint(message)
                 await ensure_topics(self._cfg, (), agent_ids=[agent_id])
@@ -224,7 +278,7 @@ class Registry:
                 "registry_registration_refused",
                 agent_id=agent_id,
                 command=message.type,
-                owner=message.data.owner,
+                owner=getattr(message.data, "owner", None),
                 code=exc.code,
                 reason=str(exc),
             )
@@ -254,6 +308,28 @@ class Registry:
             out.append(Outgoing(self._replies, reply_to, outcome.reply, reply_to=reply_to))
         return out
 
+    def _verify(self, record: ConsumerRecord[Any, Any], message: Message) -> None:
+        headers = [(k, bytes(v)) for k, v in record.headers or ()]
+        base = topic_base(record.topic, self._cfg.prefix)
+        value = bytes(record.value or b"")
+        verify(message, self.catalog, self.relay_key, headers, base, record.key, value)
+
+    def _refuse_signature(
+        self, record: ConsumerRecord[Any, Any], message: Message, error: SignatureRefused
+    ) -> Outgoing:
+        """A message whose signature did not check out changes nothing: counted, logged,
+        dead-lettered (the gateway waits for no agent's own registration)."""
+        ops.SIGNATURE_FAILURES.labels("registry", error.reason).inc()
+        log.warning(
+            "registry_signature_refused",
+            type=message.type,
+            reason=error.reason,
+            key=record.key.decode(errors="replace") if record.key else None,
+            offset=record.offset,
+            error=str(error),
+        )
+        return self._reject(record, error)
+
     def _reject(self, record: ConsumerRecord[Any, Any], error: Exception) -> Outgoing:
         log.warning("registry_dead_letter", **problem_fields(record, error))
         return dead_letter_outgoing(self._cfg, dead_letter(record, error, "registry"))
@@ -277,8 +353,14 @@ async def main(ctx: ServiceContext) -> None:
     settings = ctx.settings
     assert isinstance(settings, RegistrySettings)
     cfg = ctx.kafka
-    partitions = len(await partitions_of(cfg, cfg.topic(topics.REGISTRY_COMMANDS)))
-    registry = Registry(cfg, settings, partitions)
+    partitions = await co_partitioned(cfg)
+    relay_key = RelayKey()
+    keys = TopicFollower(
+        cfg.background(), cfg.topic(topics.REGISTRY_EVENTS), relay_key.apply, name="relay-key"
+    )
+    await keys.start()
+    await keys.wait_caught_up()
+    registry = Registry(cfg, settings, partitions, relay_key)
     projector = Projector(
         cfg.background(), settings.database_url, PROJECTION, schema=settings.db_schema
     )
@@ -290,10 +372,22 @@ async def main(ctx: ServiceContext) -> None:
             await registry.producers.prepare()
             batches = await registry.consumer.getmany(timeout_ms=200, max_records=500)
             if batches:
-                await registry.process(batches)
+                await registry.process(await registry.top_up(batches))
             if time.monotonic() >= next_sweep:
                 await registry.sweep()
                 next_sweep = time.monotonic() + settings.sweep_interval_s
     finally:
         await registry.stop()
         await projector.stop()
+        await keys.stop()
+
+
+async def co_partitioned(cfg: KafkaConfig) -> int:
+    """The registry's inputs' common partition count: an agent's partition must be the
+    same on all three, or one replica would decide its key and another its registration."""
+    names = [cfg.topic(t) for t in (topics.REGISTRY_COMMANDS, topics.REGISTRY_ADMIN,
+                                    topics.REGISTRY_HEARTBEATS)]  # fmt: skip
+    counts = {name: len(await partitions_of(cfg, name)) for name in names}
+    if len(set(counts.values())) != 1:
+        raise RuntimeError(f"the registry's input topics must be co-partitioned, got {counts}")
+    return counts[names[0]]

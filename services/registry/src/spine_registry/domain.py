@@ -11,7 +11,16 @@ owner (the gateway, for its principal) is refused on an id another owner holds �
 ``NOT_OWNER`` on a system agent, ``AGENT_ID_TAKEN`` on another user's; without one (an
 agent registering itself over the bus) it keeps the entry's owner, ``system`` when new.
 ``DeregisterAgent`` with an owner must come from the agent's owner; without one (the
-admin, or the agent itself) it is allowed. A refusal raises :class:`RegistrationRefused`
+admin, or the agent itself) it is allowed.
+
+Keys (DESIGN §12, docs/security.md): the operator's ``IssueAgent`` (``spine-admin``, on
+``spine.registry.admin``) records the agent's public key, and its owner when it names one
+— creating an unregistered entry for an id not seen yet, refused (like a gateway
+registration) when it names another owner than the entry's. ``RevokeAgentKey`` forgets
+the key and marks the agent inactive at once: nothing it signs is accepted any more.
+Registrations keep the key; nothing but these two commands changes it. Whose key an
+agent's own message must carry is :mod:`.authenticity`'s decision, checked before the
+message reaches the catalogue. A refusal raises :class:`RegistrationRefused`
 with its code; :func:`accepted` and :func:`refused` say what goes with a decision — the
 ``AuditRecorded`` of a change (and of a refused gateway command) and the gateway's answer.
 
@@ -43,16 +52,19 @@ from spine_contracts import (
     AuditRecorded,
     DeregisterAgent,
     GatewayReply,
+    IssueAgent,
     Message,
     RegisterAgent,
+    RevokeAgentKey,
 )
 from spine_contracts.access import SYSTEM
 from spine_contracts.agent_rules import registration_problem
+from spine_contracts.signing import decode_public_key, key_id
 
 from .errors import RegistrationRefused, RegistryErrorCode
 
 Entry = AgentRegistered | AgentStatusChanged | AgentDeregistered
-Command = RegisterAgent | DeregisterAgent
+Command = RegisterAgent | DeregisterAgent | IssueAgent | RevokeAgentKey
 #: How many handled command ids the catalogue remembers (duplicates come close together).
 REMEMBER_INPUTS = 100_000
 #: Namespace of the audit records' ids (see :func:`audit_id`).
@@ -66,6 +78,13 @@ class AgentRecord:
     active: bool
     last_seen: datetime | None = None
     owner: str = SYSTEM
+    #: base64 of the raw Ed25519 public key ``spine-admin`` issued, and its key id
+    public_key: str | None = None
+    key_id: str | None = None
+
+    @property
+    def raw_public_key(self) -> bytes | None:
+        return decode_public_key(self.public_key) if self.public_key else None
 
 
 @dataclass
@@ -79,7 +98,13 @@ class Catalog:
         if isinstance(event, (AgentRegistered, AgentStatusChanged, AgentDeregistered)):
             d = event.data
             self.agents[d.agent.agent_id] = AgentRecord(
-                d.agent, d.registered, d.active, now if d.active else d.last_seen, d.owner
+                d.agent,
+                d.registered,
+                d.active,
+                now if d.active else d.last_seen,
+                d.owner,
+                d.public_key,
+                d.key_id,
             )
             if event.causation_id:
                 self._remember(event.causation_id, d.agent.agent_id)
@@ -104,7 +129,7 @@ class Catalog:
     def decide(self, message: Message, now: datetime) -> list[Entry]:
         """The entries an input causes; nothing for a duplicate of a handled command.
         Raises :class:`RegistrationRefused` for a command it does not accept."""
-        if isinstance(message, RegisterAgent | DeregisterAgent):
+        if isinstance(message, Command):
             if self.is_duplicate(message):
                 return []
             entries = self._decide(message, now)
@@ -119,6 +144,10 @@ class Catalog:
             return self._deregister(message, now)
         if isinstance(message, AgentHeartbeat):
             return self._beat(message, now)
+        if isinstance(message, IssueAgent):
+            return self._issue(message)
+        if isinstance(message, RevokeAgentKey):
+            return self._revoke(message)
         return []
 
     def _emit(
@@ -132,6 +161,8 @@ class Catalog:
             last_seen=rec.last_seen,
             reason=reason,
             owner=rec.owner,
+            public_key=rec.public_key,
+            key_id=rec.key_id,
         )
 
     def _register(self, cmd: RegisterAgent, now: datetime) -> list[Entry]:
@@ -147,8 +178,33 @@ class Catalog:
         active = self_registered or bool(old and old.registered and old.active)
         last_seen = now if self_registered else (old.last_seen if old else None)
         rec = AgentRecord(info, True, active, last_seen, owner)
+        if old is not None:  # only spine-admin's commands change the key
+            rec.public_key, rec.key_id = old.public_key, old.key_id
         self.agents[info.agent_id] = rec
         return [self._emit(AgentRegistered, rec, cmd, "registered")]
+
+    def _issue(self, cmd: IssueAgent) -> list[Entry]:
+        d = cmd.data
+        old = self.agents.get(d.agent_id)
+        owner = _issuing_owner(d.agent_id, old, d.owner)
+        kid = key_id(decode_public_key(d.public_key))
+        if old is None:
+            rec = AgentRecord(AgentInfo(agent_id=d.agent_id), False, False, owner=owner)
+        elif old.public_key == d.public_key and old.owner == owner:
+            return []  # issued again with the same key: nothing changed
+        else:
+            rec = replace(old)
+        rec.owner, rec.public_key, rec.key_id = owner, d.public_key, kid
+        self.agents[d.agent_id] = rec
+        return [self._emit(AgentStatusChanged, rec, cmd, f"key {kid} issued")]
+
+    def _revoke(self, cmd: RevokeAgentKey) -> list[Entry]:
+        old = self.agents.get(cmd.data.agent_id)
+        if old is None or old.public_key is None:
+            return []
+        rec = replace(old, public_key=None, key_id=None, active=False)
+        self.agents[cmd.data.agent_id] = rec
+        return [self._emit(AgentStatusChanged, rec, cmd, f"key {old.key_id} revoked")]
 
     def _deregister(self, cmd: DeregisterAgent, now: datetime) -> list[Entry]:
         rec = self.agents.get(cmd.data.agent_id)
@@ -210,6 +266,27 @@ def agent_of(command: Command) -> str:
     return command.data.agent_id
 
 
+def request_id_of(command: Command) -> str | None:
+    """The gateway request a command answers (``None``: an agent's, or ``spine-admin``'s)."""
+    if isinstance(command, RegisterAgent | DeregisterAgent):
+        return command.data.request_id
+    return None
+
+
+def _issuing_owner(agent_id: str, old: AgentRecord | None, asked: str | None) -> str:
+    """The owner an ``IssueAgent`` leaves the entry with: an id never passes to another
+    owner, not even by the operator's hand (the tombstone keeps the owner, DESIGN §12)."""
+    if asked is None:
+        return old.owner if old is not None else SYSTEM
+    if old is None or old.owner == asked:
+        return asked
+    raise RegistrationRefused(
+        f"agent {agent_id!r} belongs to {old.owner!r}, not {asked!r}: an agent id never "
+        "passes to another owner",
+        RegistryErrorCode.AGENT_ID_TAKEN,
+    )
+
+
 def _registering_owner(agent_id: str, old: AgentRecord | None, asked: str | None) -> str:
     """The owner a registration leaves the entry with, or why it may not touch it."""
     if asked is None:  # the agent itself, over the bus: it cannot change its owner
@@ -251,7 +328,10 @@ def accepted(command: Command, entries: Sequence[Entry], record: AgentRecord | N
         )
         return Outcome(reply=reply)
     audit: tuple[AuditRecorded, ...] = ()
-    if entries:
+    if entries and isinstance(command, IssueAgent | RevokeAgentKey):
+        action = "agent.key_issued" if isinstance(command, IssueAgent) else "agent.key_revoked"
+        audit = (_audit(command, action, record.owner, key_id=record.key_id),)
+    elif entries:
         action = "agent.registered" if isinstance(command, RegisterAgent) else "agent.deregistered"
         info = record.info
         audit = (
@@ -263,7 +343,7 @@ def accepted(command: Command, entries: Sequence[Entry], record: AgentRecord | N
                 endpoint=info.endpoint,
                 agent_type=info.agent_type,
                 version=info.version,
-                request_id=command.data.request_id,
+                request_id=request_id_of(command),
             ),
         )
     body: dict[str, Any] = {
@@ -276,19 +356,26 @@ def accepted(command: Command, entries: Sequence[Entry], record: AgentRecord | N
 
 
 def refused(command: Command, error: RegistrationRefused) -> Outcome:
-    """After ``command`` was refused: a gateway command's refusal is audited and answered;
-    an agent's own registration only shows in the log and the dead letter."""
-    if command.data.request_id is None:
+    """After ``command`` was refused: a gateway command's refusal is audited and answered,
+    the operator's is audited; an agent's own registration only shows in the log and the
+    dead letter."""
+    request_id = request_id_of(command)
+    if request_id is None and not isinstance(command, IssueAgent):
         return Outcome()
     agent_id = agent_of(command)
+    owner = (
+        command.data.owner
+        if isinstance(command, IssueAgent | RegisterAgent | DeregisterAgent)
+        else None
+    )
     audit = _audit(
         command,
         "agent.refused",
-        command.data.owner or SYSTEM,
+        owner or SYSTEM,
         command=command.type,
         code=error.code,
         reason=str(error),
-        request_id=command.data.request_id,
+        request_id=request_id,
     )
     reply = _reply(command, False, {"agent_id": agent_id}, error.code, str(error))
     return Outcome(audit=(audit,), reply=reply)
@@ -332,11 +419,12 @@ def _reply(
     code: str | None = None,
     message: str | None = None,
 ) -> GatewayReply | None:
-    if cmd.data.request_id is None:
-        return None  # an agent's own registration: nobody waits
+    request_id = request_id_of(cmd)
+    if request_id is None:
+        return None  # an agent's own registration, the operator's command: nobody waits
     return GatewayReply.build(
         cause=cmd,
-        request_id=cmd.data.request_id,
+        request_id=request_id,
         ok=ok,
         error_code=code,
         message=message,

@@ -10,10 +10,15 @@ from ..access import SYSTEM
 from ..envelope import Body, Message
 
 AgentTransport = Literal["kafka", "http"]
+#: Agent ids: no ``.`` (DESIGN §12), so a literal ACL on ``spine.agents.<id>.tasks`` and the
+#: group ``agent.<id>`` names one agent only; the same rule as ``topics.agent_tasks``.
+AGENT_ID_PATTERN = r"^[A-Za-z0-9_\-]+$"
+#: the canonical base64 of 32 bytes (an Ed25519 public key): 43 characters and one "="
+PUBLIC_KEY_PATTERN = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
 
 
 class AgentInfo(Body):
-    agent_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+    agent_id: str = Field(min_length=1, max_length=128, pattern=AGENT_ID_PATTERN)
     name: str = ""
     description: str = ""
     endpoint: str | None = None
@@ -60,6 +65,13 @@ class AgentCatalogEntryData(Body):
     reason: str | None = None
     #: kept by the deregistration's tombstone too: an id never passes to another owner
     owner: str = SYSTEM
+    #: the agent's Ed25519 public key (base64 of 32 raw bytes) recorded by ``spine-admin``
+    #: (:class:`IssueAgent`): what its signed messages must verify against; ``None`` when
+    #: never issued or revoked. Only the admin topic sets it, never a registration.
+    public_key: str | None = None
+    #: ``spine_contracts.signing.key_id`` of ``public_key`` (what the ``spine-key-id``
+    #: header of its messages says)
+    key_id: str | None = None
 
 
 class AgentRegistered(Message):
@@ -90,3 +102,33 @@ class AgentHeartbeatData(Body):
 class AgentHeartbeat(Message):
     type: Literal["registry.agent_heartbeat"] = "registry.agent_heartbeat"
     data: AgentHeartbeatData
+
+
+# --- the operator's commands (spine.registry.admin: only the operator's principal writes) ---
+
+
+class IssueAgentData(Body):
+    """Record an agent's public key (and, when given, its owner): from then on the agent's
+    messages must be signed with the matching private key (docs/security.md)."""
+
+    agent_id: str = Field(min_length=1, max_length=128, pattern=AGENT_ID_PATTERN)
+    #: base64 of the 32 raw bytes of the agent's Ed25519 public key
+    public_key: str = Field(pattern=PUBLIC_KEY_PATTERN)
+    #: ``system`` or a user id; ``None`` keeps the entry's owner (``system`` for a new id)
+    owner: str | None = Field(None, min_length=1, max_length=128)
+
+
+class IssueAgent(Message):
+    type: Literal["registry.issue_agent"] = "registry.issue_agent"
+    data: IssueAgentData
+
+
+class RevokeAgentKeyData(Body):
+    """Forget an agent's public key: nothing it signs is accepted until it is issued again."""
+
+    agent_id: str = Field(min_length=1, max_length=128, pattern=AGENT_ID_PATTERN)
+
+
+class RevokeAgentKey(Message):
+    type: Literal["registry.revoke_agent_key"] = "registry.revoke_agent_key"
+    data: RevokeAgentKeyData

@@ -29,6 +29,7 @@ from spine_servicekit.kafka import (
     KafkaConfig,
     header,
     headers_for,
+    make_admin,
     make_consumer,
 )
 from spine_servicekit.logging import get_logger
@@ -294,9 +295,7 @@ class ConsumerLag:
         self._at = time.monotonic()
 
     async def _connect(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self._cfg.bootstrap_servers, client_id=f"{self._cfg.client_id}-lag"
-        )
+        admin = make_admin(self._cfg, client_id=f"{self._cfg.client_id}-lag")
         await admin.start()
         consumer = make_consumer(self._cfg, group_id=None)
         try:

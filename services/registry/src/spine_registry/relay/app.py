@@ -13,6 +13,9 @@
   Ed25519 key from ``SPINE_RELAY_SIGNING_KEY_FILE`` (:mod:`.signing`, :mod:`.keyfile`),
   generated on first start; its public key is logged (``relay_signing_key``) and written
   beside the key as ``<file>.pub``.
+* What the relay publishes for an agent — its results (through the SDK's ``Agent``) and its
+  heartbeats — is signed with the same key (``RelaySigner.bus``), recorded on the bus by
+  ``spine-admin issue-agent relay``; unsigned they would be refused.
 * A link's prober publishes an ``AgentHeartbeat`` (transport ``http``, ``ready`` = the
   probe's verdict) every ``SPINE_RELAY_PROBE_INTERVAL``, so the registry marks the agent
   active or inactive.
@@ -124,6 +127,7 @@ class Relay:
             concurrency=self.settings.concurrency,
             drain_timeout=self.settings.drain_timeout_s,
             announce=False,
+            signer=self.signer.bus,
         )
         link = Link(info, agent)
         sign = self.signer.for_agent(info.agent_id)
@@ -206,7 +210,9 @@ class Relay:
             else info.capabilities,
             version=result.version or info.version,
         )
-        key, value, headers = Outgoing(self.heartbeats_topic, info.agent_id, beat).encode()
+        key, value, headers = Outgoing(self.heartbeats_topic, info.agent_id, beat).encode_signed(
+            self.signer.bus, self.ctx.kafka.prefix
+        )
         try:
             await self.ctx.producer.send_and_wait(
                 self.heartbeats_topic, value=value, key=key, headers=headers

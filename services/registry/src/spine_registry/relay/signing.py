@@ -10,6 +10,11 @@ Ed25519 key (:mod:`.keyfile`), every agent author gets its public key. Each call
     X-Spine-Key-Id:    <first 16 hex digits of SHA-256(raw public key)>
     X-Spine-Signature: <base64 Ed25519 signature of spine_agent.signature.signed_message>
 
+The same key signs what the relay writes on the bus for the HTTP agents it serves — their
+results and heartbeats (:attr:`RelaySigner.bus`, :mod:`spine_contracts.signing`): the
+operator records its public key with ``spine-admin issue-agent relay``, and the
+orchestrator and the registry accept an HTTP agent's messages only with that signature.
+
 The signed bytes are defined once, in :func:`spine_agent.signature.signed_message`, which
 the SDK's :func:`~spine_agent.http.verify_relay_signature` checks against. A retry is signed
 again, so its timestamp is fresh.
@@ -31,6 +36,7 @@ from spine_agent.signature import (
     key_id,
     signed_message,
 )
+from spine_contracts.signing import Signer
 
 #: Headers for one request body: what :meth:`RelaySigner.for_agent` hands the delivery.
 Sign = Callable[[bytes], dict[str, str]]
@@ -46,6 +52,8 @@ class RelaySigner:
         raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self.public_key_b64 = base64.b64encode(raw).decode()
         self.key_id = key_id(raw)
+        #: signs the relay's records on the bus (results, heartbeats) with the same key
+        self.bus = Signer(key)
 
     def headers(self, agent_id: str, body: bytes) -> dict[str, str]:
         stamp = int(self._clock())
