@@ -61,7 +61,7 @@ async def main() -> int:
         # nothing itself (the relay signs what it writes for it)
         message = RegisterAgent.build(agent=info, owner=SYSTEM)
         await producer.send_and_wait(
-            cfg.topic(topics.REGISTRY_COMMANDS),
+            cfg.topic(topics.REGISTRY_REQUESTS),
             to_bytes(message),
             key=info.agent_id.encode(),
             headers=headers_for(message),

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from spine_contracts import MESSAGE_TYPES, Message, topics
+from spine_contracts import MESSAGE_TYPES, Message, RegisterAgent, topics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,6 +24,7 @@ TOPIC_RETENTION = {
     "spine.agents.{agent_id}.tasks": "7 d",
     "spine.agents.results": "7 d",
     "spine.registry.commands": "7 d",
+    "spine.registry.requests": "7 d",
     "spine.registry.admin": "7 d",
     "spine.registry.events": "compacted",
     "spine.registry.heartbeats": "1 h",
@@ -68,7 +69,13 @@ def test_retention_matches_design(spec: topics.TopicSpec) -> None:
 
 def test_every_message_type_is_on_exactly_one_topic() -> None:
     homes = Counter(cls for spec in topics.ALL for cls in spec.messages)
-    assert [cls.__name__ for cls, n in homes.items() if n > 1] == []
+    # the one exception: who may write the topic says who registers — an agent itself
+    # (commands, signed) or the gateway for a user (requests, naming the owner)
+    assert [cls.__name__ for cls, n in homes.items() if n > 1] == ["RegisterAgent"]
+    assert [s.base for s in topics.ALL if RegisterAgent in s.messages] == [
+        "spine.registry.commands",
+        "spine.registry.requests",
+    ]
     assert set(homes) == set(MESSAGE_TYPES.values())
     assert len(MESSAGE_TYPES) == len(homes), "two classes share one type string"
 
@@ -160,8 +167,8 @@ def test_keys_follow_design() -> None:
     assert keys["spine.auth.commands"] == keys["spine.auth.events"] == "user_id"
     assert keys["spine.usage"] == "user_id"
     assert keys["spine.agents.{agent_id}.tasks"] == "execution_id"
-    for base in ("spine.registry.commands", "spine.registry.events", "spine.registry.heartbeats"):
-        assert keys[base] == "agent_id"
+    for base in ("commands", "requests", "admin", "events", "heartbeats"):
+        assert keys[f"spine.registry.{base}"] == "agent_id"
 
 
 def _python_sources() -> list[Path]:

@@ -377,7 +377,7 @@ async def test_g8_a_registry_command_changes_the_catalogue_once(
     info = AgentInfo(agent_id="g8-agent", transport="http", endpoint="http://g8.test")
     register = RegisterAgent.build(agent=info, owner="system")  # as the admin's gateway sends it
     deregister = DeregisterAgent.build(agent_id=info.agent_id)
-    commands = cfg.topic(topics.REGISTRY_COMMANDS)
+    commands = cfg.topic(topics.REGISTRY_REQUESTS)
     async with registry_service(cfg, database_url, pg_schema):
         await publish(cfg, commands, [(info.agent_id, register), (info.agent_id, deregister)])
         await read_to_end(cfg, topics.REGISTRY_EVENTS, at_least=2)

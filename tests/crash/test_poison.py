@@ -15,7 +15,7 @@ partition, in front of it.
 | auth.events                | auth state rebuild skips it; auth's projector letters it  |
 | executions.events, auth.events, registry.events, flows, usage | every projector of them |
 | agents.<id>.tasks          | the agent SDK (group ``<prefix>agent.<id>``); the relay too |
-| registry.commands, registry.heartbeats | registry ("registry")                         |
+| registry.commands, .requests, .heartbeats | registry ("registry")                     |
 | gateway.replies            | the gateway replica addressed ("gw-replies")              |
 | services.heartbeats        | every gateway ("gw-heartbeats", one message_id)           |
 | metrics.summary            | every gateway ("gw-metrics-summary", one message_id)      |

@@ -134,7 +134,7 @@ async def stack(
     )
     # the admin's registration (as the gateway sends it): an HTTP agent signs nothing
     register = RegisterAgent.build(agent=info, owner="system")
-    await s.publish(topics.REGISTRY_COMMANDS, AGENT, register)
+    await s.publish(topics.REGISTRY_REQUESTS, AGENT, register)
     await s.agents_active(AGENT)
     yield s
     await s.stop()
@@ -230,5 +230,5 @@ async def test_agent_down_goes_inactive_and_new_executions_fail_at_once(
 
 
 async def test_deregistration_stops_the_relays_consumer(stack: HttpStack) -> None:
-    await stack.publish(topics.REGISTRY_COMMANDS, AGENT, DeregisterAgent.build(agent_id=AGENT))
+    await stack.publish(topics.REGISTRY_REQUESTS, AGENT, DeregisterAgent.build(agent_id=AGENT))
     await stack.wait_log("relay", "relay_agent_stopped", agent_id=AGENT)

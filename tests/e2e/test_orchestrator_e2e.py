@@ -194,7 +194,7 @@ async def test_agent_deregistered_mid_flow_fails_the_next_node(stack: Stack) -> 
     )
     eid = await stack.start_execution(f)
     await stack.wait_event(eid, NodeWaitingInput)
-    await stack.publish(topics.REGISTRY_COMMANDS, "eddie", DeregisterAgent.build(agent_id="eddie"))
+    await stack.publish(topics.REGISTRY_REQUESTS, "eddie", DeregisterAgent.build(agent_id="eddie"))
     await stack.wait_for(lambda: stack.agents.get("eddie") is False)
     await stack.provide_input(eid, {"message": "go on"})
     done = await stack.terminal(eid)

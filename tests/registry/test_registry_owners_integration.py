@@ -18,7 +18,7 @@ from spine_contracts import (
     topics,
 )
 from spine_servicekit.kafka import KafkaConfig, headers_for
-from support import TopicTail, fresh_topics, issue_agent, signed, signer_of
+from support import TopicTail, fresh_topics, issue_agent, read_to_end, signed, signer_of
 
 pytestmark = pytest.mark.integration
 
@@ -49,14 +49,15 @@ async def test_a_tombstoned_agent_id_is_refused_to_another_owner(
 ) -> None:
     cfg = await fresh_topics(kafka)
     commands = cfg.topic(topics.REGISTRY_COMMANDS)
+    requests = cfg.topic(topics.REGISTRY_REQUESTS)  # the gateway's
     async with registry_service(cfg, database_url, pg_schema):
-        await publish_raw(cfg, commands, [as_gateway(register("u1", "reg-u1"))])
+        await publish_raw(cfg, requests, [as_gateway(register("u1", "reg-u1"))])
         created = await answer(cfg, "reg-u1")
         assert created.data.ok and created.data.body["owner"] == "u1"
         gone = DeregisterAgent.build(agent_id=AGENT, owner="u1", request_id="dereg-u1")
-        await publish_raw(cfg, commands, [as_gateway(gone)])
+        await publish_raw(cfg, requests, [as_gateway(gone)])
         assert (await answer(cfg, "dereg-u1")).data.body["registered"] is False
-        [taken] = await publish_raw(cfg, commands, [as_gateway(register("u2", "reg-u2"))])
+        [taken] = await publish_raw(cfg, requests, [as_gateway(register("u2", "reg-u2"))])
         refusal = await answer(cfg, "reg-u2")
         [letter] = await dead_letters(cfg, origin_of(taken))
     assert (refusal.data.ok, refusal.data.error_code) == (False, "AGENT_ID_TAKEN")
@@ -64,7 +65,7 @@ async def test_a_tombstoned_agent_id_is_refused_to_another_owner(
     assert letter.data.error_type == "RegistrationRefused"
 
     async with registry_service(cfg, database_url, pg_schema):  # a new life, from the log
-        await publish_raw(cfg, commands, [as_gateway(register("u2", "reg-u2-again"))])
+        await publish_raw(cfg, requests, [as_gateway(register("u2", "reg-u2-again"))])
         assert (await answer(cfg, "reg-u2-again")).data.error_code == "AGENT_ID_TAKEN"
         await issue_agent(cfg, AGENT)  # keeps u1's ownership: only its key is recorded
         self_registration = RegisterAgent.build(agent=register("u2", "x").data.agent)
@@ -96,3 +97,36 @@ async def test_a_tombstoned_agent_id_is_refused_to_another_owner(
     assert records[0].actor == "key_u1" and records[2].actor == "key_u2"
     assert records[0].causation_id == entries[0].causation_id  # written with its change
     assert all(r.data.subject_id == AGENT for r in records)
+
+
+async def test_an_owner_is_named_only_on_the_gateways_topic(
+    kafka: KafkaConfig, database_url: str, pg_schema: str
+) -> None:
+    """Every agent may write ``spine.registry.commands``; an agent that puts a registration
+    naming an owner there (to take another's id, or to move its endpoint) changes nothing,
+    signed or not; a deregistration does not even belong on it."""
+    cfg = await fresh_topics(kafka)
+    commands = cfg.topic(topics.REGISTRY_COMMANDS)
+    await issue_agent(cfg, AGENT)
+    forged = register("system", "forged")
+    gone = DeregisterAgent.build(agent_id=AGENT, owner="system")
+    async with registry_service(cfg, database_url, pg_schema):
+        metas = await publish_raw(
+            cfg,
+            commands,
+            [
+                as_gateway(forged),
+                signed(cfg, commands, AGENT, forged, signer_of(AGENT)),
+                as_gateway(gone),
+            ],  # fmt: skip
+        )
+        letters = [(await dead_letters(cfg, origin_of(meta)))[0] for meta in metas]
+        entries = await read_to_end(cfg, topics.REGISTRY_EVENTS, at_least=1)
+    assert [letter.data.error_type for letter in letters] == [
+        "RegistrationRefused",
+        "RegistrationRefused",
+        "InvalidMessage",
+    ]
+    assert "comes from the gateway" in letters[0].data.error
+    # only the operator's IssueAgent shows; no owner, endpoint or registration was forged
+    assert all(not (isinstance(e, AgentRegistered) and e.data.registered) for e in entries)

@@ -54,7 +54,7 @@ async def test_refused_registrations_are_dead_lettered_with_the_reason(
     accepted = register("later", "http://agent-not-yet-in-dns.invalid:8080")
     items = [(k, cmd, None) for k, (cmd, _) in refused.items()] + [("later", accepted, None)]
     async with registry_service(cfg, database_url, pg_schema):
-        metas = await publish_raw(cfg, cfg.topic(topics.REGISTRY_COMMANDS), items)
+        metas = await publish_raw(cfg, cfg.topic(topics.REGISTRY_REQUESTS), items)
         for meta, (_cmd, reason) in zip(metas, refused.values(), strict=False):
             [letter] = await dead_letters(cfg, origin_of(meta))
             assert letter.data.error_type == "RegistrationRefused"

@@ -211,9 +211,10 @@ def document() -> JSONObject:
         operations.update(_operations(spec))
         for cls in spec.messages:
             name = _message_name(cls)
-            if name in messages:
-                raise ValueError(f"message name {name!r} is used twice")
-            messages[name] = _message(cls, spec, schemas)
+            found = _message(cls, spec, schemas)
+            # one component per message: a message on two topics must read the same on both
+            if messages.setdefault(name, found) != found:
+                raise ValueError(f"message name {name!r} is used twice, differently")
     declared = {p for spec in topics.ALL for p in _PARAMETER.findall(spec.base)}
     parameters = {k: v for k, v in _parameters().items() if k in declared}
     if missing := declared - parameters.keys():

@@ -127,8 +127,15 @@ AGENT_RESULTS = TopicSpec(
 )
 REGISTRY_COMMANDS = TopicSpec(
     "spine.registry.commands", "agent_id", 7 * DAY_MS, "delete",
+    (registry.RegisterAgent,),
+    "Agents' own registrations (no owner), signed with the agent's issued key: every agent "
+    "writes this topic, so nothing else is accepted on it.",
+)
+REGISTRY_REQUESTS = TopicSpec(
+    "spine.registry.requests", "agent_id", 7 * DAY_MS, "delete",
     (registry.RegisterAgent, registry.DeregisterAgent),
-    "Register, update (register again) and deregister agents.",
+    "Register (naming the owner), update and deregister agents on a user's or the admin's "
+    "behalf: only the gateway writes it. Co-partitioned with the registry commands.",
 )
 REGISTRY_ADMIN = TopicSpec(
     "spine.registry.admin", "agent_id", 7 * DAY_MS, "delete",
@@ -175,9 +182,9 @@ DEADLETTER = TopicSpec(
 
 ALL: tuple[TopicSpec, ...] = (
     FLOWS, FLOW_COMMANDS, AUDIT, AUTH_COMMANDS, AUTH_EVENTS, EXECUTION_COMMANDS, EXECUTION_EVENTS,
-    EXECUTION_SNAPSHOTS, AGENT_TASKS, AGENT_RESULTS, REGISTRY_COMMANDS, REGISTRY_ADMIN,
-    REGISTRY_EVENTS, REGISTRY_HEARTBEATS, SERVICE_HEARTBEATS, GATEWAY_REPLIES, USAGE,
-    METRICS_SUMMARY, DEADLETTER,
+    EXECUTION_SNAPSHOTS, AGENT_TASKS, AGENT_RESULTS, REGISTRY_COMMANDS, REGISTRY_REQUESTS,
+    REGISTRY_ADMIN, REGISTRY_EVENTS, REGISTRY_HEARTBEATS, SERVICE_HEARTBEATS, GATEWAY_REPLIES,
+    USAGE, METRICS_SUMMARY, DEADLETTER,
 )
 # fmt: on
 #: Topics that exist once per installation (the per-agent task topics are created on demand).

@@ -101,7 +101,7 @@ class AgentsService:
         replica's read model; ``False`` when the registry does not answer in time."""
         fut = self.commands.replies.expect(request_id)
         try:
-            await self.commands.publish_for_reply(topics.REGISTRY_COMMANDS, agent_id, cmd)
+            await self.commands.publish_for_reply(topics.REGISTRY_REQUESTS, agent_id, cmd)
             try:
                 async with asyncio.timeout(REGISTRY_WAIT_S):
                     reply = await fut

@@ -122,10 +122,11 @@ class Registry:
         self.catalog = Catalog()
         self.relay_key = relay_key or RelayKey()
         self._commands = cfg.topic(topics.REGISTRY_COMMANDS)
+        self._requests = cfg.topic(topics.REGISTRY_REQUESTS)
         self._admin = cfg.topic(topics.REGISTRY_ADMIN)
         self._heartbeats = cfg.topic(topics.REGISTRY_HEARTBEATS)
         #: within a partition, on equal record times: the operator's commands first
-        self._rank = {self._admin: 0, self._commands: 1, self._heartbeats: 2}
+        self._rank = {self._admin: 0, self._requests: 1, self._commands: 2, self._heartbeats: 3}
         self._events = cfg.topic(topics.REGISTRY_EVENTS)
         self._audit = cfg.topic(topics.AUDIT)
         self._replies = cfg.topic(topics.GATEWAY_REPLIES)
@@ -140,7 +141,8 @@ class Registry:
     async def start(self) -> None:
         await self.consumer.start()
         self.consumer.subscribe(
-            [self._admin, self._commands, self._heartbeats], listener=self.producers
+            [self._admin, self._requests, self._commands, self._heartbeats],
+            listener=self.producers,
         )
 
     async def stop(self) -> None:
@@ -256,6 +258,9 @@ class Registry:
                 return [self._reject(record, exc)]
         agent_id = agent_of(message)
         reply_to = header(record, REPLY_TO_HEADER)
+        misrouted = self._misrouted(record.topic, message)
+        if misrouted is not None:
+            return [self._reject(record, RegistrationRefused(misrouted))]
         if self.partition_of(agent_id) != partition:
             # its agent's entries are decided where its partition is owned, maybe elsewhere
             why = f"{message.type} for {agent_id!r} on partition {partition}, not its own"
@@ -307,6 +312,19 @@ class Registry:
         if outcome.reply is not None and reply_to:
             out.append(Outgoing(self._replies, reply_to, outcome.reply, reply_to=reply_to))
         return out
+
+    def _misrouted(self, topic: str, message: Message) -> str | None:
+        """Every agent may write ``spine.registry.commands``, so a registration naming an
+        owner is taken only from ``spine.registry.requests``, which only the gateway writes
+        (docs/security.md); an agent's own registration names none."""
+        if not isinstance(message, RegisterAgent):
+            return None
+        named = message.data.owner is not None
+        if topic == self._commands and named:
+            return "a registration naming an owner comes from the gateway, not an agent"
+        if topic == self._requests and not named:
+            return "a registration on the gateway's topic names its owner"
+        return None
 
     def _verify(self, record: ConsumerRecord[Any, Any], message: Message) -> None:
         headers = [(k, bytes(v)) for k, v in record.headers or ()]
@@ -385,8 +403,8 @@ async def main(ctx: ServiceContext) -> None:
 async def co_partitioned(cfg: KafkaConfig) -> int:
     """The registry's inputs' common partition count: an agent's partition must be the
     same on all three, or one replica would decide its key and another its registration."""
-    names = [cfg.topic(t) for t in (topics.REGISTRY_COMMANDS, topics.REGISTRY_ADMIN,
-                                    topics.REGISTRY_HEARTBEATS)]  # fmt: skip
+    names = [cfg.topic(t) for t in (topics.REGISTRY_COMMANDS, topics.REGISTRY_REQUESTS,
+                                    topics.REGISTRY_ADMIN, topics.REGISTRY_HEARTBEATS)]  # fmt: skip
     counts = {name: len(await partitions_of(cfg, name)) for name in names}
     if len(set(counts.values())) != 1:
         raise RuntimeError(f"the registry's input topics must be co-partitioned, got {counts}")
