@@ -20,6 +20,7 @@ import pytest
 import pytest_asyncio
 from spine_kafka.security import SECURITY_ENV, KafkaSecurity
 from spine_servicekit.kafka import KafkaConfig, delete_topics_with_prefix, ensure_topics
+from support import revoke_test_principals
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA_ENV = ROOT / ".spine" / "infra.env"
@@ -79,6 +80,7 @@ async def kafka(infra: dict[str, str], topic_prefix: str) -> AsyncIterator[Kafka
     await ensure_topics(cfg)
     yield cfg
     await delete_topics_with_prefix(cfg, topic_prefix)
+    await revoke_test_principals(cfg)
 
 
 @pytest.fixture(scope="session")

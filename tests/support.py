@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
-from spine_admin import Issued, issue
+from spine_admin import Issued, issue, principals
+from spine_admin.acls import SERVICES
+from spine_admin.connection import Broker
 from spine_contracts import ContractError, Message, parse, to_bytes, topics
 from spine_contracts.signing import RELAY_SIGNER, Signer, load_or_create_key, topic_base
 from spine_contracts.topics import TopicSpec
@@ -40,6 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 #: where test agents' keys live (spine-admin's --key-dir for tests); keys are reused across
 #: tests and runs, each test's namespace records them again
 TEST_KEY_DIR = ROOT / ".spine" / "test-agents"
+#: where test principals' credentials files go (spine-admin's --credentials-dir for tests);
+#: a principal's name starts with its test's topic prefix, so tests never share one
+TEST_CREDENTIALS_DIR = ROOT / ".spine" / "test-credentials"
 
 # --- topics -------------------------------------------------------------------------------
 
@@ -250,7 +255,61 @@ async def issue_agent(
     (key file, tasks topic, ``IssueAgent``), its key under :data:`TEST_KEY_DIR` unless
     ``key_file`` names another (a relay's own)."""
     path = key_file or agent_key_file(agent_id)
-    return await issue(cfg, agent_id, owner=owner, key_dir=TEST_KEY_DIR, key_file=path)
+    return await issue(
+        cfg,
+        agent_id,
+        owner=owner,
+        key_dir=TEST_KEY_DIR,
+        key_file=path,
+        credentials_dir=TEST_CREDENTIALS_DIR,
+    )
+
+
+async def issue_services(cfg: KafkaConfig) -> dict[str, Path]:
+    """Every service principal in ``cfg``'s namespace, as ``spine-admin issue-services``
+    does: ``{service: credentials file}``; empty on an unsecured broker."""
+    if not cfg.security.sasl:
+        return {}
+
+    def run() -> list[principals.PrincipalIssued]:
+        broker = Broker(cfg.bootstrap_servers, cfg.security)
+        return principals.issue_services(
+            broker, prefix=cfg.prefix, credentials_dir=TEST_CREDENTIALS_DIR
+        )
+
+    done = await asyncio.to_thread(run)
+    return {name: issued.credentials_file for name, issued in zip(SERVICES, done, strict=True)}
+
+
+def login_env(credentials_file: Path | None) -> dict[str, str]:
+    """What a child process logs in with: its own credentials file, and none of the
+    admin's variables the test environment carries (empty counts as unset)."""
+    if credentials_file is None:
+        return {}
+    return {
+        "KAFKA_CREDENTIALS_FILE": str(credentials_file),
+        "KAFKA_SASL_USERNAME": "",
+        "KAFKA_SASL_PASSWORD": "",
+        "KAFKA_SASL_PASSWORD_FILE": "",
+    }
+
+
+async def revoke_test_principals(cfg: KafkaConfig) -> int:
+    """Delete the SCRAM credentials, ACLs and files of every principal issued in ``cfg``'s
+    namespace (test clean-up, beside deleting its topics). Returns how many."""
+    if not cfg.security.sasl or not cfg.prefix:
+        return 0
+    names = [p.stem for p in TEST_CREDENTIALS_DIR.glob(f"{cfg.prefix}*.json")]
+    if not names:
+        return 0
+
+    def run() -> None:
+        broker = Broker(cfg.bootstrap_servers, cfg.security)
+        for name in names:
+            principals.revoke_principal(broker, name, credentials_dir=TEST_CREDENTIALS_DIR)
+
+    await asyncio.to_thread(run)
+    return len(names)
 
 
 def agent_key_file(agent_id: str) -> Path:

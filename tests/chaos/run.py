@@ -86,7 +86,7 @@ if str(ROOT / "tests") not in sys.path:  # the e2e harness, also when run as a s
 
 from e2e.harness import COMMANDS, Stack  # noqa: E402
 from e2e.test_gateway_e2e import MASTER, _stack_env  # noqa: E402
-from support import spawn  # noqa: E402
+from support import revoke_test_principals, spawn  # noqa: E402
 
 TERMINAL = (ExecutionCompleted, ExecutionFailed, ExecutionCancelled)
 OUTCOME = {
@@ -875,6 +875,7 @@ class Chaos:
         finally:
             await conn.close()
         await delete_topics_with_prefix(self.kafka, self.kafka.prefix)
+        await revoke_test_principals(self.kafka)
 
 
 async def run_chaos(

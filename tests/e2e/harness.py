@@ -6,7 +6,9 @@ execution log and the agent catalogue, and lets a test publish commands and awai
 
 Before it starts an agent (or the relay) it issues it as ``make up`` does, through
 ``spine-admin``'s code (:func:`support.issue_agent`), and hands the process its key file:
-an agent nobody issued has its work refused.
+an agent nobody issued has its work refused. On the secured broker every process logs in
+as its own principal (:func:`support.issue_services`, the agent's ``agent-<id>``), never as
+the admin the test itself uses: a missing ACL shows here.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from spine_contracts import (
 from spine_contracts.signing import RELAY_SIGNER
 from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import KafkaConfig, headers_for, make_producer
-from support import agent_key_file, issue_agent, spawn, stop
+from support import agent_key_file, issue_agent, issue_services, login_env, spawn, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -71,7 +73,8 @@ class Stack:
         self._changed = asyncio.Condition()
         self._followers: list[TopicFollower] = []
         self._producer = make_producer(kafka)
-        self._issued: set[str] = set()
+        self._issued: dict[str, Path | None] = {}
+        self._service_logins: dict[str, Path] | None = None
         self.logs = ROOT / ".spine" / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
 
@@ -89,9 +92,14 @@ class Stack:
             await self.spawn(name, extra_env)
 
     async def identity(self, name: str, env: dict[str, str]) -> dict[str, str]:
-        """``env`` with the key file of the agent (or relay) ``name`` runs as, issued first
-        in this stack's namespace; other processes' ``env`` unchanged."""
-        agent_id = ISSUED.get(name.split("#")[0])
+        """``env`` with who ``name`` is: its Kafka login on the secured broker (a service's
+        principal, or the agent's), and the key file of the agent (or relay) it runs as,
+        issued first in this stack's namespace."""
+        base = name.split("#")[0]
+        if self._service_logins is None:
+            self._service_logins = await issue_services(self.kafka)
+        env = {**env, **login_env(self._service_logins.get(base))}
+        agent_id = ISSUED.get(base)
         if agent_id is None:
             return env
         if agent_id == RELAY_SIGNER:
@@ -101,9 +109,9 @@ class Stack:
             setting = "SPINE_AGENT_SIGNING_KEY_FILE"
             path = agent_key_file(agent_id)
         if agent_id not in self._issued:
-            await issue_agent(self.kafka, agent_id, key_file=path)
-            self._issued.add(agent_id)
-        return {**env, setting: str(path)}
+            issued = await issue_agent(self.kafka, agent_id, key_file=path)
+            self._issued[agent_id] = issued.credentials_file
+        return {**env, **login_env(self._issued[agent_id]), setting: str(path)}
 
     async def spawn(self, name: str, extra_env: dict[str, str] | None = None) -> None:
         command = COMMANDS.get(name.split("#")[0], [name])

@@ -72,7 +72,7 @@ ALL_TOPICS_READ_BY_THE_OPERATOR: tuple[TopicSpec, ...] = (topics.DEADLETTER,)
 #: Written by nobody but the operator (``spine-admin``, as ``admin``): agents' keys and owners.
 ALL_TOPICS_WRITTEN_BY_THE_OPERATOR: tuple[TopicSpec, ...] = (topics.REGISTRY_ADMIN,)
 #: The tasks topics' namespace: ``spine.agents.<agent_id>.tasks``.
-AGENTS_NAMESPACE = "spine.agents."
+AGENTS_NAMESPACE = topics.AGENT_TASKS.base.split("{", 1)[0]
 
 
 @dataclass(frozen=True, order=True)
@@ -121,7 +121,7 @@ SERVICES: dict[str, Role] = {
     "gateway": Role(
         consumes=(T.AUTH_EVENTS, T.FLOWS, T.REGISTRY_EVENTS, T.EXECUTION_EVENTS, T.USAGE,
                   T.AUDIT, T.GATEWAY_REPLIES, T.SERVICE_HEARTBEATS, T.METRICS_SUMMARY),
-        produces=(T.AUTH_COMMANDS, T.EXECUTION_COMMANDS, T.FLOW_COMMANDS, T.REGISTRY_COMMANDS,
+        produces=(T.AUTH_COMMANDS, T.EXECUTION_COMMANDS, T.FLOW_COMMANDS, T.REGISTRY_REQUESTS,
                   T.USAGE, T.SERVICE_HEARTBEATS, T.DEADLETTER),
         describes_groups=True,
     ),
@@ -143,7 +143,8 @@ SERVICES: dict[str, Role] = {
         transactional_ids=("auth",),
     ),
     "registry": Role(
-        consumes=(T.REGISTRY_COMMANDS, T.REGISTRY_ADMIN, T.REGISTRY_HEARTBEATS, T.REGISTRY_EVENTS),
+        consumes=(T.REGISTRY_COMMANDS, T.REGISTRY_REQUESTS, T.REGISTRY_ADMIN,
+                  T.REGISTRY_HEARTBEATS, T.REGISTRY_EVENTS),
         produces=(T.REGISTRY_EVENTS, T.AUDIT, T.GATEWAY_REPLIES, T.DEADLETTER,
                   T.SERVICE_HEARTBEATS),
         groups=("registry",),

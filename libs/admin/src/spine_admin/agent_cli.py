@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from spine_contracts import topics
 from spine_contracts.signing import RELAY_SIGNER
 from spine_kafka.clients import KafkaConfig
 
@@ -32,7 +33,7 @@ def add_commands(commands: Any) -> None:
         description="Issue an agent: its Ed25519 signing key (0600 file, reused when "
         "present), its tasks topic, on a secured broker its principal agent-<id> "
         "(credentials file 0600, LITERAL ACLs, SCRAM-SHA-512), and IssueAgent on "
-        "spine.registry.admin. "
+        f"{topics.REGISTRY_ADMIN.base}. "
         f"'{RELAY_SIGNER}' issues the relay (its SPINE_RELAY_SIGNING_KEY_FILE, no topic).",
     )
     issue_p.add_argument("agent_id")

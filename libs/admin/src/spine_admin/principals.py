@@ -114,6 +114,13 @@ def revoke_agent_credentials(
     return _revoke(broker, agent_principal(agent_id, prefix), credentials_dir, delete_file)
 
 
+def revoke_principal(
+    broker: Broker, principal: str, *, credentials_dir: Path = creds.DEFAULT_DIR
+) -> PrincipalRevoked:
+    """Any principal by its full name (a service's or an agent's, prefix included)."""
+    return _revoke(broker, principal, credentials_dir, True)
+
+
 def revoke_service(
     broker: Broker,
     name: str,

@@ -399,9 +399,12 @@ class _Worker:
     async def run(self) -> None:
         beats: asyncio.Task[None] | None = None
         try:
-            created = await ensure_topics(self.cfg, specs=(), agent_ids=[self.agent_id])
-            if created:
-                self._log.info("agent_topic_created", topic=self.tasks_topic)
+            # On a secured broker an agent creates nothing: `spine-admin issue-agent` made
+            # its tasks topic, and its ACLs hold no CREATE (docs/security.md).
+            if not self.cfg.security.sasl:
+                created = await ensure_topics(self.cfg, specs=(), agent_ids=[self.agent_id])
+                if created:
+                    self._log.info("agent_topic_created", topic=self.tasks_topic)
             self.producer = make_producer(self.cfg)
             await self.producer.start()
             if self.agent.announce:
@@ -742,6 +745,12 @@ class _Worker:
             offset=record.offset,
             error=describe_error(error),
         )
+        if self.cfg.security.sasl:
+            # An agent may not write dead letters on a secured broker (a forged one would
+            # wait to be replayed): the log line above is the record; move past it.
+            self.stats.dead_letters += 1
+            self._done(tp, record.offset)
+            return
         letter = dead_letter(record, error, consumer=self.group_id)
 
         async def send() -> None:
