@@ -6,6 +6,8 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 SCENARIO_ARGS ?=
 CHAOS_ARGS ?=
+# the operator's Kafka login (the admin's, on the secured broker) for tools run from here
+WITH_INFRA_ENV = if [ -f .spine/infra.env ]; then set -a; . .spine/infra.env; set +a; fi;
 
 .PHONY: help install infra infra-down infra-status up down test test-unit lint asyncapi clean rebuild bench bench-scenarios chaos demo agent-credentials
 
@@ -31,9 +33,9 @@ down: ## stop everything `make up` started
 	@bash scripts/stack.sh down
 	@bash scripts/infra.sh down
 
-agent-credentials: install ## issue an agent: signing key, tasks topic, key+owner on the bus (AGENT=<id> [OWNER=<user_id>|system])
+agent-credentials: install ## issue an agent: signing key, tasks topic, Kafka principal, key+owner on the bus (AGENT=<id> [OWNER=<user_id>|system])
 	@test -n "$(AGENT)" || { echo "usage: make agent-credentials AGENT=<agent_id> [OWNER=<user_id>|system]" >&2; exit 2; }
-	$(UV) run --frozen spine-admin issue-agent $(AGENT) $(if $(OWNER),--owner $(OWNER))
+	@$(WITH_INFRA_ENV) $(UV) run --frozen spine-admin issue-agent $(AGENT) $(if $(OWNER),--owner $(OWNER))
 
 demo: ## the original demo over HTTP: credit_analysis with two input turns, live (after `make up`)
 	$(UV) run --frozen python scripts/demo.py

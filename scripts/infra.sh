@@ -26,8 +26,7 @@
 # Kafka security: SPINE_KAFKA_SECURITY=sasl (client listener SASL_PLAINTEXT + SCRAM-SHA-512,
 #   controller SASL PLAIN, StandardAuthorizer, no ACL = no access; docs/security.md) or
 #   plaintext (no login, no ACLs: every local process may read and write every topic).
-#   Unset: sasl for a data directory already secured, else plaintext (the default until every
-#   client logs in). With sasl:
+#   Unset: sasl (the default; plaintext only when asked for). With sasl:
 #   * the admin, broker and controller credentials are made once, 0600, in
 #     .spine/credentials/{admin,broker,controller}.json; admin and broker become SCRAM users
 #     at format time (StorageTool format --add-scram, fresh data directory only);
@@ -74,7 +73,7 @@ KAFKA_DATA="$KAFKA_DIR/data"
 # marker beside an existing meta.properties = formatted by an infra.sh without security.
 KAFKA_MODE_FILE="$KAFKA_DIR/security"
 # Unset: a secured data directory stays secured; otherwise this default.
-KAFKA_SECURITY_DEFAULT=plaintext
+KAFKA_SECURITY_DEFAULT=sasl
 KAFKA_SECURITY="${SPINE_KAFKA_SECURITY:-}"
 CREDS="$SPINE/credentials"
 KAFKA_PROPS="$KAFKA_DIR/server.properties"
@@ -180,8 +179,8 @@ ensure_python3() {
 # ---------------------------------------------------------------------------- kafka
 kafka_secured() { [ "$KAFKA_SECURITY" = sasl ]; }
 
-# SPINE_KAFKA_SECURITY, or when unset: sasl for a secured data directory (secured is
-# sticky), else the default.
+# SPINE_KAFKA_SECURITY, or when unset: the default (sasl); a secured data directory is
+# never served plaintext (kafka_start refuses).
 kafka_resolve_security() {
   if [ -z "$KAFKA_SECURITY" ]; then
     if [ "$(kafka_data_mode)" = sasl ]; then KAFKA_SECURITY=sasl; else KAFKA_SECURITY="$KAFKA_SECURITY_DEFAULT"; fi

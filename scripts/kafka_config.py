@@ -59,7 +59,9 @@ def read_password(directory: Path, name: str) -> str:
     try:
         raw = json.loads((directory / f"{name}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"kafka_config: cannot read {directory / name}.json: {type(exc).__name__}")
+        raise SystemExit(
+            f"kafka_config: cannot read {directory / name}.json: {type(exc).__name__}"
+        ) from None
     if not isinstance(raw, dict) or raw.get("username") != name:
         raise SystemExit(f"kafka_config: {directory / name}.json must name the user {name!r}")
     password = raw.get("password")

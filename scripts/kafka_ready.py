@@ -119,7 +119,9 @@ def read_login(path: str, mechanism: str = "SCRAM-SHA-512") -> Login:
         with open(path, encoding="utf-8") as handle:
             raw = json.load(handle)
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"kafka_ready: cannot read credentials {path}: {type(exc).__name__}")
+        raise SystemExit(
+            f"kafka_ready: cannot read credentials {path}: {type(exc).__name__}"
+        ) from None
     if not isinstance(raw, dict) or not all(
         isinstance(raw.get(k), str) and raw.get(k) for k in ("username", "password")
     ):

@@ -79,6 +79,12 @@ relay_key() {
 # looks by default), their tasks topics, and IssueAgent on spine.registry.admin.
 DEMO_AGENTS=(echo zoe eddie)
 issue_agents() {
+  echo "==> issuing the services ($(secured && echo "one Kafka principal each, " || true)static topics; spine-admin issue-services)"
+  if ! "$ROOT/.venv/bin/spine-admin" issue-services >>"$LOGS/spine-admin.log" 2>&1; then
+    echo "!!  spine-admin issue-services failed:" >&2
+    tail -n 5 "$LOGS/spine-admin.log" >&2
+    return 1
+  fi
   echo "==> issuing the relay and the demo agents (spine-admin issue-agent; log .spine/logs/spine-admin.log)"
   local id
   for id in relay "${DEMO_AGENTS[@]}"; do
@@ -93,6 +99,16 @@ issue_agents() {
 
 alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
+# On the secured broker (.spine/infra.env says SASL) every process logs in as its own
+# principal, never as the admin infra.env names for tools: the services as themselves
+# (gateway.json...), an agent as agent-<id> (DESIGN §12, docs/security.md).
+secured() { [[ ${KAFKA_SECURITY_PROTOCOL:-PLAINTEXT} == SASL_* ]]; }
+credentials_of() { # process name -> its credentials file ("" when it does not log in)
+  secured || return 0
+  [[ $1 == agent-echo-http ]] && return 0 # an HTTP server: no Kafka client
+  echo "${SPINE_KAFKA_CREDENTIALS_DIR:-$ROOT/.spine/credentials}/${SPINE_TOPIC_PREFIX:-}$1.json"
+}
+
 # The relay refuses loopback and private addresses (SSRF guard, docs/agents.md); the demo
 # HTTP agent listens on loopback, so the relay (and the registry, which refuses at
 # registration what the relay would refuse) may call that address and no other, unless
@@ -106,10 +122,18 @@ start_one() {
   if [[ $name == relay || $name == registry ]]; then
     allowed="${SPINE_RELAY_ALLOWED_NETWORKS:-127.0.0.1/32}"
   fi
+  local login
+  login="$(credentials_of "$name")"
+  if [[ -n $login && ! -f $login ]]; then
+    echo "!!  $name: no credentials file $login (spine-admin issue-services / issue-agent)" >&2
+    return 1
+  fi
   SPINE_OPS_PORT="${!override:-${OPS_PORTS[$name]:-0}}" SPINE_RELAY_ALLOWED_NETWORKS="$allowed" \
+    KAFKA_CREDENTIALS_FILE="$login" KAFKA_SASL_USERNAME="" KAFKA_SASL_PASSWORD="" \
+    KAFKA_SASL_PASSWORD_FILE="" \
     nohup "$ROOT/.venv/bin/$cmd" >>"$LOGS/$name.log" 2>&1 &
   echo $! > "$RUN/$name.pid"
-  echo "    $name: started (pid $!, log .spine/logs/$name.log)"
+  echo "    $name: started (pid $!, log .spine/logs/$name.log${login:+, Kafka login ${login##*/}})"
 }
 
 up() {
