@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
 from unittest import mock
@@ -153,6 +155,17 @@ OPERATOR_TOOLS = frozenset({"spine-admin"})
 GROUP_CONSUMERS = ("orchestrator", "auth", "registry", "zoe", "eddie", "echo")
 DEMO_AGENT_IDS = ("zoe", "eddie", "echo", "echo-http")
 
+
+def kafka_principal(process: str, prefix: str = "") -> str:
+    """The Kafka principal a process logs in as (docs/security.md): a service's own name,
+    or ``agent-<id>`` for a demo agent (whose process is named after its agent id)."""
+    from spine_admin.acls import SERVICES, agent_principal, service_principal
+
+    if process in SERVICES:
+        return service_principal(process, prefix)
+    return agent_principal(process, prefix)
+
+
 # Attribute reads of the shared settings that mean "this process uses that component".
 _USES = {
     "DATABASE_URL": re.compile(r"\.database_url\b"),
@@ -198,10 +211,25 @@ def only_env(env: Mapping[str, str]) -> Iterator[None]:
 
 
 def load_process_settings(process: Process, env: Mapping[str, str]) -> BaseSettings:
-    """The process's settings as it would read them from exactly ``env`` (no .env file)."""
+    """The process's settings as it would read them from exactly ``env`` (no .env file);
+    a KAFKA_CREDENTIALS_FILE inside a container is read as a stand-in (see below)."""
     cls = process.settings_class()
-    with only_env(env):
+    with tempfile.TemporaryDirectory() as tmp, only_env(with_stand_in_login(env, Path(tmp))):
         return cls(_env_file=None)  # type: ignore[call-arg]
+
+
+def with_stand_in_login(env: Mapping[str, str], directory: Path) -> dict[str, str]:
+    """``env`` with a KAFKA_CREDENTIALS_FILE that is not on this machine (a path in the
+    container, written there by compose's init job) replaced by a stand-in in ``directory``
+    naming the same principal, the file's stem: the settings read the file at validation."""
+    out = dict(env)
+    path = out.get("KAFKA_CREDENTIALS_FILE")
+    if path and not Path(path).exists():
+        principal = PurePosixPath(path).stem
+        stand_in = directory / f"{principal}.json"
+        stand_in.write_text(json.dumps({"username": principal, "password": "stand-in"}))
+        out["KAFKA_CREDENTIALS_FILE"] = str(stand_in)
+    return out
 
 
 def workspace_scripts() -> dict[str, str]:

@@ -1,11 +1,12 @@
 """A structural check of Strimzi resources, written from Strimzi's documented fields.
 
 Strimzi's schemas are not copied in: these are the rules of its API reference for
-``kafka.strimzi.io/v1beta2`` (Kafka, KafkaNodePool, KafkaTopic) that our manifests rely on,
-plus the cross-resource rules the operator enforces at reconcile time (a node pool or topic
-names an existing cluster through ``strimzi.io/cluster``; KRaft needs controller and broker
-roles; a topic cannot have more replicas than there are brokers). Returns a list of
-problems, empty when the resources pass.
+``kafka.strimzi.io/v1beta2`` (Kafka, KafkaNodePool, KafkaTopic, KafkaUser) that our manifests
+rely on, plus the cross-resource rules the operator enforces at reconcile time (a node pool,
+topic or user names an existing cluster through ``strimzi.io/cluster``; KRaft needs
+controller and broker roles; a topic cannot have more replicas than there are brokers; a
+user needs the User Operator, a listener that takes its kind of login and, for ACLs, simple
+authorization). Returns a list of problems, empty when the resources pass.
 """
 
 from __future__ import annotations
@@ -24,7 +25,26 @@ ROLES = {"controller", "broker"}
 _LISTENER_NAME = re.compile(r"^[a-z0-9]{1,11}$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
-KINDS = {"Kafka", "KafkaNodePool", "KafkaTopic"}
+KINDS = {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser"}
+LISTENER_AUTHENTICATION = {"tls", "scram-sha-512", "oauth", "custom"}
+KAFKA_AUTHORIZATION = {"simple", "opa", "keycloak", "custom"}
+USER_AUTHENTICATION = {"tls", "tls-external", "scram-sha-512"}
+ACL_RESOURCES = {"topic", "group", "cluster", "transactionalId"}
+ACL_PATTERNS = {"literal", "prefix"}
+ACL_TYPES = {"allow", "deny"}
+ACL_OPERATIONS = {
+    "Read",
+    "Write",
+    "Create",
+    "Delete",
+    "Alter",
+    "Describe",
+    "ClusterAction",
+    "AlterConfigs",
+    "DescribeConfigs",
+    "IdempotentWrite",
+    "All",
+}
 
 
 def _int(value: Any) -> bool:
@@ -97,10 +117,19 @@ def _kafka(doc: dict[str, Any], where: str, problems: list[str]) -> None:
             )
         if not isinstance(listener.get("tls"), bool):
             problems.append(f"{where}: listener {name} needs tls: true|false")
+        auth = listener.get("authentication")
+        if auth is not None and (
+            not isinstance(auth, dict) or auth.get("type") not in LISTENER_AUTHENTICATION
+        ):
+            problems.append(
+                f"{where}: listener {name} authentication.type must be one of "
+                f"{sorted(LISTENER_AUTHENTICATION)}"
+            )
         if name in names or port in ports:
             problems.append(f"{where}: listener names and ports must be unique")
         names.add(name)
         ports.add(port)
+    _authorization(kafka.get("authorization"), where, problems)
     config = kafka.get("config", {})
     if not isinstance(config, dict):
         problems.append(f"{where}: spec.kafka.config must be a map")
@@ -112,10 +141,24 @@ def _kafka(doc: dict[str, Any], where: str, problems: list[str]) -> None:
     if "zookeeper" in spec:
         problems.append(f"{where}: spec.zookeeper has no place in a KRaft cluster")
     operator = spec.get("entityOperator")
-    if operator is not None and (
-        not isinstance(operator, dict) or not isinstance(operator.get("topicOperator", {}), dict)
-    ):
-        problems.append(f"{where}: entityOperator.topicOperator must be an object")
+    for part in ("topicOperator", "userOperator"):
+        if operator is not None and (
+            not isinstance(operator, dict) or not isinstance(operator.get(part, {}), dict)
+        ):
+            problems.append(f"{where}: entityOperator.{part} must be an object")
+
+
+def _authorization(authorization: Any, where: str, problems: list[str]) -> None:
+    if authorization is None:
+        return
+    if not isinstance(authorization, dict) or authorization.get("type") not in KAFKA_AUTHORIZATION:
+        problems.append(
+            f"{where}: spec.kafka.authorization.type must be one of {sorted(KAFKA_AUTHORIZATION)}"
+        )
+        return
+    supers = authorization.get("superUsers", [])
+    if not isinstance(supers, list) or not all(isinstance(u, str) and u for u in supers):
+        problems.append(f"{where}: spec.kafka.authorization.superUsers must list user names")
 
 
 def _node_pool(doc: dict[str, Any], meta: dict[str, Any], where: str, problems: list[str]) -> None:
@@ -159,6 +202,61 @@ def _topic(doc: dict[str, Any], meta: dict[str, Any], where: str, problems: list
         problems.append(f"{where}: min.insync.replicas exceeds replicas")
 
 
+def _user(doc: dict[str, Any], meta: dict[str, Any], where: str, problems: list[str]) -> None:
+    if not (meta.get("labels") or {}).get(CLUSTER_LABEL):
+        problems.append(f"{where}: label {CLUSTER_LABEL} is required")
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        problems.append(f"{where}: spec is required")
+        return
+    auth = spec.get("authentication")
+    if auth is not None and (
+        not isinstance(auth, dict) or auth.get("type") not in USER_AUTHENTICATION
+    ):
+        problems.append(
+            f"{where}: spec.authentication.type must be one of {sorted(USER_AUTHENTICATION)}"
+        )
+    authorization = spec.get("authorization")
+    if authorization is None:
+        return
+    if not isinstance(authorization, dict) or authorization.get("type") != "simple":
+        problems.append(f"{where}: spec.authorization.type must be simple")
+        return
+    rules = authorization.get("acls")
+    if not isinstance(rules, list):
+        problems.append(f"{where}: spec.authorization.acls must be a list")
+        return
+    for index, rule in enumerate(rules):
+        _acl_rule(rule, f"{where}: acls[{index}]", problems)
+
+
+def _acl_rule(rule: Any, where: str, problems: list[str]) -> None:
+    if not isinstance(rule, dict):
+        problems.append(f"{where}: must be an object")
+        return
+    resource = rule.get("resource")
+    if not isinstance(resource, dict) or resource.get("type") not in ACL_RESOURCES:
+        problems.append(f"{where}: resource.type must be one of {sorted(ACL_RESOURCES)}")
+    else:
+        if resource["type"] != "cluster" and not (
+            isinstance(resource.get("name"), str) and resource["name"]
+        ):
+            problems.append(f"{where}: a {resource['type']} resource needs a name")
+        if resource.get("patternType", "literal") not in ACL_PATTERNS:
+            problems.append(f"{where}: resource.patternType must be one of {sorted(ACL_PATTERNS)}")
+    operations = rule.get("operations")
+    if "operation" in rule:
+        problems.append(f"{where}: operation is deprecated: use operations")
+    if not isinstance(operations, list) or not operations or not set(operations) <= ACL_OPERATIONS:
+        problems.append(
+            f"{where}: operations must be a non-empty subset of {sorted(ACL_OPERATIONS)}"
+        )
+    if rule.get("type", "allow") not in ACL_TYPES:
+        problems.append(f"{where}: type must be allow or deny")
+    if not isinstance(rule.get("host", "*"), str):
+        problems.append(f"{where}: host must be a string")
+
+
 def check(docs: list[dict[str, Any]], *, whole: bool = True) -> list[str]:
     """Problems of the Strimzi resources in ``docs``.
 
@@ -168,6 +266,7 @@ def check(docs: list[dict[str, Any]], *, whole: bool = True) -> list[str]:
     clusters: dict[tuple[str | None, str], dict[str, Any]] = {}
     pools: list[dict[str, Any]] = []
     topic_docs: list[dict[str, Any]] = []
+    users: list[dict[str, Any]] = []
     for doc in docs:
         kind = doc.get("kind")
         group = str(doc.get("apiVersion", "")).split("/")[0]
@@ -186,9 +285,12 @@ def check(docs: list[dict[str, Any]], *, whole: bool = True) -> list[str]:
         elif kind == "KafkaNodePool":
             _node_pool(doc, meta, where, problems)
             pools.append(doc)
-        else:
+        elif kind == "KafkaTopic":
             _topic(doc, meta, where, problems)
             topic_docs.append(doc)
+        else:
+            _user(doc, meta, where, problems)
+            users.append(doc)
     if not whole:
         return problems
 
@@ -231,6 +333,28 @@ def check(docs: list[dict[str, Any]], *, whole: bool = True) -> list[str]:
     ]
     if len(set(names)) != len(names):
         problems.append("two KafkaTopics name the same topic")
+    for user in users:
+        key = _cluster_of(user)
+        if key in clusters:
+            problems += _user_fits_cluster(user, clusters[key])
+        else:
+            problems.append(f"KafkaUser/{user['metadata']['name']}: no Kafka named {key[1]!r}")
+    return problems
+
+
+def _user_fits_cluster(user: dict[str, Any], cluster: dict[str, Any]) -> list[str]:
+    """What the operator needs to reconcile the user and what the brokers need to use it."""
+    where = f"KafkaUser/{user['metadata']['name']}"
+    spec, kafka = user.get("spec") or {}, cluster["spec"]["kafka"]
+    problems = []
+    if "userOperator" not in (cluster["spec"].get("entityOperator") or {}):
+        problems.append(f"{where}: the Kafka has no entityOperator.userOperator")
+    login = (spec.get("authentication") or {}).get("type")
+    listeners = [(lst.get("authentication") or {}).get("type") for lst in kafka["listeners"]]
+    if login == "scram-sha-512" and login not in listeners:
+        problems.append(f"{where}: no listener takes scram-sha-512 logins")
+    if "authorization" in spec and (kafka.get("authorization") or {}).get("type") != "simple":
+        problems.append(f"{where}: ACLs need spec.kafka.authorization.type simple")
     return problems
 
 

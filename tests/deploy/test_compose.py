@@ -9,6 +9,11 @@ config`` where the docker client has the compose plugin, else the same loader bu
 compose-go (the library that command is made of) with Go, which this project's machines
 have. A loader that cannot run fails the test; nothing is skipped or downgraded to a
 warning.
+
+And the secured bus: every Kafka client logs in as its own principal from a credentials
+volume only it mounts, the broker refuses what no ACL allows, and deploy/kafka-sasl.sh (the
+broker's entrypoint and the step that makes its passwords) runs for real, against stand-ins
+of Kafka's scripts.
 """
 
 from __future__ import annotations
@@ -19,13 +24,17 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
+from spine_admin.acls import SERVICES, SUPER_USERS
 from spine_demo_agents.echo_http import EchoHttpSettings
+from spine_kafka.security import read_credentials_file
 
 from .helpers import (
     BY_NAME,
@@ -38,6 +47,7 @@ from .helpers import (
     TOOLS,
     InterpolationError,
     environment,
+    kafka_principal,
     load_compose,
     load_process_settings,
     required_env,
@@ -50,6 +60,11 @@ CONDITIONS = {"service_started", "service_healthy", "service_completed_successfu
 COMPOSECHECK = Path(__file__).parent / "composecheck"
 COMPOSE_SPEC = Path(__file__).parent / "compose-spec.json"
 PROFILES = ("observability",)
+KAFKA_SASL = COMPOSE_FILE.parent / "kafka-sasl.sh"
+#: The one-shot step that makes the broker's passwords and prepares the credentials volumes.
+CREDENTIALS_STEP = "kafka-credentials"
+#: Who may mount a principal's credentials volume besides its own process.
+ISSUERS = ("init", CREDENTIALS_STEP)
 
 
 # --- the compose loader itself ---------------------------------------------------------
@@ -336,15 +351,11 @@ def _init_script(compose: dict[str, Any]) -> str:
 def test_init_job_creates_topics_and_registers_echo_http(compose: dict[str, Any]) -> None:
     source = _init_script(compose)
     tree = ast.parse(source)  # it compiles
-    names = {
-        a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for a in node.names
-    }
-    modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    for module in modules:  # every imported name exists
-        imported = __import__(str(module), fromlist=["*"])
-        for name in names:
-            if name in source.split(f"from {module} import", 1)[1].split("\n", 1)[0]:
-                assert hasattr(imported, name), f"{module}.{name}"
+    for node in ast.walk(tree):  # every imported name exists
+        if isinstance(node, ast.ImportFrom):
+            imported = __import__(str(node.module), fromlist=["*"])
+            for alias in node.names:
+                assert hasattr(imported, alias.name), f"{node.module}.{alias.name}"
     assert "ensure_topics(" in source
     namespace: dict[str, Any] = {}
     for node in tree.body:  # the constants, evaluated for real
@@ -424,3 +435,288 @@ def test_the_init_job_issues_through_spine_admin(compose: dict[str, Any]) -> Non
     source = _init_script(compose)
     assert "from spine_admin import issue" in source and "await issue(" in source
     assert "owner=SYSTEM" in source  # the HTTP agent's registration is the operator's
+    # a registration naming an owner is taken only from the gateway's topic (the registry)
+    assert "cfg.topic(topics.REGISTRY_REQUESTS)" in source
+
+
+# --- the secured bus ------------------------------------------------------------------------
+def _init_constants(compose: dict[str, Any]) -> dict[str, Any]:
+    """The init script's imports and constants, evaluated for real."""
+    namespace: dict[str, Any] = {}
+    for node in ast.parse(_init_script(compose)).body:
+        if isinstance(node, ast.ImportFrom | ast.Assign):
+            exec(compile(ast.Module([node], []), "<init>", "exec"), namespace)
+    return namespace
+
+
+def _mounts(service: dict[str, Any]) -> list[list[str]]:
+    """source, target[, mode] of each short-syntax volume."""
+    return [str(v).split(":") for v in service.get("volumes", [])]
+
+
+def _mounted_by(services: dict[str, Any], volume: str) -> set[str]:
+    return {name for name, svc in services.items() if any(m[0] == volume for m in _mounts(svc))}
+
+
+def _kafka_clients() -> list[str]:
+    return [p.name for p in PROCESSES if p.kafka_native]
+
+
+@pytest.mark.parametrize("prefix", ["", "stage-"])
+def test_every_kafka_client_logs_in_as_its_own_principal(prefix: str) -> None:
+    """SASL_PLAINTEXT/SCRAM-SHA-512 as the principal spine-admin issues for it (with the
+    installation's topic prefix), from its credentials file; the init job as admin."""
+    services = load_compose({"API_KEY": TEST_API_KEY, "SPINE_TOPIC_PREFIX": prefix})["services"]
+    principals = {name: kafka_principal(name, prefix) for name in _kafka_clients()}
+    assert len(set(principals.values())) == len(principals), "one principal per process"
+    for name, principal in principals.items():
+        env = environment(services[name])
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT", name
+        assert env.get("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512") == "SCRAM-SHA-512", name
+        assert PurePosixPath(env["KAFKA_CREDENTIALS_FILE"]).name == f"{principal}.json"
+        assert not {"KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"} & set(env), name
+        settings = load_process_settings(BY_NAME[name], env)  # a stand-in file, same name
+        security = settings.kafka_security  # type: ignore[attr-defined]
+        assert security.sasl and security.sasl_username == principal, name
+    init = environment(services["init"])
+    assert init["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert PurePosixPath(init["KAFKA_CREDENTIALS_FILE"]).name == "admin.json"
+    assert "admin" in SUPER_USERS
+
+
+def test_each_principal_mounts_only_its_own_credentials(compose: dict[str, Any]) -> None:
+    """Its file in a named volume that it mounts read-only and no other process mounts; the
+    init job writes it there (CREDENTIALS/<name>) once kafka-credentials has given the
+    volume to the service user."""
+    services, volumes = compose["services"], compose.get("volumes") or {}
+    constants = _init_constants(compose)
+    assert set(constants["SERVICES"]) == set(SERVICES)
+    step = {m[1]: m[0] for m in _mounts(services[CREDENTIALS_STEP])}
+    init = {m[0]: m[1] for m in _mounts(services["init"])}
+    seen: set[str] = set()
+    for name in _kafka_clients():
+        service = services[name]
+        where = PurePosixPath(environment(service)["KAFKA_CREDENTIALS_FILE"]).parent
+        [mount] = [m for m in _mounts(service) if PurePosixPath(m[1]) == where]
+        source = mount[0]
+        assert source in volumes and source not in seen, f"{name}: a named volume of its own"
+        assert mount[2:] == ["ro"], f"{name} mounts its credentials read-only"
+        assert _mounted_by(services, source) == {name, *ISSUERS}, source
+        assert init[source] == str(constants["CREDENTIALS"] / name), "init writes it there"
+        assert step[f"/secrets/principals/{name}"] == source
+        seen.add(source)
+    secret_volumes = seen | {"kafka-secrets", "admin-credentials"}
+    for name in _kafka_clients():
+        mine = {m[0] for m in _mounts(services[name])} & secret_volumes
+        assert len(mine) == 1, f"{name} mounts {sorted(mine)}"
+
+
+def test_the_broker_asks_every_client_to_log_in(compose: dict[str, Any]) -> None:
+    """DESIGN §12's broker: every listener SASL (the host's too), SCRAM-SHA-512 for clients,
+    PLAIN for the KRaft controller, StandardAuthorizer, no ACL = no access, three super
+    users; formatted with SCRAM users by kafka-sasl.sh; a healthcheck that logs in."""
+    services = compose["services"]
+    kafka = services["kafka"]
+    env = environment(kafka)
+    listeners = dict(e.split(":") for e in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(listeners.values()) == {"SASL_PLAINTEXT"}, listeners
+    names = {e.split("://")[0] for e in env["KAFKA_LISTENERS"].split(",")}
+    assert names == set(listeners) and "HOST" in names
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] == "SCRAM-SHA-512"
+    controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    assert env[f"KAFKA_LISTENER_NAME_{controller}_SASL_ENABLED_MECHANISMS"] == "PLAIN"
+    assert env["KAFKA_SASL_MECHANISM_CONTROLLER_PROTOCOL"] == "PLAIN"
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == (
+        "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    )
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_SUPER_USERS"].split(";") == [f"User:{u}" for u in SUPER_USERS]
+    assert not any("password" in value.lower() for value in env.values()), "no password here"
+    assert kafka["entrypoint"] == ["bash", "/opt/spine/kafka-sasl.sh", "broker"]
+    mounts = {m[1]: m for m in _mounts(kafka)}
+    script = ["./kafka-sasl.sh", "/opt/spine/kafka-sasl.sh", "ro"]
+    assert mounts["/opt/spine/kafka-sasl.sh"] == script and KAFKA_SASL.exists()
+    assert mounts["/etc/kafka/spine"] == ["kafka-secrets", "/etc/kafka/spine", "ro"]
+    assert _mounted_by(services, "kafka-secrets") == {"kafka", CREDENTIALS_STEP}
+    test = " ".join(map(str, kafka["healthcheck"]["test"]))
+    assert "--command-config /opt/kafka/config/client.properties" in test
+    assert kafka["depends_on"][CREDENTIALS_STEP]["condition"] == "service_completed_successfully"
+
+
+def test_the_credentials_step(compose: dict[str, Any]) -> None:
+    """One-shot, root without a network (it only makes files); the admin's copy goes to the
+    init job only, read-only, where its KAFKA_CREDENTIALS_FILE names it."""
+    services = compose["services"]
+    step = services[CREDENTIALS_STEP]
+    assert step["restart"] == "no" and step["network_mode"] == "none"
+    assert step["image"] == services["kafka"]["image"] and step["user"] == "0:0"
+    assert step["entrypoint"] == ["bash", "/opt/spine/kafka-sasl.sh", "credentials"]
+    targets = {m[1]: m[0] for m in _mounts(step)}
+    assert targets["/secrets/kafka"] == "kafka-secrets"
+    assert targets["/secrets/admin"] == "admin-credentials"
+    assert _mounted_by(services, "admin-credentials") == {"init", CREDENTIALS_STEP}
+    admin_file = PurePosixPath(environment(services["init"])["KAFKA_CREDENTIALS_FILE"])
+    [mount] = [m for m in _mounts(services["init"]) if m[0] == "admin-credentials"]
+    assert mount == ["admin-credentials", str(admin_file.parent), "ro"]
+    condition = services["init"]["depends_on"][CREDENTIALS_STEP]["condition"]
+    assert condition == "service_completed_successfully"
+
+
+def test_the_init_job_issues_every_principal(compose: dict[str, Any]) -> None:
+    source = _init_script(compose)
+    for call in ("issue_service(", "credentials_dir=CREDENTIALS / name", "Broker("):
+        assert call in source, call
+    assert "credentials_dir=CREDENTIALS / agent_id" in source
+    signers = set(_init_constants(compose)["KEY_FILES"])
+    assert signers == {"relay"} | (set(_kafka_clients()) - set(SERVICES))
+
+
+# --- deploy/kafka-sasl.sh, run for real ------------------------------------------------------
+def _sasl(mode: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {"PATH": os.environ["PATH"], **env}
+    return subprocess.run(
+        ["bash", str(KAFKA_SASL), mode], env=full, capture_output=True, text=True, timeout=60
+    )
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _make_credentials(root: Path) -> dict[str, str]:
+    me = f"{os.getuid()}:{os.getgid()}"
+    (root / "principals" / "gateway").mkdir(parents=True)
+    env = {"SPINE_SECRETS_ROOT": str(root), "SPINE_OWNER": me, "SPINE_BROKER_OWNER": me}
+    made = _sasl("credentials", env)
+    assert made.returncode == 0, made.stderr
+    return env
+
+
+def _password(path: Path) -> str:
+    return read_credentials_file(path)[1].get_secret_value()
+
+
+def test_the_credentials_step_makes_passwords_once(tmp_path: Path) -> None:
+    env = _make_credentials(tmp_path)
+    passwords = {}
+    for user in ("admin", "broker", "controller"):
+        path = tmp_path / "kafka" / f"{user}.json"
+        assert read_credentials_file(path)[0] == user  # what every client reads
+        assert _mode(path) == 0o600
+        passwords[user] = _password(path)
+        assert len(passwords[user]) >= 32
+    assert len(set(passwords.values())) == 3
+    assert _password(tmp_path / "admin" / "admin.json") == passwords["admin"]
+    for directory in ("kafka", "admin", "principals/gateway"):
+        assert _mode(tmp_path / directory) == 0o700, directory
+    assert _sasl("credentials", env).returncode == 0  # again: kept
+    assert _password(tmp_path / "kafka" / "broker.json") == passwords["broker"]
+
+
+_RUN_CLASS = """#!/usr/bin/env bash
+printf '%s\\n' "$@" >"$STUB_LOG/run-class.argv"
+cp "${1#@}" "$STUB_LOG/format.args"
+touch "${KAFKA_LOG_DIRS}/meta.properties"
+"""
+_SERVER_START = """#!/usr/bin/env bash
+printf '%s\\n' "$@" >"$STUB_LOG/start.argv"
+"""
+_STORAGE = """#!/usr/bin/env bash
+exec $(dirname $0)/kafka-run-class.sh kafka.tools.StorageTool "$@"
+"""
+
+
+def _stub_kafka(tmp_path: Path) -> Path:
+    """Kafka's bin/ scripts as stand-ins that record how they were called."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (
+        ("kafka-run-class.sh", _RUN_CLASS),
+        ("kafka-server-start.sh", _SERVER_START),
+        ("kafka-storage.sh", _STORAGE),
+    ):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def _properties(path: Path) -> dict[str, str]:
+    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    return dict(ln.split("=", 1) for ln in lines)
+
+
+def _broker_env(compose: dict[str, Any], tmp_path: Path) -> dict[str, str]:
+    """The kafka service's environment, its paths moved under ``tmp_path``."""
+    secrets = tmp_path / "secrets"
+    _make_credentials(secrets)
+    for name in ("config", "data", "log"):
+        (tmp_path / name).mkdir()
+    return {
+        **environment(compose["services"]["kafka"]),
+        "KAFKA_LOG_DIRS": str(tmp_path / "data"),
+        "SPINE_KAFKA_SECRETS": str(secrets / "kafka"),
+        "SPINE_KAFKA_CONFIG_DIR": str(tmp_path / "config"),
+        "SPINE_KAFKA_BIN": str(_stub_kafka(tmp_path)),
+        "STUB_LOG": str(tmp_path / "log"),
+    }
+
+
+def test_the_broker_entrypoint_formats_with_scram_users_once(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    env = _broker_env(compose, tmp_path)
+    password = {
+        user: _password(tmp_path / "secrets" / "kafka" / f"{user}.json")
+        for user in ("admin", "broker", "controller")
+    }
+    started = _sasl("broker", env)
+    assert started.returncode == 0, started.stderr
+    config = tmp_path / "config" / "server.properties"
+    props = _properties(config)
+    assert _mode(config) == 0o600
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["authorizer.class.name"].endswith(".StandardAuthorizer")
+    assert props["super.users"] == "User:admin;User:broker;User:controller"
+    assert props["listener.name.controller.sasl.enabled.mechanisms"] == "PLAIN"
+    assert "heap.opts" not in props, "JVM options are not broker properties"
+    client = props["listener.name.client.scram-sha-512.sasl.jaas.config"]
+    assert f'username="broker" password="{password["broker"]}";' in client
+    assert "listener.name.host.scram-sha-512.sasl.jaas.config" in props
+    controller = props["listener.name.controller.plain.sasl.jaas.config"]
+    assert f'user_controller="{password["controller"]}"' in controller
+    health = _properties(tmp_path / "config" / "client.properties")
+    assert health["security.protocol"] == "SASL_PLAINTEXT"
+    assert password["broker"] in health["sasl.jaas.config"]
+    log = tmp_path / "log"
+    [argfile] = (log / "run-class.argv").read_text().split()
+    assert argfile.startswith("@"), "no password on the format's command line"
+    assert not Path(argfile[1:]).exists(), "the argument file is removed"
+    args = (log / "format.args").read_text().split()
+    assert args[:2] == ["kafka.tools.StorageTool", "format"]
+    assert args[args.index("--cluster-id") + 1] == env["CLUSTER_ID"]
+    scram = [args[i + 1] for i, a in enumerate(args) if a == "--add-scram"]
+    users = ("admin", "broker")
+    assert scram == [f"SCRAM-SHA-512=[name={u},password={password[u]}]" for u in users]
+    assert (log / "start.argv").read_text().split() == [str(config)]
+    (log / "run-class.argv").unlink()
+    assert _sasl("broker", env).returncode == 0
+    assert not (log / "run-class.argv").exists(), "a formatted volume is not formatted again"
+
+
+def test_the_broker_entrypoint_refuses_what_nobody_could_log_in_to(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    env = _broker_env(compose, tmp_path)
+    (tmp_path / "data" / "meta.properties").touch()  # an unsecured stack's data volume
+    refused = [_sasl("broker", env)]
+    assert refused[-1].returncode != 0 and "without SCRAM users" in refused[-1].stderr
+    (tmp_path / "data" / ".spine-scram").write_text("the digest of other passwords\n")
+    refused.append(_sasl("broker", env))
+    assert refused[-1].returncode != 0 and "other passwords" in refused[-1].stderr
+    plaintext = {**env, "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "CLIENT:PLAINTEXT"}
+    refused.append(_sasl("render", plaintext))
+    assert refused[-1].returncode != 0 and "must ask for a login" in refused[-1].stderr
+    said = "".join(r.stdout + r.stderr for r in refused)
+    for user in ("admin", "broker", "controller"):
+        assert _password(tmp_path / "secrets" / "kafka" / f"{user}.json") not in said

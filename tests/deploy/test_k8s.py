@@ -4,18 +4,21 @@ Core kinds against the Kubernetes OpenAPI schemas (``kubernetes-validate``, stri
 :data:`KUBERNETES_VERSION`); Strimzi resources with the project's structural check
 (tests/deploy/strimzi.py); then what the schemas cannot know: every service and agent has
 a Deployment running its command with the env its settings need, probes that point at
-something the process serves, hardening, autoscaling within the partition counts, and
-topic numbers that agree with what the services themselves ensure.
+something the process serves, hardening, autoscaling within the partition counts, topic
+numbers that agree with what the services themselves ensure, and a secured broker: every
+process logs in as its own KafkaUser, whose ACLs are spine_admin's table.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import PurePosixPath
+from types import ModuleType
 from typing import Any
 
 import kubernetes_validate
 import pytest
+from spine_admin.acls import SERVICES, SUPER_USERS, Acl, agent_grants, service_grants
 
 from . import strimzi
 from .helpers import (
@@ -26,6 +29,7 @@ from .helpers import (
     PROCESSES,
     ROOT,
     TEST_API_KEY,
+    kafka_principal,
     load_process_settings,
     of_kind,
     required_env,
@@ -40,6 +44,8 @@ SECRETS = {
     "REDIS_URL": "redis://redis:6379/0",
     "POSTGRES_PASSWORD": "secret",
     "SPINE_METRICS_SCRAPE_TOKEN": "test-scrape-token-0123456789",
+    # a KafkaUser's Secret (made by Strimzi's User Operator)
+    "password": "test-kafka-password-0123456789",
 }
 NAMESPACES = {"dev": "ai-spine-dev", "prod": "ai-spine"}
 
@@ -125,6 +131,29 @@ def test_the_strimzi_check_catches_mistakes(rendered: dict[str, list[dict[str, A
     docs = copy.deepcopy(rendered["prod"])
     of_kind(docs, "KafkaTopic")["spine.usage"]["spec"]["replicas"] = 4
     assert any("4 replicas but 3 brokers" in p for p in strimzi.check(docs))
+
+
+def test_the_strimzi_check_catches_user_mistakes(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = copy.deepcopy(rendered["prod"])
+    users = of_kind(docs, "KafkaUser")
+    [rule, *_] = users["gateway"]["spec"]["authorization"]["acls"]
+    rule["operations"] = ["READ"]
+    rule["resource"]["patternType"] = "prefixed"
+    users["relay"]["spec"]["authentication"]["type"] = "scram-sha-256"
+    users["auth"]["metadata"]["labels"]["strimzi.io/cluster"] = "other"
+    problems = "\n".join(strimzi.check(docs))
+    for expected in ("operations must be", "patternType", "authentication.type", "'other'"):
+        assert expected in problems, expected
+    docs = copy.deepcopy(rendered["prod"])
+    kafka = next(iter(of_kind(docs, "Kafka").values()))
+    del kafka["spec"]["kafka"]["listeners"][0]["authentication"]
+    del kafka["spec"]["kafka"]["authorization"]
+    del kafka["spec"]["entityOperator"]["userOperator"]
+    problems = "\n".join(strimzi.check(docs))
+    for expected in ("no listener takes scram-sha-512", "need spec.kafka.authorization", "userOp"):
+        assert expected in problems, expected
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -312,8 +341,13 @@ def test_namespace_and_documented_secrets(
     assert not any("SPINE_METRICS_SCRAPE_TOKEN" in m.get("data", {}) for m in maps)
     assert not of_kind(docs, "Secret"), "secrets are created in the cluster, not committed"
     guide = (ROOT / "docs" / "deploy.md").read_text()
+    users = of_kind(docs, "KafkaUser")
     for name, key in refs:
+        if name in users:  # the User Operator makes it: nothing to set
+            assert key == "password", f"{name}: a KafkaUser's Secret holds `password`"
+            continue
         assert name in guide and f"{key}=" in guide, f"docs/deploy.md: how to set {key}"
+    assert "KafkaUser" in guide, "docs/deploy.md: where the Kafka logins come from"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -345,3 +379,143 @@ def test_only_the_relay_mounts_its_signing_key_from_a_secret(
             assert name == "relay" or secret["secretName"] not in mounted, name
     guide = (ROOT / "docs" / "deploy.md").read_text()
     assert secret["secretName"] in guide and f"--from-file={item['key']}=" in guide
+
+
+# --- the secured bus ------------------------------------------------------------------------
+def _kafka_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    [kafka] = of_kind(docs, "Kafka").values()
+    return kafka["spec"]  # type: ignore[no-any-return]
+
+
+def _prefix(docs: list[dict[str, Any]]) -> str:
+    return str(next(iter(of_kind(docs, "ConfigMap").values()))["data"]["SPINE_TOPIC_PREFIX"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_broker_asks_every_client_to_log_in(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """DESIGN §12: SCRAM-SHA-512 on every client listener, no ACL means no access, and the
+    only super user of ours is the operator's admin."""
+    spec = _kafka_spec(rendered[overlay])
+    kafka = spec["kafka"]
+    for listener in kafka["listeners"]:
+        assert listener["authentication"] == {"type": "scram-sha-512"}, listener["name"]
+    assert kafka["authorization"]["type"] == "simple"
+    assert kafka["authorization"]["superUsers"] == ["admin"]
+    assert "admin" in SUPER_USERS
+    assert kafka["config"]["allow.everyone.if.no.acl.found"] is False
+    assert spec["entityOperator"]["userOperator"] == {}
+
+
+def _acls_of(user: dict[str, Any]) -> set[Acl]:
+    """A KafkaUser's ACLs in spine_admin's terms (one per operation, as Strimzi writes them)."""
+    kinds = {"topic": "TOPIC", "group": "GROUP", "transactionalId": "TRANSACTIONAL_ID"}
+    patterns = {"literal": "LITERAL", "prefix": "PREFIXED"}
+    out = set()
+    for rule in user["spec"]["authorization"]["acls"]:
+        resource = rule["resource"]
+        assert rule.get("host", "*") == "*", "spine_admin's ACLs hold for any host"
+        for operation in rule["operations"]:
+            out.add(
+                Acl(
+                    kinds[resource["type"]],  # type: ignore[arg-type]
+                    patterns[resource.get("patternType", "literal")],  # type: ignore[arg-type]
+                    resource["name"],
+                    operation.upper(),
+                    rule.get("type", "allow").upper(),
+                )
+            )
+    return out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_kafka_user_per_principal_with_the_acl_table(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """One KafkaUser per service and Kafka demo agent, named as its principal, its ACLs
+    exactly spine_admin's (docs/security.md, "ACLs per principal"); and admin, with none."""
+    docs = rendered[overlay]
+    prefix = _prefix(docs)
+    users = of_kind(docs, "KafkaUser")
+    wanted = {}
+    for process in PROCESSES:
+        if process.kafka_native:
+            grants = (
+                service_grants(process.name, prefix)
+                if process.name in SERVICES
+                else agent_grants(process.name, prefix)
+            )
+            wanted[kafka_principal(process.name, prefix)] = {g.acl for g in grants}
+    assert set(users) == {*wanted, "admin"}
+    for name, acls in wanted.items():
+        spec = users[name]["spec"]
+        assert spec["authentication"] == {"type": "scram-sha-512"}, name
+        assert spec["authorization"]["type"] == "simple", name
+        assert _acls_of(users[name]) == acls, name
+        assert users[name]["metadata"]["labels"]["strimzi.io/cluster"] == "spine"
+    assert "authorization" not in users["admin"]["spec"], "a super user needs no ACLs"
+    assert any(a.permission == "DENY" for acls in wanted.values() for a in acls)
+
+
+def _env_items(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {item["name"]: item for item in container.get("env", [])}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_deployment_logs_in_as_its_own_user(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """Username and password from its own KafkaUser (the password from the Secret the User
+    Operator makes for it); no other workload reads that Secret."""
+    docs = rendered[overlay]
+    prefix = _prefix(docs)
+    users = of_kind(docs, "KafkaUser")
+    deployments = of_kind(docs, "Deployment")
+    readers: dict[str, set[str]] = {}
+    for kind in ("Deployment", "StatefulSet", "Job"):
+        for name, workload in of_kind(docs, kind).items():
+            for container in workload["spec"]["template"]["spec"]["containers"]:
+                for item in container.get("env", []):
+                    ref = item.get("valueFrom", {}).get("secretKeyRef")
+                    if ref and ref["name"] in users:
+                        readers.setdefault(ref["name"], set()).add(name)
+    for process in PROCESSES:
+        container = _container(deployments[process.name])
+        env, items = container_env(docs, container), _env_items(container)
+        if not process.kafka_native:
+            assert "KAFKA_SASL_USERNAME" not in items, f"{process.name} does not use Kafka"
+            continue
+        principal = kafka_principal(process.name, prefix)
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT", process.name
+        assert env.get("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512") == "SCRAM-SHA-512"
+        assert items["KAFKA_SASL_USERNAME"]["value"] == principal
+        ref = items["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == (principal, "password"), process.name
+        assert not ref.get("optional"), f"{process.name} must not start without its login"
+        assert principal in users and readers[principal] == {process.name}, readers
+        assert not {"KAFKA_CREDENTIALS_FILE", "KAFKA_SASL_PASSWORD_FILE"} & set(env)
+        settings = load_process_settings(process, env)
+        assert settings.kafka_security.sasl_username == principal  # type: ignore[attr-defined]
+    register = _container(of_kind(docs, "Job")["register-echo-http"])
+    assert _env_items(register)["KAFKA_SASL_USERNAME"]["value"] == "admin"
+    assert readers["admin"] == {"register-echo-http"}
+    # the operator's registration names its owner: the registry takes that only from here
+    script = register["command"][2]
+    assert "owner=SYSTEM" in script and "cfg.topic(topics.REGISTRY_REQUESTS)" in script
+
+
+def test_committed_users_are_generated_from_the_acl_table(topic_generator: ModuleType) -> None:
+    users_file = ROOT / "deploy" / "k8s" / "base" / "kafka" / "users.yaml"
+    assert users_file.read_text() == topic_generator.render_users(), (
+        "deploy/k8s/base/kafka/users.yaml drifted from spine_admin.acls: "
+        "run `uv run python deploy/k8s/generate.py`"
+    )
+    assert topic_generator.main(["--check"]) == 0
+
+
+def test_the_generator_refuses_a_principal_kubernetes_cannot_name(
+    topic_generator: ModuleType,
+) -> None:
+    with pytest.raises(ValueError, match="cannot be a KafkaUser"):
+        topic_generator.kafka_users(prefix="Stage_")
