@@ -29,8 +29,9 @@ from aiokafka.errors import (
     TransactionalIdAuthorizationFailed,
 )
 from pydantic import SecretStr
-from spine_admin import IssueError, acls
+from spine_admin import IssueError, acls, principals, scram
 from spine_admin.acls import SERVICES
+from spine_admin.connection import Broker
 from spine_contracts import AgentInfo, topics
 from spine_kafka.clients import KafkaConfig, make_consumer, make_producer
 from spine_kafka.security import KafkaSecurity
@@ -214,3 +215,28 @@ async def test_an_agent_id_with_a_dot_cannot_be_issued_nor_registered(kafka: Kaf
     with pytest.raises(ValueError):
         AgentInfo(agent_id="a.b")
     assert not (TEST_CREDENTIALS_DIR / f"{kafka.prefix}agent-a.b.json").exists()
+
+
+async def test_a_revoked_agent_cannot_log_in_and_its_credential_is_replaced_not_deleted(
+    kafka: KafkaConfig,
+) -> None:
+    issued = await issue_agent(kafka, "gone")
+    assert issued.credentials_file is not None
+    login = _login(issued.credentials_file)
+    await _write(_as(kafka, login), kafka.topic(topics.AGENT_RESULTS))  # works before
+
+    def revoke() -> bool:
+        broker = Broker(kafka.bootstrap_servers, kafka.security)
+        principals.revoke_agent_credentials(
+            broker, "gone", prefix=kafka.prefix, credentials_dir=TEST_CREDENTIALS_DIR
+        )
+        # replaced, never deleted: a deletion in the metadata log makes Kafka 4.1.2 lose
+        # every SCRAM credential at its next start (spine_admin.scram.revoke)
+        return scram.exists(broker, acls.agent_principal("gone", kafka.prefix))
+
+    assert await asyncio.to_thread(revoke)
+    assert not issued.credentials_file.exists()
+    producer = make_producer(_as(kafka, login), request_timeout_ms=5000)
+    with pytest.raises(KafkaError):
+        await asyncio.wait_for(producer.start(), WITHIN)
+    await producer.stop()

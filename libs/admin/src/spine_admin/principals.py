@@ -4,7 +4,8 @@ for ``spine-admin``, ``make up`` and the test fixtures.
 Issuing is idempotent and in this order: the credentials file (its password made once and
 kept), the ACLs (reconciled with :mod:`.acls`: missing ones added, stale ones deleted), and
 last the SCRAM credential — so a principal can never log in before its ACLs are in place.
-Revoking deletes the SCRAM credential first (no new login), then every ACL of the
+Revoking replaces the SCRAM credential first with one of a password nobody holds (no new
+login; never a deletion, see :func:`.scram.revoke`), then deletes every ACL of the
 principal, then (by default) its file. Calls block (confluent-kafka's futures); an async
 caller runs them with ``asyncio.to_thread``.
 """
@@ -95,7 +96,7 @@ class PrincipalRevoked:
 def _revoke(
     broker: Broker, principal: str, credentials_dir: Path, delete_file: bool
 ) -> PrincipalRevoked:
-    had = scram.delete(broker, principal)
+    had = scram.revoke(broker, principal)
     deleted = bindings.revoke(broker, principal)
     removed = creds.delete(credentials_dir, principal) if delete_file else False
     return PrincipalRevoked(principal, had, deleted, removed)

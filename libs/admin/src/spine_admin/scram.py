@@ -6,11 +6,12 @@ we hand it. 8192 iterations: twice Kafka's minimum, a few milliseconds per clien
 
 from __future__ import annotations
 
+import secrets
+
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     ScramCredentialInfo,
     ScramMechanism,
-    UserScramCredentialDeletion,
     UserScramCredentialUpsertion,
 )
 
@@ -32,18 +33,19 @@ def upsert(broker: Broker, credentials: Credentials) -> None:
     futures[credentials.username].result(timeout=broker.timeout_s)
 
 
-def delete(broker: Broker, username: str) -> bool:
-    """Delete the user's SCRAM-SHA-512 credential; False when it had none."""
-    deletion = UserScramCredentialDeletion(username, ScramMechanism.SCRAM_SHA_512)
-    futures = broker.client.alter_user_scram_credentials(
-        [deletion], request_timeout=broker.timeout_s
-    )
-    try:
-        futures[username].result(timeout=broker.timeout_s)
-    except KafkaException as exc:
-        if _code(exc) == KafkaError.RESOURCE_NOT_FOUND:
-            return False
-        raise
+def revoke(broker: Broker, username: str) -> bool:
+    """Make the user's SCRAM-SHA-512 credential useless; False when it had none.
+
+    The credential is replaced by one whose password nobody holds, never deleted: Kafka
+    4.1.2 loses EVERY SCRAM credential (the admin's and the broker's included) at the next
+    broker start when the metadata log holds a credential deletion — replaying the log, a
+    deletion can empty the mechanism's user map, which is then dropped while later users
+    are still being added to it (reproduced: 30 users added and deleted, restart, nobody
+    logs in). A replaced credential writes no deletion, so a restart keeps every login.
+    """
+    if not exists(broker, username):
+        return False
+    upsert(broker, Credentials(username, secrets.token_urlsafe(48)))
     return True
 
 
