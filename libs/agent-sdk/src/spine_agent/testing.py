@@ -24,7 +24,14 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from spine_contracts import AgentMessage, ContractError, Message, parse
 from spine_contracts.signing import Signer
-from spine_kafka.clients import KafkaConfig, Outgoing, make_admin, make_consumer, make_producer
+from spine_kafka.clients import (
+    KafkaConfig,
+    Outgoing,
+    ensure_topics,
+    make_admin,
+    make_consumer,
+    make_producer,
+)
 
 from .agent import Agent
 
@@ -182,10 +189,13 @@ async def serving(agent: Agent, cfg: KafkaConfig, **options: Any) -> AsyncIterat
     ``signer``...). An agent with neither a signer nor a ``signing_key_file`` signs with a
     throwaway key: enough where nothing checks it (the agent's own tests); where the
     orchestrator or the registry reads the messages, issue the agent (``spine-admin``) and
-    hand its key in. A crash of the agent surfaces when the block ends.
+    hand its key in. The agent's tasks topic is made first, as issuing it would (with
+    ``cfg``'s login). A crash of the agent surfaces when the block ends.
     """
     if agent.signer is None and not options.get("signer") and not options.get("signing_key_file"):
         options["signer"] = Signer.generate()
+    # what issuing the agent makes: on a secured broker the SDK creates no topic itself
+    await ensure_topics(cfg, specs=(), agent_ids=[agent.agent_id])
     stopping = asyncio.Event()
     task = asyncio.create_task(agent.serve(cfg, stopping, **options))
     try:
