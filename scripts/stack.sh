@@ -97,7 +97,9 @@ issue_agents() {
   done
 }
 
-alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+# Really running: the very process recorded when it was started (pid, start time), not a
+# zombie and not a reused pid — `kill -0` succeeds on both (scripts/procs.py).
+alive() { [[ -f "$RUN/$1.pid" ]] && python3 "$ROOT/scripts/procs.py" alive "$1"; }
 
 # On the secured broker (.spine/infra.env says SASL) every process logs in as its own
 # principal, never as the admin infra.env names for tools: the services as themselves
@@ -116,23 +118,30 @@ credentials_of() { # process name -> its credentials file ("" when it does not l
 start_one() {
   local name=$1 cmd=$2
   if alive "$name"; then echo "    $name: already running (pid $(cat "$RUN/$name.pid"))"; return; fi
+  if [[ -f "$RUN/$name.pid" ]]; then
+    echo "    $name: pid $(cat "$RUN/$name.pid") is not running any more (exited, a zombie, or a reused pid): starting it again"
+  fi
+  rm -f "$RUN/$name.pid" "$RUN/$name.identity"
   if [[ ! -x "$ROOT/.venv/bin/$cmd" ]]; then echo "    $name: not installed yet ($cmd), skipped"; return; fi
   local override="SPINE_OPS_PORT_${name//-/_}"; override="${override^^}"
   local allowed=""
   if [[ $name == relay || $name == registry ]]; then
     allowed="${SPINE_RELAY_ALLOWED_NETWORKS:-127.0.0.1/32}"
   fi
-  local login
+  local login instance
   login="$(credentials_of "$name")"
+  # a new instance id per start: the readiness wait counts only this process's beats
+  instance="$name-$(hostname)-$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')"
   if [[ -n $login && ! -f $login ]]; then
     echo "!!  $name: no credentials file $login (spine-admin issue-services / issue-agent)" >&2
     return 1
   fi
   SPINE_OPS_PORT="${!override:-${OPS_PORTS[$name]:-0}}" SPINE_RELAY_ALLOWED_NETWORKS="$allowed" \
     KAFKA_CREDENTIALS_FILE="$login" KAFKA_SASL_USERNAME="" KAFKA_SASL_PASSWORD="" \
-    KAFKA_SASL_PASSWORD_FILE="" \
+    KAFKA_SASL_PASSWORD_FILE="" SPINE_INSTANCE_ID="$instance" \
     nohup "$ROOT/.venv/bin/$cmd" >>"$LOGS/$name.log" 2>&1 &
   echo $! > "$RUN/$name.pid"
+  python3 "$ROOT/scripts/procs.py" record "$name" "$!" "$instance"
   echo "    $name: started (pid $!, log .spine/logs/$name.log${login:+, Kafka login ${login##*/}})"
 }
 
@@ -143,7 +152,7 @@ up() {
   echo "==> starting services"
   for entry in "${SERVICES[@]}"; do start_one "${entry%%=*}" "${entry#*=}"; done
   echo "==> waiting for the gateway on port $PORT (/health, /status and every service's heartbeat)"
-  if ! "$ROOT/.venv/bin/python" "$ROOT/scripts/wait_up.py" "$PORT" "$RUN/gateway.pid" \
+  if ! "$ROOT/.venv/bin/python" "$ROOT/scripts/wait_up.py" "$PORT" \
       registry orchestrator auth metrics relay gateway; then
     echo "!!  last gateway log lines:" >&2
     tail -n 30 "$LOGS/gateway.log" >&2 || true
@@ -169,7 +178,7 @@ down() {
       kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
       echo "    $name: stopped"
     fi
-    rm -f "$RUN/$name.pid"
+    rm -f "$RUN/$name.pid" "$RUN/$name.identity"
   done
 }
 

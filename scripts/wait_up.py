@@ -1,9 +1,12 @@
 """Wait until `make up` is really up: the gateway answers /health, /status is healthy and
-every service started by scripts/stack.sh beats. Says what it waits for every 10 s; gives up
-at once when the gateway process is gone, or after SPINE_UP_TIMEOUT seconds (600).
+every service started by scripts/stack.sh beats — counting only the beats of the very
+instance it started (its SPINE_INSTANCE_ID, recorded in .spine/run/<name>.identity by
+scripts/procs.py): a beat from before a restart, still fresh in /status, does not count.
+Says what it waits for every 10 s; gives up at once when the gateway process is gone,
+or after SPINE_UP_TIMEOUT seconds (600).
 /status shows the service instances only to the master key: API_KEY from the environment.
 
-    API_KEY=... python scripts/wait_up.py <port> <gateway-pid-file> <service> [<service> ...]
+    API_KEY=... python scripts/wait_up.py <port> <service> [<service> ...]
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procs import read_identity, running  # noqa: E402
 
 
 def get(url: str, key: str | None = None) -> tuple[int, dict[str, object] | None]:
@@ -33,25 +39,33 @@ def get(url: str, key: str | None = None) -> tuple[int, dict[str, object] | None
         return 0, None
 
 
-def alive(pid_file: Path) -> bool:
-    try:
-        os.kill(int(pid_file.read_text().strip()), 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def missing_services(status: dict[str, object] | None, wanted: list[str]) -> list[str]:
+def missing_services(status: dict[str, object] | None, wanted: dict[str, str | None]) -> list[str]:
+    """The services of ``wanted`` with no live instance in /status; where ``wanted`` names an
+    instance id, only that instance counts."""
     beating = {
-        s["service"]
+        (s.get("service"), s.get("instance_id"))
         for s in (status or {}).get("services", [])  # type: ignore[union-attr]
         if isinstance(s, dict) and s.get("alive")
     }
-    return [name for name in wanted if name not in beating]
+    return [
+        name
+        for name, instance in wanted.items()
+        if not any(svc == name and instance in (None, inst) for svc, inst in beating)
+    ]
+
+
+def instances(names: list[str]) -> dict[str, str | None]:
+    """Each service's instance id as stack.sh started it (None: not recorded)."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        identity = read_identity(name) or {}
+        found = identity.get("instance_id")
+        out[name] = found if isinstance(found, str) else None
+    return out
 
 
 def main() -> int:
-    port, pid_file, wanted = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+    port, wanted = sys.argv[1], instances(sys.argv[2:])
     master = os.environ.get("API_KEY", "")
     if not master:
         print(
@@ -65,7 +79,7 @@ def main() -> int:
     said = started
     waiting_for = "the gateway's /health (it applies the topics' backlog first)"
     while True:
-        if not alive(pid_file):
+        if not running("gateway"):
             print("!!  the gateway process exited; see .spine/logs/gateway.log", file=sys.stderr)
             return 1
         code, _ = get(f"{base}/health")
