@@ -12,7 +12,6 @@ The processes themselves run as these principals in the end-to-end stack
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -43,12 +42,8 @@ WITHIN = 20.0
 
 
 def _login(path: Path) -> KafkaSecurity:
-    raw = json.loads(path.read_text())
-    return KafkaSecurity(
-        security_protocol="SASL_PLAINTEXT",
-        sasl_username=raw["username"],
-        sasl_password=SecretStr(raw["password"]),
-    )
+    env = {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_CREDENTIALS_FILE": str(path)}
+    return KafkaSecurity.from_env(env)
 
 
 def _as(cfg: KafkaConfig, security: KafkaSecurity) -> KafkaConfig:

@@ -161,12 +161,23 @@ def _authorization(authorization: Any, where: str, problems: list[str]) -> None:
         problems.append(f"{where}: spec.kafka.authorization.superUsers must list user names")
 
 
-def _node_pool(doc: dict[str, Any], meta: dict[str, Any], where: str, problems: list[str]) -> None:
+def _cluster_spec(
+    doc: dict[str, Any], meta: dict[str, Any], where: str, problems: list[str]
+) -> dict[str, Any] | None:
+    """What every resource of the cluster (node pool, topic, user) needs: the cluster's
+    label and a spec, which is returned."""
     if not (meta.get("labels") or {}).get(CLUSTER_LABEL):
         problems.append(f"{where}: label {CLUSTER_LABEL} is required")
     spec = doc.get("spec")
     if not isinstance(spec, dict):
         problems.append(f"{where}: spec is required")
+        return None
+    return spec
+
+
+def _node_pool(doc: dict[str, Any], meta: dict[str, Any], where: str, problems: list[str]) -> None:
+    spec = _cluster_spec(doc, meta, where, problems)
+    if spec is None:
         return
     if not _int(spec.get("replicas")) or spec["replicas"] < 0:
         problems.append(f"{where}: spec.replicas must be an integer >= 0")
@@ -177,11 +188,8 @@ def _node_pool(doc: dict[str, Any], meta: dict[str, Any], where: str, problems: 
 
 
 def _topic(doc: dict[str, Any], meta: dict[str, Any], where: str, problems: list[str]) -> None:
-    if not (meta.get("labels") or {}).get(CLUSTER_LABEL):
-        problems.append(f"{where}: label {CLUSTER_LABEL} is required")
-    spec = doc.get("spec")
-    if not isinstance(spec, dict):
-        problems.append(f"{where}: spec is required")
+    spec = _cluster_spec(doc, meta, where, problems)
+    if spec is None:
         return
     for key in ("partitions", "replicas"):
         if key in spec and (not _int(spec[key]) or spec[key] < 1):
@@ -203,11 +211,8 @@ def _topic(doc: dict[str, Any], meta: dict[str, Any], where: str, problems: list
 
 
 def _user(doc: dict[str, Any], meta: dict[str, Any], where: str, problems: list[str]) -> None:
-    if not (meta.get("labels") or {}).get(CLUSTER_LABEL):
-        problems.append(f"{where}: label {CLUSTER_LABEL} is required")
-    spec = doc.get("spec")
-    if not isinstance(spec, dict):
-        problems.append(f"{where}: spec is required")
+    spec = _cluster_spec(doc, meta, where, problems)
+    if spec is None:
         return
     auth = spec.get("authentication")
     if auth is not None and (

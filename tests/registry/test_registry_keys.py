@@ -10,6 +10,7 @@ from spine_contracts import (
     AgentInfo,
     AgentRegistered,
     AgentStatusChanged,
+    DeregisterAgent,
     IssueAgent,
     RegisterAgent,
     RevokeAgentKey,
@@ -17,7 +18,7 @@ from spine_contracts import (
     utcnow,
 )
 from spine_contracts.signing import RELAY_SIGNER, SignatureRefused, Signer, topic_base
-from spine_registry.authenticity import RelayKey, expected_signer, verify
+from spine_registry.authenticity import RelayKey, expected_signer, misrouted, verify
 from spine_registry.domain import Catalog, accepted, refused
 from spine_registry.errors import RegistrationRefused
 
@@ -105,3 +106,13 @@ def test_the_relay_key_comes_from_its_entry() -> None:
     with pytest.raises(SignatureRefused) as caught:
         verify(beat, catalog, RelayKey(), headers, topic, b"web", value)
     assert caught.value.reason == "unknown_key"
+
+
+def test_an_owner_is_named_only_on_the_gateways_road() -> None:
+    own = RegisterAgent.build(agent=AgentInfo(agent_id="a"))
+    named = RegisterAgent.build(agent=AgentInfo(agent_id="a"), owner="system")
+    assert misrouted(own, from_gateway=False) is None
+    assert misrouted(named, from_gateway=True) is None
+    assert "comes from the gateway" in (misrouted(named, from_gateway=False) or "")
+    assert "names its owner" in (misrouted(own, from_gateway=True) or "")
+    assert misrouted(DeregisterAgent.build(agent_id="a"), from_gateway=True) is None

@@ -13,11 +13,12 @@ the admin's login (``KafkaConfig.security``) and ``SPINE_KAFKA_CREDENTIALS_DIR``
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
 
-from spine_kafka.clients import KafkaConfig
+from spine_kafka.clients import KafkaConfig, ensure_topics
 from spine_kafka.settings import KafkaSettings, load_settings
 
 from . import principals
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, prefix = _settings()
     broker = _broker(cfg)
     if not args.no_topics:
-        created = principals.create_topics(broker, cfg)
+        created = asyncio.run(ensure_topics(cfg))
         print(f"static topics ready ({len(created)} created)", flush=True)
     if not cfg.security.sasl:
         print(

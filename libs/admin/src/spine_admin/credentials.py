@@ -20,6 +20,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spine_kafka.security import read_credentials_file
+
 DEFAULT_DIR = Path(".spine/credentials")
 
 
@@ -41,18 +43,13 @@ def path_for(directory: Path, principal: str) -> Path:
 
 
 def read(path: Path) -> Credentials:
-    """A credentials file's content; the error never shows it."""
+    """A credentials file's content, read by the one reader every client uses
+    (``spine_kafka.security.read_credentials_file``); the error never shows it."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CredentialsError(f"{path}: cannot read it ({type(exc).__name__})") from None
-    if (
-        not isinstance(raw, dict)
-        or set(raw) != {"username", "password"}
-        or not all(isinstance(v, str) and v for v in raw.values())
-    ):
-        raise CredentialsError(f'{path}: expected {{"username": "...", "password": "..."}}')
-    return Credentials(raw["username"], raw["password"])
+        username, password = read_credentials_file(path)
+    except ValueError as exc:
+        raise CredentialsError(str(exc)) from None
+    return Credentials(username, password.get_secret_value())
 
 
 def write(path: Path, credentials: Credentials) -> None:

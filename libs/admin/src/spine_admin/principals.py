@@ -16,12 +16,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import NewTopic
-from spine_contracts import topics
-from spine_contracts.topics import TopicSpec
-from spine_kafka.clients import KafkaConfig, new_topic
-
 from . import bindings, scram
 from . import credentials as creds
 from .acls import SERVICES, Acl, agent_grants, agent_principal, service_grants, service_principal
@@ -120,46 +114,3 @@ def revoke_principal(
 ) -> PrincipalRevoked:
     """Any principal by its full name (a service's or an agent's, prefix included)."""
     return _revoke(broker, principal, credentials_dir, True)
-
-
-def revoke_service(
-    broker: Broker,
-    name: str,
-    *,
-    prefix: str = "",
-    credentials_dir: Path = creds.DEFAULT_DIR,
-    delete_file: bool = True,
-) -> PrincipalRevoked:
-    return _revoke(broker, service_principal(name, prefix), credentials_dir, delete_file)
-
-
-def create_topics(
-    broker: Broker, cfg: KafkaConfig, specs: Iterable[TopicSpec] = topics.STATIC
-) -> list[str]:
-    """Create the missing topics of the registry (what every service's ``ensure_topics``
-    would create, same config), so that no service needs the right to create topics."""
-    wanted = [new_topic(cfg, spec) for spec in specs]
-    existing = set(broker.client.list_topics(timeout=broker.timeout_s).topics)
-    missing = [
-        NewTopic(
-            t.name,
-            num_partitions=t.num_partitions,
-            replication_factor=t.replication_factor,
-            config=dict(t.topic_configs),
-        )
-        for t in wanted
-        if t.name not in existing
-    ]
-    if not missing:
-        return []
-    created = []
-    futures = broker.client.create_topics(missing, request_timeout=broker.timeout_s)
-    for name, future in futures.items():
-        try:
-            future.result(timeout=broker.timeout_s)
-            created.append(name)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
-                raise
-    return created

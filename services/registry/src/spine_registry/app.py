@@ -81,7 +81,7 @@ from spine_servicekit.projector import Projector
 from spine_servicekit.runtime import ServiceContext
 
 from .addresses import endpoint_refusal
-from .authenticity import RelayKey, verify
+from .authenticity import RelayKey, misrouted, verify
 from .domain import (
     Catalog,
     Entry,
@@ -314,17 +314,9 @@ class Registry:
         return out
 
     def _misrouted(self, topic: str, message: Message) -> str | None:
-        """Every agent may write ``spine.registry.commands``, so a registration naming an
-        owner is taken only from ``spine.registry.requests``, which only the gateway writes
-        (docs/security.md); an agent's own registration names none."""
-        if not isinstance(message, RegisterAgent):
+        if topic not in (self._commands, self._requests):
             return None
-        named = message.data.owner is not None
-        if topic == self._commands and named:
-            return "a registration naming an owner comes from the gateway, not an agent"
-        if topic == self._requests and not named:
-            return "a registration on the gateway's topic names its owner"
-        return None
+        return misrouted(message, from_gateway=topic == self._requests)
 
     def _verify(self, record: ConsumerRecord[Any, Any], message: Message) -> None:
         headers = [(k, bytes(v)) for k, v in record.headers or ()]

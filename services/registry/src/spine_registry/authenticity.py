@@ -27,6 +27,20 @@ from spine_contracts.signing import RELAY_SIGNER, SignatureRefused, check, decod
 from .domain import Catalog
 
 
+def misrouted(message: Message, *, from_gateway: bool) -> str | None:
+    """Why a registration came by the wrong road, or ``None``. Every agent may write
+    ``spine.registry.commands``, so a registration naming an owner is taken only from
+    ``spine.registry.requests``, which only the gateway writes; an agent's own names none."""
+    if not isinstance(message, RegisterAgent):
+        return None
+    named = message.data.owner is not None
+    if named and not from_gateway:
+        return "a registration naming an owner comes from the gateway, not an agent"
+    if from_gateway and not named:
+        return "a registration on the gateway's topic names its owner"
+    return None
+
+
 def expected_signer(message: Message, catalog: Catalog) -> str | None:
     """The agent whose key must have signed ``message``; ``None``: no agent signs it."""
     if isinstance(message, RegisterAgent):
