@@ -879,6 +879,13 @@ EOF
       echo "KAFKA_CREDENTIALS_FILE=$CREDS/admin.json"
       echo "SPINE_KAFKA_CREDENTIALS_DIR=$CREDS"
     } >>"$SPINE/infra.env.tmp"
+  else
+    # an external broker: keep the login the caller gave, so the file still logs in
+    local name
+    for name in KAFKA_SECURITY_PROTOCOL KAFKA_SASL_MECHANISM KAFKA_CREDENTIALS_FILE \
+      SPINE_KAFKA_CREDENTIALS_DIR; do
+      if [ -n "${!name:-}" ]; then echo "$name=${!name}" >>"$SPINE/infra.env.tmp"; fi
+    done
   fi
   mv "$SPINE/infra.env.tmp" "$SPINE/infra.env"
 }

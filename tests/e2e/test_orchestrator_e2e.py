@@ -21,6 +21,7 @@ from spine_contracts import (
     NodeDispatched,
     NodeFailed,
     NodeSkipped,
+    NodeWaitingAgent,
     NodeWaitingInput,
     topics,
 )
@@ -66,6 +67,9 @@ async def stack(
         "SPINE_ORCHESTRATOR_SCHEMA": f"{topic_prefix.strip('.')}_orc",
         "SPINE_REGISTRY_SCHEMA": f"{topic_prefix.strip('.')}_reg",
         "SPINE_HEARTBEAT_INTERVAL": "1",
+        # an agent killed in a test goes inactive within seconds, not the default 15
+        "SPINE_REGISTRY_HEARTBEAT_TTL": "4",
+        "SPINE_REGISTRY_SWEEP_INTERVAL": "1",
         "LOG_LEVEL": "INFO",
     }
     s = Stack(kafka, env)
@@ -185,6 +189,37 @@ async def test_orchestrator_killed_mid_flow_finishes_every_execution_once(stack:
         seqs = [e.data.seq for e in trail]
         assert seqs == list(range(1, len(seqs) + 1)), (eid, seqs)
         assert max(collections.Counter(seqs).values()) == 1
+
+
+async def test_an_agent_restart_fails_no_execution_and_the_trail_shows_the_wait(
+    stack: Stack,
+) -> None:
+    """A rolling deploy of an agent: killed, gone past its heartbeat TTL while new nodes are
+    dispatched to it, back later. A task sent before it was seen inactive waits on its topic;
+    the nodes started while it was inactive wait for it (wait_for_agent, default 60 s) and
+    are dispatched when it returns — woken by its return, not by a timer."""
+    f = flow("restart", echo("a"), echo("b", "a"))
+    # a task the agent holds when it is killed stays on its topic, uncommitted
+    on_topic = await stack.start_execution(flow("restart-held", echo("a", delay_ms=2000)))
+    await stack.wait_event(on_topic, NodeDispatched)
+    stack.kill("echo")
+    await stack.wait_exit("echo")
+    await stack.wait_for(lambda: stack.agents.get("echo") is False)
+    waiting = [await stack.start_execution(f) for _ in range(3)]
+    for eid in waiting:
+        wait = await stack.wait_event(eid, NodeWaitingAgent)
+        assert (wait.data.node_id, wait.data.reason) == ("a", "inactive")
+    assert not any(stack.of_type(eid, NodeDispatched) for eid in waiting)
+    await stack.spawn("echo")
+    for eid in [on_topic, *waiting]:
+        assert isinstance(await stack.terminal(eid, timeout=90), ExecutionCompleted), eid
+    for eid in waiting:
+        first = stack.of_type(eid, NodeDispatched)[0]
+        wait = stack.of_type(eid, NodeWaitingAgent)[0]
+        assert first.data.node_id == "a" and first.data.waited_ms is not None
+        assert first.data.seq > wait.data.seq  # the trail: waiting, then dispatched
+    # taken again when the agent returned: one dispatch, no wait, no retry
+    assert len(stack.of_type(on_topic, NodeDispatched)) == 1
 
 
 async def test_agent_deregistered_mid_flow_fails_the_next_node(stack: Stack) -> None:

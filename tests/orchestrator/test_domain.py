@@ -241,24 +241,15 @@ def test_cancel_tells_in_flight_agents_and_rejects_later_commands() -> None:
     assert isinstance(again.events[0], ExecutionCommandRejected)
 
 
-def test_unavailable_agent_fails_at_once_or_waits_when_configured() -> None:
+def test_a_deregistered_agent_fails_at_once_and_wait_0_never_waits() -> None:
     f = flow(agent("a"))
     d = decide(None, start(f), env(agents={"echo": "deregistered"}))
     (failed,) = [e for e in d.events if isinstance(e, ExecutionFailed)]
     assert "agent 'echo' is deregistered" in failed.data.error_message
-    f2 = flow(agent("a", wait_for_agent=5))
+    f2 = flow(agent("a", wait_for_agent=0))
     d = decide(None, start(f2), env(agents={"echo": "inactive"}))
-    (timer,) = d.state.timers.values()  # type: ignore[union-attr]
-    assert timer.kind == "agent_wait"
-    fire = FireTimer.build(
-        execution_id="e1",
-        timer_id=timer.timer_id,
-        kind="agent_wait",
-        node_id="a",
-        due_at=timer.due_at,
-    )
-    d = decide(d.state, fire, env(T0 + timedelta(seconds=1)))
-    assert len(tasks(d)) == 1
+    (failed,) = [e for e in d.events if isinstance(e, ExecutionFailed)]
+    assert failed.data.error_message == "node 'a': agent 'echo' is inactive"
 
 
 def test_an_agent_of_another_user_fails_the_node_and_is_never_dispatched() -> None:
@@ -301,7 +292,7 @@ def test_ownership_is_checked_before_waiting_for_the_agent() -> None:
 
 
 def test_an_unknown_agent_has_no_owner_and_fails_as_unknown() -> None:
-    f = flow(agent("a"))
+    f = flow(agent("a", wait_for_agent=0))
     d = decide(None, start(f), env(agents={"echo": "unknown"}, owners={"echo": None}))
     (failed,) = [e for e in d.events if isinstance(e, ExecutionFailed)]
     assert "agent 'echo' is unknown" in failed.data.error_message

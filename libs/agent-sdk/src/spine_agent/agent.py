@@ -17,7 +17,8 @@ What :meth:`Agent.serve` does (docs/agents.md):
   ``spine-admin issue-agent`` wrote, ``SPINE_AGENT_SIGNING_KEY_FILE``; or a ``signer``
   handed in, as the relay does with its own key), and stops before it starts without one;
 * creates the agent's tasks topic when missing, publishes ``RegisterAgent`` (transport
-  ``kafka``) and an ``AgentHeartbeat`` every ``heartbeat_interval`` (with ``in_flight``) —
+  ``kafka``, and the ``concurrency`` it takes: the orchestrator keeps no more outstanding)
+  and an ``AgentHeartbeat`` every ``heartbeat_interval`` (with ``in_flight``) —
   unless built with ``announce=False``: then someone else speaks for the agent (the
   registry's relay registers nothing and beats from its health probes of an HTTP agent);
 * consumes the tasks topic in the group ``<prefix>agent.<agent_id>`` (``read_committed``,
@@ -198,11 +199,13 @@ class Agent:
         self.announce = announce
         #: signs what this agent publishes; ``None``: loaded from the key file at serve()
         self.signer = signer
-        self.info = (
-            info
-            if info.transport == "kafka" or not announce
-            else info.model_copy(update={"transport": "kafka"})
-        )
+        if announce:
+            # the capacity it declares (DESIGN §16): its own ``concurrency`` unless the info
+            # says more (an agent run as N replicas declares N × concurrency)
+            info = info.model_copy(
+                update={"transport": "kafka", "concurrency": info.concurrency or concurrency}
+            )
+        self.info = info
         self.concurrency = concurrency
         self.heartbeat_interval = heartbeat_interval
         self.drain_timeout = drain_timeout

@@ -28,7 +28,10 @@ class NodeConfig(BaseModel):
     required_fields: tuple[str, ...] = ()
     input_timeout: float | None = Field(default=None, gt=0, description="seconds")
     wait_for_agent: float | None = Field(
-        default=None, ge=0, description="seconds to wait for an inactive agent"
+        default=None,
+        ge=0,
+        description="seconds to wait for an inactive agent (default: the flow's, else 60; "
+        "0: fail at once)",
     )
 
 
@@ -55,6 +58,9 @@ class FlowDefinition(BaseModel):
     exit_points: tuple[str, ...] | None = None
     nodes: tuple[FlowNode, ...]
     timeout: float | None = Field(default=None, gt=0, description="seconds for the execution")
+    wait_for_agent: float | None = Field(
+        default=None, ge=0, description="the nodes' wait_for_agent when they set none"
+    )
     cost: int = Field(default=1, ge=0)
     metadata: dict[str, Any] = Field(default_factory=dict)
 

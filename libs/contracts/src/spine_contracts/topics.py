@@ -95,13 +95,15 @@ AUTH_EVENTS = TopicSpec(
 EXECUTION_COMMANDS = TopicSpec(
     "spine.executions.commands", "execution_id", 7 * DAY_MS, "delete",
     (executions.StartExecution, executions.CancelExecution, executions.ProvideInput,
-     executions.FireTimer),
-    "Start (from auth, after the reservation), cancel, provide-input and timer firings.",
+     executions.FireTimer, executions.ReleaseExecution, executions.ResumeDispatch),
+    "Start and release (from auth, after the reservation / when a slot frees), cancel, "
+    "provide-input, timer firings and the orchestrator's wake-ups for waiting nodes.",
     co_partitioned=True,
 )
 EXECUTION_EVENTS = TopicSpec(
     "spine.executions.events", "execution_id", FOREVER, "delete",
-    (executions.ExecutionStarted, executions.NodeDispatched, executions.NodeCompleted,
+    (executions.ExecutionQueued, executions.ExecutionStarted, executions.NodeWaitingAgent,
+     executions.NodeDispatched, executions.NodeCompleted,
      executions.NodeFailed, executions.NodeSkipped, executions.NodeWaitingInput,
      executions.InputReceived, executions.ExecutionCompleted, executions.ExecutionFailed,
      executions.ExecutionCancelled, executions.ExecutionCommandRejected),

@@ -72,6 +72,7 @@ _FLOW_KEY_ORDER = (
     "entry_point",
     "exit_points",
     "timeout",
+    "wait_for_agent",
     "cost",
     "metadata",
     "nodes",

@@ -166,6 +166,13 @@ class RegisterAgentRequest(_Request):
     transport: str | None = Field(default=None, pattern=r"^(kafka|http)$")
     version: str = Field(default="1.0.0", max_length=64)
     rate_limit: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="tasks the agent takes at once; the orchestrator keeps no more "
+        "outstanding and lets tenants take turns (none: no cap)",
+    )
     configuration: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
 

@@ -35,6 +35,7 @@ from spine_contracts import (
     ExecutionCommandRejected,
     ExecutionCompleted,
     ExecutionFailed,
+    ExecutionQueued,
     ExecutionStarted,
     FlowDefined,
     FlowDeleted,
@@ -47,6 +48,7 @@ from spine_contracts import (
     NodeDispatched,
     NodeFailed,
     NodeSkipped,
+    NodeWaitingAgent,
     NodeWaitingInput,
     ReservationWithdrawn,
     UsageRecorded,
@@ -426,11 +428,16 @@ UPDATE executions SET status = $2, updated_at = $3, last_seq = GREATEST(last_seq
 WHERE execution_id = $1 AND status NOT IN ('completed', 'failed', 'cancelled')
 """
 
+# queued first, then started: the start of a queued execution moves it to running, once
 _STARTED_INSERT = """
 INSERT INTO executions (execution_id, user_id, flow_id, flow_version, status, input_data,
                         metadata, last_seq, created_at, updated_at)
-VALUES ($1, $2, $3, $4, 'running', $5::jsonb, $6::jsonb, $7, $8, $8)
-ON CONFLICT (execution_id) DO NOTHING
+VALUES ($1, $2, $3, $4, $9, $5::jsonb, $6::jsonb, $7, $8, $8)
+ON CONFLICT (execution_id) DO UPDATE SET status = EXCLUDED.status,
+    last_seq = GREATEST(executions.last_seq, EXCLUDED.last_seq),
+    updated_at = GREATEST(executions.updated_at, EXCLUDED.updated_at)
+WHERE executions.status = 'queued' AND EXCLUDED.status = 'running'
+  AND executions.last_seq < EXCLUDED.last_seq
 """
 
 _UNSET: Any = object()
@@ -500,7 +507,7 @@ def executions_projection(marks: Marks) -> Projection:
             d: Any = m.data
             eid: str = d.execution_id
             at = _ts(item)
-            if isinstance(m, ExecutionStarted):
+            if isinstance(m, ExecutionStarted | ExecutionQueued):
                 marks.put("execution", eid, item)
             elif m.causation_id and isinstance(m, _COMMAND_OUTCOMES):
                 # the first event a gateway's cancel or input caused is its outcome
@@ -508,7 +515,7 @@ def executions_projection(marks: Marks) -> Projection:
             if (eid, d.seq) not in new:
                 continue  # the same seq again: already applied
             new.discard((eid, d.seq))  # (and a repeat within this batch is one too)
-            if isinstance(m, ExecutionStarted):
+            if isinstance(m, ExecutionStarted | ExecutionQueued):
                 started.append(
                     (
                         eid,
@@ -519,13 +526,16 @@ def executions_projection(marks: Marks) -> Projection:
                         _json(d.metadata),
                         d.seq,
                         at,
+                        "queued" if isinstance(m, ExecutionQueued) else "running",
                     )
                 )
                 continue
             status: str | None = None
             output: str | None = None
             error: str | None = None
-            if isinstance(m, NodeDispatched):
+            if isinstance(m, NodeWaitingAgent):
+                nodes.append(_node(eid, d.node_id, "waiting_agent", at, agent_id=d.agent_id))
+            elif isinstance(m, NodeDispatched):
                 nodes.append(
                     _node(eid, d.node_id, "running", at, agent_id=d.agent_id, attempt=d.attempt)
                 )

@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from aiokafka import ConsumerRecord
-from spine_contracts import FireTimer, Message, to_bytes, topics
+from spine_contracts import Message, to_bytes, topics
 from spine_flows import evaluate_condition
 from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import dead_letter, dead_letter_outgoing, headers_for
@@ -40,10 +40,17 @@ async def main(ctx: ServiceContext) -> None:
         )
 
     catalog = AgentCatalog()
+    handler: OrchestratorHandler | None = None
+
+    async def on_registry_event(message: Message, _record: ConsumerRecord[Any, Any]) -> None:
+        agent_id = catalog.apply(message)
+        if agent_id is not None and handler is not None:
+            await handler.agent_changed(agent_id)  # wakes the nodes waiting for it
+
     registry = TopicFollower(
         cfg.background(),
         cfg.topic(topics.REGISTRY_EVENTS),
-        lambda m, _r: catalog.apply(m),
+        on_registry_event,
         name="registry-follower",
     )
     await registry.start()
@@ -52,7 +59,7 @@ async def main(ctx: ServiceContext) -> None:
 
     commands_topic = cfg.topic(topics.EXECUTION_COMMANDS)
 
-    async def fire(command: FireTimer, execution_id: str) -> None:
+    async def fire(command: Message, execution_id: str) -> None:
         await publish(commands_topic, execution_id, command)
 
     timers = TimerScheduler(fire)
@@ -69,7 +76,10 @@ async def main(ctx: ServiceContext) -> None:
         evaluate_condition=evaluate_condition,
         default_node_timeout_s=settings.default_node_timeout_s,
         default_input_timeout_s=settings.default_input_timeout_s,
+        default_agent_wait_s=settings.default_agent_wait_s,
         dead_letter=reject_snapshot,
+        partitions=len(await producer.partitions_for(commands_topic)),
+        send_command=fire,
     )
     loop = TransactionalLoop(
         cfg,

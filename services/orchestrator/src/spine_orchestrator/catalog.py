@@ -26,23 +26,36 @@ class AgentView:
     owner: str = SYSTEM
     #: the raw Ed25519 public key ``spine-admin`` issued; ``None``: not issued, or revoked
     public_key: bytes | None = None
+    #: tasks it takes at once over all its replicas; ``None``: no cap
+    concurrency: int | None = None
 
 
 class AgentCatalog:
     def __init__(self) -> None:
         self._agents: dict[str, AgentView] = {}
 
-    def apply(self, message: Message) -> None:
-        if isinstance(message, (AgentRegistered, AgentStatusChanged, AgentDeregistered)):
-            d = message.data
-            registered = d.registered and not isinstance(message, AgentDeregistered)
-            self._agents[d.agent.agent_id] = AgentView(
-                registered=registered,
-                active=registered and d.active,
-                transport=d.agent.transport,
-                owner=d.owner,
-                public_key=decode_public_key(d.public_key) if d.public_key else None,
-            )
+    def apply(self, message: Message) -> str | None:
+        """Fold one registry event; the agent's id when it became able to take more work
+        (active again, or a larger ``concurrency``), so waiting nodes can be woken."""
+        if not isinstance(message, (AgentRegistered, AgentStatusChanged, AgentDeregistered)):
+            return None
+        d = message.data
+        agent_id = d.agent.agent_id
+        registered = d.registered and not isinstance(message, AgentDeregistered)
+        before = self._agents.get(agent_id)
+        view = self._agents[agent_id] = AgentView(
+            registered=registered,
+            active=registered and d.active,
+            transport=d.agent.transport,
+            owner=d.owner,
+            public_key=decode_public_key(d.public_key) if d.public_key else None,
+            concurrency=d.agent.concurrency,
+        )
+        if not view.active:
+            return None
+        if before is None or not before.active or _more_room(before, view):
+            return agent_id
+        return None
 
     def availability(self, agent_id: str) -> AgentAvailability:
         view = self._agents.get(agent_id)
@@ -51,6 +64,10 @@ class AgentCatalog:
         if not view.registered:
             return "deregistered"
         return "active" if view.active else "inactive"
+
+    def concurrency(self, agent_id: str) -> int | None:
+        view = self._agents.get(agent_id)
+        return view.concurrency if view is not None else None
 
     def owner(self, agent_id: str) -> str | None:
         """The agent's owner (kept by a deregistration too); ``None`` for an unknown agent."""
@@ -68,3 +85,9 @@ class AgentCatalog:
 
     def __len__(self) -> int:
         return len(self._agents)
+
+
+def _more_room(before: AgentView, after: AgentView) -> bool:
+    if after.concurrency is None:
+        return before.concurrency is not None
+    return before.concurrency is not None and after.concurrency > before.concurrency

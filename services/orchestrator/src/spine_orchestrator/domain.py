@@ -22,6 +22,14 @@ Rules (docs/guarantees.md, docs/flows.md):
   the execution fails naming the node and the cause;
 * ``needs_input`` parks the node in ``waiting_input`` until input arrives, up to
   ``max_turns`` questions or ``input_timeout``;
+* a node whose agent is not active (no live instance, or not yet known) waits for it in
+  ``waiting_agent`` up to ``wait_for_agent`` (default 60 s; one deadline timer, no polling)
+  and fails when it is still not back; a node the partition's capacity ledger does not
+  admit (the agent has its share in flight, or others wait before it) waits its turn
+  without a deadline. Either wait is an ``execution.node_waiting_agent`` event; the
+  partition (:mod:`.dispatch`) resumes the node with :func:`resume_node`;
+* an execution started ``queued`` (its user at ``max_in_flight``) records
+  ``execution.queued`` and dispatches nothing until ``ReleaseExecution``;
 * a terminal execution ignores everything but is remembered, so duplicates stay harmless.
 """
 
@@ -51,12 +59,15 @@ from spine_contracts import (
     NodeDispatched,
     NodeFailed,
     NodeSkipped,
+    NodeWaitingAgent,
     NodeWaitingInput,
     ProvideInput,
+    ReleaseExecution,
     SettleCredits,
     StartExecution,
 )
 from spine_contracts.access import SYSTEM, owner_may_use
+from spine_contracts.messages.executions import AgentWaitReason, ExecutionQueued
 
 NodeStatus = Literal[
     "pending",
@@ -71,11 +82,15 @@ NodeStatus = Literal[
 AgentAvailability = Literal["active", "inactive", "unknown", "deregistered"]
 TERMINAL_NODE: frozenset[str] = frozenset({"completed", "failed", "skipped", "cancelled"})
 MAX_BACKOFF_S = 60.0
-AGENT_WAIT_POLL_S = 1.0
+DEFAULT_AGENT_WAIT_S = 60.0
 
 
 def _system_owned(_agent_id: str) -> str | None:
     return SYSTEM
+
+
+def _admit_all(_agent_id: str, _user_id: str, _execution_id: str, _node_id: str) -> bool:
+    return True
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,11 @@ class Environment:
     default_input_timeout_s: float = 3600.0
     #: the agent's owner (``system`` or a user id); ``None`` for an agent not known
     agent_owner: Callable[[str], str | None] = _system_owned
+    #: the partition's capacity ledger: may ``(agent, user, execution, node)`` be dispatched
+    #: now (a slot of the agent's share is free and nobody waits before it)? Taking the
+    #: slot is part of saying yes.
+    admit: Callable[[str, str, str, str], bool] = _admit_all
+    default_agent_wait_s: float = DEFAULT_AGENT_WAIT_S
 
 
 @dataclass
@@ -110,6 +130,7 @@ class NodeState:
     error: str | None = None
     dispatched_at: datetime | None = None
     wait_started_at: datetime | None = None
+    wait_reason: str | None = None  # AgentWaitReason while waiting_agent
     conversation: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -273,7 +294,8 @@ def decide(state: AnyState | None, message: Message, env: Environment) -> Decisi
     if isinstance(message, StartExecution):
         if state is not None:
             return Decision(state)  # duplicate start: the execution already exists
-        return _Run(_new_state(message, env), message, env).start()
+        run = _Run(_new_state(message, env), message, env)
+        return run.queue() if message.data.queued else run.start()
     if state is None:
         if isinstance(message, (CancelExecution, ProvideInput)):
             return _reject_unknown(message)
@@ -297,6 +319,22 @@ def decide(state: AnyState | None, message: Message, env: Environment) -> Decisi
         run.on_input(message)
     elif isinstance(message, FireTimer):
         run.on_timer(message)
+    elif isinstance(message, ReleaseExecution):
+        if state.status == "queued":
+            run.start()
+    return run.decision
+
+
+def resume_node(state: AnyState, node_id: str, cause: Message, env: Environment) -> Decision:
+    """Dispatch a node waiting for its agent, now that the partition's ledger gave it a
+    slot (the agent is active, its turn came). Anything else changes nothing."""
+    if not isinstance(state, ExecutionState) or state.terminal:
+        return Decision(state)
+    ns = state.nodes.get(node_id)
+    if ns is None or ns.status != "waiting_agent":
+        return Decision(state)
+    run = _Run(state, cause, env)
+    run._dispatch(state.node(node_id), admitted=True)
     return run.decision
 
 
@@ -380,8 +418,28 @@ class _Run:
             del self.s.timers[timer_id]
 
     # --- lifecycle ---------------------------------------------------------------------
+    def queue(self) -> Decision:
+        """Accepted, credits held, nothing dispatched: the user is at ``max_in_flight``."""
+        s = self.s
+        s.status = "queued"
+        self.emit(ExecutionQueued, **self._started_fields())
+        return self.decision
+
+    def _started_fields(self) -> dict[str, Any]:
+        s = self.s
+        return {
+            "user_id": s.user_id,
+            "flow_id": s.flow.flow_id,
+            "flow_version": s.flow_version,
+            "flow": s.flow,
+            "input_data": s.input_data,
+            "metadata": s.metadata,
+            "credits_reserved": s.credits_reserved,
+        }
+
     def start(self) -> Decision:
         s = self.s
+        s.status = "running"
         self.emit(
             ExecutionStarted,
             user_id=s.user_id,
@@ -451,7 +509,14 @@ class _Run:
             return
         self._dispatch(node)
 
-    def _dispatch(self, node: FlowNode) -> None:
+    def _agent_wait_s(self, node: FlowNode) -> float:
+        if node.config.wait_for_agent is not None:
+            return node.config.wait_for_agent
+        if self.s.flow.wait_for_agent is not None:
+            return self.s.flow.wait_for_agent
+        return self.env.default_agent_wait_s
+
+    def _dispatch(self, node: FlowNode, *, admitted: bool = False) -> None:
         assert node.agent_id is not None
         ns = self.s.nodes[node.id]
         owner = self.env.agent_owner(node.agent_id)
@@ -462,25 +527,34 @@ class _Run:
             )
             return
         availability = self.env.agent_availability(node.agent_id)
-        if availability != "active":
-            wait = node.config.wait_for_agent
-            if wait:
-                if ns.status != "waiting_agent":
-                    ns.status = "waiting_agent"
-                    ns.wait_started_at = self.env.now
-                waited = (self.env.now - (ns.wait_started_at or self.env.now)).total_seconds()
-                if waited < wait:
-                    self._arm("agent_wait", min(AGENT_WAIT_POLL_S, wait - waited), node.id)
-                    return
-                reason = f"agent '{node.agent_id}' is {availability} (waited {wait:g}s)"
-            else:
-                reason = f"agent '{node.agent_id}' is {availability}"
-            self._fail(node.id, f"node '{node.id}': {reason}")
+        if availability == "deregistered":  # removed on purpose: waiting cannot bring it back
+            self._fail(node.id, f"node '{node.id}': agent '{node.agent_id}' is deregistered")
             return
+        if availability != "active":
+            wait = self._agent_wait_s(node)
+            if not wait:
+                self._fail(node.id, f"node '{node.id}': agent '{node.agent_id}' is {availability}")
+                return
+            self._wait_for_agent(
+                node, "inactive", f"agent '{node.agent_id}' is {availability}", wait
+            )
+            return
+        if not admitted and not self.env.admit(
+            node.agent_id, self.s.user_id, self.s.execution_id, node.id
+        ):
+            self._wait_for_agent(
+                node, "capacity", f"agent '{node.agent_id}' has its concurrency in flight"
+            )
+            return
+        waited = None
+        if ns.status == "waiting_agent" and ns.wait_started_at is not None:
+            waited = _ms(self.env.now - ns.wait_started_at)
+        self.s.timers.pop(f"agent_wait:{node.id}:0", None)
         ns.attempt += 1
         ns.status = "dispatched"
         ns.dispatched_at = self.env.now
         ns.wait_started_at = None
+        ns.wait_reason = None
         payload = {
             "input": self.s.input_data,
             "dependencies": self._dep_outputs(node),
@@ -514,8 +588,38 @@ class _Run:
             agent_id=node.agent_id,
             task_id=str(task.message_id),
             payload=payload,
+            waited_ms=waited,
         )
         self._arm("node_timeout", timeout, node.id, ns.attempt)
+
+    def _wait_for_agent(
+        self, node: FlowNode, reason: AgentWaitReason, detail: str, deadline_s: float = 0
+    ) -> None:
+        """Park the node until the partition resumes it. An inactive agent gets one deadline
+        timer (``wait_for_agent``); waiting for capacity has none (the flow's timeout bounds
+        it). The trail says so once per reason."""
+        assert node.agent_id is not None
+        ns = self.s.nodes[node.id]
+        if ns.status != "waiting_agent":
+            ns.status = "waiting_agent"
+            ns.wait_started_at = self.env.now
+        elif ns.wait_reason == reason:
+            return
+        ns.wait_reason = reason
+        wait_until = None
+        if reason == "inactive":
+            timer_id = f"agent_wait:{node.id}:0"
+            if timer_id not in self.s.timers:
+                self._arm("agent_wait", deadline_s, node.id)
+            wait_until = self.s.timers[timer_id].due_at
+        self.emit(
+            NodeWaitingAgent,
+            node_id=node.id,
+            agent_id=node.agent_id,
+            reason=reason,
+            detail=detail,
+            wait_until=wait_until,
+        )
 
     # --- inputs ------------------------------------------------------------------------
     def on_result(self, result: AgentResult) -> None:
@@ -613,8 +717,32 @@ class _Run:
             if self.s.nodes[node_id].status == "waiting_input":
                 self._fail(node_id, f"node '{node_id}': no input arrived before input_timeout")
         elif timer.kind == "agent_wait":
-            if self.s.nodes[node_id].status == "waiting_agent":
-                self._dispatch(self.s.node(node_id))
+            self._agent_wait_over(self.s.node(node_id), timer)
+
+    def _agent_wait_over(self, node: FlowNode, timer: Timer) -> None:
+        """``wait_for_agent`` ran out: fail if the agent is still not back; an agent that is
+        back leaves the node waiting for its turn (the partition resumes it)."""
+        ns = self.s.nodes[node.id]
+        if ns.status != "waiting_agent" or node.agent_id is None:
+            return
+        availability = self.env.agent_availability(node.agent_id)
+        if availability == "active":
+            if ns.wait_reason != "capacity":
+                ns.wait_reason = "capacity"
+                self.emit(
+                    NodeWaitingAgent,
+                    node_id=node.id,
+                    agent_id=node.agent_id,
+                    reason="capacity",
+                    detail=f"agent '{node.agent_id}' is back; waiting for a slot",
+                )
+            return
+        started = ns.wait_started_at or timer.due_at
+        waited = (timer.due_at - started).total_seconds()
+        self._fail(
+            node.id,
+            f"node '{node.id}': agent '{node.agent_id}' is {availability} (waited {waited:g}s)",
+        )
 
     def _attempt_failed(self, node: FlowNode, error: str) -> None:
         ns = self.s.nodes[node.id]
@@ -685,6 +813,7 @@ class _Run:
         for node in self.s.flow.nodes:
             ns = self.s.nodes[node.id]
             if ns.status in ("dispatched", "waiting_input", "waiting_agent", "pending"):
+                ns.wait_reason = None
                 if ns.status == "dispatched" and node.agent_id:
                     cancel = AgentCancel.build(
                         cause=self.cause,
@@ -798,6 +927,7 @@ def _node_json(n: NodeState) -> dict[str, Any]:
         "error": n.error,
         "dispatched_at": _iso(n.dispatched_at),
         "wait_started_at": _iso(n.wait_started_at),
+        "wait_reason": n.wait_reason,
         "conversation": n.conversation,
     }
 

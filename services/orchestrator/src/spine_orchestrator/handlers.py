@@ -12,10 +12,18 @@ An ``AgentResult`` must carry the signature of the agent its task was sent to
 the batch's transaction (with the reason), is counted in
 ``spine_signature_failures_total{consumer="orchestrator",reason}``, and the execution
 goes on — the right agent's answer, or the node's timeout, decides the node.
+
+Each partition keeps a :class:`~.dispatch.CapacityLedger`: decisions ask it before they
+dispatch, and after every batch the partition dispatches the nodes waiting for an agent that
+has room, one tenant at a time (:func:`domain.resume_node`). When an agent comes back (or
+gets a larger ``concurrency``), :meth:`OrchestratorHandler.agent_changed` sends one
+``ResumeDispatch`` to each partition where nodes wait for it, so the wait ends on the
+agent's return, not on a polling timer.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -27,7 +35,10 @@ from spine_contracts import (
     ContractError,
     ExecutionSnapshot,
     FireTimer,
+    Message,
     ProvideInput,
+    ReleaseExecution,
+    ResumeDispatch,
     StartExecution,
     topics,
     utcnow,
@@ -48,16 +59,35 @@ from spine_servicekit.txloop import Incoming, PoisonMessage
 
 from .authenticity import verify_result
 from .catalog import AgentCatalog
-from .domain import AnyState, Decision, Environment, FinishedExecution, decide, state_from_dict
+from .dispatch import CapacityLedger
+from .domain import (
+    AnyState,
+    Decision,
+    Environment,
+    FinishedExecution,
+    decide,
+    resume_node,
+    state_from_dict,
+)
 from .timers import TimerScheduler
 
 log = get_logger(__name__)
 
 #: the loop's consumer name (app.py): dead letters of refused results carry it
 CONSUMER = "orchestrator"
-INPUTS = (StartExecution, CancelExecution, ProvideInput, FireTimer, AgentResult)
+INPUTS = (
+    StartExecution,
+    CancelExecution,
+    ProvideInput,
+    FireTimer,
+    AgentResult,
+    ReleaseExecution,
+    ResumeDispatch,
+)
 ConditionEvaluator = Callable[[str, Mapping[str, Any], Mapping[str, Any]], bool]
 DeadLetterFn = Callable[[ConsumerRecord[Any, Any], Exception], Awaitable[None]]
+#: publishes a command on ``spine.executions.commands`` keyed by the execution id
+SendCommand = Callable[[Message, str], Awaitable[None]]
 
 
 def execution_id_of(message: Any) -> str:
@@ -78,8 +108,15 @@ class OrchestratorHandler:
         default_input_timeout_s: float = 3600.0,
         clock: Callable[[], datetime] = utcnow,
         dead_letter: DeadLetterFn | None = None,
+        partitions: int = 1,
+        send_command: SendCommand | None = None,
+        default_agent_wait_s: float = 60.0,
     ) -> None:
         self._cfg = cfg
+        self._partitions = max(1, partitions)
+        self._send_command = send_command
+        self._agent_wait = default_agent_wait_s
+        self._ledgers: dict[int, CapacityLedger] = {}
         self._dead_letter = dead_letter
         self._catalog = catalog
         self._timers = timers
@@ -96,7 +133,7 @@ class OrchestratorHandler:
     def live_executions(self) -> int:
         return sum(1 for p in self._states.values() for s in p.values() if not s.terminal)
 
-    def _env(self) -> Environment:
+    def _env(self, ledger: CapacityLedger) -> Environment:
         return Environment(
             now=self._clock(),
             agent_availability=self._catalog.availability,
@@ -104,7 +141,32 @@ class OrchestratorHandler:
             evaluate_condition=self._evaluate,
             default_node_timeout_s=self._node_timeout,
             default_input_timeout_s=self._input_timeout,
+            admit=ledger.admit,
+            default_agent_wait_s=self._agent_wait,
         )
+
+    def share(self, agent_id: str) -> int | None:
+        """An agent's share of one partition: ⌈concurrency / partitions⌉ (``None``: no cap)."""
+        concurrency = self._catalog.concurrency(agent_id)
+        return None if concurrency is None else math.ceil(concurrency / self._partitions)
+
+    def _ledger(self, partition: int) -> CapacityLedger:
+        ledger = self._ledgers.get(partition)
+        if ledger is None:
+            ledger = self._ledgers[partition] = CapacityLedger(self.share)
+        return ledger
+
+    async def agent_changed(self, agent_id: str) -> None:
+        """The agent is active (again, or with more room): wake each partition where nodes
+        wait for it with one ``ResumeDispatch`` keyed by one of the waiting executions."""
+        if self._send_command is None or self._catalog.availability(agent_id) != "active":
+            return
+        for ledger in list(self._ledgers.values()):
+            waiting = ledger.waiting_for(agent_id)
+            if waiting:
+                execution_id = waiting[0][0]
+                wake = ResumeDispatch.build(execution_id=execution_id, agent_id=agent_id)
+                await self._send_command(wake, execution_id)
 
     async def on_assigned(self, partition: int) -> None:
         states: dict[str, AnyState] = {}
@@ -123,8 +185,12 @@ class OrchestratorHandler:
                     continue
                 states[state.execution_id] = state
         self._states[partition] = states
+        ledger = self._ledger(partition)
+        ledger.rebuild(states.values())
         for state in states.values():
             self._timers.sync(state)
+        for agent_id in ledger.waiting_agents():  # an agent that came back while we were away
+            await self.agent_changed(agent_id)
         live = sum(1 for s in states.values() if not s.terminal)
         log.info("partition_state_loaded", partition=partition, executions=len(states), live=live)
 
@@ -135,17 +201,23 @@ class OrchestratorHandler:
 
     async def on_revoked(self, partition: int) -> None:
         states = self._states.pop(partition, {})
+        self._ledgers.pop(partition, None)
         self._timers.forget(states)
 
     async def handle(self, partition: int, batch: Sequence[Incoming]) -> Sequence[Outgoing]:
         states = self._states.setdefault(partition, {})
-        env = self._env()
+        ledger = self._ledger(partition)
+        env = self._env(ledger)
         out: list[Outgoing] = []
         changed: dict[str, AnyState] = {}
+        last: Message | None = None
         for incoming in batch:
             message = incoming.message
             if not isinstance(message, INPUTS):
                 raise PoisonMessage(f"the orchestrator does not handle {message.type!r}")
+            last = message
+            if isinstance(message, ResumeDispatch):
+                continue  # a wake-up: the dispatch of waiting nodes below does the work
             execution_id = execution_id_of(message)
             if isinstance(message, AgentResult):
                 try:
@@ -156,13 +228,9 @@ class OrchestratorHandler:
                     out.append(self._refused(incoming, exc))
                     continue
             decision = decide(states.get(execution_id), message, env)
-            out.extend(self._effects(decision, execution_id))
-            if decision.state is not None and decision.changed:
-                state = decision.state
-                if state.terminal and not isinstance(state, FinishedExecution):
-                    state = FinishedExecution.of(state)  # keep only what late input needs
-                states[execution_id] = state
-                changed[execution_id] = state
+            self._apply(decision, execution_id, states, ledger, changed, out)
+        if last is not None:
+            self._dispatch_waiting(states, ledger, env, last, changed, out)
         for execution_id, state in changed.items():
             snapshot = ExecutionSnapshot.build(
                 correlation_id=state.correlation_id,
@@ -175,6 +243,51 @@ class OrchestratorHandler:
             out.append(Outgoing(self._topic_snapshots, execution_id, snapshot))
             self._timers.sync(state)
         return out
+
+    def _apply(
+        self,
+        decision: Decision,
+        execution_id: str,
+        states: dict[str, AnyState],
+        ledger: CapacityLedger,
+        changed: dict[str, AnyState],
+        out: list[Outgoing],
+    ) -> None:
+        out.extend(self._effects(decision, execution_id))
+        if decision.state is not None and decision.changed:
+            state = decision.state
+            ledger.reconcile(state)
+            if state.terminal and not isinstance(state, FinishedExecution):
+                state = FinishedExecution.of(state)  # keep only what late input needs
+            states[execution_id] = state
+            changed[execution_id] = state
+
+    def _dispatch_waiting(
+        self,
+        states: dict[str, AnyState],
+        ledger: CapacityLedger,
+        env: Environment,
+        cause: Message,
+        changed: dict[str, AnyState],
+        out: list[Outgoing],
+    ) -> None:
+        """Hand the free slots of every active agent to its waiting nodes, tenant by tenant."""
+        for agent_id in ledger.waiting_agents():
+            if self._catalog.availability(agent_id) != "active":
+                continue
+            for _ in range(len(ledger.waiting_for(agent_id))):  # each waiting node once at most
+                key = ledger.next_ready(agent_id)
+                if key is None:
+                    break
+                execution_id, node_id = key
+                state = states.get(execution_id)
+                if state is None:  # cannot happen: a gone execution left the ledger
+                    ledger.forget(execution_id)
+                    continue
+                decision = resume_node(state, node_id, cause, env)
+                if not decision.changed:
+                    ledger.reconcile(state)  # not waiting after all: give the slot back
+                self._apply(decision, execution_id, states, ledger, changed, out)
 
     def _refused(self, incoming: Incoming, error: SignatureRefused) -> Outgoing:
         ops.SIGNATURE_FAILURES.labels(CONSUMER, error.reason).inc()

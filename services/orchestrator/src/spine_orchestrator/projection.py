@@ -16,6 +16,7 @@ from spine_contracts import (
     ExecutionCancelled,
     ExecutionCompleted,
     ExecutionFailed,
+    ExecutionQueued,
     ExecutionStarted,
     InputReceived,
     NodeCompleted,
@@ -83,9 +84,14 @@ def _json(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
+# queued, then started: the start of a queued execution moves it to running (once)
 _STARTED = (
-    "INSERT INTO executions VALUES ($1,$2,$3,$4,'running',$5,NULL,NULL,$6,$7,$7,NULL)"
-    " ON CONFLICT (execution_id) DO NOTHING"
+    "INSERT INTO executions VALUES ($1,$2,$3,$4,$8,$5,NULL,NULL,$6,$7,$7,NULL)"
+    " ON CONFLICT (execution_id) DO UPDATE SET status=EXCLUDED.status,"
+    " last_seq=GREATEST(executions.last_seq, EXCLUDED.last_seq),"
+    " updated_at=GREATEST(executions.updated_at, EXCLUDED.updated_at)"
+    " WHERE executions.status='queued' AND EXCLUDED.status='running'"
+    " AND executions.last_seq < EXCLUDED.last_seq"
 )
 _DISPATCHED = (
     "INSERT INTO node_runs VALUES ($1,$2,$3,$4,'running',NULL,NULL,$5,NULL) ON CONFLICT DO NOTHING"
@@ -137,7 +143,7 @@ async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
         m = item.message
         d: Any = m.data  # the body of whichever event ``m`` is, as the branches narrow it
         at = m.occurred_at
-        if isinstance(m, ExecutionStarted):
+        if isinstance(m, (ExecutionQueued, ExecutionStarted)):
             started.append(
                 (
                     d.execution_id,
@@ -147,6 +153,7 @@ async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
                     _json(d.input_data),
                     d.seq,
                     at,
+                    "queued" if isinstance(m, ExecutionQueued) else "running",
                 )
             )
             continue
@@ -173,6 +180,7 @@ async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
             skipped.append((d.execution_id, d.node_id, d.reason, at))
         elif isinstance(m, NodeWaitingInput):
             waiting.append((d.execution_id, d.node_id, d.attempt))
+        # a NodeWaitingAgent is in the trail (the gateway's); here it only touches the row
         status = None
         output = None
         error = None

@@ -19,6 +19,13 @@ class OrchestratorSettings(CommonSettings):
         gt=0,
         description="how long an input node waits for the human when it sets no input_timeout",
     )
+    default_agent_wait_s: float = Field(
+        60.0,
+        alias="SPINE_ORCHESTRATOR_WAIT_FOR_AGENT",
+        ge=0,
+        description="how long a node waits for an inactive agent when neither it nor its flow "
+        "sets wait_for_agent (0: fail at once)",
+    )
     db_schema: str = Field("orchestrator", alias="SPINE_ORCHESTRATOR_SCHEMA")
     max_batch: int = Field(500, alias="SPINE_ORCHESTRATOR_MAX_BATCH", ge=1)
     watch_flows: bool = Field(True, alias="SPINE_ORCHESTRATOR_WATCH_FLOWS")

@@ -9,7 +9,9 @@ from pydantic import AwareDatetime, Field
 from ..envelope import Body, Message
 from ..flow import FlowDefinition
 
-ExecutionStatus = Literal["pending", "running", "waiting_input", "completed", "failed", "cancelled"]
+ExecutionStatus = Literal[
+    "pending", "queued", "running", "waiting_input", "completed", "failed", "cancelled"
+]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 TimerKind = Literal["node_timeout", "retry", "flow_timeout", "input_timeout", "agent_wait"]
 
@@ -25,6 +27,9 @@ class StartExecutionData(Body):
     input_data: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     credits_reserved: int = 0
+    #: auth found the user at ``max_in_flight`` (DESIGN §16): record ``execution.queued`` and
+    #: dispatch nothing until auth's :class:`ReleaseExecution`
+    queued: bool = False
 
 
 class StartExecution(Message):
@@ -69,6 +74,32 @@ class FireTimer(Message):
     data: FireTimerData
 
 
+class ReleaseExecutionData(Body):
+    """Auth freed one of the user's ``max_in_flight`` slots for this queued execution."""
+
+    execution_id: str
+    user_id: str
+
+
+class ReleaseExecution(Message):
+    type: Literal["execution.release"] = "execution.release"
+    data: ReleaseExecutionData
+
+
+class ResumeDispatchData(Body):
+    """The orchestrator saw ``agent_id`` come back (or get room): the partition of
+    ``execution_id`` looks at the nodes waiting for it. Keyed by a waiting execution, so it
+    lands on the partition that holds the waiters; it changes no execution by itself."""
+
+    execution_id: str
+    agent_id: str
+
+
+class ResumeDispatch(Message):
+    type: Literal["execution.resume_dispatch"] = "execution.resume_dispatch"
+    data: ResumeDispatchData
+
+
 # --- events (spine.executions.events) -----------------------------------------------------
 
 
@@ -94,12 +125,22 @@ class ExecutionStarted(Message):
     data: ExecutionStartedData
 
 
+class ExecutionQueued(Message):
+    """Accepted with credits held, not started: the user is at ``max_in_flight``. Carries
+    what ``execution.started`` carries, so the execution is visible everywhere at once."""
+
+    type: Literal["execution.queued"] = "execution.queued"
+    data: ExecutionStartedData
+
+
 class NodeDispatchedData(ExecutionEventBody):
     node_id: str
     attempt: int
     agent_id: str
     task_id: str
     payload: dict[str, Any] = Field(default_factory=dict)
+    #: how long the node waited for its agent (inactive, or at capacity) before this dispatch
+    waited_ms: float | None = None
 
 
 class NodeDispatched(Message):
@@ -156,6 +197,24 @@ class NodeWaitingInputData(ExecutionEventBody):
 class NodeWaitingInput(Message):
     type: Literal["execution.node_waiting_input"] = "execution.node_waiting_input"
     data: NodeWaitingInputData
+
+
+AgentWaitReason = Literal["inactive", "capacity"]
+
+
+class NodeWaitingAgentData(ExecutionEventBody):
+    node_id: str
+    agent_id: str
+    #: ``inactive``: no live instance (waits up to ``wait_for_agent``, then fails);
+    #: ``capacity``: the agent has its ``concurrency`` in flight (waits its turn)
+    reason: AgentWaitReason
+    detail: str
+    wait_until: AwareDatetime | None = None
+
+
+class NodeWaitingAgent(Message):
+    type: Literal["execution.node_waiting_agent"] = "execution.node_waiting_agent"
+    data: NodeWaitingAgentData
 
 
 class InputReceivedData(ExecutionEventBody):

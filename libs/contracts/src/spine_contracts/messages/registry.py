@@ -27,6 +27,9 @@ class AgentInfo(Body):
     transport: AgentTransport = "kafka"
     version: str = "1.0.0"
     rate_limit: int | None = None
+    #: tasks the agent takes at once over all its replicas (DESIGN §16): each orchestrator
+    #: partition keeps at most ceil(concurrency / partitions) outstanding; ``None``: no cap
+    concurrency: int | None = Field(default=None, ge=1, le=100_000)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 

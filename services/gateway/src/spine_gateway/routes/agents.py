@@ -49,6 +49,7 @@ def _info(body: RegisterAgentRequest) -> AgentInfo:
         "transport": body.transport or ("http" if body.endpoint else "kafka"),
         "version": body.version,
         "rate_limit": body.rate_limit,
+        "concurrency": body.concurrency,
         "metadata": metadata,
     }
     try:
