@@ -249,6 +249,7 @@ def test_reserve_holds_the_cost_and_starts_the_execution_in_the_same_decision() 
         "charged": 0,
         "refunded": 0,
         "balance": 3,
+        "queued": False,
     }
 
 

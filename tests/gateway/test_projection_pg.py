@@ -32,6 +32,7 @@ from spine_contracts.access import USER_SCOPES, primary_key_id
 from spine_gateway.projection import (
     EXECUTIONS_DDL,
     KEYS_DDL,
+    LIMITS_DDL,
     USAGE_DDL,
     USERS_DDL,
     Marks,
@@ -71,6 +72,7 @@ async def conn(database_url: str, pg_schema: str) -> AsyncIterator[asyncpg.Conne
     await connection.execute(USAGE_DDL)
     await connection.execute(USERS_DDL)
     await connection.execute(KEYS_DDL)
+    await connection.execute(LIMITS_DDL)
     try:
         yield connection
     finally:

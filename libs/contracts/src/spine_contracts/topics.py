@@ -81,7 +81,7 @@ AUDIT = TopicSpec(
 AUTH_COMMANDS = TopicSpec(
     "spine.auth.commands", "user_id", 7 * DAY_MS, "delete",
     (auth.CreateUser, auth.RotateKey, auth.CreateKey, auth.RevokeKey, auth.AddCredits,
-     auth.ReserveCredits, auth.WithdrawReservation, auth.SettleCredits),
+     auth.ReserveCredits, auth.WithdrawReservation, auth.SettleCredits, auth.SetLimits),
     "Commands to the auth service, the single writer per user.",
 )
 AUTH_EVENTS = TopicSpec(
@@ -89,7 +89,7 @@ AUTH_EVENTS = TopicSpec(
     (auth.UserCreated, auth.KeyRotated, auth.KeyCreated, auth.KeyRevoked,
      auth.CreditsAdded, auth.CreditsReserved,
      auth.CreditsRejected, auth.ReservationWithdrawn, auth.CreditsSettled,
-     auth.AuthCommandRejected),
+     auth.ExecutionReleased, auth.LimitsSet, auth.AuthCommandRejected),
     "Users, keys (hashes only) and every credit movement.",
 )
 EXECUTION_COMMANDS = TopicSpec(

@@ -89,7 +89,7 @@ async def run_auth(ctx: ServiceContext, settings: AuthSettings) -> None:
     """Decide commands and project events until ``ctx.stopping``; a crash of either raises."""
     cfg = ctx.kafka
     partitions = await check_co_partitioned(cfg)
-    handler = AuthHandler(cfg, partition_count=partitions)
+    handler = AuthHandler(cfg, partition_count=partitions, limits=settings.limits())
     loop = make_loop(cfg, handler, max_batch=settings.max_batch)
     watched: set[asyncio.Task[None]] = set()
     try:

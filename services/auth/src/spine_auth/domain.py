@@ -38,6 +38,19 @@ Rules (the credit policy is written up in ``docs/credits.md``):
   reservation is settled or withdrawn at most once, so nothing is refunded twice.
 * Unknown user: ``AuthCommandRejected`` (USER_NOT_FOUND).
 
+Fair sharing (DESIGN §16), with :class:`Limits` (the service's defaults and the
+partition's load) beside the account:
+
+* A granted reservation beyond the user's ``max_in_flight`` running executions (or behind
+  others already queued) is *queued*: ``CreditsReserved(queued)`` and a ``StartExecution``
+  marked queued; the credits are held meanwhile. Beyond the user's ``max_queued``, or the
+  partition's ``partition_queue_cap`` accepted-but-not-started executions, it is refused
+  with QUEUE_FULL (the gateway's 503 with ``Retry-After``) and nothing is recorded.
+* Every settle or withdrawal of a running execution frees its slot: the oldest queued one
+  gets ``ExecutionReleased`` and a ``ReleaseExecution`` goes to the orchestrator. A queued
+  execution cancelled (settled) or withdrawn only leaves the queue. ``SetLimits`` changes
+  the user's limits (``LimitsSet``) and releases what a higher limit allows.
+
 Idempotency, derived from the events alone so that it survives a rebuild:
 
 * Reservations are keyed by execution_id: a repeated ``ReserveCredits`` emits nothing
@@ -74,15 +87,19 @@ from spine_contracts import (
     CreditsRejected,
     CreditsReserved,
     CreditsSettled,
+    ExecutionReleased,
     GatewayReply,
     KeyCreated,
     KeyRevoked,
     KeyRotated,
+    LimitsSet,
     Message,
+    ReleaseExecution,
     ReservationWithdrawn,
     ReserveCredits,
     RevokeKey,
     RotateKey,
+    SetLimits,
     SettleCredits,
     StartExecution,
     UserCreated,
@@ -102,6 +119,7 @@ AuthCommand: TypeAlias = (
     | ReserveCredits
     | WithdrawReservation
     | SettleCredits
+    | SetLimits
 )
 AuthEvent: TypeAlias = (
     UserCreated
@@ -113,10 +131,18 @@ AuthEvent: TypeAlias = (
     | CreditsRejected
     | ReservationWithdrawn
     | CreditsSettled
+    | ExecutionReleased
+    | LimitsSet
     | AuthCommandRejected
 )
 COMMAND_TYPES: Final[tuple[type[Message], ...]] = get_args(AuthCommand)
 EVENT_TYPES: Final[tuple[type[Message], ...]] = get_args(AuthEvent)
+#: The service's defaults (``SPINE_AUTH_*``; docs/credits.md, Fair sharing).
+DEFAULT_MAX_IN_FLIGHT: Final = 100
+DEFAULT_MAX_QUEUED: Final = 1_000
+DEFAULT_PARTITION_QUEUE_CAP: Final = 10_000
+#: what the gateway suggests in ``Retry-After`` when the queue is full (seconds)
+QUEUE_FULL_RETRY_AFTER_S: Final = 2
 #: Closed reservations remembered per user (for answering repeated commands).
 CLOSED_KEPT: Final = 10_000
 #: CreateUser/RotateKey/AddCredits (and refused SettleCredits) message ids kept per user.
@@ -158,6 +184,17 @@ class Reservation:
         return self.status == "reserved"
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What a reservation is measured against besides the account: the service's defaults
+    and the partition's count of accepted-but-not-started executions."""
+
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_queued: int = DEFAULT_MAX_QUEUED
+    partition_queue_cap: int = DEFAULT_PARTITION_QUEUE_CAP
+    partition_queued: int = 0
+
+
 @dataclass
 class UserAccount:
     """One user's state, the fold of that user's auth events."""
@@ -179,6 +216,13 @@ class UserAccount:
     handled: dict[str, bool] = field(default_factory=dict)
     #: key_id -> key, the primary key (from the account's creation) included
     keys: dict[str, KeyState] = field(default_factory=dict)
+    #: the user's own limits; ``None``: the service's default
+    max_in_flight: int | None = None
+    max_queued: int | None = None
+    #: executions started and not settled or withdrawn
+    in_flight: int = 0
+    #: queued executions (credits held, not started), oldest first
+    queue: dict[str, None] = field(default_factory=dict)
 
     @property
     def held(self) -> int:
@@ -192,7 +236,14 @@ class UserAccount:
             closed=dict(self.closed),
             handled=dict(self.handled),
             keys=dict(self.keys),
+            queue=dict(self.queue),
         )
+
+    def in_flight_limit(self, limits: Limits) -> int:
+        return self.max_in_flight if self.max_in_flight is not None else limits.max_in_flight
+
+    def queue_limit(self, limits: Limits) -> int:
+        return self.max_queued if self.max_queued is not None else limits.max_queued
 
 
 @dataclass(frozen=True)
@@ -201,16 +252,16 @@ class Decision:
 
     state: UserAccount | None
     events: tuple[Message, ...] = ()
-    commands: tuple[StartExecution | CancelExecution, ...] = ()
+    commands: tuple[StartExecution | CancelExecution | ReleaseExecution, ...] = ()
     reply: GatewayReply | None = None
 
 
 # --- decide ----------------------------------------------------------------------------------
 
 
-def decide(account: UserAccount | None, command: Message) -> Decision:
+def decide(account: UserAccount | None, command: Message, limits: Limits = Limits()) -> Decision:
     """Apply one auth command to the account of its user (``None``: no such user)."""
-    step = _Step(account, command)
+    step = _Step(account, command, limits)
     if isinstance(command, CreateUser):
         step.create_user(command)
     elif isinstance(command, RotateKey):
@@ -227,6 +278,8 @@ def decide(account: UserAccount | None, command: Message) -> Decision:
         step.withdraw(command)
     elif isinstance(command, SettleCredits):
         step.settle(command)
+    elif isinstance(command, SetLimits):
+        step.set_limits(command)
     else:
         raise UnsupportedCommand(f"auth does not handle {command.type!r}")
     return step.decision()
@@ -235,14 +288,15 @@ def decide(account: UserAccount | None, command: Message) -> Decision:
 class _Step:
     """One decision in progress: the events are applied to a copy as they are emitted."""
 
-    def __init__(self, account: UserAccount | None, command: Message) -> None:
+    def __init__(self, account: UserAccount | None, command: Message, limits: Limits) -> None:
         self.original = account
         self.account = account
         self.command = command
+        self.limits = limits
         self.user_id: str = command.data.user_id  # type: ignore[attr-defined]
         self.copied = False
         self.events: list[Message] = []
-        self.commands: list[StartExecution | CancelExecution] = []
+        self.commands: list[StartExecution | CancelExecution | ReleaseExecution] = []
         self.reply: GatewayReply | None = None
 
     def decision(self) -> Decision:
@@ -258,7 +312,11 @@ class _Step:
         self.copied = True
         self.account = _apply(self.account, event)
 
-    def send(self, cls: type[StartExecution] | type[CancelExecution], **fields: Any) -> None:
+    def send(
+        self,
+        cls: type[StartExecution] | type[CancelExecution] | type[ReleaseExecution],
+        **fields: Any,
+    ) -> None:
         self.commands.append(cls.build(cause=self.command, tenant_id=self.user_id, **fields))
 
     def answer(
@@ -317,6 +375,8 @@ class _Step:
                 rate_limit=d.rate_limit,
                 key_hash=d.key_hash,
                 balance=d.credits,
+                max_in_flight=d.max_in_flight,
+                max_queued=d.max_queued,
             )
             self._answer_account("created")
             return
@@ -430,12 +490,17 @@ class _Step:
             self._answer_reservation(d.execution_id, existing)  # a repeat: same outcome
             return
         if acc.balance >= d.amount:
+            # behind others already queued too: the queue is first come, first served
+            queued = bool(acc.queue) or acc.in_flight >= acc.in_flight_limit(self.limits)
+            if queued and self._queue_full(acc):
+                return
             self.emit(
                 CreditsReserved,
                 user_id=acc.user_id,
                 execution_id=d.execution_id,
                 amount=d.amount,
                 balance=acc.balance - d.amount,
+                queued=queued,
             )
             self.send(
                 StartExecution,
@@ -446,6 +511,7 @@ class _Step:
                 input_data=d.input_data,
                 metadata=d.metadata,
                 credits_reserved=d.amount,
+                queued=queued,
             )
         else:
             self.emit(
@@ -458,6 +524,54 @@ class _Step:
             )
         assert self.account is not None
         self._answer_reservation(d.execution_id, self.account.reservations[d.execution_id])
+
+    def _queue_full(self, acc: UserAccount) -> bool:
+        """Refuse (QUEUE_FULL, nothing recorded) when no more may wait: the user's
+        ``max_queued`` or the partition's cap. A retry later is decided afresh."""
+        cap = acc.queue_limit(self.limits)
+        if len(acc.queue) >= cap:
+            reason = f"{len(acc.queue)} executions already wait for a slot (max_queued {cap})"
+        elif self.limits.partition_queued >= self.limits.partition_queue_cap:
+            reason = (
+                f"{self.limits.partition_queued} accepted executions wait on this auth "
+                f"partition (cap {self.limits.partition_queue_cap})"
+            )
+        else:
+            return False
+        self.answer(
+            False,
+            error_code=ErrorCode.QUEUE_FULL,
+            message=f"too many executions waiting: {reason}; retry later",
+            user_id=acc.user_id,
+            retry_after=QUEUE_FULL_RETRY_AFTER_S,
+        )
+        return True
+
+    def release(self) -> None:
+        """Start the oldest queued executions while the user has free slots."""
+        acc = self.account
+        assert acc is not None
+        while acc.queue and acc.in_flight < acc.in_flight_limit(self.limits):
+            execution_id = next(iter(acc.queue))
+            self.emit(ExecutionReleased, user_id=acc.user_id, execution_id=execution_id)
+            self.send(ReleaseExecution, execution_id=execution_id, user_id=acc.user_id)
+            acc = self.account
+            assert acc is not None
+
+    def set_limits(self, cmd: SetLimits) -> None:
+        d = cmd.data
+        acc = self.account
+        if acc is None:
+            self.unknown_user()
+            return
+        max_in_flight = d.max_in_flight if d.max_in_flight is not None else acc.max_in_flight
+        max_queued = d.max_queued if d.max_queued is not None else acc.max_queued
+        if (max_in_flight, max_queued) != (acc.max_in_flight, acc.max_queued):
+            self.emit(
+                LimitsSet, user_id=acc.user_id, max_in_flight=max_in_flight, max_queued=max_queued
+            )
+            self.release()
+        self._answer_account("limits_set")
 
     def withdraw(self, cmd: WithdrawReservation) -> None:
         d = cmd.data
@@ -490,6 +604,7 @@ class _Step:
                 reason=WITHDRAW_REASON,
                 requested_by="auth",
             )
+            self.release()
         # Rejected, settled or already withdrawn: nothing is held, only the answer.
         assert self.account is not None
         closed = self.account.reservations[d.execution_id]
@@ -521,6 +636,7 @@ class _Step:
             refunded=refunded,
             balance=acc.balance + refunded,
         )
+        self.release()
 
     # -- answers ---------------------------------------------------------------------------
 
@@ -537,6 +653,8 @@ class _Step:
             organization=acc.organization,
             rate_limit=acc.rate_limit,
             balance=acc.balance,
+            max_in_flight=acc.in_flight_limit(self.limits),
+            max_queued=acc.queue_limit(self.limits),
         )
 
     def _answer_reservation(self, execution_id: str, reservation: Reservation) -> None:
@@ -580,6 +698,7 @@ def _reservation_body(
         "charged": reservation.charged,
         "refunded": reservation.refunded,
         "balance": account.balance,
+        "queued": execution_id in account.queue,
     }
 
 
@@ -621,6 +740,8 @@ def _apply(acc: UserAccount | None, event: Message) -> UserAccount | None:
             created_key_hash=new.key_hash,
             balance=new.balance,
             keys={primary_key_id(new.user_id): KeyState(new.key_hash)},
+            max_in_flight=new.max_in_flight,
+            max_queued=new.max_queued,
         )
         _remember(acc, event, accepted=True)
         return acc
@@ -647,6 +768,16 @@ def _apply(acc: UserAccount | None, event: Message) -> UserAccount | None:
     elif isinstance(event, CreditsReserved):
         acc.balance = event.data.balance
         acc.reservations[event.data.execution_id] = Reservation(event.data.amount)
+        if event.data.queued:
+            acc.queue[event.data.execution_id] = None
+        else:
+            acc.in_flight += 1
+    elif isinstance(event, ExecutionReleased):
+        if acc.queue.pop(event.data.execution_id, 0) is None:
+            acc.in_flight += 1
+    elif isinstance(event, LimitsSet):
+        acc.max_in_flight = event.data.max_in_flight
+        acc.max_queued = event.data.max_queued
     elif isinstance(event, CreditsRejected):
         refused = event.data
         acc.reservations[refused.execution_id] = Reservation(
@@ -656,6 +787,7 @@ def _apply(acc: UserAccount | None, event: Message) -> UserAccount | None:
     elif isinstance(event, ReservationWithdrawn):
         withdrawn = event.data
         acc.balance = withdrawn.balance
+        _leave(acc, withdrawn.execution_id)
         held = acc.reservations.get(withdrawn.execution_id, Reservation(withdrawn.refunded))
         acc.reservations[withdrawn.execution_id] = replace(
             held, status="withdrawn", refunded=withdrawn.refunded
@@ -665,6 +797,7 @@ def _apply(acc: UserAccount | None, event: Message) -> UserAccount | None:
         settled = event.data
         acc.balance = settled.balance
         amount = settled.charged + settled.refunded
+        _leave(acc, settled.execution_id)
         held = acc.reservations.get(settled.execution_id, Reservation(amount))
         acc.reservations[settled.execution_id] = replace(
             held, status="settled", charged=settled.charged, refunded=settled.refunded
@@ -688,6 +821,15 @@ def _system_account() -> UserAccount:
         created_key_hash="",
         balance=0,
     )
+
+
+def _leave(acc: UserAccount, execution_id: str) -> None:
+    """A held reservation closes: it leaves the queue, or frees its running slot."""
+    if acc.queue.pop(execution_id, 0) is None:
+        return
+    held = acc.reservations.get(execution_id)
+    if held is not None and held.held:
+        acc.in_flight = max(0, acc.in_flight - 1)
 
 
 def _remember(acc: UserAccount, event: Message, *, accepted: bool) -> None:

@@ -46,6 +46,7 @@ class ErrorCode:
     USER_EXISTS: Final = "USER_EXISTS"  # 409
     USER_NOT_FOUND: Final = "USER_NOT_FOUND"  # 404
     INSUFFICIENT_CREDITS: Final = "INSUFFICIENT_CREDITS"  # 402
+    QUEUE_FULL: Final = "QUEUE_FULL"  # 503 with Retry-After: too many executions wait
     RESERVATION_WITHDRAWN: Final = "RESERVATION_WITHDRAWN"  # 409: the execution was cancelled
     RESERVATION_NOT_FOUND: Final = "RESERVATION_NOT_FOUND"  # 404
     KEY_NOT_FOUND: Final = "KEY_NOT_FOUND"  # 404

@@ -20,6 +20,7 @@ where the rebuild of *p* cannot see them).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 
 import structlog
 from aiokafka.partitioner import murmur2
@@ -34,7 +35,7 @@ from spine_servicekit.kafka import (
 from spine_servicekit.logging import get_logger
 from spine_servicekit.txloop import Incoming, PoisonMessage
 
-from .domain import COMMAND_TYPES, Decision, UserAccount, decide, replay
+from .domain import COMMAND_TYPES, Decision, Limits, UserAccount, decide, replay
 from .errors import MisroutedCommand
 
 log = get_logger(__name__)
@@ -58,10 +59,15 @@ class AuthHandler:
         *,
         partition_count: int | None = None,
         history: HistoryReader | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """``partition_count`` of the commands topic enables the routing check;
-        ``history`` replaces reading ``spine.auth.events`` from Kafka (tests)."""
+        ``history`` replaces reading ``spine.auth.events`` from Kafka (tests); ``limits``
+        are the service's defaults (the partition's load is counted here)."""
         self._cfg = cfg
+        self._limits = limits or Limits()
+        #: partition -> executions accepted and not started (every user's queue)
+        self._queued: dict[int, int] = {}
         self._partition_count = partition_count
         self._history = history or self._read_events
         self._accounts: dict[int, dict[str, UserAccount]] = {}
@@ -89,10 +95,16 @@ class AuthHandler:
             replay(accounts, batch)
             events += len(batch)
         self._accounts[partition] = accounts
+        self._queued[partition] = sum(len(a.queue) for a in accounts.values())
         log.info("auth_partition_loaded", partition=partition, users=len(accounts), events=events)
 
     async def on_revoked(self, partition: int) -> None:
         self._accounts.pop(partition, None)
+        self._queued.pop(partition, None)
+
+    def queued(self, partition: int) -> int:
+        """Accepted-but-not-started executions of the partition (for its cap)."""
+        return self._queued.get(partition, 0)
 
     async def handle(self, partition: int, batch: Sequence[Incoming]) -> Sequence[Outgoing]:
         accounts = self._accounts.setdefault(partition, {})
@@ -111,10 +123,14 @@ class AuthHandler:
                 correlation_id=message.correlation_id,
                 execution_id=getattr(message.data, "execution_id", None),
             ):
-                decision = decide(accounts.get(user_id), message)
+                before = accounts.get(user_id)
+                limits = replace(self._limits, partition_queued=self.queued(partition))
+                decision = decide(before, message, limits)
                 _log_decision(message, decision)
             if decision.state is not None:
                 accounts[user_id] = decision.state
+                waiting = len(decision.state.queue) - (len(before.queue) if before else 0)
+                self._queued[partition] = self.queued(partition) + waiting
             out.extend(self._effects(user_id, decision, incoming.reply_to))
         return out
 

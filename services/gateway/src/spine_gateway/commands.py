@@ -71,5 +71,5 @@ class Commands:
         except TimeoutError as exc:
             raise Unavailable("no answer from the auth service in time") from exc
         if not reply.data.ok:
-            raise from_reply(reply.data.error_code, reply.data.message)
+            raise from_reply(reply.data.error_code, reply.data.message, reply.data.body)
         return dict(reply.data.body)

@@ -9,7 +9,8 @@
     ├── PayloadTooLarge           413 PAYLOAD_TOO_LARGE (a body or message over its limit)
     ├── InvalidInput              422 VALIDATION_ERROR
     ├── RateLimited               429 RATE_LIMITED (with Retry-After)
-    └── Unavailable               503 SERVICE_UNAVAILABLE (a reply that did not come in time)
+    └── Unavailable               503 SERVICE_UNAVAILABLE (a reply that did not come in time;
+                                  QUEUE_FULL with Retry-After: too many executions wait)
 
 Every answer has the body ``{"detail", "code", "message", "error_code"}``: FastAPI's
 ``detail`` plus the ``message``/``error_code`` pair the original's published SDK reads.
@@ -89,6 +90,7 @@ class Unavailable(GatewayError):
 #: ``GatewayReply.error_code`` values from the services, and the error each becomes.
 REPLY_ERRORS: dict[str, type[GatewayError]] = {
     "INSUFFICIENT_CREDITS": InsufficientCredits,
+    "QUEUE_FULL": Unavailable,
     "USER_EXISTS": Conflict,
     "USER_NOT_FOUND": NotFound,
     "RESERVATION_NOT_FOUND": NotFound,
@@ -123,10 +125,15 @@ _STATUS_CODES: dict[int, str] = {
 }
 
 
-def from_reply(error_code: str | None, message: str | None) -> GatewayError:
-    """The error a refused command's reply stands for (unknown codes: 409)."""
+def from_reply(
+    error_code: str | None, message: str | None, body: dict[str, Any] | None = None
+) -> GatewayError:
+    """The error a refused command's reply stands for (unknown codes: 409); a reply that
+    suggests when to come back (``retry_after``, e.g. QUEUE_FULL) sets ``Retry-After``."""
     cls = REPLY_ERRORS.get(error_code or "", Conflict)
-    return cls(message or (error_code or "refused"), code=error_code or None)
+    retry_after = (body or {}).get("retry_after")
+    headers = {"Retry-After": str(int(retry_after))} if retry_after else None
+    return cls(message or (error_code or "refused"), code=error_code or None, headers=headers)
 
 
 def code_for_status(status: int) -> str:

@@ -220,7 +220,7 @@ class ExecutionsService:
                     extra={"execution_id": execution_id},
                 ) from exc
             if not reply.data.ok:
-                raise from_reply(reply.data.error_code, reply.data.message)
+                raise from_reply(reply.data.error_code, reply.data.message, reply.data.body)
             # The mark lets any other replica wait for its own read model instead of 404;
             # the users projection applies the reservation meanwhile, so GET /users/me
             # after the answer shows the balance it left.

@@ -26,6 +26,7 @@ View = dict[str, Any]
 
 TERMINAL_EVENT_TYPES = frozenset({"execution.completed", "execution.failed", "execution.cancelled"})
 STARTED_EVENT_TYPE = "execution.started"
+QUEUED_EVENT_TYPE = "execution.queued"
 
 
 def event_view(seq: int, type_: str, data: Any, occurred_at: datetime | None) -> View:
@@ -94,13 +95,16 @@ async def await_started(queue: asyncio.Queue[Message]) -> tuple[str, datetime | 
     """The status and creation time the execute answer gives, once this replica decodes the
     execution's start: what its read-model row will say (``running``, or the end if the
     start and the end came in one batch). ``queue`` is subscribed before the command goes."""
-    while (message := await queue.get()).type != STARTED_EVENT_TYPE:
+    while (message := await queue.get()).type not in (STARTED_EVENT_TYPE, QUEUED_EVENT_TYPE):
         pass
-    status = "running"
+    # a queued execution is answered at once: it starts when auth releases it
+    status = "queued" if message.type == QUEUED_EVENT_TYPE else "running"
     while not queue.empty():  # the rest of the start's batch is queued already
         later = queue.get_nowait()
         if later.type in TERMINAL_EVENT_TYPES:
             status = later.type.removeprefix("execution.")
+        elif later.type == STARTED_EVENT_TYPE and status == "queued":
+            status = "running"  # released in the same batch
     return status, message.occurred_at
 
 

@@ -118,6 +118,22 @@ class CreateUserRequest(_Request):
     user_id: str | None = Field(
         default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$"
     )
+    max_in_flight: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="executions running at once (default 100)"
+    )
+    max_queued: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="executions accepted and waiting for a slot (default 1000)",
+    )
+
+
+class LimitsRequest(_Request):
+    """The admin's change of a user's limits; a field left out keeps its value."""
+
+    max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_queued: int | None = Field(default=None, ge=0, le=1_000_000)
 
 
 class AddCreditsRequest(_Request):
@@ -468,6 +484,9 @@ class UserView(_Open):
     credits: int
     balance: int
     rate_limit: int
+    #: the user's own limits (DESIGN §16); ``None``: the service's default
+    max_in_flight: int | None = None
+    max_queued: int | None = None
     created_at: str | None
     updated_at: str | None
 
@@ -483,6 +502,8 @@ class UserView(_Open):
             "credits": u["balance"],
             "balance": u["balance"],
             "rate_limit": u["rate_limit"],
+            "max_in_flight": u.get("max_in_flight"),
+            "max_queued": u.get("max_queued"),
             "created_at": iso(u["created_at"]),
             "updated_at": iso(u["updated_at"]),
         }

@@ -23,7 +23,7 @@ from .metrics import GatewayMetrics
 from .policy import OpsView
 
 Probe = Callable[[], Awaitable[Any]]
-ACTIVE_STATUSES = ("pending", "running", "waiting_input")
+ACTIVE_STATUSES = ("pending", "queued", "running", "waiting_input")
 ENDED_STATUSES = ("completed", "failed", "cancelled")
 ALL_STATUSES = (*ACTIVE_STATUSES, *ENDED_STATUSES)
 

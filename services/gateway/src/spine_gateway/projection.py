@@ -43,6 +43,7 @@ from spine_contracts import (
     KeyCreated,
     KeyRevoked,
     KeyRotated,
+    LimitsSet,
     Message,
     NodeCompleted,
     NodeDispatched,
@@ -156,6 +157,12 @@ _BALANCE_EVENTS = (
 )
 
 
+#: a user's own limits (DESIGN §16); NULL: auth's default
+LIMITS_DDL = """
+ALTER TABLE users ADD COLUMN max_in_flight int, ADD COLUMN max_queued int;
+"""
+
+
 def users_projection(marks: Marks) -> Projection:
     """Balance events carry the balance after them, so a batch's run of them for one user
     is one update (the last); every execution moves a balance twice."""
@@ -183,8 +190,8 @@ def users_projection(marks: Marks) -> Projection:
                 d = m.data
                 await conn.execute(
                     """INSERT INTO users (user_id, email, name, organization, rate_limit,
-                           key_hash, balance, created_at, updated_at)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+                           key_hash, balance, created_at, updated_at, max_in_flight, max_queued)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10)
                        ON CONFLICT (user_id) DO NOTHING""",
                     d.user_id,
                     d.email,
@@ -194,6 +201,8 @@ def users_projection(marks: Marks) -> Projection:
                     d.key_hash,
                     d.balance,
                     _ts(item),
+                    d.max_in_flight,
+                    d.max_queued,
                 )
                 await conn.execute(
                     """INSERT INTO api_keys (key_id, user_id, key_hash, name, scopes, last4,
@@ -247,6 +256,16 @@ def users_projection(marks: Marks) -> Projection:
                     _ts(item),
                 )
                 marks.put("key", new.key_id, item)
+            elif isinstance(m, LimitsSet):
+                await conn.execute(
+                    """UPDATE users SET max_in_flight = $2, max_queued = $3, updated_at = $4
+                       WHERE user_id = $1""",
+                    m.data.user_id,
+                    m.data.max_in_flight,
+                    m.data.max_queued,
+                    _ts(item),
+                )
+                marks.put("limits", m.data.user_id, item)
             elif isinstance(m, KeyRevoked):
                 await conn.execute(
                     "UPDATE api_keys SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL",
@@ -256,7 +275,9 @@ def users_projection(marks: Marks) -> Projection:
                 marks.put("key_revoked", m.data.key_id, item)
         await flush()
 
-    return Projection("gw_users", (topics.AUTH_EVENTS,), apply, migrations=(USERS_DDL, KEYS_DDL))
+    return Projection(
+        "gw_users", (topics.AUTH_EVENTS,), apply, migrations=(USERS_DDL, KEYS_DDL, LIMITS_DDL)
+    )
 
 
 # --- flows -------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from spine_contracts import AddCredits, CreateUser, RotateKey, UsageRecorded, topics
+from spine_contracts import AddCredits, CreateUser, RotateKey, SetLimits, UsageRecorded, topics
 from spine_contracts.access import primary_key_id
 from spine_servicekit.logging import get_logger
 from spine_servicekit.projector import Projector
@@ -80,6 +80,8 @@ class UsersService:
         rate_limit: int,
         user_id: str | None,
         actor: str,
+        max_in_flight: int | None = None,
+        max_queued: int | None = None,
     ) -> NewUserView:
         if await self.read.user_by_email(email) is not None:
             raise Conflict(f"a user with e-mail {email!r} exists", code="USER_EXISTS")
@@ -97,6 +99,8 @@ class UsersService:
             rate_limit=rate_limit,
             key_hash=hash_key(key),
             last4=key[-4:],
+            max_in_flight=max_in_flight,
+            max_queued=max_queued,
             request_id=request_id,
         )
         await self.commands.ask(topics.AUTH_COMMANDS, uid, cmd, request_id)
@@ -163,6 +167,26 @@ class UsersService:
         user = await self.read.user(user_id)
         assert user is not None
         return CreditsAddedView(**UserView.fields_of(user), credits_added=credits)
+
+    async def set_limits(
+        self, user_id: str, max_in_flight: int | None, max_queued: int | None, actor: str
+    ) -> UserView:
+        """The admin changes a user's limits (auth applies them: a higher ``max_in_flight``
+        releases queued executions at once)."""
+        if await self.read.user(user_id) is None:
+            raise NotFound(f"user {user_id!r} not found", code="USER_NOT_FOUND")
+        request_id = new_request_id()
+        cmd = SetLimits.build(
+            actor=actor,
+            tenant_id=user_id,
+            user_id=user_id,
+            max_in_flight=max_in_flight,
+            max_queued=max_queued,
+            request_id=request_id,
+        )
+        await self.commands.ask(topics.AUTH_COMMANDS, user_id, cmd, request_id)
+        await self.rw.caught_up(self.projector)
+        return await self.get(user_id)
 
     async def get(self, user_id: str) -> UserView:
         user = await self.read.user(user_id)

@@ -29,6 +29,10 @@ class CreateUserData(Body):
     rate_limit: int = Field(default=60, ge=1)
     key_hash: KeyHash = Field(min_length=64, max_length=64)
     last4: str = Field(default="", max_length=4)
+    #: executions running at once (DESIGN §16); ``None``: auth's default
+    max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
+    #: executions accepted and waiting for a slot; ``None``: auth's default
+    max_queued: int | None = Field(default=None, ge=0, le=1_000_000)
     request_id: str | None = None
 
 
@@ -124,6 +128,20 @@ class WithdrawReservation(Message):
     data: WithdrawReservationData
 
 
+class SetLimitsData(Body):
+    """The admin changes a user's limits; a field left ``None`` keeps its value."""
+
+    user_id: str
+    max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_queued: int | None = Field(default=None, ge=0, le=1_000_000)
+    request_id: str | None = None
+
+
+class SetLimits(Message):
+    type: Literal["auth.set_limits"] = "auth.set_limits"
+    data: SetLimitsData
+
+
 class SettleCreditsData(Body):
     user_id: str
     execution_id: str
@@ -148,6 +166,8 @@ class UserCreatedData(Body):
     key_hash: KeyHash
     balance: int
     last4: str = ""
+    max_in_flight: int | None = None
+    max_queued: int | None = None
 
 
 class UserCreated(Message):
@@ -211,6 +231,8 @@ class CreditsReservedData(Body):
     execution_id: str
     amount: int
     balance: int
+    #: the user was at ``max_in_flight``: the execution waits (credits held) for a slot
+    queued: bool = False
 
 
 class CreditsReserved(Message):
@@ -269,3 +291,26 @@ class AuthCommandRejectedData(Body):
 class AuthCommandRejected(Message):
     type: Literal["auth.command_rejected"] = "auth.command_rejected"
     data: AuthCommandRejectedData
+
+
+class ExecutionReleasedData(Body):
+    """A settle freed a slot: the oldest queued execution of the user may start."""
+
+    user_id: str
+    execution_id: str
+
+
+class ExecutionReleased(Message):
+    type: Literal["auth.execution_released"] = "auth.execution_released"
+    data: ExecutionReleasedData
+
+
+class LimitsSetData(Body):
+    user_id: str
+    max_in_flight: int | None = None
+    max_queued: int | None = None
+
+
+class LimitsSet(Message):
+    type: Literal["auth.limits_set"] = "auth.limits_set"
+    data: LimitsSetData

@@ -26,6 +26,8 @@ class UserRow(TypedDict):
     balance: int
     created_at: datetime
     updated_at: datetime
+    max_in_flight: int | None
+    max_queued: int | None
 
 
 class KeyRow(TypedDict):

@@ -14,6 +14,7 @@ from ..models import (
     AddCreditsRequest,
     CreateUserRequest,
     CreditsAddedView,
+    LimitsRequest,
     Me,
     NewKeyView,
     NewUserView,
@@ -44,6 +45,8 @@ async def create_user(body: CreateUserRequest, admin: AdminDep, users: UsersDep)
         rate_limit=body.rate_limit,
         user_id=body.user_id,
         actor=admin.actor,
+        max_in_flight=body.max_in_flight,
+        max_queued=body.max_queued,
     )
     return answer(user, 201)
 
@@ -88,6 +91,19 @@ async def add_credits(
             extra={"errors": exc.errors(include_url=False, include_context=False)},
         ) from exc
     return answer(await users.add_credits(parsed.user_id, parsed.credits, admin.actor))
+
+
+@router.patch("/{user_id}/limits", response_model=UserView, responses=error_responses(404))
+async def set_limits(
+    user_id: Annotated[str, Path(pattern=ID_PATTERN)],
+    body: LimitsRequest,
+    admin: AdminDep,
+    users: UsersDep,
+) -> Response:
+    """Admin. A user's `max_in_flight` (executions running at once; beyond it they queue
+    with their credits held) and `max_queued` (beyond it execute answers 503 with
+    `Retry-After`); a field left out keeps its value, `null` in the answer is the default."""
+    return answer(await users.set_limits(user_id, body.max_in_flight, body.max_queued, admin.actor))
 
 
 @router.get("/{user_id}", response_model=UserView, responses=error_responses(404))
