@@ -2,13 +2,15 @@
 relay's guarded client, its signing and its error messages meet the network for real.
 
 It records every request (method, target, headers, the exact body bytes) and answers with
-a fixed reply, or one computed from the request; one request per connection.
+a fixed reply, or one computed from the request (by a coroutine, if the answer has to wait
+for the test); one request per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -24,7 +26,7 @@ class Received:
     body: bytes
 
 
-Reply = bytes | Callable[[Received], bytes]
+Reply = bytes | Callable[[Received], bytes | Awaitable[bytes]]
 
 
 @dataclass
@@ -54,7 +56,10 @@ class Server:
         method, target, _ = request_line.split(" ", 2)
         received = Received(method, target, headers, body)
         self.requests.append(received)
-        writer.write(self.reply(received) if callable(self.reply) else self.reply)
+        answer = self.reply(received) if callable(self.reply) else self.reply
+        if inspect.isawaitable(answer):
+            answer = await answer
+        writer.write(answer)
         await writer.drain()
         writer.close()
 

@@ -325,13 +325,15 @@ async def auth_loop(cfg: KafkaConfig, **options: Any) -> AsyncIterator[Transacti
 
 @asynccontextmanager
 async def registry_service(
-    cfg: KafkaConfig, database_url: str, schema: str
+    cfg: KafkaConfig, database_url: str, schema: str, **knobs: Any
 ) -> AsyncIterator[ServiceContext]:
-    """The registry's ``main`` in this process, as ``serve`` would run it."""
+    """The registry's ``main`` in this process, as ``serve`` would run it (``knobs``: more
+    settings by their env names, e.g. ``SPINE_REGISTRY_HEARTBEAT_TTL``)."""
     settings = RegistrySettings(
         DATABASE_URL=database_url,
         KAFKA_BOOTSTRAP_SERVERS=cfg.bootstrap_servers,
         SPINE_REGISTRY_SCHEMA=schema,
+        **knobs,
     )
     producer = make_producer(cfg)
     await producer.start()

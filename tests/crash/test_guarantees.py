@@ -392,25 +392,33 @@ async def test_g8_a_registry_command_changes_the_catalogue_once(
 
 async def test_g9_beats_only_record_liveness(kafka: KafkaConfig) -> None:
     """G9: "Heartbeats are best effort: nothing retries or deduplicates them; a beat only
-    records liveness — the registry changes an agent's entry only when ready changes, the
-    gateway keeps the last beat per service instance — so a beat doubled or replayed
-    changes nothing, and a lost one shows as inactive once the TTL has passed." """
+    records liveness — the registry changes an agent's entry only when ready changes (or with
+    the first beat after a registration), the gateway keeps the last beat per service
+    instance — so a beat doubled or replayed changes nothing, and a lost one shows as inactive
+    once the TTL has passed. Only beats make an agent active: a registration waits for its
+    first, and an HTTP agent's probe counts only for the endpoint it is registered at when the
+    beat arrives." """
     catalog = Catalog()
     t0 = utcnow()
+    endpoint = "https://b.example/"
     [registered] = catalog.decide(
-        RegisterAgent.build(
-            agent=AgentInfo(agent_id="b", transport="http", endpoint="https://b.example/")
-        ),
+        RegisterAgent.build(agent=AgentInfo(agent_id="b", transport="http", endpoint=endpoint)),
         t0,
     )
-    ready = AgentHeartbeat.build(agent_id="b", instance_id="i1", transport="http", ready=True)
+    assert not registered.data.active
+    elsewhere = AgentHeartbeat.build(
+        agent_id="b", instance_id="i1", transport="http", ready=True, endpoint="https://c.example/"
+    )
+    assert catalog.decide(elsewhere, t0) == []  # a probe of another endpoint
+    ready = AgentHeartbeat.build(
+        agent_id="b", instance_id="i1", transport="http", ready=True, endpoint=endpoint
+    )
     assert [type(e) for e in catalog.decide(ready, t0)] == [AgentStatusChanged]
     assert catalog.decide(ready, t0) == [] and catalog.decide(ready, t0) == []  # doubled
     ttl = timedelta(seconds=15)
     assert catalog.sweep(t0 + timedelta(seconds=10), ttl) == []
     [gone] = catalog.sweep(t0 + timedelta(seconds=16), ttl)
     assert not gone.data.active and "no heartbeat" in (gone.data.reason or "")
-    assert not registered.data.active
 
     cfg = await fresh_topics(kafka, [topics.SERVICE_HEARTBEATS, topics.DEADLETTER])
     beat = ServiceHeartbeat.build(service="auth", instance_id="auth-1", started_at=t0)

@@ -685,8 +685,13 @@ async def test_register_and_deregister_an_agent(api: Api) -> None:
     r = await api.http.post("/api/v1/agents", json=body, headers=h)
     assert r.status_code == 201, r.text  # the catalogue shows it when the answer comes
     assert r.json()["agent_id"] == agent_id and r.json()["transport"] == "http"
+    # no relay runs here: nothing has probed it, so it is not active, and says why
+    assert (r.json()["active"], r.json()["status"]) == (False, "waiting"), r.text
     got = await api.http.get(f"/agents/{agent_id}", headers=h)
     assert got.status_code == 200 and got.json()["type"] == "processor"
+    assert agent_id not in {
+        a["agent_id"] for a in (await api.http.get("/agents/active", headers=h)).json()["agents"]
+    }
     listed = (await api.http.get("/api/v1/agents", headers=h)).json()["agents"]
     assert agent_id in {a["agent_id"] for a in listed}
 
@@ -707,6 +712,8 @@ async def test_register_and_deregister_an_agent(api: Api) -> None:
     assert r.status_code == 201, r.text
     assert r.json()["agent_id"] == "data-processor"
     assert r.json()["configuration"] == {"t": 0.7}
+    # a bus agent with no process behind it: waiting for a heartbeat that never comes
+    assert (r.json()["active"], r.json()["status"]) == (False, "waiting"), r.text
     assert (await api.http.delete("/agents/data-processor", headers=h)).status_code == 200
 
 

@@ -46,7 +46,7 @@ def test_an_agents_own_registration_keeps_owner_and_key() -> None:
     [entry] = catalog.decide(RegisterAgent.build(agent=AgentInfo(agent_id="a")), utcnow())
     assert isinstance(entry, AgentRegistered)
     assert (entry.data.owner, entry.data.key_id) == ("u1", KEY.key_id)
-    assert entry.data.active  # a Kafka agent registering itself is alive
+    assert not entry.data.active  # alive from its first heartbeat, not its registration
 
 
 def test_issuing_never_moves_an_id_to_another_owner() -> None:

@@ -73,7 +73,7 @@ async def test_agent_messages_need_the_issued_key(
         )
         [letter] = await dead_letters(cfg, origin_of(forged))
         assert letter.data.error.startswith("bad_signature:")
-        # accepted, the forged beat would have made it inactive and this one active again
+        # accepted, the forged beat would have recorded "not ready" before this one's "ready"
         await publish_raw(cfg, beats, [signed(cfg, beats, "sig-a", ready, signer_of("sig-a"))])
         await publish_raw(cfg, beats, [signed(cfg, beats, "sig-a", not_ready, signer_of("sig-a"))])
         async with TopicTail(cfg, topics.REGISTRY_EVENTS) as events:
@@ -86,8 +86,9 @@ async def test_agent_messages_need_the_issued_key(
     a = [m for m in events.messages if m.data.agent.agent_id == "sig-a"]  # type: ignore[attr-defined]
     assert [(type(m).__name__, m.data.reason) for m in a] == [  # type: ignore[attr-defined]
         ("AgentStatusChanged", f"key {signer_of('sig-a').key_id} issued"),
-        ("AgentRegistered", "registered"),
-        ("AgentStatusChanged", "heartbeat: not ready"),  # the signed beat, not the forged one
+        ("AgentRegistered", "registered: waiting for its first heartbeat"),
+        ("AgentStatusChanged", "heartbeat: ready"),  # the signed beats, not the forged one
+        ("AgentStatusChanged", "heartbeat: not ready"),
     ]
     registered = a[1]
     assert isinstance(registered, AgentRegistered)

@@ -2,7 +2,9 @@
 agent ``system`` or one user's (DESIGN §12). A registration is a command to the registry —
 the single writer per agent id, which refuses an id held by another owner — answered once
 the registry replied and this replica's projection shows it (202 ``registering`` when the
-registry does not answer within a few seconds)."""
+registry does not answer within a few seconds). A registration is no sign of life: a new
+agent, or one moved to another endpoint, is shown ``waiting`` (``active: false``) until its
+first heartbeat or successful health probe reaches the registry."""
 
 from __future__ import annotations
 
@@ -76,6 +78,7 @@ class AgentsService:
                 type=info.agent_type,
                 configuration=info.metadata.get("configuration", {}),
                 status="registering",
+                active=False,
                 owner=owner,
             )
             return AgentView.model_validate(pending), False

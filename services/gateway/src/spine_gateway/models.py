@@ -425,6 +425,9 @@ class AgentView(_Open):
     agent_id: str
     name: str
     type: str
+    #: ``active``; ``waiting``: registered (or re-pointed), no heartbeat (a bus agent) or
+    #: health probe (an HTTP agent) has answered yet; ``inactive``: its beats say not
+    #: ready or stopped; ``registering``: sent, the registry has not answered (202)
     status: str
     active: bool | None = None
     configuration: dict[str, Any] = Field(default_factory=dict)
@@ -439,12 +442,20 @@ class AgentView(_Open):
                 # the original SDK's Agent model reads ``type`` and ``configuration``
                 "type": info.get("agent_type", "processor"),
                 "configuration": info.get("metadata", {}).get("configuration", {}),
-                "status": "active" if a["active"] else "inactive",
+                "status": agent_status(a["active"], a["last_seen"]),
                 "active": a["active"],
                 "last_seen": iso(a["last_seen"]),
                 "owner": a["owner"],
             }
         )
+
+
+def agent_status(active: bool, last_seen: datetime | None) -> str:
+    """A registered agent's status: the registry resets ``last_seen`` when it registers an
+    agent somewhere new, and sets it with the first beat about it there."""
+    if active:
+        return "active"
+    return "waiting" if last_seen is None else "inactive"
 
 
 class AgentList(_Open):

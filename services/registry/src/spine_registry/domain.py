@@ -3,7 +3,18 @@
 Registration and deregistration come as commands; liveness comes from heartbeats. Each
 change emits the agent's whole catalogue entry, so the compacted ``spine.registry.events``
 keeps exactly the current state per agent and a replayed command is harmless.
-An agent is *active* while it is registered and its beats (ready) arrive within the TTL.
+
+Liveness comes only from beats: a Kafka agent's own, and for an HTTP agent the relay's,
+one per health probe, naming the endpoint it probed. An agent is *active* while it is
+registered and its beats (ready) arrive within the TTL. A registration is no evidence: a
+new one waits (not active, ``last_seen`` none) for its first beat — the bus agent's first
+heartbeat, the HTTP agent's first probe — and so does one that moves the agent elsewhere
+(another endpoint, another transport: :func:`same_place`), even if it was active. A
+re-registration in the same place keeps the liveness it had. A beat about another place
+than the agent's registered one (a probe of the old endpoint that was in flight when the
+agent was re-pointed) is stale and changes nothing. The first beat after a registration
+records the verdict either way, so "waiting" becomes "inactive" when the first probe
+fails; after that an entry changes only when ``ready`` does.
 
 Ownership (DESIGN §12): every entry has an owner, ``system`` or a user id, and keeps it
 when deregistered, so an agent id never passes to another owner. ``RegisterAgent`` with an
@@ -29,9 +40,10 @@ catalogue remembers those ids — from the entries it loads and the ones it emit
 together with the ids of the commands it decided since. A command whose ``message_id`` is
 among them is a duplicate (a redelivery after a crash, or the same message published
 twice) and changes nothing. The record of a command's processing is thus its own effect,
-the entry on the log. Heartbeats only flip ``active`` on a change, so a replayed beat is
-harmless; they are best-effort liveness. An audit record's id derives from its command's,
-so the one of a command handled twice is recognisable too.
+the entry on the log. Heartbeats only flip ``active`` on a change (or record the first
+verdict after a registration), so a replayed beat is harmless; they are best-effort
+liveness. An audit record's id derives from its command's, so the one of a command handled
+twice is recognisable too.
 """
 
 from __future__ import annotations
@@ -76,6 +88,8 @@ class AgentRecord:
     info: AgentInfo
     registered: bool
     active: bool
+    #: the last beat about the agent's registered place; ``None``: none since it was
+    #: registered there (waiting for its first heartbeat or probe)
     last_seen: datetime | None = None
     owner: str = SYSTEM
     #: base64 of the raw Ed25519 public key ``spine-admin`` issued, and its key id
@@ -172,16 +186,18 @@ class Catalog:
         owner = _registering_owner(info.agent_id, old, cmd.data.owner)
         if old is not None and old.registered and old.info == info:
             return []  # same registration again (an SDK restart): nothing changed
-        # a Kafka agent registers itself, so it is alive now; an HTTP agent registered
-        # through the API waits for the relay's first successful health probe
-        self_registered = info.transport == "kafka"
-        active = self_registered or bool(old and old.registered and old.active)
-        last_seen = now if self_registered else (old.last_seen if old else None)
-        rec = AgentRecord(info, True, active, last_seen, owner)
+        rec = AgentRecord(info, True, False, None, owner)
+        # a registration proves nothing about a process: what vouched for the agent where
+        # it was still does if it stays there; anywhere else it waits for its first beat
+        stays = False
         if old is not None:  # only spine-admin's commands change the key
             rec.public_key, rec.key_id = old.public_key, old.key_id
+            stays = old.registered and same_place(old.info, info)
+            if stays:
+                rec.active, rec.last_seen = old.active, old.last_seen
         self.agents[info.agent_id] = rec
-        return [self._emit(AgentRegistered, rec, cmd, "registered")]
+        reason = "registered" if stays else f"registered: {awaiting(info)}"
+        return [self._emit(AgentRegistered, rec, cmd, reason)]
 
     def _issue(self, cmd: IssueAgent) -> list[Entry]:
         d = cmd.data
@@ -228,12 +244,14 @@ class Catalog:
         rec = self.agents.get(beat.data.agent_id)
         if rec is None or not rec.registered:
             return []  # a beat does not register an agent
+        if not vouches_for(beat, rec.info):
+            return []  # about where the agent was before it was re-registered: stale
+        first = rec.last_seen is None
         rec.last_seen = now
-        if rec.active == beat.data.ready:
+        if rec.active == beat.data.ready and not first:
             return []
         rec.active = beat.data.ready
-        reason = "heartbeat: ready" if rec.active else "heartbeat: not ready"
-        return [self._emit(AgentStatusChanged, rec, beat, reason)]
+        return [self._emit(AgentStatusChanged, rec, beat, beat_reason(beat))]
 
     def sweep(
         self, now: datetime, ttl: timedelta, owned: Callable[[str], bool] = lambda _a: True
@@ -251,6 +269,36 @@ class Catalog:
                     self._emit(AgentStatusChanged, rec, None, f"no heartbeat for {seconds:g}s")
                 )
         return out
+
+
+def same_place(old: AgentInfo, new: AgentInfo) -> bool:
+    """Whether what showed ``old`` alive shows ``new`` alive too: the same transport and,
+    for an HTTP agent, the same endpoint (its probes are of that endpoint)."""
+    if old.transport != new.transport:
+        return False
+    return new.transport != "http" or old.endpoint == new.endpoint
+
+
+def vouches_for(beat: AgentHeartbeat, info: AgentInfo) -> bool:
+    """Whether ``beat`` is about the agent as registered in ``info``: its transport, and
+    for an HTTP agent a probe of its endpoint (a beat naming none names no endpoint)."""
+    if beat.data.transport != info.transport:
+        return False
+    return info.transport != "http" or beat.data.endpoint == info.endpoint
+
+
+def awaiting(info: AgentInfo) -> str:
+    """What a registered agent that is not known alive yet waits for."""
+    if info.transport == "http":
+        return f"waiting for a successful probe of {info.endpoint}"
+    return "waiting for its first heartbeat"
+
+
+def beat_reason(beat: AgentHeartbeat) -> str:
+    if beat.data.ready:
+        return "heartbeat: ready"
+    why = beat.data.reason
+    return f"heartbeat: not ready ({why})" if why else "heartbeat: not ready"
 
 
 def check_registration(info: AgentInfo) -> None:

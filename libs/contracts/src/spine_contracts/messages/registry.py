@@ -92,6 +92,10 @@ class AgentDeregistered(Message):
     data: AgentCatalogEntryData
 
 
+#: the longest ``reason`` a heartbeat carries (the relay cuts its probe's verdict to it)
+HEARTBEAT_REASON_CHARS = 500
+
+
 class AgentHeartbeatData(Body):
     agent_id: str
     instance_id: str
@@ -100,6 +104,11 @@ class AgentHeartbeatData(Body):
     in_flight: int = 0
     capabilities: tuple[str, ...] = ()
     version: str = "1.0.0"
+    #: the endpoint the relay probed, for an HTTP agent: the registry counts a beat only
+    #: for the endpoint the agent is registered at now (not one it was re-pointed away from)
+    endpoint: str | None = None
+    #: why not ready, when the beat says so (the relay's probe verdict)
+    reason: str | None = Field(None, max_length=HEARTBEAT_REASON_CHARS)
 
 
 class AgentHeartbeat(Message):

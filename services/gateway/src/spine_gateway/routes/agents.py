@@ -73,7 +73,9 @@ async def register_agent(
     body: RegisterAgentRequest, caller: WriteAgentsDep, agents: AgentsDep
 ) -> Response:
     """Register (or update) an agent: `{agent_id, name, description, endpoint, capabilities,
-    agent_type}`; the original SDK's `{name, type, configuration}` works too."""
+    agent_type}`; the original SDK's `{name, type, configuration}` works too. A new agent,
+    or one given another endpoint, answers `status: waiting`, `active: false`: it becomes
+    active with its first heartbeat (a bus agent) or successful health probe (HTTP)."""
     view, shown = await agents.register(caller, _info(body))
     return answer(view, 201 if shown else 202)
 

@@ -3,7 +3,8 @@
 * Follows ``spine.registry.events`` from the beginning (every replica reads it whole);
   after catching up, every change reconciles the running links with the served agents:
   a new registration starts a link, a deregistration stops one (its calls in flight
-  finish, up to ``SPINE_RELAY_DRAIN_TIMEOUT``), a new endpoint is used from the next call.
+  finish, up to ``SPINE_RELAY_DRAIN_TIMEOUT``), a new endpoint is used from the next call
+  and probed at once.
 * A link's consumer is the agent SDK's :class:`~spine_agent.Agent` built with
   ``announce=False``: the same group (``<prefix>agent.<agent_id>``), bounded concurrency,
   contiguous commits, cancels and expired tasks as for a Kafka-native agent; its handler
@@ -17,8 +18,11 @@
   heartbeats — is signed with the same key (``RelaySigner.bus``), recorded on the bus by
   ``spine-admin issue-agent relay``; unsigned they would be refused.
 * A link's prober publishes an ``AgentHeartbeat`` (transport ``http``, ``ready`` = the
-  probe's verdict) every ``SPINE_RELAY_PROBE_INTERVAL``, so the registry marks the agent
-  active or inactive.
+  probe's verdict, ``reason`` why not, ``endpoint`` = the endpoint it probed) at once when
+  the link starts or its registration changes, then every ``SPINE_RELAY_PROBE_INTERVAL``,
+  so the registry marks the agent active or inactive. A registered agent is active only
+  after a probe of its current endpoint succeeded: the registry ignores a beat about an
+  endpoint the agent has been re-pointed away from (a probe that was in flight then).
 
 On shutdown no "not ready" beat is sent: the agent itself is as healthy as it was, its
 tasks wait on Kafka for the next relay, and if none comes the registry's heartbeat TTL
@@ -35,6 +39,7 @@ import httpx
 from aiokafka.errors import KafkaError
 from spine_agent import Agent, NeedsInput, Task
 from spine_contracts import AgentHeartbeat, AgentInfo, Message, topics
+from spine_contracts.messages.registry import HEARTBEAT_REASON_CHARS
 from spine_kafka.aio import wait_any
 from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import Outgoing
@@ -62,6 +67,10 @@ class Link:
     serving: asyncio.Task[None] | None = None
     probing: asyncio.Task[None] | None = None
     last_probe: ProbeResult | None = None
+    #: the endpoint ``last_probe`` is about
+    probed: str | None = None
+    #: set when the registration changed: probe now rather than after the interval
+    recheck: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Relay:
@@ -108,6 +117,7 @@ class Relay:
                     old_endpoint=link.info.endpoint,
                 )
                 link.info = info
+                link.recheck.set()
         self.ctx.details["http_agents"] = sorted(self.links)
 
     def check(self) -> None:
@@ -179,6 +189,7 @@ class Relay:
         agent_id = link.info.agent_id
         bind(agent_id=agent_id)
         while True:
+            link.recheck.clear()  # a change from now on is probed again, this one now
             endpoint = link.info.endpoint
             assert endpoint is not None
             result = await probe(
@@ -188,16 +199,18 @@ class Relay:
                 sign=self.signer.for_agent(agent_id),
             )
             previous = link.last_probe
-            if previous is None or previous.ready != result.ready:
+            if previous is None or previous.ready != result.ready or link.probed != endpoint:
                 if result.ready:
                     log.info("relay_probe_ready", endpoint=endpoint)
                 else:
                     log.warning("relay_probe_not_ready", endpoint=endpoint, reason=result.reason)
-            link.last_probe = result
-            await self._beat(link, result)
-            await asyncio.sleep(self.settings.probe_interval_s)
+            link.last_probe, link.probed = result, endpoint
+            await self._beat(link, endpoint, result)
+            await wait_any(link.recheck, within=self.settings.probe_interval_s)
 
-    async def _beat(self, link: Link, result: ProbeResult) -> None:
+    async def _beat(self, link: Link, endpoint: str, result: ProbeResult) -> None:
+        """The probe's verdict about ``endpoint`` — the one probed, which the registry
+        compares with the agent's endpoint when the beat arrives."""
         info = link.info
         beat = AgentHeartbeat.build(
             agent_id=info.agent_id,
@@ -209,6 +222,8 @@ class Relay:
             if result.capabilities is not None
             else info.capabilities,
             version=result.version or info.version,
+            endpoint=endpoint,
+            reason=None if result.ready else result.reason[:HEARTBEAT_REASON_CHARS],
         )
         key, value, headers = Outgoing(self.heartbeats_topic, info.agent_id, beat).encode_signed(
             self.signer.bus, self.ctx.kafka.prefix
