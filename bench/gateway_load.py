@@ -139,6 +139,8 @@ async def _setup(base: str, master: str, credits: int, flow: str) -> str:
                 "name": "gateway bench",
                 "credits": credits,
                 "rate_limit": 10_000_000,
+                "max_in_flight": 1_000_000,  # above any phase: the queue is not measured here
+                "max_queued": 1_000_000,
             },
             headers={"Authorization": f"Bearer {master}"},
         )
