@@ -199,13 +199,11 @@ class Agent:
         self.announce = announce
         #: signs what this agent publishes; ``None``: loaded from the key file at serve()
         self.signer = signer
-        if announce:
-            # the capacity it declares (DESIGN §16): its own ``concurrency`` unless the info
-            # says more (an agent run as N replicas declares N × concurrency)
-            info = info.model_copy(
-                update={"transport": "kafka", "concurrency": info.concurrency or concurrency}
-            )
-        self.info = info
+        self.info = (
+            info
+            if info.transport == "kafka" or not announce
+            else info.model_copy(update={"transport": "kafka"})
+        )
         self.concurrency = concurrency
         self.heartbeat_interval = heartbeat_interval
         self.drain_timeout = drain_timeout
@@ -399,6 +397,15 @@ class _Worker:
         self._log = log.bind(agent_id=self.agent_id, instance_id=instance_id)
 
     # --- lifecycle -----------------------------------------------------------------------
+    def declared(self) -> AgentInfo:
+        """The entry it registers: with the capacity it declares (DESIGN §16), the info's
+        ``concurrency`` if set (an agent run as N replicas declares N × concurrency), else
+        this process's own."""
+        info = self.agent.info
+        if info.concurrency is None:
+            info = info.model_copy(update={"concurrency": self.concurrency})
+        return info
+
     async def run(self) -> None:
         beats: asyncio.Task[None] | None = None
         try:
@@ -414,7 +421,7 @@ class _Worker:
                 await self._send(
                     self.cfg.topic(topics.REGISTRY_COMMANDS),
                     self.agent_id,
-                    RegisterAgent.build(agent=self.agent.info),
+                    RegisterAgent.build(agent=self.declared()),
                 )
             self.consumer = make_consumer(self.cfg, group_id=self.group_id)
             self.consumer.subscribe([self.tasks_topic], listener=_Rebalance(self))
