@@ -22,6 +22,26 @@ SERVICES=(
   "agent-echo-http=spine-agent-echo-http"
   "gateway=spine-gateway"
 )
+# What the gateway's /status expects to run (SPINE_EXPECTED_SERVICES, docs/deploy.md): every
+# process above that is on the bus and installed, the services by the name they beat under,
+# the demo Kafka agents as agent:<id> (the registry's catalogue says whether one is active).
+# echo-http is not on it: an HTTP agent, registered only after the wait, whose liveness is
+# the relay's probing. .env or the environment may set another list.
+expected_services() {
+  local entry name list=()
+  for entry in "${SERVICES[@]}"; do
+    name="${entry%%=*}"
+    [[ -x "$ROOT/.venv/bin/${entry#*=}" ]] || continue
+    case $name in
+      agent-echo-http) ;;
+      agent-*) list+=("agent:${name#agent-}") ;;
+      *) list+=("$name") ;;
+    esac
+  done
+  local IFS=,
+  echo "${list[*]}"
+}
+
 # /metrics, /health and /ready (servicekit ops endpoint) of the processes without an HTTP API:
 # one port each on this machine (in containers and pods they all use 9102). Override one
 # with SPINE_OPS_PORT_<NAME> (e.g. SPINE_OPS_PORT_AGENT_ZOE=0 turns it off).
@@ -128,8 +148,9 @@ start_one() {
   if [[ $name == relay || $name == registry ]]; then
     allowed="${SPINE_RELAY_ALLOWED_NETWORKS:-127.0.0.1/32}"
   fi
-  local login instance
+  local login instance expected=""
   login="$(credentials_of "$name")"
+  [[ $name == gateway ]] && expected="${SPINE_EXPECTED_SERVICES:-$(expected_services)}"
   # a new instance id per start: the readiness wait counts only this process's beats
   instance="$name-$(hostname)-$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')"
   if [[ -n $login && ! -f $login ]]; then
@@ -139,10 +160,12 @@ start_one() {
   SPINE_OPS_PORT="${!override:-${OPS_PORTS[$name]:-0}}" SPINE_RELAY_ALLOWED_NETWORKS="$allowed" \
     KAFKA_CREDENTIALS_FILE="$login" KAFKA_SASL_USERNAME="" KAFKA_SASL_PASSWORD="" \
     KAFKA_SASL_PASSWORD_FILE="" SPINE_INSTANCE_ID="$instance" \
+    SPINE_EXPECTED_SERVICES="$expected" \
     nohup "$ROOT/.venv/bin/$cmd" >>"$LOGS/$name.log" 2>&1 &
   echo $! > "$RUN/$name.pid"
   python3 "$ROOT/scripts/procs.py" record "$name" "$!" "$instance"
   echo "    $name: started (pid $!, log .spine/logs/$name.log${login:+, Kafka login ${login##*/}})"
+  [[ -z $expected ]] || echo "      /status expects: $expected"
 }
 
 up() {
@@ -193,5 +216,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  expected) expected_services ;;
+  *) echo "usage: $0 up|down|status|expected" >&2; exit 2 ;;
 esac

@@ -1,7 +1,8 @@
-"""Wait until `make up` is really up: the gateway answers /health, /status is healthy and
-every service started by scripts/stack.sh beats — counting only the beats of the very
-instance it started (its SPINE_INSTANCE_ID, recorded in .spine/run/<name>.identity by
-scripts/procs.py): a beat from before a restart, still fresh in /status, does not count.
+"""Wait until `make up` is really up: the gateway answers /health, /status is healthy (which
+needs every service and demo agent of its SPINE_EXPECTED_SERVICES running) and every service
+started by scripts/stack.sh beats — counting only the beats of the very instance it started
+(its SPINE_INSTANCE_ID, recorded in .spine/run/<name>.identity by scripts/procs.py): a beat
+from before a restart, still fresh in /status, does not count.
 Says what it waits for every 10 s; gives up at once when the gateway process is gone,
 or after SPINE_UP_TIMEOUT seconds (600).
 /status shows the service instances only to the master key: API_KEY from the environment.
@@ -97,7 +98,11 @@ def main() -> int:
                 return 1
             if code != 200:
                 components = (status or {}).get("components", {})
-                waiting_for = f"/status healthy (HTTP {code}; components {components})"
+                absent = (status or {}).get("missing", [])  # of SPINE_EXPECTED_SERVICES
+                waiting_for = (
+                    f"/status healthy (HTTP {code}; components {components}; "
+                    f"nothing running yet of {absent})"
+                )
             else:
                 waiting_for = "heartbeats from " + ", ".join(missing)
         now = time.monotonic()

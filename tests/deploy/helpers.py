@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -154,6 +154,21 @@ OPERATOR_TOOLS = frozenset({"spine-admin"})
 #: Processes that consume in a Kafka consumer group: replicas beyond the partitions idle.
 GROUP_CONSUMERS = ("orchestrator", "auth", "registry", "zoe", "eddie", "echo")
 DEMO_AGENT_IDS = ("zoe", "eddie", "echo", "echo-http")
+
+
+def expected_of(names: Iterable[str]) -> set[str]:
+    """What the gateway's ``SPINE_EXPECTED_SERVICES`` must name for a deployment running the
+    processes ``names``: each process on the bus, a service by the name it beats under (its
+    process name), an agent on the SDK as ``agent:<id>`` (its process is named after its
+    agent id). The HTTP agent echo-http is on no list: the relay speaks for it."""
+    out: set[str] = set()
+    for name in names:
+        process = BY_NAME.get(name)
+        if process is None or not process.kafka_native:
+            continue
+        agent = process.settings.startswith("spine_agent.")
+        out.add(f"agent:{name}" if agent else name)
+    return out
 
 
 def kafka_principal(process: str, prefix: str = "") -> str:

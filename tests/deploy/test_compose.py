@@ -47,6 +47,7 @@ from .helpers import (
     TOOLS,
     InterpolationError,
     environment,
+    expected_of,
     kafka_principal,
     load_compose,
     load_process_settings,
@@ -329,6 +330,16 @@ def test_gateway_port_secret_and_flows(compose: dict[str, Any]) -> None:
     flows_dir = environment(orchestrator)["FLOWS_DIR"]
     assert f"../flows:{flows_dir}:ro" in orchestrator["volumes"]
     assert (COMPOSE_FILE.parent / "../flows").resolve() == ROOT / "flows"
+
+
+def test_the_gateway_expects_every_process_on_the_bus(compose: dict[str, Any]) -> None:
+    """/status is 503 while something on SPINE_EXPECTED_SERVICES has nothing running: the
+    list names exactly the services and Kafka agents this file runs."""
+    env = environment(compose["services"]["gateway"])
+    named = set(env["SPINE_EXPECTED_SERVICES"].split(","))
+    assert named == expected_of(compose["services"])
+    settings = load_process_settings(BY_NAME["gateway"], env)
+    assert set(settings.expected.names) == named  # type: ignore[attr-defined]
 
 
 def test_one_image_for_every_process(compose: dict[str, Any]) -> None:

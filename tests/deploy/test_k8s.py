@@ -29,6 +29,7 @@ from .helpers import (
     PROCESSES,
     ROOT,
     TEST_API_KEY,
+    expected_of,
     kafka_principal,
     load_process_settings,
     of_kind,
@@ -173,6 +174,21 @@ def test_every_process_has_a_deployment(
         assert not missing, f"{overlay}/{process.name} lacks {sorted(missing)}"
         load_process_settings(process, env)  # the settings accept it
     assert len(images) == 1, images
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_expects_every_process_on_the_bus(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """/status is 503 while something on SPINE_EXPECTED_SERVICES has nothing running: the
+    list names exactly the services and Kafka agents the overlay deploys."""
+    docs = rendered[overlay]
+    deployments = of_kind(docs, "Deployment")
+    env = container_env(docs, _container(deployments["gateway"]))
+    named = set(env["SPINE_EXPECTED_SERVICES"].split(","))
+    assert named == expected_of(deployments), overlay
+    settings = load_process_settings(BY_NAME["gateway"], env)
+    assert set(settings.expected.names) == named  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -59,8 +59,24 @@ COMMANDS = {
     "relay": ["spine-relay"],
     "echo-http": ["spine-agent-echo-http"],
 }
+#: the processes that beat on spine.services.heartbeats, by the service name they beat under
+BEATING = {
+    "orchestrator": "orchestrator",
+    "registry": "registry",
+    "auth": "auth",
+    "gateway": "gateway",
+    "relay": "relay",
+    "spine-metrics": "metrics",
+}
 #: the processes that sign what they publish, by the agent id they are issued under
 ISSUED = {"echo": "echo", "zoe": "zoe", "eddie": "eddie", "relay": RELAY_SIGNER}
+
+
+def expected_services(processes: tuple[str, ...], agents: tuple[str, ...]) -> str:
+    """The gateway's ``SPINE_EXPECTED_SERVICES`` for a stack of ``processes`` that waits for
+    ``agents``: what it runs, so ``/status`` is healthy once they all are."""
+    names = [BEATING[p.split("#")[0]] for p in processes if p.split("#")[0] in BEATING]
+    return ",".join(dict.fromkeys([*names, *(f"agent:{a}" for a in agents)]))
 
 
 class Stack:

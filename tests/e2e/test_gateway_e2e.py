@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 from spine_servicekit.kafka import KafkaConfig
 
-from .harness import ROOT, Stack
+from .harness import ROOT, Stack, expected_services
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -171,6 +171,7 @@ async def gateway_stack(
     a free port; yields once the agents are active and the flows listed."""
     port = _free_port()
     stack_env, schemas = _stack_env(kafka, infra, topic_prefix, port)
+    stack_env["SPINE_EXPECTED_SERVICES"] = expected_services(services, agents)
     stack_env.update(env or {})
     stack = Stack(kafka, stack_env)
     api = Api(f"http://127.0.0.1:{port}")
@@ -764,6 +765,10 @@ async def test_status_shows_components_heartbeats_and_consumer_lag(api: Api) -> 
     }
     services = {s["service"] for s in status["services"] if s["alive"]}
     assert {"gateway", "auth", "orchestrator", "registry", "metrics"} <= services
+    # what the stack runs is what the gateway expects (SPINE_EXPECTED_SERVICES), all there
+    assert {"metrics", "agent:zoe", "agent:eddie", "agent:echo"} <= set(status["expected"])
+    assert status["missing"] == []
+    assert {a["agent_id"] for a in status["agents"] if a["active"]} == {"zoe", "eddie", "echo"}
     for group in groups.values():
         assert group["lag"] >= 0 and group["partitions"] >= 1
         assert all(t.startswith(f"{prefix}spine.") for t in group["topics"])

@@ -152,3 +152,19 @@ def test_the_instance_ids_come_from_what_stack_sh_recorded(
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
+
+
+def test_stack_sh_expects_what_it_starts_on_the_bus() -> None:
+    """The gateway's SPINE_EXPECTED_SERVICES under `make up` (docs/deploy.md, What /status
+    expects): every installed process on the bus, services by name, agents as agent:<id>;
+    echo-http, an HTTP agent registered after the wait, is not on it."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "stack.sh"), "expected"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    named = out.stdout.strip().split(",")
+    assert len(named) == len(set(named))
+    assert set(named) == {
+        "gateway", "orchestrator", "registry", "auth", "metrics", "relay",
+        "agent:echo", "agent:zoe", "agent:eddie",
+    }  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from spine_gateway.settings import GatewaySettings
+from spine_servicekit.kafka import KafkaConfig, make_consumer
 from spine_servicekit.settings import CommonSettings, SettingsError, load_settings
 
 
@@ -44,3 +45,34 @@ def test_gateway_refuses_the_default_master_key_outside_dev(
     monkeypatch.setenv("DEV_MODE", "false")
     with pytest.raises(SettingsError):
         load_settings(GatewaySettings, _env_file=None)
+
+
+async def test_consumer_group_timing_is_a_setting_every_consumer_gets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/operations.md, Consumer groups: a killed member's partitions move within the
+    session timeout (6 s by default, was 10 s), and every group consumer is built with it."""
+    s = load_settings(CommonSettings, _env_file=None)
+    timing = (s.kafka_session_timeout_ms, s.kafka_heartbeat_interval_ms)
+    assert (*timing, s.kafka_rebalance_timeout_ms) == (6000, 1000, 10000)
+    monkeypatch.setenv("SPINE_KAFKA_SESSION_TIMEOUT_MS", "9000")
+    monkeypatch.setenv("SPINE_KAFKA_HEARTBEAT_INTERVAL_MS", "3000")
+    monkeypatch.setenv("SPINE_KAFKA_REBALANCE_TIMEOUT_MS", "20000")
+    cfg = KafkaConfig.from_settings(load_settings(CommonSettings, _env_file=None))
+    consumer = make_consumer(cfg, group_id="g")  # not started: nothing connects
+    got = (  # aiokafka keeps them as given
+        consumer._session_timeout_ms,
+        consumer._heartbeat_interval_ms,
+        consumer._rebalance_timeout_ms,
+    )
+    assert got == (9000, 3000, 20000)
+
+
+def test_a_heartbeat_longer_than_half_the_session_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SPINE_KAFKA_SESSION_TIMEOUT_MS", "6000")
+    monkeypatch.setenv("SPINE_KAFKA_HEARTBEAT_INTERVAL_MS", "4000")
+    with pytest.raises(SettingsError):
+        load_settings(CommonSettings, _env_file=None)
+    assert "SPINE_KAFKA_HEARTBEAT_INTERVAL_MS" in capsys.readouterr().err

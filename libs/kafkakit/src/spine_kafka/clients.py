@@ -69,6 +69,11 @@ class KafkaConfig:
     #: the largest message a producer sends (``max_request_size``); the broker's
     #: ``message.max.bytes`` (default 1048588) must allow it
     max_message_bytes: int = 1_048_576
+    #: consumer group timing (``SPINE_KAFKA_SESSION_TIMEOUT_MS`` and its siblings): how
+    #: soon a dead member's partitions move (docs/operations.md, "Consumer groups")
+    session_timeout_ms: int = 6_000
+    heartbeat_interval_ms: int = 1_000
+    rebalance_timeout_ms: int = 10_000
     #: how every client built from this config logs in; required, so that choosing
     #: PLAINTEXT is a decision (``KafkaSecurity()``), never an omission
     security: KafkaSecurity = field(kw_only=True)
@@ -85,6 +90,9 @@ class KafkaConfig:
             linger_ms=settings.kafka_linger_ms,
             client_id=client_id,
             max_message_bytes=settings.kafka_max_message_bytes,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+            rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
             security=settings.kafka_security,
         )
 
@@ -154,7 +162,10 @@ def make_consumer(
 ) -> AIOKafkaConsumer:
     """A low-latency ``read_committed`` consumer that never commits on its own.
 
-    The range assignor keeps partition *p* of co-partitioned topics on one member.
+    The range assignor keeps partition *p* of co-partitioned topics on one member. Group
+    membership is dynamic (no ``group_instance_id``): a member that stops cleanly sends
+    LeaveGroup and its partitions move at once; only a dead one waits out the session
+    timeout (docs/operations.md, "Consumer groups").
     """
     options: dict[str, Any] = {
         "bootstrap_servers": cfg.bootstrap_servers,
@@ -167,8 +178,9 @@ def make_consumer(
         "fetch_min_bytes": cfg.fetch_min_bytes,
         "max_poll_records": 500,
         "partition_assignment_strategy": (RangePartitionAssignor,),
-        "session_timeout_ms": 10_000,
-        "heartbeat_interval_ms": 1_000,
+        "session_timeout_ms": cfg.session_timeout_ms,
+        "heartbeat_interval_ms": cfg.heartbeat_interval_ms,
+        "rebalance_timeout_ms": cfg.rebalance_timeout_ms,
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topic_names, **options, **cfg.security.client_kwargs())

@@ -44,11 +44,37 @@ class KafkaSettings(KafkaSecuritySettings):
     kafka_max_message_bytes: int = Field(
         1_048_576, alias="SPINE_KAFKA_MAX_MESSAGE_BYTES", ge=65_536
     )
+    #: a consumer group member that sends no heartbeat for this long is dead: its
+    #: partitions move to the others (docs/operations.md, "Consumer groups"). The broker
+    #: refuses a value below its ``group.min.session.timeout.ms`` (6000 unless lowered).
+    kafka_session_timeout_ms: int = Field(
+        6_000, alias="SPINE_KAFKA_SESSION_TIMEOUT_MS", ge=1_000, le=1_800_000
+    )
+    #: how often a member heartbeats; the beats come from the process's event loop, so a
+    #: loop blocked for longer than session - interval loses the member its partitions
+    kafka_heartbeat_interval_ms: int = Field(
+        1_000, alias="SPINE_KAFKA_HEARTBEAT_INTERVAL_MS", ge=100
+    )
+    #: how long a rebalance waits for the live members to finish revoking (the
+    #: transactional loop lets its in-flight transaction finish) and rejoin
+    kafka_rebalance_timeout_ms: int = Field(
+        10_000, alias="SPINE_KAFKA_REBALANCE_TIMEOUT_MS", ge=1_000
+    )
 
     @model_validator(mode="after")
     def _check_replication(self) -> KafkaSettings:
         if self.topic_min_isr > self.topic_replication:
             raise ValueError("SPINE_TOPIC_MIN_ISR cannot exceed SPINE_TOPIC_REPLICATION")
+        return self
+
+    @model_validator(mode="after")
+    def _check_group_timing(self) -> KafkaSettings:
+        if self.kafka_heartbeat_interval_ms * 2 > self.kafka_session_timeout_ms:
+            # one missed beat would then end the session
+            raise ValueError(
+                "SPINE_KAFKA_HEARTBEAT_INTERVAL_MS must be at most half of "
+                "SPINE_KAFKA_SESSION_TIMEOUT_MS (a third is usual)"
+            )
         return self
 
 

@@ -630,12 +630,16 @@ class Liveness(_Open):
 
 
 class Status(Liveness):
-    """``/status`` with the master key: every component, projection, service instance and
-    consumer group."""
+    """``/status`` with the master key: every component and projection, what the deployment
+    expects and what of it is missing, every live service instance, the expected system
+    agents, every consumer group."""
 
     components: dict[str, dict[str, Any]]
     projections: dict[str, str]
+    expected: list[str]
+    missing: list[str]
     services: list[dict[str, Any]]
+    agents: list[dict[str, Any]]
     consumer_groups: dict[str, Any]
 
 

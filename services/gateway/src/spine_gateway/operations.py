@@ -1,7 +1,8 @@
-"""Operations: liveness of the infrastructure and of every service instance, consumer lag,
-Prometheus metrics of this replica, the operators' summary and a user's own summary. The
-routes in ``routes/ops.py`` call this with the view the policy granted
-(``identity.ops_view``); the probes of Kafka, PostgreSQL and Redis are passed in."""
+"""Operations: liveness of the infrastructure, of every service instance and of what the
+deployment expects to run (``liveness.Expected``), consumer lag, Prometheus metrics of this
+replica, the operators' summary and a user's own summary. The routes in ``routes/ops.py``
+call this with the view the policy granted (``identity.ops_view``); the probes of Kafka,
+PostgreSQL and Redis are passed in."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import generate_latest
-from spine_contracts.access import owner_may_use
+from spine_contracts.access import SYSTEM, owner_may_use
 from spine_servicekit.projector import Projector
 
 from . import __version__
 from .adapters.kafka import ConsumerLag, Heartbeats, MetricsSummary, UsageRecorder
 from .adapters.postgres import ReadModel
+from .liveness import Expected
 from .metrics import GatewayMetrics
 from .policy import OpsView
 
@@ -50,6 +52,18 @@ async def check(probe: Probe) -> dict[str, Any]:
         return {"status": "error", "error": type(exc).__name__}
 
 
+@dataclass(frozen=True)
+class Presence:
+    """What runs of what the deployment expects (``liveness.Expected``)."""
+
+    #: every live service instance (expected or not), by instance id
+    instances: list[dict[str, Any]]
+    #: each expected system agent's state in the registry's catalogue
+    agents: list[dict[str, Any]]
+    #: the expected entries with nothing running
+    missing: list[str]
+
+
 class OperationsService:
     def __init__(
         self,
@@ -60,35 +74,43 @@ class OperationsService:
         probes: dict[str, Probe],
         metrics: GatewayMetrics,
         heartbeat_interval_s: float,
+        expected: Expected,
     ) -> None:
         self.read = read
         self.observers = observers
         self.projectors = projectors
         self.probes = probes  # kafka, postgresql, redis
         self.metrics = metrics
-        self.heartbeat_interval_s = heartbeat_interval_s
+        # an instance is alive while its beats keep coming (three intervals of slack)
+        self.stale_after_s = 3 * heartbeat_interval_s
+        self.expected = expected
 
     async def status(self, view: OpsView) -> tuple[dict[str, Any], bool]:
-        """The body of ``/status`` and whether every component is healthy. The liveness
-        view says only that (up or degraded, version, uptime): which instances run, their
-        agents and lag are the operator's (``OpsView.ALL``)."""
+        """The body of ``/status`` and whether the installation is healthy: Kafka,
+        PostgreSQL and Redis answer and everything expected runs. The liveness view says
+        only that (up or degraded, version, uptime): which instances run, what is missing,
+        their agents and lag are the operator's (``OpsView.ALL``)."""
         names = list(self.probes)
+        probes = asyncio.gather(*(check(self.probes[n]) for n in names))
         if view is not OpsView.ALL:
-            results = await asyncio.gather(*(check(self.probes[n]) for n in names))
-            healthy = all(c["status"] == "ok" for c in results)
+            results, presence = await asyncio.gather(probes, self.presence())
+            healthy = all(c["status"] == "ok" for c in results) and not presence.missing
             return self._liveness(healthy), healthy
-        *results, groups = await asyncio.gather(
-            *(check(self.probes[n]) for n in names), self.consumer_groups()
+        results, presence, groups = await asyncio.gather(
+            probes, self.presence(), self.consumer_groups()
         )
         checks = dict(zip(names, results, strict=True))
-        healthy = all(c["status"] == "ok" for c in checks.values())
+        healthy = all(c["status"] == "ok" for c in checks.values()) and not presence.missing
         body = {
             **self._liveness(healthy),
             "components": checks,
             "projections": {
                 p.projection.name: "running" if p.running else "stopped" for p in self.projectors
             },
-            "services": self.services(),
+            "expected": self.expected.names,
+            "missing": presence.missing,
+            "services": presence.instances,
+            "agents": presence.agents,
             "consumer_groups": groups,
             "consumer_groups_age_s": self.observers.lag.age_s,
         }
@@ -101,22 +123,55 @@ class OperationsService:
             "uptime": round(time.time() - self.observers.started, 3),
         }
 
+    async def presence(self) -> Presence:
+        instances = self.services()
+        agents = await self.expected_agents()
+        missing = self.expected.missing(
+            (i["service"] for i in instances), (a["agent_id"] for a in agents if a["active"])
+        )
+        return Presence(instances, agents, missing)
+
     def services(self) -> list[dict[str, Any]]:
-        now = time.time()
-        # an instance is alive while its beats keep coming (three intervals of slack)
-        stale_after = 3 * self.heartbeat_interval_s
-        out = []
-        for instance, (beat, at) in sorted(self.observers.heartbeats.last.items()):
-            age = now - at.timestamp()
+        """Every live service instance's last beat; a stale one is not listed at all."""
+        return [
+            {
+                "service": beat.data.service,
+                "instance_id": beat.data.instance_id,
+                "status": beat.data.status,
+                "alive": True,  # for readers of earlier versions, which listed the dead too
+                "last_heartbeat": beat.occurred_at.isoformat(),
+                "age_s": round(age, 3),
+                "details": beat.data.details,
+            }
+            for beat, age in self.observers.heartbeats.live(time.time(), self.stale_after_s)
+        ]
+
+    async def expected_agents(self) -> list[dict[str, Any]]:
+        """Each expected system agent as the registry's catalogue shows it (this replica's
+        projection of ``spine.registry.events``): active while its signed beats keep
+        coming. A catalogue that cannot be read (PostgreSQL down, within 2 s) shows every
+        expected agent inactive, with the error: nothing is known to run."""
+        wanted = self.expected.agents
+        if not wanted:
+            return []
+        try:
+            async with asyncio.timeout(2.0):
+                rows = {r["agent_id"]: r for r in await self.read.agents_of(SYSTEM, wanted)}
+        except Exception as exc:  # reported as the agents' state, like a probe's failure
+            return [{"agent_id": a, "active": False, "error": type(exc).__name__} for a in wanted]
+        out: list[dict[str, Any]] = []
+        for agent_id in wanted:
+            row = rows.get(agent_id)
+            if row is None:
+                out.append({"agent_id": agent_id, "active": False, "registered": False})
+                continue
+            seen = row["last_seen"]
             out.append(
                 {
-                    "service": beat.data.service,
-                    "instance_id": instance,
-                    "status": beat.data.status,
-                    "alive": beat.data.status != "stopping" and age <= stale_after,
-                    "last_heartbeat": at.isoformat(),
-                    "age_s": round(age, 3),
-                    "details": beat.data.details,
+                    "agent_id": agent_id,
+                    "active": row["active"],
+                    "registered": True,
+                    "last_seen": seen.isoformat() if seen is not None else None,
                 }
             )
         return out

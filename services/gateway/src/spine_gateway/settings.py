@@ -1,5 +1,6 @@
 """Gateway settings: the shared ones, the gateway's own knobs (``SPINE_GATEWAY_``), the
-operators' metrics scrape token, and a refusal of the default master key (and of a weak
+operators' metrics scrape token, what ``/status`` expects to be running
+(``SPINE_EXPECTED_SERVICES``), and a refusal of the default master key (and of a weak
 scrape token) in production."""
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 from spine_servicekit.settings import DEFAULT_MASTER_KEY, CommonSettings
+
+from .liveness import Expected
 
 
 class GatewaySettings(CommonSettings):
@@ -38,6 +41,14 @@ class GatewaySettings(CommonSettings):
     #: the bearer token Prometheus sends for ``/metrics`` (text only), so a scraper never
     #: holds the master key; unset: only the master key reads the Prometheus text
     metrics_scrape_token: str | None = Field(None, alias="SPINE_METRICS_SCRAPE_TOKEN", repr=False)
+    #: what the deployment runs (``liveness.Expected``): service names and
+    #: ``agent:<agent_id>`` of system agents, comma-separated; ``/status`` is 503 while one
+    #: of them has nothing running. Unset or blank: the five core services.
+    expected_services: str = Field(
+        "",
+        alias="SPINE_EXPECTED_SERVICES",
+        description="comma-separated services and agent:<id> system agents /status expects",
+    )
 
     @field_validator("metrics_scrape_token", mode="before")
     @classmethod
@@ -46,6 +57,16 @@ class GatewaySettings(CommonSettings):
         if isinstance(value, str):
             return value.strip() or None
         return value
+
+    @field_validator("expected_services")
+    @classmethod
+    def _check_expected(cls, value: str) -> str:
+        Expected.parse(value)
+        return value
+
+    @property
+    def expected(self) -> Expected:
+        return Expected.parse(self.expected_services)
 
     @model_validator(mode="after")
     def _no_default_master_key(self) -> GatewaySettings:

@@ -156,6 +156,7 @@ async def open_gateway(
             },
             metrics=metrics,
             heartbeat_interval_s=settings.heartbeat_interval_s,
+            expected=settings.expected,
         ),
     )
     return gateway, projectors

@@ -36,6 +36,7 @@ from spine_servicekit.logging import get_logger
 
 from ..errors import PayloadTooLarge
 from ..limits import check_message_size
+from ..liveness import is_live
 
 log = get_logger(__name__)
 
@@ -139,6 +140,20 @@ class Heartbeats:
     def _apply(self, message: Message, _record: ConsumerRecord[Any, Any]) -> None:
         if isinstance(message, ServiceHeartbeat):
             self.last[message.data.instance_id] = (message, message.occurred_at)
+
+    def live(self, now: float, stale_after_s: float) -> list[tuple[ServiceHeartbeat, float]]:
+        """The last beat and its age of every instance still running, by instance id. The
+        others (silent longer than ``stale_after_s``, or said ``stopping``) are forgotten:
+        every restart makes a new instance id, and a dead one stays dead (its next beat, if
+        ever, brings it back)."""
+        out = []
+        for instance, (beat, at) in sorted(self.last.items()):
+            age = now - at.timestamp()
+            if is_live(beat.data.status, age, stale_after_s):
+                out.append((beat, age))
+            else:
+                del self.last[instance]
+        return out
 
 
 class MetricsSummary:

@@ -6,6 +6,7 @@ decoded), so a view is built from named fields, never from a guessed dict.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypedDict, TypeVar, cast
 
@@ -196,6 +197,16 @@ class ReadModel:
         if active_only:
             sql += " AND active"
         return _many(AgentRow, await self._pool.fetch(sql + " ORDER BY agent_id"))
+
+    async def agents_of(self, owner: str, agent_ids: Sequence[str]) -> list[AgentRow]:
+        """The registered agents among ``agent_ids`` that ``owner`` owns."""
+        rows = await self._pool.fetch(
+            "SELECT * FROM agents WHERE registered AND owner = $1 AND agent_id = ANY($2::text[])"
+            " ORDER BY agent_id",
+            owner,
+            list(agent_ids),
+        )
+        return _many(AgentRow, rows)
 
     async def agent_entry(self, agent_id: str) -> AgentRow | None:
         """The catalogue entry even after deregistration (its owner keeps the id)."""

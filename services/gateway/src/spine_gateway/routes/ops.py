@@ -23,7 +23,9 @@ _STATUS_DOC: dict[int | str, dict[str, Any]] = {
     **error_responses(401, 429),
     503: {
         "model": Liveness | Status | ErrorBody,
-        "description": "A component (Kafka, PostgreSQL, Redis) is down",
+        "description": "Degraded: a component (Kafka, PostgreSQL, Redis) is down, or a "
+        "service or system agent the deployment expects (`SPINE_EXPECTED_SERVICES`) has "
+        "nothing running",
     },
 }
 #: a key is optional on /status: FastAPI adds this empty requirement ("no key") to ApiKey's
@@ -61,9 +63,11 @@ async def health() -> dict[str, str]:
 )
 async def status(access: StatusAccessDep, operations: OperationsDep) -> JSONResponse:
     """Without a key, with a user's key or the scrape token: `status` (healthy when Kafka,
-    PostgreSQL and Redis answer), `version`, `uptime`. With the master key also the
-    components, the gateway's projections, every service instance's last heartbeat and
-    each consumer group's lag (cached a few seconds). A key that is not valid is 401."""
+    PostgreSQL and Redis answer and every service and system agent the deployment expects
+    runs; else degraded, 503), `version`, `uptime`. With the master key also the
+    components, the gateway's projections, what is expected and what of it is missing,
+    every live service instance's last heartbeat, the expected agents' state and each
+    consumer group's lag (cached a few seconds). A key that is not valid is 401."""
     body, healthy = await operations.status(access.view)
     return JSONResponse(body, status_code=200 if healthy else 503)
 
