@@ -12,6 +12,13 @@ An ``AgentResult`` must carry the signature of the agent its task was sent to
 the batch's transaction (with the reason), is counted in
 ``spine_signature_failures_total{consumer="orchestrator",reason}``, and the execution
 goes on — the right agent's answer, or the node's timeout, decides the node.
+
+Every record must fit in one Kafka message (docs/limits.md). A batch is decided, and each
+of its records encoded (the producer sends those bytes) and measured; in the rare batch
+where one would not fit, the batch is decided again from the same states with every
+decision checked by :func:`.limits.decide_within`, which replaces one that would not fit by
+the failure of its node or execution. So an oversized output never aborts a transaction,
+and the other executions of the batch are decided as they were.
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ from spine_servicekit.txloop import Incoming, PoisonMessage
 
 from .authenticity import verify_result
 from .catalog import AgentCatalog
-from .domain import AnyState, Decision, Environment, FinishedExecution, decide, state_from_dict
+from .domain import AnyState, Decision, Environment, FinishedExecution, state_from_dict
+from .encodings import Encodings, within_limit
+from .limits import decide_within
 from .timers import TimerScheduler
 
 log = get_logger(__name__)
@@ -138,8 +147,30 @@ class OrchestratorHandler:
         self._timers.forget(states)
 
     async def handle(self, partition: int, batch: Sequence[Incoming]) -> Sequence[Outgoing]:
+        """Decide the batch; should a record not fit in one message, decide it again from
+        the same states with every decision checked (:func:`.limits.decide_within`)."""
+        states = self._states.setdefault(partition, {})
+        inputs = [i.message for i in batch if isinstance(i.message, INPUTS)]
+        before = {e: states.get(e) for e in map(execution_id_of, inputs)}
+        out = await self._handle(partition, batch, Encodings(checked=False))
+        if within_limit(out, self._cfg.max_value_bytes):  # the usual case, at no extra cost
+            return out
+        # Back to the states before the batch (decide makes new state objects, so these are
+        # intact); whatever else _handle changes must be put back here too.
+        for execution_id, state in before.items():
+            if state is None:
+                states.pop(execution_id, None)
+            else:
+                states[execution_id] = state
+        log.warning("batch_over_message_limit", partition=partition, batch=len(batch))
+        return await self._handle(partition, batch, Encodings(checked=True))
+
+    async def _handle(
+        self, partition: int, batch: Sequence[Incoming], encodings: Encodings
+    ) -> list[Outgoing]:
         states = self._states.setdefault(partition, {})
         env = self._env()
+        limit = encodings.limit(self._cfg.max_value_bytes)
         out: list[Outgoing] = []
         changed: dict[str, AnyState] = {}
         for incoming in batch:
@@ -155,7 +186,7 @@ class OrchestratorHandler:
                 except SignatureRefused as exc:
                     out.append(self._refused(incoming, exc))
                     continue
-            decision = decide(states.get(execution_id), message, env)
+            decision = decide_within(states.get(execution_id), message, env, limit)
             out.extend(self._effects(decision, execution_id))
             if decision.state is not None and decision.changed:
                 state = decision.state
@@ -164,17 +195,10 @@ class OrchestratorHandler:
                 states[execution_id] = state
                 changed[execution_id] = state
         for execution_id, state in changed.items():
-            snapshot = ExecutionSnapshot.build(
-                correlation_id=state.correlation_id,
-                tenant_id=state.user_id,
-                execution_id=execution_id,
-                seq=state.seq,
-                status=state.status,
-                state=state.to_dict(),
-            )
+            snapshot = encodings.snapshot(state)
             out.append(Outgoing(self._topic_snapshots, execution_id, snapshot))
             self._timers.sync(state)
-        return out
+        return encodings.attach(out)
 
     def _refused(self, incoming: Incoming, error: SignatureRefused) -> Outgoing:
         ops.SIGNATURE_FAILURES.labels(CONSUMER, error.reason).inc()
@@ -186,7 +210,8 @@ class OrchestratorHandler:
             offset=incoming.offset,
             error=str(error),
         )
-        return dead_letter_outgoing(self._cfg, dead_letter_of(incoming, error, CONSUMER))
+        letter = dead_letter_of(incoming, error, CONSUMER, max_bytes=self._cfg.max_value_bytes)
+        return dead_letter_outgoing(self._cfg, letter)
 
     def _effects(self, decision: Decision, execution_id: str) -> list[Outgoing]:
         out = [Outgoing(self._topic_events, execution_id, e) for e in decision.events]
