@@ -219,7 +219,7 @@ async def test_a_body_over_the_limit_is_413(run: Run) -> None:
 
 
 async def test_a_message_over_the_kafka_limit_is_413_and_costs_nothing(run: Run) -> None:
-    _is_413(run.answers["input_data"], "input_data", "1048576")
+    _is_413(run.answers["input_data"], "input_data", "1,046,528-byte message limit")
     _is_413(run.answers["input_data_idem"], "input_data")
     _is_413(run.answers["flow"], "flow definition")
     assert run.answers["flow_lookup"].status_code == 404  # never defined

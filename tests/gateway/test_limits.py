@@ -15,8 +15,14 @@ from spine_contracts import ProvideInput, topics
 from spine_gateway.adapters.kafka import Publisher
 from spine_gateway.app import _install_errors, create_app
 from spine_gateway.errors import PayloadTooLarge, replayed
-from spine_gateway.limits import MESSAGE_HEADROOM_BYTES, BodySizeLimit, message_budget
+from spine_gateway.limits import (
+    MESSAGE_HEADROOM_BYTES,
+    BodySizeLimit,
+    execution_allowance,
+    message_budget,
+)
 from spine_gateway.settings import GatewaySettings
+from spine_kafka.limits import RECORD_OVERHEAD_BYTES
 from spine_kafka.security import KafkaSecurity
 from spine_servicekit.kafka import KafkaConfig
 
@@ -126,8 +132,10 @@ def test_body_limit_setting_defaults_to_one_mib() -> None:
 
 
 def test_message_budget_leaves_headroom() -> None:
-    assert message_budget(1_048_576) == 1_048_576 - MESSAGE_HEADROOM_BYTES
+    assert message_budget(1_046_528) == 1_046_528 - MESSAGE_HEADROOM_BYTES == 980_992
     assert message_budget(100_000) == 50_000  # never less than half the limit
+    # an execution's start: room for its nodes' state in the orchestrator's snapshot
+    assert message_budget(1_046_528, execution_allowance(["a", "bb"])) == 980_992 - 1024 - 12
 
 
 class RecordingProducer:
@@ -152,7 +160,8 @@ async def test_oversized_message_is_refused_before_it_is_sent() -> None:
     err = raised.value
     assert err.status == 413 and err.code == "PAYLOAD_TOO_LARGE"
     assert err.message.startswith("input too large")
-    assert err.extra["limit"] == 200_000 - MESSAGE_HEADROOM_BYTES
+    assert err.extra["limit"] == 200_000 - RECORD_OVERHEAD_BYTES - MESSAGE_HEADROOM_BYTES
+    assert "the 197,952-byte message limit less 65,536" in err.message
 
 
 def test_a_stored_413_replays_as_413() -> None:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import MessageSizeTooLargeError, ProducerFenced
 from spine_contracts import (
     AgentResult,
     CancelExecution,
@@ -67,6 +67,31 @@ FAST_GROUP = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 300}
 async def cfg(kafka: KafkaConfig) -> KafkaConfig:
     """Topics of one test under the module's prefix (deleted with the module's topics)."""
     return await fresh_topics(kafka, SPECS)
+
+
+#: the key whose outputs the broker refuses (see :func:`refusing_producer`)
+REFUSED = "exec-refused"
+
+
+def refusing_producer(cfg: KafkaConfig) -> Callable[[str], AIOKafkaProducer]:
+    """Producers whose broker refuses the events keyed ``REFUSED`` as too large, as a broker
+    whose ``message.max.bytes`` is below ``SPINE_KAFKA_MAX_MESSAGE_BYTES`` would."""
+
+    events = cfg.topic(topics.EXECUTION_EVENTS)
+
+    def factory(txid: str) -> AIOKafkaProducer:
+        producer = make_producer(cfg, transactional_id=txid)
+        send = producer.send
+
+        async def send_or_refuse(topic: str, value: bytes, **kw: Any) -> Any:
+            if kw.get("key") == REFUSED.encode() and topic == events:
+                raise MessageSizeTooLargeError("simulated: the broker refuses this record")
+            return await send(topic, value=value, **kw)
+
+        producer.send = send_or_refuse  # type: ignore[method-assign]
+        return producer
+
+    return factory
 
 
 def names() -> tuple[str, str]:
@@ -225,8 +250,12 @@ async def test_poison_inputs_are_dead_lettered_and_the_rest_is_processed(
         ),
         "exec-raise": (to_bytes(cancel("exec-raise", RAISE)), "RuntimeError"),
         "exec-poison": (to_bytes(cancel("exec-poison", POISON)), "PoisonMessage"),
-        # its output can never be produced: fails in the batch, fails alone, dead-lettered
-        "exec-huge": (to_bytes(cancel("exec-huge", HUGE)), "TransactionFailed"),
+        # its output is over the message limit: refused before any transaction, as the
+        # handler's failure (in the batch, then alone: dead-lettered)
+        "exec-huge": (to_bytes(cancel("exec-huge", HUGE)), "MessageTooLarge"),
+        # its output passes the loop's check, but the broker refuses it (non-retriable):
+        # fails in the batch, fails alone, dead-lettered
+        REFUSED: (to_bytes(cancel(REFUSED)), "TransactionFailed"),
     }
     items = [(commands, m.data.execution_id, to_bytes(m)) for m in good]
     for n, (key, (value, _)) in enumerate(bad.items()):
@@ -243,6 +272,7 @@ async def test_poison_inputs_are_dead_lettered_and_the_rest_is_processed(
         transactional_id_prefix=txid,
         consumer_name="txloop-test",
         max_batch=100,
+        producer_factory=refusing_producer(cfg),
     )
     async with (
         loop,
@@ -279,10 +309,11 @@ async def test_poison_inputs_are_dead_lettered_and_the_rest_is_processed(
     # A handler bug makes the loop rebuild that partition's state (on_assigned again).
     raise_partition = origin["exec-raise"].partition
     assert handler.assigned[raise_partition] >= 2, handler.assigned
-    assert "MessageSizeTooLargeError" in by_key["exec-huge"].error
+    assert "exceeds the 1,048,576-byte message limit" in by_key["exec-huge"].error
+    assert "MessageSizeTooLargeError" in by_key["exec-refused"].error
     assert loop.stats.dead_letters == len(bad) and loop.stats.fenced == 0
-    # the huge output's transaction failed alone (and in its batch, unless that batch had
-    # already been split by a handler failure); never more
+    # only the refused output's transaction failed: alone (and in its batch, unless that
+    # batch had already been split by a handler failure); never the huge one's
     assert 1 <= loop.stats.failed <= 2, loop.stats
 
 

@@ -26,7 +26,10 @@ What :meth:`Agent.serve` does (docs/agents.md):
   busy it pauses its partitions and keeps polling, so ``max_poll_interval_ms`` never trips
   and a rebalance is never provoked by a slow handler;
 * publishes one ``AgentResult`` per task (keyed by execution_id, caused by the task) and
-  waits for the broker's acknowledgement before the task counts as done;
+  waits for the broker's acknowledgement before the task counts as done; a result too
+  large for one message (``KafkaConfig.max_value_bytes``, docs/limits.md) is replaced by
+  an error result naming its size and the limit, and logged (``result_too_large``), so
+  the node fails at once instead of timing out;
 * commits only contiguous offsets (:class:`~spine_agent.offsets.OffsetTracker`), every
   ``commit_interval`` at most: a slow task never holds back later tasks from running,
   only from being committed. Delivery is therefore at least once: after a crash or a
@@ -95,6 +98,7 @@ from spine_kafka.clients import (
     make_producer,
 )
 from spine_kafka.clients import instance_id as new_instance_id
+from spine_kafka.limits import MessageTooLarge, too_large
 from spine_kafka.logging import bind, configure_logging, get_logger
 from spine_kafka.settings import load_settings
 
@@ -105,7 +109,7 @@ except ImportError:
 
 from . import signing
 from .offsets import OffsetTracker
-from .results import InvalidOutput, describe_error, result_for
+from .results import describe_error, result_for
 from .settings import AgentSettings
 from .task import NeedsInput, Task, TaskFailed
 
@@ -647,7 +651,7 @@ class _Worker:
             result = result_for(message, self.agent_id, outcome, duration_ms=duration_ms)
         except Exception as exc:  # e.g. a question that is not text: still an answer
             result = result_for(message, self.agent_id, exc, duration_ms=duration_ms)
-        await self._publish_result(message, result)
+        result = await self._publish_result(message, result)
         self._count(result)
         self._remember(message.message_id)
         self._done(running.item.tp, running.item.offset)
@@ -686,22 +690,41 @@ class _Worker:
             error_message=result.data.error_message,
         )
 
-    async def _publish_result(self, cause: AgentMessage, result: AgentResult) -> None:
-        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+    async def _publish_result(self, cause: AgentMessage, result: AgentResult) -> AgentResult:
+        """Publish ``result``, or the error result that replaces one too large; return it."""
+        replaced = False
+        attempt = 0
+        while True:
             try:
                 await self._send(self.results_topic, result.data.execution_id, result)
-                return
-            except MessageSizeTooLargeError as exc:
-                if result.data.status != "success":
+                return result
+            except (MessageTooLarge, MessageSizeTooLargeError) as exc:
+                # Never lost, never a timeout: the node fails at once, saying why.
+                if replaced:
                     raise
-                too_big = InvalidOutput(f"result too large for the broker: {exc}")
+                replaced = True
+                if isinstance(exc, MessageTooLarge):
+                    error = too_large("result", exc.size, exc.limit)
+                else:  # the broker's limit is below SPINE_KAFKA_MAX_MESSAGE_BYTES
+                    error = (
+                        f"result refused by the broker as too large (the limit here is "
+                        f"{self.cfg.max_value_bytes:,} bytes): {exc}"
+                    )
+                self._log.warning(
+                    "result_too_large",
+                    status=result.data.status,
+                    size=getattr(exc, "size", None),
+                    limit=self.cfg.max_value_bytes,
+                    error=error,
+                )
                 result = result_for(
                     cause,
                     self.agent_id,
-                    too_big,
+                    TaskFailed(error),
                     duration_ms=result.data.metrics.get("duration_ms", 0.0),
                 )
             except KafkaError as exc:
+                attempt += 1
                 if attempt == PUBLISH_ATTEMPTS:
                     raise
                 self._log.warning(
@@ -854,6 +877,8 @@ class _Worker:
         k, value, headers = Outgoing(topic, key, message).encode_signed(
             self.signer, self.cfg.prefix
         )
+        if len(value) > self.cfg.max_value_bytes:
+            raise MessageTooLarge(message.type, len(value), self.cfg.max_value_bytes)
         await producer.send_and_wait(topic, value=value, key=k, headers=headers)
 
     async def _beat(self, *, ready: bool) -> None:

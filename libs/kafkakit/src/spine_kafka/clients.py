@@ -24,6 +24,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -36,6 +37,7 @@ from spine_contracts.errors import InvalidMessage, UndecodableMessage
 from spine_contracts.signing import Signer, topic_base
 from spine_contracts.topics import TopicSpec
 
+from . import limits
 from .security import KafkaSecurity
 from .settings import KafkaSettings
 
@@ -51,6 +53,10 @@ BACKGROUND_FETCH_WAIT_MS = 250
 #: ``fetch_min_bytes`` of :meth:`KafkaConfig.batched` consumers
 BATCHED_FETCH_MIN_BYTES = 1 << 20
 MESSAGE_TYPE_HEADER = "message-type"
+#: ``SPINE_KAFKA_MAX_MESSAGE_BYTES`` unless set (:mod:`spine_kafka.limits`)
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
+#: a producer's batch of small records, at most (never more than one record may be)
+MAX_BATCH_BYTES = 256 * 1024
 
 Headers = list[tuple[str, bytes]]
 
@@ -66,9 +72,9 @@ class KafkaConfig:
     fetch_min_bytes: int = 1
     linger_ms: int = 0
     client_id: str = "spine"
-    #: the largest message a producer sends (``max_request_size``); the broker's
-    #: ``message.max.bytes`` (default 1048588) must allow it
-    max_message_bytes: int = 1_048_576
+    #: the largest record a producer sends (``max_request_size``); the broker's
+    #: ``message.max.bytes`` (default 1048588) must allow it (:mod:`spine_kafka.limits`)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     #: consumer group timing (``SPINE_KAFKA_SESSION_TIMEOUT_MS`` and its siblings): how
     #: soon a dead member's partitions move (docs/operations.md, "Consumer groups")
     session_timeout_ms: int = 6_000
@@ -95,6 +101,11 @@ class KafkaConfig:
             rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
             security=settings.kafka_security,
         )
+
+    @property
+    def max_value_bytes(self) -> int:
+        """The largest encoded message that fits in one record (:mod:`spine_kafka.limits`)."""
+        return limits.max_value_bytes(self.max_message_bytes)
 
     def topic(self, spec: TopicSpec) -> str:
         return spec.name(self.prefix)
@@ -145,7 +156,7 @@ def make_producer(
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": cfg.linger_ms,
-        "max_batch_size": 256 * 1024,
+        "max_batch_size": min(MAX_BATCH_BYTES, cfg.max_message_bytes),
         "max_request_size": cfg.max_message_bytes,
         "request_timeout_ms": 30_000,
         "partitioner": key_partitioner,
@@ -331,11 +342,17 @@ def dead_letter_id(consumer: str, topic: str, partition: int, offset: int) -> uu
 
 
 def dead_letter(
-    record: ConsumerRecord[Any, Any], error: BaseException, consumer: str
+    record: ConsumerRecord[Any, Any],
+    error: BaseException,
+    consumer: str,
+    *,
+    max_bytes: int = limits.max_value_bytes(DEFAULT_MAX_MESSAGE_BYTES),
 ) -> DeadLetter:
     """Describe an unhandleable record so it can be inspected and replayed later.
 
     Its ``message_id`` is :func:`dead_letter_id` of the consumer and the record's origin.
+    A payload whose letter would exceed ``max_bytes`` (base64 grows it by a third) is left
+    out, and the error says so: the origin still finds it, and the letter can be sent.
     """
     key = record.key
     return _dead_letter(
@@ -346,10 +363,17 @@ def dead_letter(
         record.value or b"",
         error,
         consumer,
+        max_bytes,
     )
 
 
-def dead_letter_of(incoming: Incoming, error: BaseException, consumer: str) -> DeadLetter:
+def dead_letter_of(
+    incoming: Incoming,
+    error: BaseException,
+    consumer: str,
+    *,
+    max_bytes: int = limits.max_value_bytes(DEFAULT_MAX_MESSAGE_BYTES),
+) -> DeadLetter:
     """:func:`dead_letter` of a record a handler refuses after decoding it (a signature
     that does not check out): the same origin, payload and deterministic id."""
     return _dead_letter(
@@ -360,6 +384,7 @@ def dead_letter_of(incoming: Incoming, error: BaseException, consumer: str) -> D
         incoming.value,
         error,
         consumer,
+        max_bytes,
     )
 
 
@@ -371,18 +396,24 @@ def _dead_letter(
     raw: bytes,
     error: BaseException,
     consumer: str,
+    max_bytes: int,
 ) -> DeadLetter:
-    letter = DeadLetter.build(
-        origin_topic=topic,
-        origin_partition=partition,
-        origin_offset=offset,
-        origin_key=key,
-        payload_b64=base64.b64encode(raw).decode(),
-        error_type=type(error).__name__,
-        error=str(error)[:4000],
-        consumer=consumer,
-        failed_at=utcnow(),
-    )
+    fields: dict[str, Any] = {
+        "origin_topic": topic,
+        "origin_partition": partition,
+        "origin_offset": offset,
+        "origin_key": key,
+        "payload_b64": base64.b64encode(raw).decode(),
+        "error_type": type(error).__name__,
+        "error": str(error)[:4000],
+        "consumer": consumer,
+        "failed_at": utcnow(),
+    }
+    letter = DeadLetter.build(**fields)
+    if len(fields["payload_b64"]) > max_bytes // 2 and len(to_bytes(letter)) > max_bytes:
+        fields["payload_b64"] = ""
+        fields["error"] += f" [payload of {len(raw):,} bytes left out: too large for a dead letter]"
+        letter = DeadLetter.build(**fields)
     letter_id = dead_letter_id(consumer, topic, partition, offset)
     return letter.model_copy(update={"message_id": letter_id})
 
@@ -396,15 +427,42 @@ def dead_letter_outgoing(cfg: KafkaConfig, letter: DeadLetter) -> Outgoing:
 
 @dataclass(frozen=True)
 class Outgoing:
-    """A message to produce: where, with which key, and optional routing headers."""
+    """A message to produce: where, with which key, and optional routing headers.
+
+    Its encoding is made once (:attr:`value`), so a size check before a transaction and
+    the send share it; ``dataclasses.replace`` (a re-stamped message) starts afresh.
+    """
 
     topic: str
     key: str
     message: Message
     reply_to: str | None = None
 
+    def with_value(self, value: bytes) -> Outgoing:
+        """This record with its message's encoding made already (``value`` must be
+        ``to_bytes(self.message)``): kept as :attr:`value`, as if it had been read."""
+        self.__dict__["value"] = value  # where cached_property keeps it
+        return self
+
+    @cached_property
+    def value(self) -> bytes:
+        """The message's JSON, as it is sent."""
+        return to_bytes(self.message)
+
     def encode(self) -> tuple[bytes, bytes, Headers]:
-        return self.key.encode(), to_bytes(self.message), headers_for(self.message, self.reply_to)
+        return self.key.encode(), self.value, headers_for(self.message, self.reply_to)
+
+    def size(self) -> int:
+        """The record's size as the producer counts it (:func:`spine_kafka.limits.record_size`)."""
+        key, value, headers = self.encode()
+        return limits.record_size(key, value, headers)
+
+    def fits(self, max_message_bytes: int) -> bool:
+        """Whether the producer takes this record (:meth:`size`, counted only when close)."""
+        key, value, headers = self.encode()
+        if limits.record_size_bound(key, value, headers) <= max_message_bytes:
+            return True
+        return limits.record_size(key, value, headers) <= max_message_bytes
 
     def encode_signed(self, signer: Signer | None, prefix: str) -> tuple[bytes, bytes, Headers]:
         """:meth:`encode`, with the signature headers of ``signer`` over the record

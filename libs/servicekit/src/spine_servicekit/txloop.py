@@ -36,6 +36,12 @@ Failures:
   whose own transaction fails that way is dead-lettered next (``TransactionFailed``; if even
   that fails, it is skipped with its offset committed), so an exception never turns into an
   endless replay. Retriable errors (timeouts, connections) are retried, never dead-lettered.
+* A record over the producer's limit (``record_size`` > ``max_message_bytes``) never
+  reaches a transaction: it counts as the handler's failure for its batch (above), so the
+  input is dead-lettered with a :class:`~spine_kafka.limits.MessageTooLarge` naming the
+  size and the limit. A handler that keeps its outputs within the limit itself (the
+  orchestrator: docs/limits.md) never gets there; dead letters leave out a payload too
+  large to carry.
 
 Rebalances: ``on_partitions_revoked`` waits for the in-flight transactions, then stops the
 producers and drops handler state. ``on_partitions_assigned`` only registers and pauses the
@@ -71,6 +77,7 @@ from spine_kafka.clients import (
     make_producer,
     send_all,
 )
+from spine_kafka.limits import MessageTooLarge
 from spine_kafka.logging import get_logger
 
 __all__ = [
@@ -448,7 +455,11 @@ class TransactionalLoop:
             traced, good = tracing.begin_batch(self._consumer_name, good)
         if good:
             try:
-                outgoing.extend(await self._handler.handle(p, good))
+                produced = await self._handler.handle(p, good)
+                if traced is not None:
+                    produced = tracing.stamp_caused(produced, traced)
+                _check_sizes(produced, self._cfg.max_message_bytes)
+                outgoing.extend(produced)
             except Exception as exc:  # the handler's bug or rejection; never an endless replay
                 if traced is not None:
                     tracing.end_batch(traced, exc)
@@ -468,8 +479,6 @@ class TransactionalLoop:
                 outgoing.append(self._dead_letter(record, exc))
                 reset_after = not isinstance(exc, PoisonMessage)
 
-        if traced is not None:
-            outgoing = tracing.stamp_caused(outgoing, traced)
         offsets = _next_offsets(records)
         started = time.perf_counter()
         error = await self._transact(slot, outgoing, offsets)
@@ -497,7 +506,9 @@ class TransactionalLoop:
         return False
 
     def _dead_letter(self, record: ConsumerRecord[Any, Any], error: BaseException) -> Outgoing:
-        letter = dead_letter(record, error, self._consumer_name)
+        letter = dead_letter(
+            record, error, self._consumer_name, max_bytes=self._cfg.max_value_bytes
+        )
         return Outgoing(self._deadletter_topic, letter.data.origin_key or "", letter)
 
     def _log_committed_dead_letters(self, outgoing: Sequence[Outgoing]) -> None:
@@ -712,6 +723,15 @@ class TransactionalLoop:
 
 class TransactionFailed(Exception):
     """Dead-letter error of a record whose transaction failed alone, non-retriably, twice."""
+
+
+def _check_sizes(outgoing: Sequence[Outgoing], limit: int) -> None:
+    """Refuse, before the transaction begins, a record the producer would refuse inside it
+    (an aborted transaction, a reset partition): the handler's failure, as any other."""
+    for item in outgoing:
+        if not item.fits(limit):
+            what = f"{item.message.type} record for {item.topic}"
+            raise MessageTooLarge(what, item.size(), limit)
 
 
 def _next_offsets(

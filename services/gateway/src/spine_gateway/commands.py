@@ -48,13 +48,19 @@ class Commands:
         request_id: str,
         *,
         what: str | None = None,
+        allowance: int = 0,
     ) -> GatewayReply:
         """Send with this replica as reply-to and await the reply (``TimeoutError`` after
         ``reply_timeout_s``)."""
         fut = self.replies.expect(request_id)
         try:
             await self.publisher.publish(
-                spec, key, message, reply_to=self.replies.replica_id, what=what
+                spec,
+                key,
+                message,
+                reply_to=self.replies.replica_id,
+                what=what,
+                allowance=allowance,
             )
             async with asyncio.timeout(self.reply_timeout_s):
                 return await fut

@@ -37,6 +37,7 @@ from .commands import Commands, new_request_id
 from .errors import Conflict, NotFound, Unavailable, from_reply
 from .idempotency import Idempotency
 from .identity import Principal
+from .limits import execution_allowance
 from .live import LiveTrail, await_started, follow_trail
 from .models import (
     EventList,
@@ -207,6 +208,7 @@ class ExecutionsService:
                     cmd,
                     request_id,
                     what="input_data (with the flow)",
+                    allowance=execution_allowance(node.id for node in flow.nodes),
                 )
             except TimeoutError as exc:
                 # Never charge and then answer 5xx: take the reservation back first.

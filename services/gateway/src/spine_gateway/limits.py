@@ -6,13 +6,20 @@ publishes. Both answer ``413 PAYLOAD_TOO_LARGE`` in the API's one error shape.
   they arrive, refusing it as soon as the count passes the limit: a body is never buffered
   beyond ``max_bytes``.
 * :func:`check_message_size` refuses a command or event whose serialized envelope would not
-  fit in one Kafka message (the producer's ``max_request_size``, which the broker's
-  ``message.max.bytes`` must allow) with room for what the services downstream add to it:
-  an execution's ``input_data`` travels on in ``StartExecution``, ``ExecutionStarted`` and
-  every ``NodeDispatched``, each with its own envelope.
+  fit in one Kafka message (``KafkaConfig.max_value_bytes``: ``SPINE_KAFKA_MAX_MESSAGE_BYTES``
+  less the record overhead, docs/limits.md) with room for what the services downstream add
+  to it: an execution's ``input_data`` travels on in ``StartExecution``, ``ExecutionStarted``,
+  the orchestrator's snapshot of the execution and every first task (``AgentMessage`` and
+  ``NodeDispatched``), each with its own envelope. The snapshot is the largest of them: it
+  also holds the state of every node of the flow, so an execution's start is allowed
+  :func:`execution_allowance` more room (``tests/gateway/test_limits_downstream.py`` runs
+  the largest start the gateway accepts through auth and the orchestrator and checks that
+  every record fits).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -22,8 +29,11 @@ from .errors import PayloadTooLarge, error_body
 
 CODE = PayloadTooLarge.default_code
 #: what the services downstream may add to a message the gateway publishes (envelopes,
-#: node ids, the flow's definition repeated, the conversation's bookkeeping)
+#: ids, the execution's bookkeeping in the orchestrator's snapshot)
 MESSAGE_HEADROOM_BYTES = 64 * 1024
+#: what the orchestrator's snapshot of a starting execution holds per node of its flow,
+#: besides the node's id four times over: its state and its timeout timer (about 300 bytes)
+NODE_STATE_BYTES = 512
 
 
 class _BodyTooLarge(HTTPException):
@@ -101,17 +111,25 @@ async def _refuse(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def message_budget(max_message_bytes: int) -> int:
-    """The largest serialized message the gateway publishes for this Kafka message limit."""
-    return max(max_message_bytes - MESSAGE_HEADROOM_BYTES, max_message_bytes // 2)
+def execution_allowance(node_ids: Iterable[str]) -> int:
+    """The room a starting execution of a flow with these nodes takes besides its start."""
+    return sum(NODE_STATE_BYTES + 4 * len(node_id) for node_id in node_ids)
 
 
-def check_message_size(value: bytes, max_message_bytes: int, what: str) -> None:
+def message_budget(max_value_bytes: int, allowance: int = 0) -> int:
+    """The largest serialized message the gateway publishes for this Kafka message limit
+    (``KafkaConfig.max_value_bytes``), ``allowance`` more room left for what follows it."""
+    headroom = min(MESSAGE_HEADROOM_BYTES, max_value_bytes // 2)
+    return max(max_value_bytes - headroom - allowance, 0)
+
+
+def check_message_size(value: bytes, max_value_bytes: int, what: str, allowance: int = 0) -> None:
     """Raise :class:`PayloadTooLarge` when ``value`` would not fit (see the module doc)."""
-    budget = message_budget(max_message_bytes)
+    budget = message_budget(max_value_bytes, allowance)
     if len(value) > budget:
         raise PayloadTooLarge(
-            f"{what} too large: {len(value)} bytes as a message, at most {budget} "
-            f"(the Kafka message limit is {max_message_bytes} bytes)",
+            f"{what} too large: {len(value):,} bytes as a message, at most {budget:,} "
+            f"(the {max_value_bytes:,}-byte message limit less {max_value_bytes - budget:,} "
+            f"for what the services add on the way; docs/limits.md)",
             extra={"size": len(value), "limit": budget},
         )

@@ -940,3 +940,33 @@ def _timer_json(t: Timer) -> dict[str, Any]:
         "node_id": t.node_id,
         "attempt": t.attempt,
     }
+
+
+# --- decisions too large to carry (limits.py says when) ------------------------------------
+
+
+def fail_at_once(
+    state: ExecutionState, cause: Message, env: Environment, node_id: str | None, error: str
+) -> Decision:
+    """``cause`` fails the execution now: its node ``node_id`` (if any), then the execution,
+    with ``error``; in-flight tasks are cancelled and the credits settled as for any failure."""
+    run = _Run(state, cause, env)
+    run._fail(node_id, error)
+    return run.decision
+
+
+def refuse_start(cmd: StartExecution, env: Environment, error: str) -> Decision:
+    """A start whose execution cannot be carried: recorded without its input and metadata
+    (the trail still says who started which flow), then failed with ``error``."""
+    run = _Run(replace(_new_state(cmd, env), input_data={}, metadata={}), cmd, env)
+    s = run.s
+    run.emit(
+        ExecutionStarted,
+        user_id=s.user_id,
+        flow_id=s.flow.flow_id,
+        flow_version=s.flow_version,
+        flow=s.flow,
+        credits_reserved=s.credits_reserved,
+    )
+    run._fail(None, error)
+    return run.decision

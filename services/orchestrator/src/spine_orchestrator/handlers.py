@@ -19,6 +19,13 @@ has room, one tenant at a time (:func:`domain.resume_node`). When an agent comes
 gets a larger ``concurrency``), :meth:`OrchestratorHandler.agent_changed` sends one
 ``ResumeDispatch`` to each partition where nodes wait for it, so the wait ends on the
 agent's return, not on a polling timer.
+
+Every record must fit in one Kafka message (docs/limits.md). A batch is decided, and each
+of its records encoded (the producer sends those bytes) and measured; in the rare batch
+where one would not fit, the batch is decided again from the same states with every
+decision checked by :func:`.limits.decide_within`, which replaces one that would not fit by
+the failure of its node or execution. So an oversized output never aborts a transaction,
+and the other executions of the batch are decided as they were.
 """
 
 from __future__ import annotations
@@ -60,15 +67,9 @@ from spine_servicekit.txloop import Incoming, PoisonMessage
 from .authenticity import verify_result
 from .catalog import AgentCatalog
 from .dispatch import CapacityLedger
-from .domain import (
-    AnyState,
-    Decision,
-    Environment,
-    FinishedExecution,
-    decide,
-    resume_node,
-    state_from_dict,
-)
+from .domain import AnyState, Decision, Environment, FinishedExecution, state_from_dict
+from .encodings import Encodings, within_limit
+from .limits import MessageLimit, decide_within, resume_within
 from .timers import TimerScheduler
 
 log = get_logger(__name__)
@@ -117,6 +118,8 @@ class OrchestratorHandler:
         self._send_command = send_command
         self._agent_wait = default_agent_wait_s
         self._ledgers: dict[int, CapacityLedger] = {}
+        #: execution -> its state before the batch being handled (None: it had none)
+        self._undo: dict[str, AnyState | None] = {}
         self._dead_letter = dead_letter
         self._catalog = catalog
         self._timers = timers
@@ -205,9 +208,31 @@ class OrchestratorHandler:
         self._timers.forget(states)
 
     async def handle(self, partition: int, batch: Sequence[Incoming]) -> Sequence[Outgoing]:
+        """Decide the batch; should a record not fit in one message, decide it again from
+        the same states with every decision checked (:func:`.limits.decide_within`)."""
+        states = self._states.setdefault(partition, {})
+        self._undo = {}
+        out = await self._handle(partition, batch, Encodings(checked=False))
+        if within_limit(out, self._cfg.max_value_bytes):  # the usual case, at no extra cost
+            return out
+        # Back to the states before the batch: decisions make new state objects, so those
+        # _apply replaced are intact; the capacity ledger is derived from the states.
+        for execution_id, state in self._undo.items():
+            if state is None:
+                states.pop(execution_id, None)
+            else:
+                states[execution_id] = state
+        self._ledger(partition).rebuild(states.values())
+        log.warning("batch_over_message_limit", partition=partition, batch=len(batch))
+        return await self._handle(partition, batch, Encodings(checked=True))
+
+    async def _handle(
+        self, partition: int, batch: Sequence[Incoming], encodings: Encodings
+    ) -> list[Outgoing]:
         states = self._states.setdefault(partition, {})
         ledger = self._ledger(partition)
         env = self._env(ledger)
+        limit = encodings.limit(self._cfg.max_value_bytes)
         out: list[Outgoing] = []
         changed: dict[str, AnyState] = {}
         last: Message | None = None
@@ -227,22 +252,15 @@ class OrchestratorHandler:
                 except SignatureRefused as exc:
                     out.append(self._refused(incoming, exc))
                     continue
-            decision = decide(states.get(execution_id), message, env)
+            decision = decide_within(states.get(execution_id), message, env, limit)
             self._apply(decision, execution_id, states, ledger, changed, out)
         if last is not None:
-            self._dispatch_waiting(states, ledger, env, last, changed, out)
+            self._dispatch_waiting(states, ledger, env, last, changed, out, limit)
         for execution_id, state in changed.items():
-            snapshot = ExecutionSnapshot.build(
-                correlation_id=state.correlation_id,
-                tenant_id=state.user_id,
-                execution_id=execution_id,
-                seq=state.seq,
-                status=state.status,
-                state=state.to_dict(),
-            )
+            snapshot = encodings.snapshot(state)
             out.append(Outgoing(self._topic_snapshots, execution_id, snapshot))
             self._timers.sync(state)
-        return out
+        return encodings.attach(out)
 
     def _apply(
         self,
@@ -255,6 +273,8 @@ class OrchestratorHandler:
     ) -> None:
         out.extend(self._effects(decision, execution_id))
         if decision.state is not None and decision.changed:
+            if execution_id not in self._undo:  # what handle() restores for a second pass
+                self._undo[execution_id] = states.get(execution_id)
             state = decision.state
             ledger.reconcile(state)
             if state.terminal and not isinstance(state, FinishedExecution):
@@ -270,6 +290,7 @@ class OrchestratorHandler:
         cause: Message,
         changed: dict[str, AnyState],
         out: list[Outgoing],
+        limit: MessageLimit | None,
     ) -> None:
         """Hand the free slots of every active agent to its waiting nodes, tenant by tenant."""
         for agent_id in ledger.waiting_agents():
@@ -284,7 +305,7 @@ class OrchestratorHandler:
                 if state is None:  # cannot happen: a gone execution left the ledger
                     ledger.forget(execution_id)
                     continue
-                decision = resume_node(state, node_id, cause, env)
+                decision = resume_within(state, node_id, cause, env, limit)
                 if not decision.changed:
                     ledger.reconcile(state)  # not waiting after all: give the slot back
                 self._apply(decision, execution_id, states, ledger, changed, out)
@@ -299,7 +320,8 @@ class OrchestratorHandler:
             offset=incoming.offset,
             error=str(error),
         )
-        return dead_letter_outgoing(self._cfg, dead_letter_of(incoming, error, CONSUMER))
+        letter = dead_letter_of(incoming, error, CONSUMER, max_bytes=self._cfg.max_value_bytes)
+        return dead_letter_outgoing(self._cfg, letter)
 
     def _effects(self, decision: Decision, execution_id: str) -> list[Outgoing]:
         out = [Outgoing(self._topic_events, execution_id, e) for e in decision.events]

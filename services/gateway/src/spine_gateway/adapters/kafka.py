@@ -54,15 +54,17 @@ class Publisher:
         *,
         reply_to: str | None = None,
         what: str | None = None,
+        allowance: int = 0,
     ) -> tuple[TopicPartition, int]:
         """Send, wait for the acknowledgement, return the partition and the next offset
         (what a projector must reach for read-your-writes). A message over the size limit
-        is refused before anything is sent (413, ``what`` names the caller's payload)."""
+        is refused before anything is sent (413, ``what`` names the caller's payload;
+        ``allowance``: more room for what follows it, see ``limits``)."""
         if tracing.ENABLED:  # the command continues the request's trace
             message = tracing.stamp(message)
         value = to_bytes(message)
         what = what or f"{message.type} message"
-        check_message_size(value, self._cfg.max_message_bytes, what)
+        check_message_size(value, self._cfg.max_value_bytes, what, allowance)
         try:
             meta = await self._producer.send_and_wait(
                 self._cfg.topic(spec),
