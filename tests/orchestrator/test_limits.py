@@ -43,7 +43,7 @@ from spine_orchestrator.domain import (
 )
 from spine_orchestrator.encodings import Encodings
 from spine_orchestrator.handlers import OrchestratorHandler
-from spine_orchestrator.limits import MessageLimit, decide_within, kept, oversize
+from spine_orchestrator.limits import MessageLimit, decide_within, kept, oversize, resume_within
 from spine_orchestrator.timers import TimerScheduler
 from spine_servicekit.kafka import Incoming, KafkaConfig
 
@@ -378,3 +378,30 @@ async def test_the_handler_fails_only_the_execution_that_does_not_fit() -> None:
     [failed] = [i.message for i in out if isinstance(i.message, ExecutionFailed)]
     assert failed.data.error_message.startswith("input too large: execution.started message of ")
     assert failed.data.error_message.endswith(" bytes exceeds the 97,952-byte message limit")
+
+
+def test_a_node_resumed_after_waiting_for_its_agent_fails_at_once_when_its_task_is_too_big() -> (
+    None
+):
+    # a safety net: a waiting node's state passed the check when it began to wait, and its
+    # task carries no more than the state; a limit lowered meanwhile is what trips it
+    def admit_none(_a: str, _u: str, _e: str, _n: str) -> bool:
+        return False
+
+    base = env()
+    waiting_env = Environment(
+        now=T0,
+        agent_availability=lambda _a: "active",
+        evaluate_condition=base.evaluate_condition,
+        admit=admit_none,
+    )
+    d = decide_within(None, start(flow(agent("a")), blob="x" * 15_000), waiting_env, limit())
+    state = running(d)
+    assert state.nodes["a"].status == "waiting_agent"
+    small = resume_within(state, "a", d.events[-1], env(), limit(LIMIT))
+    assert of(small, NodeDispatched) and fits(small)
+    tight = resume_within(state, "a", d.events[-1], env(), limit(12_000))
+    (failed,) = of(tight, ExecutionFailed)
+    assert failed.data.error_message.startswith("node 'a': ")
+    assert "12,000-byte message limit" in failed.data.error_message
+    assert tight.tasks == [] and fits(tight, 12_000)
