@@ -54,7 +54,12 @@ from .test_gateway_e2e import MASTER, Api, gateway_stack
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MAX_EXAMPLES = 3
-ADMIN_PATHS = {"/api/v1/users/create", "/api/v1/users/add-credits", "/api/v1/users/{user_id}"}
+ADMIN_PATHS = {
+    "/api/v1/users/create",
+    "/api/v1/users/add-credits",
+    "/api/v1/users/{user_id}",
+    "/api/v1/users/{user_id}/limits",
+}
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -323,7 +328,12 @@ def test_stateful_chains_never_reach_another_tenants_execution(
 # --- every route with each kind of key -----------------------------------------------------
 
 PUBLIC = {"/health"}
-ADMIN = {("POST", "/users/create"), ("POST", "/users/add-credits"), ("GET", "/users/{user_id}")}
+ADMIN = {
+    ("POST", "/users/create"),
+    ("POST", "/users/add-credits"),
+    ("GET", "/users/{user_id}"),
+    ("PATCH", "/users/{user_id}/limits"),
+}
 #: what only a user does: spend credits, answer for the user, their own account
 USER_ONLY = {
     ("POST", "/flows/execute"),
@@ -418,6 +428,7 @@ def _request(method: str, path: str, t: Tenants, user_id: str) -> dict[str, Any]
             "rate_limit": 100,
         },
         ("POST", "/users/add-credits"): {"user_id": user_id, "credits": 1},
+        ("PATCH", "/users/{user_id}/limits"): {"max_queued": 1000},
     }
     kwargs: dict[str, Any] = {"method": method, "url": url}
     if (method, route) in bodies:

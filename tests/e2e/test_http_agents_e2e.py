@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from spine_contracts import (
     AgentInfo,
     DeregisterAgent,
+    ExecutionCancelled,
     ExecutionCompleted,
     ExecutionFailed,
     FlowDefinition,
@@ -31,6 +32,7 @@ from spine_contracts import (
     NodeCompleted,
     NodeConfig,
     NodeDispatched,
+    NodeWaitingAgent,
     RegisterAgent,
     topics,
 )
@@ -216,17 +218,25 @@ async def test_calls_not_signed_by_the_relay_are_refused(stack: HttpStack) -> No
     assert "not the relay key" in forged.json()["detail"]
 
 
-async def test_agent_down_goes_inactive_and_new_executions_fail_at_once(
+async def test_agent_down_goes_inactive_and_new_nodes_wait_or_fail_as_they_say(
     stack: HttpStack,
 ) -> None:
+    """Its endpoint gone, the agent goes inactive: a node waits for it (``wait_for_agent``,
+    60 s by default), one that says ``wait_for_agent: 0`` fails at once; nothing is sent."""
     stack.kill("echo-http")
     await stack.wait_exit("echo-http")
     await stack.wait_for(lambda: stack.agents.get(AGENT) is False, timeout=30)
-    eid = await stack.start_execution(flow("http-down", node("a")))
+    waits = await stack.start_execution(flow("http-down-wait", node("a")))
+    wait = await stack.wait_event(waits, NodeWaitingAgent)
+    assert (wait.data.agent_id, wait.data.reason) == (AGENT, "inactive")
+    eid = await stack.start_execution(flow("http-down", node("a", wait_for_agent=0)))
     done = await stack.terminal(eid)
     assert isinstance(done, ExecutionFailed), done
     assert f"agent '{AGENT}' is inactive" in done.data.error_message
     assert stack.of_type(eid, NodeDispatched) == []
+    assert stack.of_type(waits, NodeDispatched) == []
+    await stack.cancel(waits)
+    assert isinstance(await stack.terminal(waits), ExecutionCancelled)
 
 
 async def test_deregistration_stops_the_relays_consumer(stack: HttpStack) -> None:
