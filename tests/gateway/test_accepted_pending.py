@@ -106,7 +106,6 @@ class Ports:
     def __init__(self) -> None:
         self.read, self.store = FakeRead(), FakeStore()
         self.projector, self.marks = FakeProjector(), FakeMarks()
-        self.users = FakeProjector()
         self.live = LiveTrail()
         self.commands = FakeCommands()
         unused: Any = None
@@ -117,7 +116,6 @@ class Ports:
             rw=ReadYourWrites(self.marks, self.live, 0.3),  # type: ignore[arg-type]
             idempotency=Idempotency(unused, ttl_s=60, wait_s=1),  # no key: no store
             executions=self.projector,  # type: ignore[arg-type]
-            users=self.users,  # type: ignore[arg-type]
             live=self.live,
             flows=ReadCache(),
             start_timeout_s=0.3,
@@ -205,18 +203,16 @@ async def test_execute_answers_from_the_decoded_start_and_a_read_then_waits_for_
         # start (and the first dispatch) in one batch, its PostgreSQL transaction still to come
         trail = execution_trail(cmd.data.execution_id, datetime(2026, 12, 6, tzinfo=UTC))
         decoded.extend(trail[:2])
-        p.marks.marks[("reserved", cmd.data.execution_id)] = ("auth-events/0", 1)
         p.live.tap(
             [Incoming(tp.topic, tp.partition, 3 + i, None, 0, m) for i, m in enumerate(trail[:2])]
         )
 
     p = executing_ports(start_decoded)
-    execute = asyncio.create_task(p.service.execute(OWNER, "echo_chain", {"x": 1}, {}, None))
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert not execute.done()  # the start is decoded, the reserved balance not yet stored
-    p.users.apply("auth-events/0", 1)
-    answer, cost = await asyncio.wait_for(execute, 5)
+    # the start is decoded: the answer waits for no PostgreSQL transaction (the balance's
+    # projection is GET /users/me's to wait for)
+    answer, cost = await asyncio.wait_for(
+        p.service.execute(OWNER, "echo_chain", {"x": 1}, {}, None), 5
+    )
     eid = answer.execution_id
     assert answer.status == "running" and cost > 0
     assert answer.created_at == decoded[0].occurred_at.isoformat()
@@ -243,7 +239,7 @@ async def test_a_client_gone_while_execute_waits_leaves_no_wait_behind() -> None
     execute = asyncio.create_task(p.service.execute(OWNER, "echo_chain", {}, {}, None))
     for _ in range(20):
         await asyncio.sleep(0)
-    assert len(asyncio.all_tasks()) > before + 1  # the request and its background waits
+    assert len(asyncio.all_tasks()) == before + 1  # the request, waiting for the start
     execute.cancel()
     with pytest.raises(asyncio.CancelledError):
         await execute

@@ -457,6 +457,41 @@ async def test_pacing_holds_only_bursts(
         assert projector.stats.applied < 400
 
 
+async def test_a_pause_holds_the_apply_never_the_tap(
+    cfg: KafkaConfig, database_url: str, pg_schema: str
+) -> None:
+    """A live stream never waits for the pause after a burst: what arrives meanwhile is shown
+    to the tap at once, and applied when the pause is over."""
+    seen: list[str] = []
+    arrived = asyncio.Event()
+
+    def tap(batch: Sequence[Incoming]) -> None:
+        seen.extend(str(i.message.data.execution_id) for i in batch)  # type: ignore[attr-defined]
+        if any(e.startswith("late") for e in seen):
+            arrived.set()
+
+    projector = Projector(
+        cfg,
+        database_url,
+        projection(),
+        schema=pg_schema,
+        min_interval_s=60.0,
+        pace_from=1,  # every batch is a burst: the first one starts a 60 s pause
+        tap=tap,
+    )
+    async with projector:
+        first = await produce(cfg, [started(e) for e in ids(1, "first")])
+        async with asyncio.timeout(10):
+            await projector.wait_for_offsets(end_offsets(first))
+        late = await produce(cfg, [started(e) for e in ids(1, "late")])
+        async with asyncio.timeout(10):  # the pause is 60 s: only the tap can be this quick
+            await arrived.wait()
+        assert projector.stats.applied == 1  # the late one is held for the pause's end
+        applied = projector.applied_offsets()
+        assert any(applied.get(tp, 0) < n for tp, n in end_offsets(late).items())
+    assert len([e for e in seen if e.startswith("late")]) == 1  # shown once, not again
+
+
 def offsets_recorder(
     into: list[tuple[int, int]], projector: Callable[[], Projector]
 ) -> Callable[[Sequence[Incoming]], None]:

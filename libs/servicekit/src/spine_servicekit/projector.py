@@ -256,10 +256,16 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._projector._on_assigned(set(assigned))
 
 
+def _key(record: ConsumerRecord[Any, Any]) -> tuple[str, int, int]:
+    return (record.topic, record.partition, record.offset)
+
+
 def _count(fetched: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> int:
     return sum(len(records) for records in fetched.values())
 
 
+#: how many ``max_batch`` of records a pause reads ahead at most (one transaction then)
+READ_AHEAD_BATCHES = 4
 #: ``min_interval_s`` for projections no request waits on: under a burst, one PostgreSQL
 #: transaction per interval instead of one per handful of records
 BATCH_INTERVAL_S = 0.25
@@ -334,6 +340,8 @@ class Projector:
         self._stopped = False
         self._last_kafka_commit = 0.0
         self._ceiling: dict[TopicPartition, int] | None = None
+        #: read ahead during a pause and shown to the tap already: (topic, partition, offset)
+        self._decoded: dict[tuple[str, int, int], _Item] = {}
         self._pause_key = pause_lock_key(schema)
         q = quote_schema(schema)
         # new, or last seen more than the window before: applied (and the row renewed)
@@ -552,15 +560,19 @@ class Projector:
 
     async def _run(self) -> None:
         assert self._consumer is not None
+        ahead: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] | None = None
         try:
             while True:
-                fetched = await self._consumer.getmany(
-                    timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
-                )
+                if ahead:
+                    fetched, ahead = ahead, None
+                else:
+                    fetched = await self._consumer.getmany(
+                        timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
+                    )
                 started = time.monotonic()
                 await self._handle(fetched)
                 if self._min_interval_s > 0 and _count(fetched) >= self._pace_from:
-                    await asyncio.sleep(self._min_interval_s - (time.monotonic() - started))
+                    ahead = await self._read_ahead(started + self._min_interval_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -570,14 +582,42 @@ class Projector:
             async with self._changed:
                 self._changed.notify_all()
 
+    async def _read_ahead(
+        self, until: float
+    ) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
+        """The pause after a burst's batch: what arrives meanwhile is read, decoded and shown
+        to the tap at once (a live stream never waits for the pause), and applied together
+        when the pause is over — one PostgreSQL transaction per interval."""
+        assert self._consumer is not None
+        gathered: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
+        count, cap = 0, READ_AHEAD_BATCHES * self._max_batch
+        while (left := until - time.monotonic()) > 0:
+            if count >= cap:  # enough held in memory: the rest waits in Kafka
+                await asyncio.sleep(left)
+                break
+            more = await self._consumer.getmany(
+                timeout_ms=max(1, int(left * 1000)),
+                max_records=min(self._max_batch, cap - count),
+            )
+            if self._tap is not None and more:
+                items = [self._decode(r) for records in more.values() for r in records]
+                self._feed(self._tap, items)
+                self._decoded.update((_key(item.record), item) for item in items)
+            for tp, records in more.items():
+                gathered.setdefault(tp, []).extend(records)
+                count += len(records)
+        return gathered
+
     async def _handle(
         self, fetched: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
     ) -> None:
         positions = await self._positions()
         if self._ceiling is not None:
             fetched, positions = self._below_ceiling(fetched, positions, self._ceiling)
+        tapped = self._decoded
+        self._decoded = {}
         items = [
-            self._decode(record)
+            tapped.get(_key(record)) or self._decode(record)
             for tp, records in fetched.items()
             if tp in positions
             for record in records
@@ -586,7 +626,9 @@ class Projector:
         if not items and not moved:
             return
         if self._tap is not None:
-            self._feed(self._tap, items)
+            fresh = [it for it in items if _key(it.record) not in tapped]
+            if fresh:
+                self._feed(self._tap, fresh)
         # Positions of partitions without records move past transaction markers too.
         positions = {tp: p for tp, p in positions.items() if tp in moved or tp in fetched}
         isolate = False

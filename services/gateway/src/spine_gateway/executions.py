@@ -127,7 +127,6 @@ class ExecutionsService:
         rw: ReadYourWrites,
         idempotency: Idempotency,
         executions: Projector,
-        users: Projector,
         live: LiveTrail,
         flows: ReadCache[str, tuple[FlowRow, FlowDefinition]],
         start_timeout_s: float,
@@ -139,7 +138,6 @@ class ExecutionsService:
         self.rw = rw
         self.idempotency = idempotency
         self.projector = executions
-        self.users = users
         self.live = live
         self.flows = flows
         self.start_timeout_s = start_timeout_s
@@ -223,13 +221,12 @@ class ExecutionsService:
                 ) from exc
             if not reply.data.ok:
                 raise from_reply(reply.data.error_code, reply.data.message, reply.data.body)
-            # The mark lets any other replica wait for its own read model instead of 404;
-            # the users projection applies the reservation meanwhile, so GET /users/me
-            # after the answer shows the balance it left.
+            # The mark lets any other replica wait for its own read model instead of 404.
+            # The balance it left is GET /users/me's to wait for (it catches the users
+            # projection up first), not this answer's: under load that projection batches.
             marked = asyncio.ensure_future(
                 self.store.mark_accepted(execution_id, user_id, ACCEPTED_TTL_S)
             )
-            reserved = asyncio.ensure_future(self.rw.event(self.users, "reserved", execution_id))
             try:
                 try:
                     async with asyncio.timeout(self.start_timeout_s):
@@ -238,12 +235,8 @@ class ExecutionsService:
                     log.warning("execute_start_slow", execution_id=execution_id)
                     status, created_at = "pending", datetime.now(UTC)
                 await marked
-                with contextlib.suppress(TimeoutError):
-                    await reserved
             finally:  # a client gone meanwhile leaves no wait behind, nor an unread error
-                reserved.cancel()
                 marked.add_done_callback(_retrieve)
-                reserved.add_done_callback(_retrieve)
         return {"execution_id": execution_id, "status": status, "created_at": iso(created_at)}
 
     async def cancel(

@@ -3,6 +3,7 @@ writer per user); a key is shown once and only its hash travels or is stored."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 from spine_contracts import AddCredits, CreateUser, RotateKey, SetLimits, UsageRecorded, topics
@@ -41,6 +42,10 @@ class UsersService:
     async def me(self, user: UserRow) -> Me:
         """The caller's account and usage (from the projection of ``spine.usage``; the
         requests of the last moments may not be counted yet)."""
+        # every credit movement committed before this request shows (an execute answered a
+        # moment ago on any replica included); a projection too far behind shows what it has
+        with contextlib.suppress(TimeoutError):
+            await self.rw.caught_up(self.projector)
         usage = await self.read.usage(user["user_id"])
         # the principal's row may come from the key cache, whose balance is not kept fresh
         current = await self.read.user(user["user_id"]) or user

@@ -135,7 +135,6 @@ async def open_gateway(
             rw=rw,
             idempotency=idempotency,
             executions=executions_p,
-            users=users_p,
             live=live,
             flows=flows_cache,
             start_timeout_s=settings.projection_timeout_s,
