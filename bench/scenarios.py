@@ -9,7 +9,9 @@ bench/peer.py) under:
 1. ``rates`` — fixed arrival rates, open loop: submission *k* at ``t0 + k / rate``, never
    waiting for earlier ones (a closed loop slows down with the system and hides its queue).
    Latency = send → terminal; ``late`` / ``max lag`` say how far the client itself fell
-   behind its schedule (then the figures flatter the system).
+   behind its schedule (then the figures flatter the system). AI Spine's execute answer
+   (request → 200) is measured beside it, first at 2/s (one at a time): its p99 at each
+   rate must stay within ``--answer-ratio`` (3×) of that p50, or the run fails.
 2. ``tenants`` — fairness (DESIGN §16): a small tenant running one execution at a time,
    idle and then while a big tenant's burst runs (AI Spine only: Celery has no tenants). The
    big tenant's ``max_in_flight`` is raised to 2,000, above its burst, so the agent's line —
@@ -361,6 +363,7 @@ class Bench:
         checks = audit(self.obs.tally(ids), lambda _e: self.want)
         lat = [ms for _, ms in timeline.values() if ms is not None]
         row.update(_counts(extra), **pct(lat), checks=checks.summary())
+        row["answer"] = pct(extra.get("answers_ms", []))
         if killed:
             at = killed["at_s"] = round(killed.pop("perf") - extra["t0"], 2)
             row["before_kill"] = pct([ms for s, ms in timeline.values() if ms and s < at])
@@ -438,8 +441,16 @@ def _counts(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 async def rates(b: Bench) -> list[dict[str, Any]]:
-    """1: each rate, each system, one after the other (never two loads at once)."""
+    """1: each rate, each system, one after the other (never two loads at once). AI Spine's
+    execute answer is measured too, against its p50 one at a time (a slow rate first, where
+    no execution overlaps another): target p99 ≤ ``--answer-ratio`` × that at every rate."""
     rows = []
+    reference = None
+    if "spine" in b.args.systems:
+        console.print("  spine 2/s for 15 s (execute's answer one at a time) …")
+        alone = await b.spine_load("spine 2/s (one at a time)", 2.0, 15.0)
+        reference = alone["answer"].get("p50_ms")
+        rows.append(alone)
     for rate in b.args.rates:
         for system in b.args.systems:
             label = f"{system} {rate:g}/s"
@@ -448,6 +459,14 @@ async def rates(b: Bench) -> list[dict[str, Any]]:
                 row = await b.spine_load(label, rate, b.args.duration)
             else:
                 row = await b.celery_load(system, label, rate, b.args.duration)
+            if system == "spine" and reference:
+                p99 = row["answer"].get("p99_ms")
+                row["answer_p99_ratio"] = round(p99 / reference, 1) if p99 else None
+                if p99 is None or p99 > b.args.answer_ratio * reference:
+                    b.failed.append(
+                        f"{label}: execute's answer p99 {fmt(p99)} ms is above "
+                        f"{b.args.answer_ratio:g}× its one-at-a-time p50 ({fmt(reference, 1)} ms)"
+                    )
             console.print(f"  {label}: {_line(row)}")
             rows.append(row)
     return rows
@@ -592,6 +611,8 @@ RATE_COLS: list[Col] = [
     ("failed", _get("failed")),
     ("not finished", _get("not_finished")),
     *((p, _get(f"{p}_ms")) for p in ("p50", "p95", "p99", "max")),
+    ("answer p50/p99", lambda r: _pair(r.get("answer"))),
+    ("answer p99 ×", _get("answer_p99_ratio", 1)),
     ("checks", lambda r: _checks(r["checks"])),
     ("re-runs", lambda r: fmt(r["checks"]["agent_reruns"])),
     ("machine CPU %", _get("machine_cpu_pct")),
@@ -815,6 +836,13 @@ def main() -> None:
         default=1000,
         help=f"big tenant's executions at once, scenario 2 (≤ its max_in_flight, "
         f"{BURST_MAX_IN_FLIGHT})",
+    )
+    add(
+        "--answer-ratio",
+        type=float,
+        default=3.0,
+        help="scenario 1 fails when execute's answer p99 at a rate is above this multiple of "
+        "its p50 one at a time",
     )
     add(
         "--fair-ratio",

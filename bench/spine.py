@@ -442,6 +442,7 @@ class SpineClient:
         sent: dict[str, float] = {}
         terminal: dict[str, tuple[str, float]] = {}
         errors: dict[str, int] = {}
+        answers_ms: list[float] = []  # execute's own answer: request issued → 200 read
         changed = asyncio.Event()
         late, max_lag, in_flight, max_in_flight = 0, 0.0, 0, 0
 
@@ -468,6 +469,7 @@ class SpineClient:
             if status != 200:
                 errors[f"http_{status}"] = errors.get(f"http_{status}", 0) + 1
                 return
+            answers_ms.append((time.perf_counter() - t_send) * 1000)
             execution_id = orjson.loads(payload)["execution_id"]
             sent[execution_id] = t_send
             if execution_id in terminal:  # finished before its answer reached us
@@ -513,6 +515,7 @@ class SpineClient:
             timeline[execution_id] = (t_send - start, (at - t_send) * 1000 if done else None)
         ended = [terminal[e][0] for e in sent if e in terminal]
         extra = {
+            "answers_ms": answers_ms,
             "submitted": submitted,
             "accepted": len(sent),
             "completed": sum(1 for k in ended if k == "execution.completed"),
