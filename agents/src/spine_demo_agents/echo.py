@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from typing import Any
 
 from spine_agent import Agent, AgentInfo, NeedsInput, Task
@@ -42,6 +43,9 @@ def should_fail(config: dict[str, Any], attempt: int) -> str | None:
     return None
 
 
+#: tasks outstanding at once over every echo replica (SPINE_ECHO_CAPACITY)
+ECHO_CAPACITY = int(os.environ.get("SPINE_ECHO_CAPACITY", "256"))
+
 agent = Agent(
     AgentInfo(
         agent_id="echo",
@@ -49,6 +53,10 @@ agent = Agent(
         description="Returns its input; delay_ms, fail, fail_times and needs_input knobs.",
         capabilities=("echo", "testing"),
         agent_type="processor",
+        # what it declares (DESIGN §16): the orchestrator keeps no more outstanding. Lower
+        # keeps its topic's line short for a newcomer (fairer) and caps throughput; measured
+        # in bench/README.md ("A small tenant during a big tenant's burst")
+        concurrency=ECHO_CAPACITY,
     ),
     concurrency=256,
 )
