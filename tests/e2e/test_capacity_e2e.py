@@ -1,5 +1,5 @@
 """An agent's declared capacity through Kafka (DESIGN §16): the real orchestrator, registry
-and echo agent. echo runs with ``SPINE_AGENT_CONCURRENCY=2`` and so declares 2; with the
+and echo agent. echo runs with ``SPINE_ECHO_CAPACITY=2`` and so declares 2; with the
 tests' 2 partitions each orchestrator partition keeps at most one of its tasks outstanding,
 and the tenants waiting for it take turns."""
 
@@ -58,7 +58,8 @@ async def stack(
     }
     s = Stack(kafka, env)
     await s.start("registry", "orchestrator")
-    await s.spawn("echo", {"SPINE_AGENT_CONCURRENCY": "2"})
+    # echo declares SPINE_ECHO_CAPACITY (its AgentInfo's concurrency), and runs 2 at once
+    await s.spawn("echo", {"SPINE_ECHO_CAPACITY": "2", "SPINE_AGENT_CONCURRENCY": "2"})
     await s.agents_active("echo")
     yield s
     await s.stop()
