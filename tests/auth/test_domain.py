@@ -15,6 +15,7 @@ from spine_auth.domain import (
     CLOSED_KEPT,
     WITHDRAW_REASON,
     Decision,
+    Limits,
     UserAccount,
     decide,
     evolve,
@@ -102,14 +103,15 @@ def add(credits: int) -> AddCredits:
 class Ledger:
     """Runs commands through decide, keeping the state and every event (the log)."""
 
-    def __init__(self, *commands: Message) -> None:
+    def __init__(self, *commands: Message, limits: Limits | None = None) -> None:
         self.state: UserAccount | None = None
         self.log: list[Message] = []
+        self.limits = limits or Limits()
         for command in commands:
             self(command)
 
     def __call__(self, command: Message) -> Decision:
-        decision = decide(self.state, command)
+        decision = decide(self.state, command, self.limits)
         self.state = decision.state
         self.log.extend(decision.events)
         return decision

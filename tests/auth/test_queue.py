@@ -6,41 +6,24 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from spine_auth.domain import Decision, Limits, UserAccount, decide
+from spine_auth.domain import Decision, Limits, decide
 from spine_auth.errors import ErrorCode
 from spine_contracts import (
     CancelExecution,
     CreditsReserved,
     ExecutionReleased,
     LimitsSet,
-    Message,
     ReleaseExecution,
     SetLimits,
     StartExecution,
 )
 
-from .test_domain import UID, create, rebuilt, reserve, settle, withdraw
+from .test_domain import UID, Ledger, create, rebuilt, reserve, settle, withdraw
 
 
-class Account:
-    """Commands through decide with fixed limits, keeping the state and the log."""
-
-    def __init__(self, limits: Limits, credits: int = 1000) -> None:
-        self.limits = limits
-        self.state: UserAccount | None = None
-        self.log: list[Message] = []
-        self(create(credits))
-
-    def __call__(self, command: Message) -> Decision:
-        decision = decide(self.state, command, self.limits)
-        self.state = decision.state
-        self.log.extend(decision.events)
-        return decision
-
-    @property
-    def account(self) -> UserAccount:
-        assert self.state is not None
-        return self.state
+def Account(limits: Limits, credits: int = 1000) -> Ledger:  # noqa: N802
+    """A user created with ``credits``, its commands decided against ``limits``."""
+    return Ledger(create(credits), limits=limits)
 
 
 def started(d: Decision) -> list[StartExecution]:

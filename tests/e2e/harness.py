@@ -79,6 +79,26 @@ def expected_services(processes: tuple[str, ...], agents: tuple[str, ...]) -> st
     return ",".join(dict.fromkeys([*names, *(f"agent:{a}" for a in agents)]))
 
 
+def orchestrator_env(
+    kafka: KafkaConfig, infra: dict[str, str], topic_prefix: str, flows_dir: Path, **extra: str
+) -> dict[str, str]:
+    """The environment of a registry + orchestrator + agents stack in the module's topic
+    prefix and schemas (``extra``: more settings)."""
+    base = topic_prefix.strip(".")
+    return {
+        **os.environ,
+        **infra,
+        "SPINE_TOPIC_PREFIX": topic_prefix,
+        "SPINE_TOPIC_PARTITIONS": str(kafka.partitions),
+        "FLOWS_DIR": str(flows_dir),
+        "SPINE_ORCHESTRATOR_SCHEMA": f"{base}_orc",
+        "SPINE_REGISTRY_SCHEMA": f"{base}_reg",
+        "SPINE_HEARTBEAT_INTERVAL": "1",
+        "LOG_LEVEL": "INFO",
+        **extra,
+    }
+
+
 class Stack:
     def __init__(self, kafka: KafkaConfig, env: dict[str, str]) -> None:
         self.kafka = kafka

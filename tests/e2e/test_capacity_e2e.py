@@ -27,7 +27,7 @@ from spine_contracts import (
 )
 from spine_servicekit.kafka import KafkaConfig
 
-from .harness import Stack
+from .harness import Stack, orchestrator_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -45,18 +45,7 @@ async def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
     flows_dir: Path = tmp_path_factory.mktemp("flows")
-    env = {
-        **os.environ,
-        **infra,
-        "SPINE_TOPIC_PREFIX": topic_prefix,
-        "SPINE_TOPIC_PARTITIONS": str(kafka.partitions),
-        "FLOWS_DIR": str(flows_dir),
-        "SPINE_ORCHESTRATOR_SCHEMA": f"{topic_prefix.strip('.')}_orc",
-        "SPINE_REGISTRY_SCHEMA": f"{topic_prefix.strip('.')}_reg",
-        "SPINE_HEARTBEAT_INTERVAL": "1",
-        "LOG_LEVEL": "INFO",
-    }
-    s = Stack(kafka, env)
+    s = Stack(kafka, orchestrator_env(kafka, infra, topic_prefix, flows_dir))
     await s.start("registry", "orchestrator")
     # echo declares SPINE_ECHO_CAPACITY (its AgentInfo's concurrency), and runs 2 at once
     await s.spawn("echo", {"SPINE_ECHO_CAPACITY": "2", "SPINE_AGENT_CONCURRENCY": "2"})

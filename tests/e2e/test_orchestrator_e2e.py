@@ -29,7 +29,7 @@ from spine_flows import load_flow_file
 from spine_servicekit.kafka import KafkaConfig
 from support import read_to_end
 
-from .harness import ROOT, TERMINAL_EVENTS, Stack
+from .harness import ROOT, TERMINAL_EVENTS, Stack, orchestrator_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -58,20 +58,15 @@ async def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
     flows_dir: Path = tmp_path_factory.mktemp("flows")
-    env = {
-        **__import__("os").environ,
-        **infra,
-        "SPINE_TOPIC_PREFIX": topic_prefix,
-        "SPINE_TOPIC_PARTITIONS": str(kafka.partitions),
-        "FLOWS_DIR": str(flows_dir),
-        "SPINE_ORCHESTRATOR_SCHEMA": f"{topic_prefix.strip('.')}_orc",
-        "SPINE_REGISTRY_SCHEMA": f"{topic_prefix.strip('.')}_reg",
-        "SPINE_HEARTBEAT_INTERVAL": "1",
+    env = orchestrator_env(
+        kafka,
+        infra,
+        topic_prefix,
+        flows_dir,
         # an agent killed in a test goes inactive within seconds, not the default 15
-        "SPINE_REGISTRY_HEARTBEAT_TTL": "4",
-        "SPINE_REGISTRY_SWEEP_INTERVAL": "1",
-        "LOG_LEVEL": "INFO",
-    }
+        SPINE_REGISTRY_HEARTBEAT_TTL="4",
+        SPINE_REGISTRY_SWEEP_INTERVAL="1",
+    )
     s = Stack(kafka, env)
     await s.start("registry", "orchestrator", "echo", "zoe", "eddie")
     await s.agents_active("echo", "zoe", "eddie")

@@ -12,7 +12,6 @@ from spine_contracts import (
     AgentInfo,
     AgentMessage,
     AgentRegistered,
-    AgentResult,
     ExecutionCompleted,
     ExecutionFailed,
     ExecutionStarted,
@@ -46,6 +45,8 @@ from spine_orchestrator.handlers import OrchestratorHandler
 from spine_orchestrator.limits import MessageLimit, decide_within, kept, oversize, resume_within
 from spine_orchestrator.timers import TimerScheduler
 from spine_servicekit.kafka import Incoming, KafkaConfig
+
+from .test_domain import result
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 #: a limit small enough for tests to cross with payloads of tens of kilobytes
@@ -97,18 +98,6 @@ def tasks_of(decision: Decision) -> dict[str, AgentMessage]:
 def task_of(decision: Decision) -> AgentMessage:
     [task] = tasks_of(decision).values()
     return task
-
-
-def result(task: AgentMessage, status: str = "success", **kw: Any) -> AgentResult:
-    d = task.data
-    return AgentResult.build(
-        execution_id=d.execution_id,
-        node_id=d.node_id,
-        attempt=d.attempt,
-        agent_id=d.to_agent,
-        status=status,
-        **kw,
-    )
 
 
 def running(decision: Decision) -> ExecutionState:

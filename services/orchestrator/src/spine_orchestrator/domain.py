@@ -440,16 +440,7 @@ class _Run:
     def start(self) -> Decision:
         s = self.s
         s.status = "running"
-        self.emit(
-            ExecutionStarted,
-            user_id=s.user_id,
-            flow_id=s.flow.flow_id,
-            flow_version=s.flow_version,
-            flow=s.flow,
-            input_data=s.input_data,
-            metadata=s.metadata,
-            credits_reserved=s.credits_reserved,
-        )
+        self.emit(ExecutionStarted, **self._started_fields())
         if s.flow.timeout:
             self._arm("flow_timeout", s.flow.timeout)
         self.advance()
@@ -959,14 +950,6 @@ def refuse_start(cmd: StartExecution, env: Environment, error: str) -> Decision:
     """A start whose execution cannot be carried: recorded without its input and metadata
     (the trail still says who started which flow), then failed with ``error``."""
     run = _Run(replace(_new_state(cmd, env), input_data={}, metadata={}), cmd, env)
-    s = run.s
-    run.emit(
-        ExecutionStarted,
-        user_id=s.user_id,
-        flow_id=s.flow.flow_id,
-        flow_version=s.flow_version,
-        flow=s.flow,
-        credits_reserved=s.credits_reserved,
-    )
+    run.emit(ExecutionStarted, **run._started_fields())
     run._fail(None, error)
     return run.decision
