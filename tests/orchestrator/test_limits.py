@@ -366,6 +366,8 @@ async def test_the_handler_fails_only_the_execution_that_does_not_fit() -> None:
     ]
     [failed] = [i.message for i in out if isinstance(i.message, ExecutionFailed)]
     assert failed.data.error_message.startswith("input too large: execution.started message of ")
+    # the live gauge follows the states through the second pass: e1 runs, huge has ended
+    assert handler.live_executions == 1
     assert failed.data.error_message.endswith(" bytes exceeds the 97,952-byte message limit")
 
 

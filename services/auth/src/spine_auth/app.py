@@ -74,9 +74,10 @@ def make_loop(cfg: KafkaConfig, handler: AuthHandler, *, max_batch: int = 500) -
 
 
 def make_projector(cfg: KafkaConfig, settings: AuthSettings) -> Projector:
-    """Replicas split the events' partitions through a consumer group; one schema for all."""
+    """Replicas split the events' partitions through a consumer group; one schema for all.
+    No request waits on it, so its fetch is batched by the broker (``KafkaConfig.batched``)."""
     return Projector(
-        cfg.background(),
+        cfg.batched(),
         settings.database_url,
         auth_projection(),
         schema=settings.db_schema,

@@ -85,8 +85,9 @@ async def open_gateway(
     flows_p = projector(cfg, flows_projection(marks), on_applied=drop_changed_flows(flows_cache))
     agents_p = projector(cfg, agents_projection(marks))
     executions_p = projector(cfg, executions_projection(marks), tap=live.tap, **burst)
-    usage_p = projector(background, usage_projection(), min_interval_s=BATCH_INTERVAL_S)
-    audit_p = projector(background, audit_projection(), min_interval_s=BATCH_INTERVAL_S)
+    batched = cfg.batched()  # read models no request waits on: the broker holds their fetch
+    usage_p = projector(batched, usage_projection(), min_interval_s=BATCH_INTERVAL_S)
+    audit_p = projector(batched, audit_projection(), min_interval_s=BATCH_INTERVAL_S)
     projectors = [users_p, flows_p, agents_p, executions_p, usage_p, audit_p]
     for each in projectors:  # one by one: they share the schema's ledger
         await each.start()

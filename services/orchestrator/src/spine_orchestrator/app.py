@@ -90,8 +90,8 @@ async def main(ctx: ServiceContext) -> None:
         consumer_name="orchestrator",
         max_batch=settings.max_batch,
     )
-    projector = Projector(
-        cfg.background(),
+    projector = Projector(  # nothing on a request's path waits on it: held by the broker
+        cfg.batched(),
         settings.database_url,
         PROJECTION,
         schema=settings.db_schema,

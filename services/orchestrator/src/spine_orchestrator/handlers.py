@@ -128,13 +128,21 @@ class OrchestratorHandler:
         self._input_timeout = default_input_timeout_s
         self._clock = clock
         self._states: dict[int, dict[str, AnyState]] = {}
+        #: unfinished executions per partition, kept as states change (a gauge read every
+        #: second: counting the states, finished ones included, grew with the history)
+        self._live: dict[int, int] = {}
         self._topic_events = cfg.topic(topics.EXECUTION_EVENTS)
         self._topic_snapshots = cfg.topic(topics.EXECUTION_SNAPSHOTS)
         self._topic_auth = cfg.topic(topics.AUTH_COMMANDS)
 
     @property
     def live_executions(self) -> int:
-        return sum(1 for p in self._states.values() for s in p.values() if not s.terminal)
+        return sum(self._live.values())
+
+    def _recount(self, partition: int) -> int:
+        states = self._states.get(partition, {})
+        self._live[partition] = live = sum(1 for s in states.values() if not s.terminal)
+        return live
 
     def _env(self, ledger: CapacityLedger) -> Environment:
         return Environment(
@@ -194,7 +202,7 @@ class OrchestratorHandler:
             self._timers.sync(state)
         for agent_id in ledger.waiting_agents():  # an agent that came back while we were away
             await self.agent_changed(agent_id)
-        live = sum(1 for s in states.values() if not s.terminal)
+        live = self._recount(partition)
         log.info("partition_state_loaded", partition=partition, executions=len(states), live=live)
 
     async def _poison(self, record: ConsumerRecord[Any, Any], error: Exception) -> None:
@@ -204,6 +212,7 @@ class OrchestratorHandler:
 
     async def on_revoked(self, partition: int) -> None:
         states = self._states.pop(partition, {})
+        self._live.pop(partition, None)
         self._ledgers.pop(partition, None)
         self._timers.forget(states)
 
@@ -223,6 +232,7 @@ class OrchestratorHandler:
             else:
                 states[execution_id] = state
         self._ledger(partition).rebuild(states.values())
+        self._recount(partition)
         log.warning("batch_over_message_limit", partition=partition, batch=len(batch))
         return await self._handle(partition, batch, Encodings(checked=True))
 
@@ -256,10 +266,14 @@ class OrchestratorHandler:
             self._apply(decision, execution_id, states, ledger, changed, out)
         if last is not None:
             self._dispatch_waiting(states, ledger, env, last, changed, out, limit)
+        live = self._live.get(partition, 0)
         for execution_id, state in changed.items():
             snapshot = encodings.snapshot(state)
             out.append(Outgoing(self._topic_snapshots, execution_id, snapshot))
             self._timers.sync(state)
+            before = self._undo.get(execution_id)  # the state before this batch
+            live += (not state.terminal) - (before is not None and not before.terminal)
+        self._live[partition] = live
         return encodings.attach(out)
 
     def _apply(
