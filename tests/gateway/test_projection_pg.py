@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 import pytest_asyncio
 from crash.helpers import execution_trail
@@ -19,17 +20,23 @@ from spine_contracts import (
     CreditsSettled,
     ExecutionCancelled,
     ExecutionCommandRejected,
+    ExecutionFailed,
+    ExecutionStarted,
     FlowDefinition,
     InputReceived,
     KeyCreated,
     KeyRevoked,
     KeyRotated,
     Message,
+    NodeDispatched,
+    NodeFailed,
+    NodeWaitingInput,
     UsageRecorded,
     UserCreated,
 )
 from spine_contracts.access import USER_SCOPES, primary_key_id
 from spine_gateway.projection import (
+    EXECUTION_FLOWS_DDL,
     EXECUTIONS_DDL,
     KEYS_DDL,
     LIMITS_DDL,
@@ -69,6 +76,7 @@ async def conn(database_url: str, pg_schema: str) -> AsyncIterator[asyncpg.Conne
     connection = await asyncpg.connect(database_url)
     await connection.execute(f'SET search_path TO "{pg_schema}"')
     await connection.execute(EXECUTIONS_DDL)
+    await connection.execute(EXECUTION_FLOWS_DDL)
     await connection.execute(USAGE_DDL)
     await connection.execute(USERS_DDL)
     await connection.execute(KEYS_DDL)
@@ -143,6 +151,72 @@ async def test_a_commands_first_outcome_is_marked(conn: asyncpg.Connection) -> N
     await _apply(conn, marks, _incoming([cancelled]), 1)
     ex = await conn.fetchrow("SELECT status FROM executions WHERE execution_id = $1", eid)
     assert ex["status"] == "completed"  # a terminal status is final
+
+
+async def test_an_ended_execution_leaves_no_node_running_and_keeps_its_flow(
+    conn: asyncpg.Connection,
+) -> None:
+    """The orchestrator stops every unfinished node at the terminal event without an event
+    per node: the rows say so; a node failed before dispatch keeps the agent its event
+    names; the flow each execution ran is kept once per version."""
+    for terminal in ("cancelled", "failed"):
+        for size in (1, 100):
+            eid = f"e-{uuid.uuid4().hex[:8]}"
+            common: dict[str, Any] = {"execution_id": eid}
+            three = FlowDefinition.model_validate(
+                {
+                    "flow_id": "f3",
+                    "nodes": [
+                        {"id": "a", "agent_id": "echo"},
+                        {"id": "b", "agent_id": "echo"},
+                        {"id": "c", "agent_id": "ghost"},
+                    ],
+                }
+            )
+            start = ExecutionStarted.build(
+                **common, seq=1, user_id="u", flow_id="f3", flow_version="v3", flow=three
+            )
+            end: Message = (
+                ExecutionCancelled.build(**common, seq=6, reason="stop")
+                if terminal == "cancelled"
+                else ExecutionFailed.build(**common, seq=6, error_message="c failed", node_id="c")
+            )
+            events: list[Message] = [
+                start,
+                NodeDispatched.build(
+                    **common, seq=2, node_id="a", attempt=1, agent_id="echo", task_id="t1"
+                ),
+                NodeDispatched.build(
+                    **common, seq=3, node_id="b", attempt=1, agent_id="echo", task_id="t2"
+                ),
+                NodeWaitingInput.build(
+                    **common, seq=4, node_id="b", attempt=1, turn=1, question="?"
+                ),
+                NodeFailed.build(
+                    **common,
+                    seq=5,
+                    node_id="c",
+                    attempt=0,
+                    agent_id="ghost",
+                    error_message="agent 'ghost' is unknown",
+                ),
+                end,
+            ]
+            timed = [m.model_copy(update=_at(i)) for i, m in enumerate(events)]
+            await _apply(conn, Marks(), _incoming(timed), size)
+            nodes = {n["node_id"]: n for n in (await _snapshot(conn, eid))["nodes"]}
+            assert {k: n["status"] for k, n in nodes.items()} == {
+                "a": "cancelled",
+                "b": "cancelled",
+                "c": "failed",
+            }
+            assert nodes["a"]["completed_at"] == T0 + timedelta(seconds=5)
+            assert (nodes["c"]["agent_id"], nodes["c"]["attempt"]) == ("ghost", 0)
+    stored = await conn.fetch(
+        "SELECT definition FROM execution_flows WHERE flow_id = 'f3' AND flow_version = 'v3'"
+    )
+    assert len(stored) == 1
+    assert FlowDefinition.model_validate(orjson.loads(stored[0]["definition"])) == three
 
 
 async def test_usage_folds_into_hours_and_totals(conn: asyncpg.Connection) -> None:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
+from pydantic import ValidationError
 from spine_contracts import (
     TERMINAL_STATUSES,
     CancelExecution,
@@ -34,6 +35,7 @@ from .adapters.postgres import ExecutionRow, FlowRow, ReadModel
 from .adapters.redis import RedisStore
 from .cache import ReadCache
 from .commands import Commands, new_request_id
+from .details import node_details, truthful_nodes
 from .errors import Conflict, NotFound, Unavailable, from_reply
 from .idempotency import Idempotency
 from .identity import Principal
@@ -46,6 +48,7 @@ from .models import (
     ExecutionAction,
     ExecutionList,
     ExecutionView,
+    FlowGraph,
     MessageList,
     MessageView,
     Results,
@@ -142,6 +145,7 @@ class ExecutionsService:
         self.flows = flows
         self.start_timeout_s = start_timeout_s
         self.pricing = pricing
+        self._ran_flows: dict[tuple[str, str], FlowDefinition] = {}
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -381,8 +385,33 @@ class ExecutionsService:
         return row
 
     async def get(self, caller: Principal, execution_id: str) -> ExecutionView:
+        """The execution with every node's detail and the graph of the flow it ran."""
         row = await self.own(caller, execution_id)
-        return ExecutionView.of(row, await self.read.nodes(execution_id))
+        rows, flow = await asyncio.gather(self.read.nodes(execution_id), self._ran(row))
+        asked = {}
+        if any(n["status"] == "waiting_input" for n in rows):
+            asked = await self.read.questions(execution_id)
+        nodes = node_details(row["status"], row["input_data"], rows, flow, asked)
+        graph = FlowGraph.of(row["flow_version"], flow) if flow is not None else None
+        return ExecutionView.detail(row, nodes, graph)
+
+    async def _ran(self, row: ExecutionRow) -> FlowDefinition | None:
+        """The flow definition the execution ran (a version never changes: kept in memory)."""
+        version = (row["flow_id"], row["flow_version"])
+        if version in self._ran_flows:
+            return self._ran_flows[version]
+        found = await self.read.execution_flow(*version)
+        if found is None:
+            return None
+        try:
+            flow = FlowDefinition.model_validate(found)
+        except ValidationError:
+            log.warning("execution_flow_unreadable", flow_id=version[0], flow_version=version[1])
+            return None
+        if len(self._ran_flows) >= 1024:
+            self._ran_flows.clear()
+        self._ran_flows[version] = flow
+        return flow
 
     async def list(
         self, caller: Principal, *, status: str | None, flow_id: str | None, limit: int, offset: int
@@ -402,7 +431,8 @@ class ExecutionsService:
 
     async def results(self, caller: Principal, execution_id: str) -> Results:
         row = await self.own(caller, execution_id)
-        return Results.of(row, await self.read.nodes(execution_id))
+        rows, flow = await asyncio.gather(self.read.nodes(execution_id), self._ran(row))
+        return Results.of(row, truthful_nodes(row["status"], rows, flow))
 
     async def messages(self, caller: Principal, execution_id: str) -> MessageList:
         await self.own(caller, execution_id)

@@ -20,7 +20,7 @@ from .adapters.postgres import FlowRow, ReadModel
 from .commands import Commands, new_request_id
 from .errors import Conflict, InvalidInput, NotFound, Unavailable, from_reply
 from .identity import Principal
-from .models import FlowDeletedView, FlowList, FlowView, FlowWritten, has_nul
+from .models import FlowDeletedView, FlowGraph, FlowList, FlowView, FlowWritten, has_nul
 from .policy import HIDDEN, Action, check, visible
 from .visibility import ReadYourWrites
 
@@ -78,6 +78,11 @@ class FlowsService:
 
     async def get(self, caller: Principal, flow_id: str) -> FlowView:
         return FlowView.of(await self._find(caller, Action.FLOW_READ, flow_id))
+
+    async def graph(self, caller: Principal, flow_id: str) -> FlowGraph:
+        """The flow's nodes, edges and layered layout; visible as ``get`` is."""
+        row = await self._find(caller, Action.FLOW_READ, flow_id)
+        return FlowGraph.of(row["flow_version"], FlowDefinition.model_validate(row["definition"]))
 
     async def _find(self, caller: Principal, action: Action, flow_id: str) -> FlowRow:
         row = await self.read.flow(flow_id)

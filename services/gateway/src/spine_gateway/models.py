@@ -10,11 +10,13 @@ against. Names end in ``View`` or ``Request`` where a contract message has the p
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from spine_contracts import FlowDefinition
 from spine_contracts.access import Scope
 
 from .adapters.postgres import (
@@ -27,6 +29,8 @@ from .adapters.postgres import (
     UsageRow,
     UserRow,
 )
+from .details import NodeDetail
+from .layout import layered_layout
 
 #: ids in paths (executions, users, agents): what the services generate and accept
 ID_PATTERN = r"^[A-Za-z0-9_.:@\-]{1,128}$"
@@ -234,19 +238,34 @@ class ExecutionAccepted(_Open):
         )
 
 
+class PendingInput(_Open):
+    """What a node waiting for input asked (its last ``execution.node_waiting_input``)."""
+
+    question: str | None
+    missing_fields: list[str]
+    turn: int | None
+    expires_at: str | None
+
+
 class NodeView(_Open):
     node_id: str
     status: str
     agent_id: str | None
+    #: attempts dispatched to the agent so far (0: the agent never got the node)
     attempt: int
     output: Any = None
     error_message: str | None
     started_at: str | None
     completed_at: str | None
+    #: the detail's (``GET /executions/{id}``): what the node was given, how long it took
+    #: from its first event to its end, and the question it waits on
+    input: Any = None
+    duration_ms: float | None = None
+    pending_input: PendingInput | None = None
 
     @classmethod
-    def of(cls, n: NodeRow) -> NodeView:
-        return cls(
+    def of(cls, n: NodeRow, detail: NodeDetail | None = None) -> NodeView:
+        view = cls(
             node_id=n["node_id"],
             status=n["status"],
             agent_id=n["agent_id"],
@@ -256,6 +275,12 @@ class NodeView(_Open):
             started_at=iso(n["started_at"]),
             completed_at=iso(n["completed_at"]),
         )
+        if detail is not None:
+            view.input = detail.input
+            view.duration_ms = detail.duration_ms
+            if detail.pending_input is not None:
+                view.pending_input = PendingInput.model_validate(detail.pending_input)
+        return view
 
 
 class ExecutionView(_Open):
@@ -271,6 +296,21 @@ class ExecutionView(_Open):
     updated_at: str | None
     completed_at: str | None
     nodes: dict[str, NodeView] | None = None
+    #: the detail's: the flow the execution ran, as ``GET /flows/{id}/graph`` draws it
+    graph: FlowGraph | None = None
+
+    @classmethod
+    def detail(
+        cls,
+        row: ExecutionRow,
+        nodes: Sequence[tuple[NodeRow, NodeDetail]],
+        graph: FlowGraph | None,
+    ) -> ExecutionView:
+        """``GET /executions/{id}``: every node with its detail, and the flow's graph."""
+        view = cls.of(row)
+        view.nodes = {n["node_id"]: NodeView.of(n, d) for n, d in nodes}
+        view.graph = graph
+        return view
 
     @classmethod
     def of(cls, row: ExecutionRow, nodes: list[NodeRow] | None = None) -> ExecutionView:
@@ -409,6 +449,79 @@ class FlowView(_Open):
 
 class FlowList(_Open):
     flows: list[FlowView]
+
+
+class GraphNode(_Open):
+    """A node as drawn: ``x`` its layer (depth), ``y`` its index within the layer."""
+
+    id: str
+    agent_id: str | None
+    type: str
+    label: str
+    condition: str | None = None
+    x: int
+    y: int
+
+
+class GraphEdge(_Open):
+    """``from`` → ``to`` (a dependency); ``condition``: the ``when`` of ``to``, if any."""
+
+    model_config = ConfigDict(extra="allow", serialize_by_alias=True)
+
+    from_: str = Field(alias="from")
+    to: str
+    condition: str | None = None
+
+
+class FlowGraph(_Open):
+    flow_id: str
+    flow_version: str
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+    #: how many layers, and the most nodes in one: the grid the ``x``/``y`` span
+    layers: int
+    width: int
+
+    @classmethod
+    def of(cls, flow_version: str, flow: FlowDefinition) -> FlowGraph:
+        edges = [
+            GraphEdge.model_validate({"from": dep, "to": n.id, "condition": n.when})
+            for n in flow.nodes
+            for dep in n.depends_on
+        ]
+        placed = layered_layout([n.id for n in flow.nodes], [(e.from_, e.to) for e in edges])
+        layers = 1 + max((p.layer for p in placed.values()), default=-1)
+        width = max(
+            (sum(1 for p in placed.values() if p.layer == i) for i in range(layers)), default=0
+        )
+        return cls(
+            flow_id=flow.flow_id,
+            flow_version=flow_version,
+            nodes=[
+                GraphNode(
+                    id=n.id,
+                    agent_id=n.agent_id,
+                    type=n.type,
+                    label=_label(n.metadata) or n.id,
+                    condition=n.when,
+                    x=placed[n.id].layer,
+                    y=placed[n.id].index,
+                )
+                for n in flow.nodes
+            ],
+            edges=edges,
+            layers=layers,
+            width=width,
+        )
+
+
+def _label(metadata: dict[str, Any]) -> str | None:
+    """A node's label for people: its metadata's ``label`` (or ``name``) when a string."""
+    for key in ("label", "name"):
+        value = metadata.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 class FlowWritten(FlowView):

@@ -3,8 +3,8 @@
 * ``gw_users``      ← ``spine.auth.events``: user, key hash, balance, rate limit.
 * ``gw_flows``      ← ``spine.flows``: the current definition of every flow.
 * ``gw_agents``     ← ``spine.registry.events``: the agent catalogue.
-* ``gw_executions`` ← ``spine.executions.events``: executions, their nodes and the
-  per-execution event trail (``seq`` is the SSE id).
+* ``gw_executions`` ← ``spine.executions.events``: executions, their nodes, the
+  per-execution event trail (``seq`` is the SSE id) and the flow versions they ran.
 * ``gw_usage``      ← ``spine.usage``: requests and credits per user and hour, and totals
   (the hourly rows are the rolled-up form that outlives the topic's 30-day retention).
 
@@ -413,6 +413,17 @@ CREATE TABLE execution_events (
 );
 """
 
+#: the flow each execution ran, once per version (an execution's detail draws its graph and
+#: derives its nodes' inputs from it; ``flows`` holds only the current definition)
+EXECUTION_FLOWS_DDL = """
+CREATE TABLE execution_flows (
+    flow_id      text NOT NULL,
+    flow_version text NOT NULL,
+    definition   jsonb NOT NULL,
+    PRIMARY KEY (flow_id, flow_version)
+);
+"""
+
 #: what a CancelExecution or ProvideInput ends in first
 _COMMAND_OUTCOMES = (InputReceived, ExecutionCancelled, ExecutionCommandRejected)
 
@@ -449,8 +460,15 @@ UPDATE executions SET status = $2, updated_at = $3, last_seq = GREATEST(last_seq
 WHERE execution_id = $1 AND status NOT IN ('completed', 'failed', 'cancelled')
 """
 
-# queued first, then started: the start of a queued execution moves it to running, once
+# queued first, then started: the start of a queued execution moves it to running, once.
+# $10: the flow's definition the first time the batch sees its version (else null), kept
+# in the same round trip.
 _STARTED_INSERT = """
+WITH flow AS (
+    INSERT INTO execution_flows (flow_id, flow_version, definition)
+    SELECT $3, $4, $10::jsonb WHERE $10::jsonb IS NOT NULL
+    ON CONFLICT DO NOTHING
+)
 INSERT INTO executions (execution_id, user_id, flow_id, flow_version, status, input_data,
                         metadata, last_seq, created_at, updated_at)
 VALUES ($1, $2, $3, $4, $9, $5::jsonb, $6::jsonb, $7, $8, $8)
@@ -459,6 +477,13 @@ ON CONFLICT (execution_id) DO UPDATE SET status = EXCLUDED.status,
     updated_at = GREATEST(executions.updated_at, EXCLUDED.updated_at)
 WHERE executions.status = 'queued' AND EXCLUDED.status = 'running'
   AND executions.last_seq < EXCLUDED.last_seq
+"""
+
+#: An ended execution's unfinished nodes are cancelled: the orchestrator stops them all at
+#: the terminal event (``_stop_in_flight``) without an event per node.
+_NODES_ENDED = """
+UPDATE execution_nodes SET status = 'cancelled', completed_at = $2
+WHERE execution_id = $1 AND status NOT IN ('completed', 'failed', 'skipped', 'cancelled')
 """
 
 _UNSET: Any = object()
@@ -498,6 +523,11 @@ def _node(
     )
 
 
+def _agent(agent_id: str | None) -> dict[str, Any]:
+    """The ``_node`` argument that sets the row's agent when the event names one."""
+    return {} if agent_id is None else {"agent_id": agent_id}
+
+
 def executions_projection(marks: Marks) -> Projection:
     """Per batch: the trail in one statement, then the rows that change in event order; the
     executions that only got newer (no status change) are touched once at the end. Round
@@ -523,6 +553,8 @@ def executions_projection(marks: Marks) -> Projection:
         nodes: list[tuple[Any, ...]] = []
         started: list[tuple[Any, ...]] = []
         statuses: list[tuple[Any, ...]] = []
+        ended: list[tuple[str, datetime]] = []
+        flows_seen: set[tuple[str, str]] = set()
         for item in batch:
             m = item.message
             d: Any = m.data
@@ -537,6 +569,9 @@ def executions_projection(marks: Marks) -> Projection:
                 continue  # the same seq again: already applied
             new.discard((eid, d.seq))  # (and a repeat within this batch is one too)
             if isinstance(m, ExecutionStarted | ExecutionQueued):
+                version = (d.flow_id, d.flow_version)
+                flow = None if version in flows_seen else _json(d.flow.model_dump(mode="json"))
+                flows_seen.add(version)
                 started.append(
                     (
                         eid,
@@ -548,6 +583,7 @@ def executions_projection(marks: Marks) -> Projection:
                         d.seq,
                         at,
                         "queued" if isinstance(m, ExecutionQueued) else "running",
+                        flow,
                     )
                 )
                 continue
@@ -570,6 +606,7 @@ def executions_projection(marks: Marks) -> Projection:
                         output=_json(d.output),
                         completed_at=at,
                         attempt=d.attempt,
+                        **_agent(d.agent_id),
                     )
                 )
             elif isinstance(m, NodeFailed):
@@ -582,6 +619,7 @@ def executions_projection(marks: Marks) -> Projection:
                         error_message=d.error_message,
                         attempt=d.attempt,
                         completed_at=None if d.will_retry else at,
+                        **_agent(d.agent_id),  # a node failed before dispatch names it only here
                     )
                 )
             elif isinstance(m, NodeSkipped):
@@ -598,8 +636,10 @@ def executions_projection(marks: Marks) -> Projection:
                     output = _json(d.output_data)
                 elif isinstance(m, ExecutionFailed):
                     error = d.error_message
+                    ended.append((eid, at))
                 elif isinstance(m, ExecutionCancelled):
                     error = d.reason
+                    ended.append((eid, at))
             elif isinstance(m, ExecutionCommandRejected):
                 pass
             if status is not None:
@@ -617,6 +657,8 @@ def executions_projection(marks: Marks) -> Projection:
             await conn.executemany(_STATUS_UPDATE, statuses)
         if nodes:  # node rows are their own table: only their order among themselves counts
             await conn.executemany(_NODE_UPSERT, nodes)
+        if ended:  # after the nodes: a terminal event is its execution's last node change
+            await conn.executemany(_NODES_ENDED, ended)
         if touched:
             await conn.executemany(
                 """UPDATE executions SET updated_at = GREATEST(updated_at, $2),
@@ -631,7 +673,7 @@ def executions_projection(marks: Marks) -> Projection:
         "gw_executions",
         (topics.EXECUTION_EVENTS,),
         apply,
-        migrations=(EXECUTIONS_DDL,),
+        migrations=(EXECUTIONS_DDL, EXECUTION_FLOWS_DDL),
         dedupe=False,
     )
 

@@ -242,6 +242,32 @@ class ReadModel:
             ),
         )
 
+    async def execution_flow(self, flow_id: str, flow_version: str) -> dict[str, Any] | None:
+        """The definition an execution ran: as its start recorded it, else the catalogue's
+        when that is still the same version (executions projected before it was recorded)."""
+        value = await self._pool.fetchval(
+            """SELECT definition FROM execution_flows WHERE flow_id = $1 AND flow_version = $2
+               UNION ALL
+               SELECT definition FROM flows WHERE flow_id = $1 AND flow_version = $2
+               LIMIT 1""",
+            flow_id,
+            flow_version,
+        )
+        if value is None:
+            return None
+        return cast(dict[str, Any], orjson.loads(value) if isinstance(value, str) else value)
+
+    async def questions(self, execution_id: str) -> dict[str, dict[str, Any]]:
+        """Each node's last ``node_waiting_input`` (what it asked), by node id."""
+        rows = await self._pool.fetch(
+            """SELECT DISTINCT ON (data->>'node_id') data->>'node_id' AS node_id, data
+               FROM execution_events
+               WHERE execution_id = $1 AND type = 'execution.node_waiting_input'
+               ORDER BY data->>'node_id', seq DESC""",
+            execution_id,
+        )
+        return {r["node_id"]: d for r in _rows(rows) if isinstance(d := r["data"], dict)}
+
     async def executions(
         self,
         user_id: str | None,

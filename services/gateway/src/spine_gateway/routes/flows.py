@@ -9,7 +9,14 @@ from fastapi import APIRouter, Path, Request, Response
 from ..deps import DeleteFlowsDep, FlowsDep, ReadFlowsDep, WriteFlowsDep
 from ..errors import error_responses
 from ..flows import parse_flow
-from ..models import FLOW_ID_PATTERN, FlowDeletedView, FlowList, FlowView, FlowWritten
+from ..models import (
+    FLOW_ID_PATTERN,
+    FlowDeletedView,
+    FlowGraph,
+    FlowList,
+    FlowView,
+    FlowWritten,
+)
 from . import answer
 
 router = APIRouter(tags=["flows"], responses=error_responses(401, 403, 413, 422, 429, 503))
@@ -42,6 +49,12 @@ async def list_flows(caller: ReadFlowsDep, flows: FlowsDep) -> Response:
 @router.get("/flows/{flow_id}", response_model=FlowView, responses=_404)
 async def get_flow(flow_id: FlowId, caller: ReadFlowsDep, flows: FlowsDep) -> Response:
     return answer(await flows.get(caller, flow_id))
+
+
+@router.get("/flows/{flow_id}/graph", response_model=FlowGraph, responses=_404)
+async def get_flow_graph(flow_id: FlowId, caller: ReadFlowsDep, flows: FlowsDep) -> Response:
+    """The flow's nodes and edges, laid out in layers (``x``: depth, ``y``: index)."""
+    return answer(await flows.graph(caller, flow_id))
 
 
 @router.post(
