@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 import yaml
-from spine_contracts import MESSAGE_TYPES, topics
+from spine_contracts import MESSAGE_TYPES, sockets, topics
 from spine_contracts.asyncapi import channel_id, document, main, render
+from spine_contracts.sockets import CLOSE_MEANINGS, CloseCode
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "docs" / "asyncapi.yaml"
@@ -59,10 +60,15 @@ def test_document_header(doc: dict[str, Any]) -> None:
     assert doc["defaultContentType"] == "application/json"
 
 
+def _kafka_channels(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: c for k, c in doc["channels"].items() if "kafka" in c["bindings"]}
+
+
 def test_one_channel_per_topic(doc: dict[str, Any]) -> None:
-    channels = doc["channels"]
+    channels = _kafka_channels(doc)
     assert len(channels) == len(topics.ALL)
     assert [c["address"] for c in channels.values()] == [spec.base for spec in topics.ALL]
+    assert set(doc["channels"]) == set(channels) | {s.channel_id for s in sockets.ALL}
 
 
 @pytest.mark.parametrize("spec", topics.ALL, ids=lambda s: s.base)
@@ -102,8 +108,31 @@ def test_every_channel_has_a_send_and_a_receive_operation(doc: dict[str, Any]) -
         cid = operation["channel"]["$ref"].removeprefix("#/channels/")
         seen.setdefault(cid, set()).add(operation["action"])
         declared = set(doc["channels"][cid]["messages"])
-        assert {m["$ref"].rsplit("/", 1)[1] for m in operation["messages"]} == declared
-    assert seen == {channel_id(spec): {"send", "receive"} for spec in topics.ALL}
+        carried = {m["$ref"].rsplit("/", 1)[1] for m in operation["messages"]}
+        # a topic carries its messages both ways; a socket's frames each go one way
+        assert carried == declared if cid in _kafka_channels(doc) else carried < declared
+    assert seen == {channel_id(spec): {"send", "receive"} for spec in topics.ALL} | {
+        s.channel_id: {"send", "receive"} for s in sockets.ALL
+    }
+
+
+def test_the_execution_websocket_is_described(doc: dict[str, Any]) -> None:
+    """OpenAPI cannot describe a WebSocket: its path, frames, auth and close codes are here."""
+    channel = doc["channels"]["executionSocket"]
+    assert channel["address"] == "/executions/{execution_id}/ws"
+    assert channel["servers"] == [{"$ref": "#/servers/gateway"}]
+    assert doc["servers"]["gateway"]["protocol"] == "ws"
+    assert set(channel["parameters"]) == {"execution_id"}
+    assert set(channel["bindings"]["ws"]["query"]["properties"]) == {"after"}
+    frame = channel["messages"]["ExecutionEventFrame"]["payload"]
+    assert frame["required"] == ["seq", "type", "data", "occurred_at"]
+    auth = channel["messages"]["SocketAuth"]["payload"]
+    assert auth["properties"]["type"]["const"] == "auth" and auth["required"] == ["api_key"]
+    assert channel["x-close-codes"] == {str(int(c)): CLOSE_MEANINGS[c] for c in CloseCode}
+    for code in (1000, 4401, 4403, 4404, 4429):
+        assert f"- {code}: " in channel["description"]
+    for spec in topics.ALL:  # every topic is on the bus, not the gateway
+        assert doc["channels"][channel_id(spec)]["servers"] == [{"$ref": "#/servers/kafka"}]
 
 
 def test_every_message_type_is_a_component(doc: dict[str, Any]) -> None:

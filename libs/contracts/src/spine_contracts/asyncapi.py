@@ -1,4 +1,5 @@
-"""The AsyncAPI 3.0 document of every topic, generated from the registry.
+"""The AsyncAPI 3.0 document of every topic, and of the gateway's WebSockets, generated from
+the registries (``topics``, ``sockets``).
 
 The committed ``docs/asyncapi.yaml`` is this module's output, so agent authors can read what to
 subscribe to without reading Python. Regenerate it with ``make asyncapi``; CI runs
@@ -21,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
-from . import topics
+from . import sockets, topics
 from .envelope import Message
+from .sockets import CLOSE_MEANINGS, SocketSpec
 from .topics import TopicSpec
 
 # A JSON Schema or AsyncAPI object: genuinely free-form, so ``Any`` is the honest type here.
@@ -31,6 +34,7 @@ JSONObject = dict[str, Any]
 
 ASYNCAPI_VERSION = "3.0.0"
 KAFKA_BINDING_VERSION = "0.5.0"
+WS_BINDING_VERSION = "0.1.0"
 CONTENT_TYPE = "application/json"
 SCHEMA_REF = "#/components/schemas/{model}"
 
@@ -58,6 +62,9 @@ traceparent) and the typed body in `data`. Python readers call `spine_contracts.
 Topic names may carry an installation prefix (`SPINE_TOPIC_PREFIX`) in front of the addresses \
 below. Partition counts not given here follow the deployment; the co-partitioned topics \
 (`x-co-partitioned`) always share one count and the key `execution_id`.
+
+The gateway's WebSockets (server `gateway`) are here too, since OpenAPI cannot describe them: \
+their frames, their authentication and their close codes (`x-close-codes`).
 """
 
 
@@ -149,6 +156,7 @@ def _channel(spec: TopicSpec) -> JSONObject:
         kafka["partitions"] = spec.partitions
     kafka["topicConfiguration"] = _topic_configuration(spec)
     kafka["bindingVersion"] = KAFKA_BINDING_VERSION
+    channel["servers"] = [{"$ref": "#/servers/kafka"}]
     channel["bindings"] = {"kafka": kafka}
     channel["x-key"] = spec.key
     channel["x-retention"] = spec.retention_label
@@ -197,6 +205,99 @@ def _parameters() -> dict[str, JSONObject]:
     }
 
 
+def _servers() -> JSONObject:
+    return {
+        "kafka": {
+            "host": "localhost:9092",
+            "protocol": "kafka",
+            "description": "The bus (KAFKA_BOOTSTRAP_SERVERS); SASL as the deployment sets.",
+        },
+        "gateway": {
+            "host": "localhost:8000",
+            "protocol": "ws",
+            "pathname": "/api/v1",
+            "description": (
+                "The HTTP gateway's WebSockets (`wss` behind TLS); every path is served at "
+                "the root too."
+            ),
+            "security": [{"$ref": "#/components/securitySchemes/apiKey"}],
+        },
+    }
+
+
+def _security_schemes() -> JSONObject:
+    return {
+        "apiKey": {
+            "type": "httpApiKey",
+            "name": "Authorization",
+            "in": "header",
+            "description": (
+                "`Bearer <key>` on the upgrade request, or (browsers cannot set headers on "
+                "a WebSocket) a first `SocketAuth` message; see each channel."
+            ),
+        }
+    }
+
+
+def _socket_message(cls: type[BaseModel]) -> JSONObject:
+    payload = cls.model_json_schema(ref_template=SCHEMA_REF)
+    if "$defs" in payload:
+        raise ValueError(f"{cls.__name__}: a socket frame's schema must be self-contained")
+    doc = (cls.__doc__ or "").strip()
+    message: JSONObject = {"name": cls.__name__, "title": cls.__name__}
+    if doc:
+        message["summary"] = " ".join(doc.split())
+    message["contentType"] = CONTENT_TYPE
+    message["payload"] = payload
+    return message
+
+
+def _socket_channel(spec: SocketSpec) -> JSONObject:
+    codes = "\n".join(f"- {int(c)}: {CLOSE_MEANINGS[c]}" for c in spec.close_codes)
+    channel: JSONObject = {
+        "address": spec.path,
+        "title": spec.title,
+        "description": f"{spec.description}\n\nClose codes:\n{codes}",
+        "servers": [{"$ref": "#/servers/gateway"}],
+        "messages": {cls.__name__: _socket_message(cls) for cls in (*spec.sends, *spec.receives)},
+    }
+    if spec.parameters:
+        channel["parameters"] = {
+            name: {"description": text} for name, text in spec.parameters.items()
+        }
+    channel["bindings"] = {
+        "ws": {
+            "method": "GET",
+            "query": spec.query,
+            "headers": {
+                "type": "object",
+                "properties": {"Authorization": {"type": "string", "description": "Bearer <key>"}},
+            },
+            "bindingVersion": WS_BINDING_VERSION,
+        }
+    }
+    channel["x-close-codes"] = {str(int(c)): CLOSE_MEANINGS[c] for c in spec.close_codes}
+    return channel
+
+
+def _socket_operations(spec: SocketSpec) -> dict[str, JSONObject]:
+    """What the gateway does on the socket: send its frames, receive the client's."""
+    name = spec.channel_id[:1].upper() + spec.channel_id[1:]
+    operations: dict[str, JSONObject] = {}
+    for action, models in (("send", spec.sends), ("receive", spec.receives)):
+        if models:
+            operations[f"{action}{name}"] = {
+                "action": action,
+                "channel": {"$ref": f"#/channels/{spec.channel_id}"},
+                "summary": f"The gateway {action}s on {spec.path}.",
+                "messages": [
+                    {"$ref": f"#/channels/{spec.channel_id}/messages/{cls.__name__}"}
+                    for cls in models
+                ],
+            }
+    return operations
+
+
 def document() -> JSONObject:
     """The whole AsyncAPI document as plain data, in a fixed key order."""
     channels: JSONObject = {}
@@ -215,6 +316,11 @@ def document() -> JSONObject:
             # one component per message: a message on two topics must read the same on both
             if messages.setdefault(name, found) != found:
                 raise ValueError(f"message name {name!r} is used twice, differently")
+    for socket in sockets.ALL:
+        if socket.channel_id in channels:
+            raise ValueError(f"two channels have the id {socket.channel_id!r}")
+        channels[socket.channel_id] = _socket_channel(socket)
+        operations.update(_socket_operations(socket))
     declared = {p for spec in topics.ALL for p in _PARAMETER.findall(spec.base)}
     parameters = {k: v for k, v in _parameters().items() if k in declared}
     if missing := declared - parameters.keys():
@@ -227,12 +333,14 @@ def document() -> JSONObject:
             "description": _DESCRIPTION,
         },
         "defaultContentType": CONTENT_TYPE,
+        "servers": _servers(),
         "channels": channels,
         "operations": operations,
         "components": {
             "messages": messages,
             "schemas": dict(sorted(schemas.items())),
             "parameters": parameters,
+            "securitySchemes": _security_schemes(),
         },
     }
 

@@ -23,6 +23,8 @@ async def main(ctx: ServiceContext) -> None:
         log_level="warning",
         access_log=False,
         lifespan="on",
+        # a client sends a WebSocket only its auth message (sockets.py): no 16 MiB frames
+        ws_max_size=65_536,
     )
     server = uvicorn.Server(config)
     # the runtime owns SIGTERM/SIGINT; uvicorn is told to exit when the service stops

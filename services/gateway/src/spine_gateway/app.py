@@ -32,8 +32,9 @@ from .deps import Gateway
 from .errors import GatewayError, code_for_status, error_body
 from .limits import BodySizeLimit
 from .metrics import GatewayMetrics
-from .routes import agents, audit, executions, flows, keys, ops, users
+from .routes import agents, audit, executions, flows, keys, ops, sockets, users
 from .settings import GatewaySettings
+from .sockets import KeySockets
 from .wiring import open_gateway
 
 log = get_logger(__name__)
@@ -80,6 +81,7 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
     )
     app.state.settings = settings
     app.state.metrics = GatewayMetrics()
+    app.state.sockets = KeySockets(settings.ws_max_per_key)
     _install_errors(app)
     # inside the observing middleware: a 413 is counted, and the error raised from a
     # streamed body's receive reaches the route as itself (not inside a task group's)
@@ -90,7 +92,7 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
     # every path under /api/v1 and, as the original served them, at the root
     app.include_router(ops.router)
     app.include_router(ops.router, prefix=API_PREFIX, include_in_schema=False)
-    routers = (executions, flows, agents, users, keys, audit)
+    routers = (executions, sockets, flows, agents, users, keys, audit)
     for router in (r.router for r in routers):
         app.include_router(router, prefix=API_PREFIX)
         app.include_router(router, include_in_schema=False)  # the original's root aliases

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -40,7 +40,7 @@ from .errors import Conflict, NotFound, Unavailable, from_reply
 from .idempotency import Idempotency
 from .identity import Principal
 from .limits import execution_allowance
-from .live import LiveTrail, await_started, follow_trail
+from .live import TERMINAL_EVENT_TYPES, LiveTrail, View, await_started, follow_trail
 from .models import (
     EventList,
     EventView,
@@ -74,7 +74,7 @@ _KEY_GONE = orjson.dumps(
 
 async def while_valid(
     items: AsyncIterator[T], still_valid: Callable[[], Awaitable[bool]]
-) -> AsyncIterator[T | None]:
+) -> AsyncGenerator[T | None, None]:
     """``items`` for as long as ``still_valid()`` holds (asked every :data:`REVALIDATE_S`);
     then one ``None`` and the end — even while ``items`` waits for its next one."""
 
@@ -85,6 +85,7 @@ async def while_valid(
             await asyncio.sleep(REVALIDATE_S)
 
     watch = asyncio.ensure_future(until_invalid())
+    step: asyncio.Future[T] | None = None
     try:
         while True:
             step = asyncio.ensure_future(anext(items))
@@ -101,17 +102,25 @@ async def while_valid(
                 return
             yield item
     finally:
-        watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watch
+        # a step still waiting (the consumer was cancelled, or closed this) is cancelled,
+        # which ends ``items`` too: an async generator cannot be closed while it runs
+        futures = [f for f in (watch, step) if f is not None]
+        for future in futures:
+            future.cancel()
+        await asyncio.gather(*futures, return_exceptions=True)
         aclose = getattr(items, "aclose", None)
         if aclose is not None:
             await aclose()
 
 
-async def _nothing() -> AsyncIterator[dict[str, str]]:
-    return
-    yield  # an async generator that yields nothing
+async def _until_terminal(views: list[View]) -> AsyncIterator[View]:
+    """Stored views up to and including the terminal event; none when it is not among
+    them (the client has it already)."""
+    ends = next((i for i, v in enumerate(views) if v["type"] in TERMINAL_EVENT_TYPES), None)
+    if ends is None:
+        return
+    for view in views[: ends + 1]:
+        yield view
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -447,34 +456,13 @@ class ExecutionsService:
         idle_s: float,
         still_valid: Callable[[], Awaitable[bool]],
     ) -> AsyncIterator[dict[str, str]]:
-        """The trail from after ``last_event_id``, live, until the terminal event; nothing
-        (the stream ends at once) when the client already has the terminal event. The
-        stream ends within :data:`REVALIDATE_S` of its key being revoked or expiring."""
-        row = await self.own(caller, execution_id)
-        if (
-            last_event_id is not None
-            and row["status"] in TERMINAL_STATUSES
-            and last_event_id >= row["last_seq"]
-        ):
-            return _nothing()
-
-        async def stored_after(seq: int) -> list[dict[str, Any]]:
-            stored = await self.read.events(execution_id, after_seq=seq)
-            return [EventView.of(e).model_dump() for e in stored]
-
-        async def caught_up() -> None:
-            await self.rw.seen(self.projector, execution_id)
+        """:meth:`trail` as Server-Sent Events: ``id`` the sequence number, ``event`` the
+        type, ``data`` the view; a revoked or expired key ends it with an ``error`` event."""
+        views = await self.trail(caller, execution_id, last_event_id, idle_s, still_valid)
 
         async def gen() -> AsyncIterator[dict[str, str]]:
-            with self.live.subscribe(execution_id) as queue:  # before the first read: no gap
-                trail = follow_trail(
-                    queue,
-                    stored_after,
-                    caught_up,
-                    after=-1 if last_event_id is None else last_event_id,
-                    idle_s=idle_s,
-                )
-                async for view in while_valid(trail, still_valid):
+            async with contextlib.aclosing(views):  # a client gone unsubscribes the trail
+                async for view in views:
                     if view is None:  # the key was revoked or expired: say so, then end
                         yield {"event": "error", "data": _KEY_GONE}
                         return
@@ -485,6 +473,53 @@ class ExecutionsService:
                     }
 
         return gen()
+
+    async def trail(
+        self,
+        caller: Principal,
+        execution_id: str,
+        after: int | None,
+        idle_s: float,
+        still_valid: Callable[[], Awaitable[bool]],
+    ) -> AsyncGenerator[View | None, None]:
+        """The trail after ``after`` (``None``: all of it), live, up to and including the
+        terminal event — what the SSE stream and the WebSocket send. A finished execution's
+        is read from the store and ends at once when the client has the terminal event
+        already, even past it (a late cancel adds a rejection after the terminal event, so
+        the last ``seq`` is not the terminal one). ``None`` and the end within
+        :data:`REVALIDATE_S` of the key being revoked or expiring. 404 (raised here, before
+        anything is sent) for an execution the caller may not read."""
+        row = await self.own(caller, execution_id)
+        client_has = -1 if after is None else after
+        if row["status"] in TERMINAL_STATUSES:  # all there will be is stored
+            stored = await self.read.events(execution_id, after_seq=client_has)
+            views = [EventView.of(e).model_dump() for e in stored]
+            return while_valid(_until_terminal(views), still_valid)
+
+        async def stored_after(seq: int) -> list[dict[str, Any]]:
+            stored = await self.read.events(execution_id, after_seq=seq)
+            return [EventView.of(e).model_dump() for e in stored]
+
+        async def caught_up() -> None:
+            await self.rw.seen(self.projector, execution_id)
+
+        async def gen() -> AsyncIterator[View]:
+            with self.live.subscribe(execution_id) as queue:  # before the first read: no gap
+                # followed from a seq that exists: a client past the end still sees the
+                # terminal event end the trail (and is sent nothing it claims to have)
+                trail = follow_trail(
+                    queue,
+                    stored_after,
+                    caught_up,
+                    after=min(client_has, row["last_seq"]),
+                    idle_s=idle_s,
+                )
+                async with contextlib.aclosing(trail):
+                    async for view in trail:
+                        if int(view["seq"]) > client_has:
+                            yield view
+
+        return while_valid(gen(), still_valid)
 
     async def _flow_to_run(self, flow_id: str) -> tuple[FlowRow, FlowDefinition] | None:
         row = await self.read.flow(flow_id)

@@ -12,7 +12,7 @@ decoded batch and the service awaits its own projector.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -115,7 +115,7 @@ async def follow_trail(
     *,
     after: int,
     idle_s: float,
-) -> AsyncIterator[View]:
+) -> AsyncGenerator[View, None]:
     """The trail after ``after`` until its terminal event: first what is stored, then live
     events in ``seq`` order. Called once ``queue`` is subscribed: ``catch_up`` first waits
     until the store holds every event decoded before that, so none falls between the store

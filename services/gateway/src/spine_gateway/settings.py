@@ -25,6 +25,8 @@ class GatewaySettings(CommonSettings):
     dev_user_id: str = Field("dev", alias="SPINE_GATEWAY_DEV_USER")
     dev_user_credits: int = Field(1_000_000, alias="SPINE_GATEWAY_DEV_CREDITS", ge=0)
     sse_keepalive_s: float = Field(15.0, alias="SPINE_GATEWAY_SSE_KEEPALIVE", gt=0)
+    #: open WebSockets per key on one replica; one more is closed with 4429 (sockets.py)
+    ws_max_per_key: int = Field(20, alias="SPINE_GATEWAY_WS_MAX_PER_KEY", ge=1)
     #: how long start-up may take to apply the topics' backlog before serving
     catchup_timeout_s: float = Field(600.0, alias="SPINE_GATEWAY_CATCHUP_TIMEOUT", gt=0)
     #: how long /status reuses a consumer-group lag measurement
