@@ -6,8 +6,8 @@ type and body match the schema. On top of the built-in checks:
 
 * no cross-tenant reads: with Bob's key, every ``{execution_id}`` is Alice's execution, and
   nothing but an error comes back;
-* no admin route (``/users/create``, ``/users/add-credits``, ``/users/{id}``) answers 2xx
-  without the master key.
+* no admin route (``/users``, ``/users/create``, ``/users/add-credits``, ``/users/{id}``)
+  answers 2xx without the master key.
 
 ``POST /users/regenerate-key`` is left out of the valid-key run (it would revoke the key the
 run uses); the e2e tests cover it. Bounded: a few examples per operation and mode.
@@ -55,6 +55,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MAX_EXAMPLES = 3
 ADMIN_PATHS = {
+    "/api/v1/users",
     "/api/v1/users/create",
     "/api/v1/users/add-credits",
     "/api/v1/users/{user_id}",
@@ -329,6 +330,7 @@ def test_stateful_chains_never_reach_another_tenants_execution(
 
 PUBLIC = {"/health"}
 ADMIN = {
+    ("GET", "/users"),
     ("POST", "/users/create"),
     ("POST", "/users/add-credits"),
     ("GET", "/users/{user_id}"),

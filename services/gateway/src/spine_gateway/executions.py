@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -36,10 +37,11 @@ from .adapters.redis import RedisStore
 from .cache import ReadCache
 from .commands import Commands, new_request_id
 from .details import node_details, truthful_nodes
-from .errors import Conflict, NotFound, Unavailable, from_reply
+from .errors import Conflict, InvalidInput, NotFound, Unavailable, from_reply
 from .idempotency import Idempotency
 from .identity import Principal
 from .limits import execution_allowance
+from .listing import ExecutionFilter, decode_cursor, encode_cursor
 from .live import TERMINAL_EVENT_TYPES, LiveTrail, View, await_started, follow_trail
 from .models import (
     EventList,
@@ -423,14 +425,39 @@ class ExecutionsService:
         return flow
 
     async def list(
-        self, caller: Principal, *, status: str | None, flow_id: str | None, limit: int, offset: int
+        self,
+        caller: Principal,
+        f: ExecutionFilter,
+        *,
+        cursor: str | None,
+        limit: int,
+        offset: int,
     ) -> ExecutionList:
-        """The caller's executions (the admin: every tenant's)."""
-        rows, total = await self.read.executions(
-            caller.owner, status=status, flow_id=flow_id, limit=limit, offset=offset
+        """The caller's executions (the admin: every tenant's, or ``f.user_id``'s), newest
+        first, from after ``cursor``; a user naming another tenant sees none of theirs."""
+        if not caller.admin:
+            named = f.user_id
+            if named is not None and check(caller.caller, Action.EXECUTION_READ, named) is HIDDEN:
+                return ExecutionList(executions=[], total=0, limit=limit, offset=offset)
+            f = replace(f, user_id=caller.owner)
+        if cursor is not None and offset:
+            raise InvalidInput("pass either cursor or offset (deprecated), not both")
+        after = decode_cursor("e", cursor) if cursor is not None else None
+        rows, total = await self.read.executions_page(
+            f, after=after, limit=limit + 1, offset=offset
         )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = rows[-1] if rows else None
+        next_cursor = None
+        if more and last is not None and last["created_at"] is not None:
+            next_cursor = encode_cursor("e", last["created_at"], last["execution_id"])
         return ExecutionList(
-            executions=[ExecutionView.of(r) for r in rows], total=total, limit=limit, offset=offset
+            executions=[ExecutionView.of(r) for r in rows],
+            total=total,
+            limit=limit,
+            offset=offset,
+            next_cursor=next_cursor,
         )
 
     async def events(self, caller: Principal, execution_id: str) -> EventList:

@@ -332,9 +332,12 @@ class ExecutionView(_Open):
 
 class ExecutionList(_Open):
     executions: list[ExecutionView]
+    #: how many match the filters in all (every page, not only this one)
     total: int
     limit: int
     offset: int
+    #: pass as ``?cursor=`` for the next page; ``None``: this was the last
+    next_cursor: str | None = None
 
 
 class ExecutionAction(_Open):
@@ -635,6 +638,15 @@ class UserView(_Open):
     @classmethod
     def of(cls, u: UserRow) -> UserView:
         return cls(**cls.fields_of(u))
+
+
+class UserList(_Open):
+    """The admin's list of users, newest first (no key material: only hashes are stored)."""
+
+    users: list[UserView]
+    total: int
+    limit: int
+    next_cursor: str | None = None
 
 
 class Me(UserView):

@@ -163,6 +163,10 @@ ALTER TABLE users ADD COLUMN max_in_flight int, ADD COLUMN max_queued int;
 """
 
 
+#: ``GET /users``: newest first, a keyset page
+USERS_LIST_DDL = "CREATE INDEX users_page ON users (created_at DESC, user_id DESC);"
+
+
 def users_projection(marks: Marks) -> Projection:
     """Balance events carry the balance after them, so a batch's run of them for one user
     is one update (the last); every execution moves a balance twice."""
@@ -276,7 +280,10 @@ def users_projection(marks: Marks) -> Projection:
         await flush()
 
     return Projection(
-        "gw_users", (topics.AUTH_EVENTS,), apply, migrations=(USERS_DDL, KEYS_DDL, LIMITS_DDL)
+        "gw_users",
+        (topics.AUTH_EVENTS,),
+        apply,
+        migrations=(USERS_DDL, KEYS_DDL, LIMITS_DDL, USERS_LIST_DDL),
     )
 
 
@@ -422,6 +429,22 @@ CREATE TABLE execution_flows (
     definition   jsonb NOT NULL,
     PRIMARY KEY (flow_id, flow_version)
 );
+"""
+
+#: ``GET /executions`` newest first by keyset (``(created_at, execution_id) < cursor``): a
+#: user's list, the admin's, and each with the equality filters (status, flow); an id prefix
+#: by ``LIKE 'p%'`` whatever the collation. Status is in two of them, so a status change is
+#: no HOT update (a few per execution; the many ``updated_at``/``last_seq`` touches stay HOT).
+EXECUTIONS_LIST_DDL = """
+CREATE INDEX executions_user_page ON executions (user_id, created_at DESC, execution_id DESC);
+DROP INDEX executions_user;
+CREATE INDEX executions_page ON executions (created_at DESC, execution_id DESC);
+CREATE INDEX executions_user_status_page
+    ON executions (user_id, status, created_at DESC, execution_id DESC);
+CREATE INDEX executions_status_page ON executions (status, created_at DESC, execution_id DESC);
+CREATE INDEX executions_user_flow_page
+    ON executions (user_id, flow_id, created_at DESC, execution_id DESC);
+CREATE INDEX executions_id_prefix ON executions (execution_id text_pattern_ops);
 """
 
 #: what a CancelExecution or ProvideInput ends in first
@@ -673,7 +696,7 @@ def executions_projection(marks: Marks) -> Projection:
         "gw_executions",
         (topics.EXECUTION_EVENTS,),
         apply,
-        migrations=(EXECUTIONS_DDL, EXECUTION_FLOWS_DDL),
+        migrations=(EXECUTIONS_DDL, EXECUTION_FLOWS_DDL, EXECUTIONS_LIST_DDL),
         dedupe=False,
     )
 

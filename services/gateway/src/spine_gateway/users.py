@@ -17,7 +17,8 @@ from .commands import Commands, new_request_id
 from .errors import Conflict, InvalidInput, NotFound, Unavailable
 from .identity import Principal
 from .keys import generate_key, hash_key
-from .models import CreditsAddedView, Me, NewKeyView, NewUserView, Usage, UserView
+from .listing import decode_cursor, encode_cursor
+from .models import CreditsAddedView, Me, NewKeyView, NewUserView, Usage, UserList, UserView
 from .visibility import ReadYourWrites
 
 log = get_logger(__name__)
@@ -192,6 +193,20 @@ class UsersService:
         await self.commands.ask(topics.AUTH_COMMANDS, user_id, cmd, request_id)
         await self.rw.caught_up(self.projector)
         return await self.get(user_id)
+
+    async def list(self, *, cursor: str | None, limit: int) -> UserList:
+        """Every user, newest first (``created_at``, then ``user_id``, descending)."""
+        after = decode_cursor("u", cursor) if cursor is not None else None
+        rows, total = await self.read.users_page(after=after, limit=limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = rows[-1] if rows else None
+        next_cursor = None
+        if more and last is not None:
+            next_cursor = encode_cursor("u", last["created_at"], last["user_id"])
+        return UserList(
+            users=[UserView.of(u) for u in rows], total=total, limit=limit, next_cursor=next_cursor
+        )
 
     async def get(self, user_id: str) -> UserView:
         user = await self.read.user(user_id)

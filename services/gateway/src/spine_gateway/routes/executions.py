@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
@@ -17,6 +18,7 @@ from ..deps import (
     RunDep,
 )
 from ..errors import InvalidInput, error_responses
+from ..listing import EXECUTION_STATUSES, ID_PREFIX_PATTERN, execution_filter
 from ..models import (
     FLOW_ID_PATTERN,
     ID_PATTERN,
@@ -96,14 +98,40 @@ async def execute_flow(
 async def list_executions(
     caller: ReadExecutionsDep,
     executions: ExecutionsDep,
-    status: Annotated[str | None, Query(pattern=r"^[a-z_]{1,32}$")] = None,
+    status: Annotated[
+        list[str] | None,
+        Query(
+            max_length=len(EXECUTION_STATUSES),
+            description="one or several (repeated, or comma-separated) of: "
+            + ", ".join(EXECUTION_STATUSES),
+        ),
+    ] = None,
     flow_id: Annotated[str | None, Query(pattern=FLOW_ID_PATTERN)] = None,
+    created_from: Annotated[datetime | None, Query(description="ISO 8601, inclusive")] = None,
+    created_to: Annotated[datetime | None, Query(description="ISO 8601, inclusive")] = None,
+    id_prefix: Annotated[str | None, Query(pattern=ID_PREFIX_PATTERN)] = None,
+    user_id: Annotated[
+        str | None, Query(pattern=ID_PATTERN, description="the admin: one user's executions")
+    ] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="the `next_cursor` of the previous page")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    offset: Annotated[
+        int, Query(ge=0, le=2**31 - 1, deprecated=True, description="use `cursor`")
+    ] = 0,
 ) -> Response:
-    return answer(
-        await executions.list(caller, status=status, flow_id=flow_id, limit=limit, offset=offset)
+    """Newest first (`created_at`, then `execution_id`, descending); page on with
+    `?cursor=<next_cursor>` (keyset: no row repeated or skipped while new ones arrive)."""
+    f = execution_filter(
+        user_id=user_id,
+        statuses=status or (),
+        flow_id=flow_id,
+        created_from=created_from,
+        created_to=created_to,
+        id_prefix=id_prefix,
     )
+    return answer(await executions.list(caller, f, cursor=cursor, limit=limit, offset=offset))
 
 
 @router.get("/executions/{execution_id}", response_model=ExecutionView, responses=_404)

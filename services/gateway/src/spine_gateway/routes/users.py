@@ -18,6 +18,7 @@ from ..models import (
     Me,
     NewKeyView,
     NewUserView,
+    UserList,
     UserView,
 )
 from . import answer
@@ -49,6 +50,20 @@ async def create_user(body: CreateUserRequest, admin: AdminDep, users: UsersDep)
         max_queued=body.max_queued,
     )
     return answer(user, 201)
+
+
+@router.get("", response_model=UserList)
+async def list_users(
+    _admin: AdminDep,
+    users: UsersDep,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="the `next_cursor` of the previous page")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Response:
+    """Admin. Every user newest first (`created_at`, then `user_id`, descending) with
+    balance and limits; never any key material. Page on with `?cursor=<next_cursor>`."""
+    return answer(await users.list(cursor=cursor, limit=limit))
 
 
 @router.get("/me", response_model=Me, responses=_LIMITED)
