@@ -49,10 +49,9 @@ async def test_an_existing_store_gets_the_list_indexes(database_url: str, pg_sch
         await conn.execute(f'SET search_path TO "{pg_schema}"')
         await _insert(conn, "e1", "u1", T0)
         assert "executions_user" in await _indexes(conn, pg_schema, "executions")
-        ran = await migrate(
-            conn, pg_schema, "gw_executions", executions_projection(Marks()).migrations
-        )
-        assert ran == 1
+        migrations = executions_projection(Marks()).migrations
+        ran = await migrate(conn, pg_schema, "gw_executions", migrations)
+        assert ran == len(migrations) - 1  # every one after the first
         got = await _indexes(conn, pg_schema, "executions")
         assert {
             "executions_user_page",
