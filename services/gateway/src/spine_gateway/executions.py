@@ -64,7 +64,7 @@ ACCEPTED_TTL_S = 3600
 
 #: how often a live stream checks that its key still works (revoked keys close within 1 s)
 REVALIDATE_S = 0.5
-_KEY_GONE = orjson.dumps(
+KEY_GONE = orjson.dumps(
     {"code": "KEY_REVOKED", "message": "the API key of this stream was revoked or expired"}
 ).decode()
 
@@ -446,7 +446,7 @@ class ExecutionsService:
                 )
                 async for view in while_valid(trail, still_valid):
                     if view is None:  # the key was revoked or expired: say so, then end
-                        yield {"event": "error", "data": _KEY_GONE}
+                        yield {"event": "error", "data": KEY_GONE}
                         return
                     yield {
                         "id": str(view["seq"]),
