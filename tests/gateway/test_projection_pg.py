@@ -36,8 +36,10 @@ from spine_contracts import (
 )
 from spine_contracts.access import USER_SCOPES, primary_key_id
 from spine_gateway.projection import (
+    CREDITS_DDL,
     EXECUTION_FLOWS_DDL,
     EXECUTIONS_DDL,
+    FEED_DDL,
     KEYS_DDL,
     LIMITS_DDL,
     USAGE_DDL,
@@ -77,10 +79,12 @@ async def conn(database_url: str, pg_schema: str) -> AsyncIterator[asyncpg.Conne
     await connection.execute(f'SET search_path TO "{pg_schema}"')
     await connection.execute(EXECUTIONS_DDL)
     await connection.execute(EXECUTION_FLOWS_DDL)
+    await connection.execute(FEED_DDL)
     await connection.execute(USAGE_DDL)
     await connection.execute(USERS_DDL)
     await connection.execute(KEYS_DDL)
     await connection.execute(LIMITS_DDL)
+    await connection.execute(CREDITS_DDL)
     try:
         yield connection
     finally:

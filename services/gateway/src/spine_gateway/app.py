@@ -32,7 +32,7 @@ from .deps import Gateway
 from .errors import GatewayError, code_for_status, error_body
 from .limits import BodySizeLimit
 from .metrics import GatewayMetrics
-from .routes import agents, audit, executions, flows, keys, ops, sockets, users
+from .routes import agents, audit, executions, flows, keys, ops, sockets, usage, users
 from .settings import GatewaySettings
 from .sockets import KeySockets
 from .wiring import open_gateway
@@ -92,7 +92,7 @@ def create_app(settings: GatewaySettings, *, replica_id: str | None = None) -> F
     # every path under /api/v1 and, as the original served them, at the root
     app.include_router(ops.router)
     app.include_router(ops.router, prefix=API_PREFIX, include_in_schema=False)
-    routers = (executions, sockets, flows, agents, users, keys, audit)
+    routers = (executions, sockets, flows, agents, users, keys, audit, usage)
     for router in (r.router for r in routers):
         app.include_router(router, prefix=API_PREFIX)
         app.include_router(router, include_in_schema=False)  # the original's root aliases

@@ -15,11 +15,13 @@ from .agents import AgentsService
 from .apikeys import KeysService
 from .audit import AuditService
 from .executions import ExecutionsService
+from .feed import ExecutionFeed
 from .flows import FlowsService
 from .identity import Identity, OpsCaller, Principal
 from .operations import OperationsService
 from .policy import Action, OpsEndpoint, OpsView, check, ops_view
 from .settings import GatewaySettings
+from .usage_series import UsageSeries
 from .users import UsersService
 
 
@@ -36,6 +38,8 @@ class Gateway:
     operations: OperationsService
     keys: KeysService
     audit: AuditService
+    feed: ExecutionFeed  # GET /executions/stream
+    usage_series: UsageSeries  # GET /usage
 
 
 # auto_error=False: a missing or malformed header is answered in the API's own error shape

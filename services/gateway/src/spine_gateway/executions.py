@@ -69,7 +69,7 @@ ACCEPTED_TTL_S = 3600
 
 #: how often a live stream checks that its key still works (revoked keys close within 1 s)
 REVALIDATE_S = 0.5
-_KEY_GONE = orjson.dumps(
+KEY_GONE = orjson.dumps(
     {"code": "KEY_REVOKED", "message": "the API key of this stream was revoked or expired"}
 ).decode()
 
@@ -491,7 +491,7 @@ class ExecutionsService:
             async with contextlib.aclosing(views):  # a client gone unsubscribes the trail
                 async for view in views:
                     if view is None:  # the key was revoked or expired: say so, then end
-                        yield {"event": "error", "data": _KEY_GONE}
+                        yield {"event": "error", "data": KEY_GONE}
                         return
                     yield {
                         "id": str(view["seq"]),

@@ -603,6 +603,40 @@ class Usage(_Open):
         )
 
 
+class UsageCounts(_Open):
+    """Executions started and ended, credits charged (and tokens: not metered yet)."""
+
+    started: int
+    completed: int
+    failed: int
+    cancelled: int
+    credits: int
+    tokens: int | None = None
+
+
+class UsageBucket(_Open):
+    start: str  # the bucket's first instant (UTC); it lasts one hour or one day
+    started: int
+    completed: int
+    failed: int
+    cancelled: int
+    credits: int
+    tokens: int | None = None
+
+
+class UsageSeriesView(_Open):
+    """``GET /usage``: one bucket per hour or day from ``from`` to ``to`` (empty ones too)."""
+
+    model_config = ConfigDict(extra="allow", serialize_by_alias=True, validate_by_name=True)
+
+    user_id: str | None  # None: every user's together (the admin's view)
+    bucket: str
+    from_: str = Field(alias="from")
+    to: str
+    buckets: list[UsageBucket]
+    totals: UsageCounts
+
+
 class UserView(_Open):
     user_id: str
     email: str

@@ -1,10 +1,13 @@
 """The gateway's own read model: five projections into its schema (docs/api.md, docs/operations.md).
 
-* ``gw_users``      ← ``spine.auth.events``: user, key hash, balance, rate limit.
+* ``gw_users``      ← ``spine.auth.events``: user, key hash, balance, rate limit, and the
+  credits each execution was charged at its settle (``credits_charged``, for ``/usage``).
 * ``gw_flows``      ← ``spine.flows``: the current definition of every flow.
 * ``gw_agents``     ← ``spine.registry.events``: the agent catalogue.
 * ``gw_executions`` ← ``spine.executions.events``: executions, their nodes, the
-  per-execution event trail (``seq`` is the SSE id) and the flow versions they ran.
+  per-execution event trail (``seq`` is the SSE id), the flow versions they ran and the
+  feed of status changes (``execution_feed``, keyed by the event's partition and offset:
+  see ``feed.py``).
 * ``gw_usage``      ← ``spine.usage``: requests and credits per user and hour, and totals
   (the hourly rows are the rolled-up form that outlives the topic's 30-day retention).
 
@@ -161,6 +164,18 @@ _BALANCE_EVENTS = (
 LIMITS_DDL = """
 ALTER TABLE users ADD COLUMN max_in_flight int, ADD COLUMN max_queued int;
 """
+#: what each execution was charged when it settled, for the usage series (``GET /usage``);
+#: an execution settles once (a repeat of its settle changes nothing)
+CREDITS_DDL = """
+CREATE TABLE credits_charged (
+    execution_id text PRIMARY KEY,
+    user_id      text NOT NULL,
+    charged      bigint NOT NULL,
+    settled_at   timestamptz NOT NULL
+);
+CREATE INDEX credits_charged_user ON credits_charged (user_id, settled_at);
+CREATE INDEX credits_charged_at ON credits_charged (settled_at);
+"""
 
 
 #: ``GET /users``: newest first, a keyset page
@@ -173,6 +188,7 @@ def users_projection(marks: Marks) -> Projection:
 
     async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
         balances: dict[str, tuple[int, datetime]] = {}
+        charged: list[tuple[str, str, int, datetime]] = []
 
         async def flush() -> None:
             if balances:
@@ -188,6 +204,11 @@ def users_projection(marks: Marks) -> Projection:
                 balances[m.data.user_id] = (m.data.balance, _ts(item))
                 if isinstance(m, CreditsReserved):  # an execute's answer shows the balance
                     marks.put("reserved", m.data.execution_id, item)
+                elif isinstance(m, CreditsSettled):
+                    settled = m.data
+                    charged.append(
+                        (settled.execution_id, settled.user_id, settled.charged, _ts(item))
+                    )
                 continue
             await flush()  # keep the order of every other statement
             if isinstance(m, UserCreated):
@@ -278,12 +299,18 @@ def users_projection(marks: Marks) -> Projection:
                 )
                 marks.put("key_revoked", m.data.key_id, item)
         await flush()
+        if charged:
+            await conn.executemany(
+                """INSERT INTO credits_charged (execution_id, user_id, charged, settled_at)
+                   VALUES ($1, $2, $3, $4) ON CONFLICT (execution_id) DO NOTHING""",
+                charged,
+            )
 
     return Projection(
         "gw_users",
         (topics.AUTH_EVENTS,),
         apply,
-        migrations=(USERS_DDL, KEYS_DDL, LIMITS_DDL, USERS_LIST_DDL),
+        migrations=(USERS_DDL, KEYS_DDL, LIMITS_DDL, USERS_LIST_DDL, CREDITS_DDL),
     )
 
 
@@ -447,6 +474,43 @@ CREATE INDEX executions_user_flow_page
 CREATE INDEX executions_id_prefix ON executions (execution_id text_pattern_ops);
 """
 
+#: The feed of status changes (``GET /executions/stream``, ``feed.py``): one row per event
+#: that changes an execution's status, keyed by where that event lies in the topic. The key
+#: is the event's own, not a counter: a replay writes the same rows, a rebuild makes them
+#: equal row for row (a sequence would differ by its gaps and by how partitions interleave),
+#: and a client's cursor stays valid across a rebuild's swap. Per partition, rows commit in
+#: offset order, so "after offset o" never misses a row that commits later.
+FEED_DDL = """
+CREATE TABLE execution_feed (
+    kafka_partition int NOT NULL,
+    kafka_offset    bigint NOT NULL,
+    user_id         text NOT NULL,
+    execution_id    text NOT NULL,
+    flow_id         text NOT NULL,
+    status          text NOT NULL,
+    type            text NOT NULL,
+    seq             int NOT NULL,
+    occurred_at     timestamptz NOT NULL,
+    PRIMARY KEY (kafka_partition, kafka_offset)
+);
+CREATE INDEX execution_feed_user ON execution_feed (user_id, kafka_partition, kafka_offset);
+CREATE INDEX executions_user_completed ON executions (user_id, completed_at)
+    WHERE completed_at IS NOT NULL;
+"""
+
+#: the rows of a batch's status changes; user and flow come from the execution's row, and an
+#: execution that had already ended (before this batch) gets none: a late event reopens nothing
+_FEED_INSERT = """
+INSERT INTO execution_feed (kafka_partition, kafka_offset, user_id, execution_id, flow_id,
+                            status, type, seq, occurred_at)
+SELECT u.p, u.o, e.user_id, u.e, e.flow_id, u.s, u.t, u.q, u.at
+FROM unnest($1::int[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[],
+            $7::timestamptz[]) AS u(p, o, e, s, t, q, at)
+JOIN executions AS e ON e.execution_id = u.e
+WHERE e.status NOT IN ('completed', 'failed', 'cancelled')
+ON CONFLICT DO NOTHING
+"""
+
 #: what a CancelExecution or ProvideInput ends in first
 _COMMAND_OUTCOMES = (InputReceived, ExecutionCancelled, ExecutionCommandRejected)
 
@@ -576,8 +640,10 @@ def executions_projection(marks: Marks) -> Projection:
         nodes: list[tuple[Any, ...]] = []
         started: list[tuple[Any, ...]] = []
         statuses: list[tuple[Any, ...]] = []
-        ended: list[tuple[str, datetime]] = []
+        nodes_ended: list[tuple[str, datetime]] = []
         flows_seen: set[tuple[str, str]] = set()
+        feed: list[tuple[Any, ...]] = []
+        ended: set[str] = set()  # in this batch: what follows its end changes no status
         for item in batch:
             m = item.message
             d: Any = m.data
@@ -591,6 +657,18 @@ def executions_projection(marks: Marks) -> Projection:
             if (eid, d.seq) not in new:
                 continue  # the same seq again: already applied
             new.discard((eid, d.seq))  # (and a repeat within this batch is one too)
+            if isinstance(m, ExecutionStarted | ExecutionQueued) and eid not in ended:
+                feed.append(
+                    (
+                        item.partition,
+                        item.offset,
+                        eid,
+                        "queued" if isinstance(m, ExecutionQueued) else "running",
+                        m.type,
+                        d.seq,
+                        at,
+                    )
+                )
             if isinstance(m, ExecutionStarted | ExecutionQueued):
                 version = (d.flow_id, d.flow_version)
                 flow = None if version in flows_seen else _json(d.flow.model_dump(mode="json"))
@@ -659,16 +737,20 @@ def executions_projection(marks: Marks) -> Projection:
                     output = _json(d.output_data)
                 elif isinstance(m, ExecutionFailed):
                     error = d.error_message
-                    ended.append((eid, at))
+                    nodes_ended.append((eid, at))
                 elif isinstance(m, ExecutionCancelled):
                     error = d.reason
-                    ended.append((eid, at))
+                    nodes_ended.append((eid, at))
             elif isinstance(m, ExecutionCommandRejected):
                 pass
             if status is not None:
                 # a terminal status is final; a late event never reopens it
                 terminal = type(m) in _TERMINAL_EVENTS
                 statuses.append((eid, status, at, d.seq, terminal, output, error))
+                if eid not in ended:
+                    feed.append((item.partition, item.offset, eid, status, m.type, d.seq, at))
+                if terminal:
+                    ended.add(eid)
             else:
                 last = touched.get(eid)
                 touched[eid] = (max(at, last[0]), max(d.seq, last[1])) if last else (at, d.seq)
@@ -676,12 +758,14 @@ def executions_projection(marks: Marks) -> Projection:
         # keeps event order: the rows of applying the events one by one, in 2-4 round trips.
         if started:
             await conn.executemany(_STARTED_INSERT, started)
+        if feed:  # after the starts (it reads their rows), before the ends (it reads status)
+            await conn.execute(_FEED_INSERT, *(list(column) for column in zip(*feed, strict=True)))
         if statuses:
             await conn.executemany(_STATUS_UPDATE, statuses)
         if nodes:  # node rows are their own table: only their order among themselves counts
             await conn.executemany(_NODE_UPSERT, nodes)
-        if ended:  # after the nodes: a terminal event is its execution's last node change
-            await conn.executemany(_NODES_ENDED, ended)
+        if nodes_ended:  # after the nodes: a terminal event is its execution's last node change
+            await conn.executemany(_NODES_ENDED, nodes_ended)
         if touched:
             await conn.executemany(
                 """UPDATE executions SET updated_at = GREATEST(updated_at, $2),
@@ -696,7 +780,7 @@ def executions_projection(marks: Marks) -> Projection:
         "gw_executions",
         (topics.EXECUTION_EVENTS,),
         apply,
-        migrations=(EXECUTIONS_DDL, EXECUTION_FLOWS_DDL, EXECUTIONS_LIST_DDL),
+        migrations=(EXECUTIONS_DDL, EXECUTION_FLOWS_DDL, EXECUTIONS_LIST_DDL, FEED_DDL),
         dedupe=False,
     )
 

@@ -31,6 +31,7 @@ from .cache import ReadCache, drop_changed_credentials, drop_changed_flows
 from .commands import Commands
 from .deps import Gateway
 from .executions import ExecutionsService
+from .feed import ExecutionFeed
 from .flows import FlowsService
 from .idempotency import Idempotency
 from .identity import Credential, Identity
@@ -47,6 +48,7 @@ from .projection import (
     users_projection,
 )
 from .settings import GatewaySettings
+from .usage_series import UsageSeries
 from .users import UsersService
 from .visibility import ReadYourWrites
 
@@ -145,6 +147,8 @@ async def open_gateway(
         ),
         keys=KeysService(commands=commands, read=read, store=store, rw=rw, users=users_p),
         audit=AuditService(pool),
+        feed=ExecutionFeed(pool, executions_p),
+        usage_series=UsageSeries(pool),
         operations=OperationsService(
             read=read,
             observers=Observers(heartbeats=heartbeats, summary=summary, lag=lag, usage=usage),

@@ -18,6 +18,7 @@ from ..deps import (
     RunDep,
 )
 from ..errors import InvalidInput, error_responses
+from ..feed import MAX_CURSOR_CHARS, CursorError, parse_cursor, sse
 from ..listing import EXECUTION_STATUSES, ID_PREFIX_PATTERN, execution_filter
 from ..models import (
     FLOW_ID_PATTERN,
@@ -132,6 +133,43 @@ async def list_executions(
         id_prefix=id_prefix,
     )
     return answer(await executions.list(caller, f, cursor=cursor, limit=limit, offset=offset))
+
+
+_FEED_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events: first `feed.ready` (`data` `{cursor}`), then one "
+        "event per status change of the caller's executions (the admin's: every tenant's): "
+        "`id` = the feed cursor, `event` = the event type, `data` = `{cursor, execution_id, "
+        "user_id, flow_id, status, type, seq, occurred_at}`. Open until the client goes.",
+        "content": {"text/event-stream": {"schema": {"type": "object"}}},
+    },
+}
+
+
+# before /executions/{execution_id}: its id pattern would take "stream"
+@router.get("/executions/stream", response_class=EventSourceResponse, responses=_FEED_DOC)
+async def executions_feed(
+    caller: ReadExecutionsDep,
+    gateway: GatewayDep,
+    after: Annotated[str | None, Query(max_length=MAX_CURSOR_CHARS)] = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", max_length=MAX_CURSOR_CHARS)
+    ] = None,
+) -> EventSourceResponse:
+    """The live feed of status changes; `Last-Event-ID` (or `after`, the header first)
+    resumes after a feed cursor with nothing lost or repeated; without either, from now."""
+    given = last_event_id or after
+    cursor = None
+    if given:
+        try:
+            cursor = parse_cursor(given)
+        except CursorError as exc:
+            raise InvalidInput(str(exc)) from exc
+    keepalive = gateway.settings.sse_keepalive_s
+    events = gateway.feed.follow(caller.owner, cursor)
+    return EventSourceResponse(
+        sse(events, lambda: gateway.identity.still_valid(caller)), ping=int(keepalive)
+    )
 
 
 @router.get("/executions/{execution_id}", response_model=ExecutionView, responses=_404)
