@@ -25,12 +25,6 @@ from spine_contracts import (
 )
 from spine_gateway.feed import ExecutionFeed, format_cursor
 from spine_gateway.projection import (
-    CREDITS_DDL,
-    EXECUTIONS_DDL,
-    FEED_DDL,
-    KEYS_DDL,
-    LIMITS_DDL,
-    USERS_DDL,
     Marks,
     executions_projection,
     users_projection,
@@ -49,8 +43,10 @@ HOUR = timedelta(hours=1)
 async def pool(database_url: str, pg_schema: str) -> AsyncIterator[asyncpg.Pool]:
     p = await create_pool(database_url, schema=pg_schema, max_size=2)
     async with p.acquire() as conn:
-        for ddl in (EXECUTIONS_DDL, FEED_DDL, USERS_DDL, KEYS_DDL, LIMITS_DDL, CREDITS_DDL):
-            await conn.execute(ddl)
+        # the two projections' own migrations, in their order: the schema they ship
+        for projection in (executions_projection(Marks()), users_projection(Marks())):
+            for ddl in projection.migrations:
+                await conn.execute(ddl)
     try:
         yield p
     finally:
