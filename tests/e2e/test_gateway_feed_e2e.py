@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 import pytest
@@ -27,6 +28,7 @@ from spine_servicekit.kafka import KafkaConfig
 from spine_servicekit.rebuild import rebuild_schema
 
 from .test_gateway_e2e import MASTER, Api, _held_flow, gateway_stack
+from .test_gateway_ws_e2e import auth, open_ws, refused
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -400,3 +402,59 @@ async def test_a_rebuild_of_the_read_model_recreates_the_feed_and_the_credits(
     assert report.equal, report.summary()
     assert tables["execution_feed"].live_rows and tables["execution_feed"].equal
     assert tables["credits_charged"].live_rows and tables["credits_charged"].equal
+
+
+# --- the same feed over a WebSocket ----------------------------------------------------------
+
+
+def feed_ws_url(api: Api, after: str | None = None, root: bool = False) -> str:
+    base = str(api.http.base_url).replace("http://", "ws://").rstrip("/")
+    url = f"{base}{'' if root else '/api/v1'}/executions/ws"
+    return url if after is None else f"{url}?{urlencode({'after': after})}"
+
+
+async def _frames_until(ws: Any, done: Callable[[list[dict[str, Any]]], bool]) -> list[Any]:
+    frames: list[dict[str, Any]] = []
+    async with asyncio.timeout(60):
+        while not done(frames):
+            frames.append(orjson.loads(await ws.recv()))
+    return frames
+
+
+async def test_the_feed_socket_sends_the_sse_feeds_items_and_resumes_by_cursor(
+    api: Api,
+) -> None:
+    alice = await api.create_user(credits=10)
+    bob = await api.create_user(credits=10)
+    key = alice["api_key"]
+    sse = await Reader(api, key).open()
+    try:
+        async with open_ws(feed_ws_url(api), key) as ws:  # the header
+            [ready] = await _frames_until(ws, lambda f: len(f) == 1)
+            assert ready["type"] == READY and ready["cursor"]
+            theirs, mine = await asyncio.gather(
+                _run(api, bob["api_key"]), _run(api, key)
+            )  # bob's runs meanwhile and must not show
+            frames = await _frames_until(
+                ws, lambda f: any(x["execution_id"] == mine and x["status"] in ENDS for x in f)
+            )
+        await sse.until(ended(sse, mine))
+    finally:
+        await sse.close()
+    assert {f["execution_id"] for f in frames} == {mine}, frames
+    assert [f["status"] for f in frames] == ["running", "completed"]
+    # the same items as the SSE feed: its data, its ids as cursors
+    assert frames == [e["data"] for e in sse.changes() if eid(e) == mine]
+    assert theirs not in {f["execution_id"] for f in frames}
+
+    # resumed after the start, at the root path, authenticated by a first message
+    async with open_ws(feed_ws_url(api, after=frames[0]["cursor"], root=True)) as ws:
+        await auth(ws, key)
+        rest = await _frames_until(ws, lambda f: len(f) == 2)
+    assert rest[0] == {"type": READY, "cursor": frames[0]["cursor"]}
+    assert rest[1] == frames[1]  # exactly the rest: nothing lost, nothing repeated
+
+    bad = await refused(feed_ws_url(api, after="not a cursor"), key)
+    assert bad.code == 4422, bad
+    nobody = await refused(feed_ws_url(api), "sk_not_a_key")
+    assert nobody.code == 4401, nobody

@@ -118,5 +118,50 @@ EXECUTION_SOCKET: Final = SocketSpec(
     close_codes=tuple(CloseCode),
 )
 
+
 #: Every WebSocket the gateway serves.
-ALL: Final[tuple[SocketSpec, ...]] = (EXECUTION_SOCKET,)
+class FeedFrame(BaseModel):
+    """One item of the live feed: first `feed.ready` (only `type` and `cursor`), then one
+    status change of an execution each — the SSE feed's `data` (the SSE `id` is `cursor`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="FeedFrame")
+
+    type: str = Field(description="feed.ready, or the event that changed the status")
+    cursor: str = Field(description="the feed cursor after this item: `?after=` resumes there")
+    execution_id: str | None = None
+    user_id: str | None = None
+    flow_id: str | None = None
+    status: str | None = Field(None, description="the execution's status after the change")
+    seq: int | None = Field(None, description="the event's number in its execution's trail")
+    occurred_at: str | None = None
+
+
+FEED_SOCKET: Final = SocketSpec(
+    channel_id="feedSocket",
+    path="/executions/ws",
+    title="The live feed of executions (WebSocket)",
+    description=(
+        "The items of `GET /executions/stream` (SSE): the status changes of the caller's "
+        "executions (the admin's: every tenant's) as they happen, one JSON text frame each "
+        "(`FeedFrame`), first `feed.ready` with the cursor the feed starts at. `?after=<cursor>` "
+        "resumes after a feed cursor with nothing lost or repeated; without it, from now. The "
+        "feed stays open until the client closes it; the gateway closes with 1013 when it "
+        "stops (reconnect with the last cursor). Authentication as for `executionSocket`; the "
+        "key needs `executions:read`."
+    ),
+    parameters={},
+    query={
+        "type": "object",
+        "properties": {
+            "after": {
+                "type": "string",
+                "description": "a feed cursor (`<partition>:<offset>,...`, opaque)",
+            }
+        },
+    },
+    sends=(FeedFrame,),
+    receives=(SocketAuth,),
+    close_codes=tuple(c for c in CloseCode if c is not CloseCode.NOT_FOUND),
+)
+
+ALL: Final[tuple[SocketSpec, ...]] = (EXECUTION_SOCKET, FEED_SOCKET)

@@ -1,4 +1,6 @@
-"""The WebSocket of one execution: ``GET /api/v1/executions/{id}/ws``.
+"""The WebSockets: one execution's (``GET /api/v1/executions/{id}/ws``) and the live feed's
+(``GET /api/v1/executions/ws``: the items of ``/executions/stream`` as frames
+``{"type", "cursor", ...}``, ``?after=<cursor>`` resumes, closed 1013 when the gateway stops).
 
 It sends what the SSE stream sends (:meth:`ExecutionsService.trail`, the one generator
 behind both): one JSON text frame per event, ``{"seq", "type", "data", "occurred_at"}`` —
@@ -29,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -39,6 +41,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .deps import Gateway
 from .errors import GatewayError, Unavailable
+from .executions import while_valid
+from .feed import MAX_CURSOR_CHARS, CursorError, FeedEvent, parse_cursor
 from .identity import Principal
 from .keys import bearer_token
 from .live import View
@@ -182,6 +186,47 @@ async def _follow(
         return await pump(ws, views)
 
 
+async def follow_feed(ws: WebSocket, gateway: Gateway, sockets: KeySockets) -> None:
+    """Serve a live feed's socket (``GET /executions/ws``) from the handshake to its close."""
+    await ws.accept()
+    try:
+        code, why = await _follow_feed(ws, gateway, sockets)
+    except WebSocketDisconnect:
+        return
+    except Refused as refused:
+        code, why = refused.code, refused.reason
+    except GatewayError as error:
+        closing = refusal(error)
+        code, why = closing.code, closing.reason
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        await ws.close(code, why)
+
+
+async def _follow_feed(ws: WebSocket, gateway: Gateway, sockets: KeySockets) -> tuple[int, str]:
+    raw = ws.query_params.get("after") or None
+    cursor = None
+    if raw is not None:
+        try:
+            if len(raw) > MAX_CURSOR_CHARS:
+                raise CursorError("the cursor is too long")
+            cursor = parse_cursor(raw)
+        except CursorError as exc:
+            raise Refused(CloseCode.INVALID, "VALIDATION_ERROR", str(exc)) from None
+    principal = await authenticate(ws, gateway)
+    with sockets.hold(principal.key_id):
+        events = gateway.feed.follow(principal.owner, cursor)
+        frames = _feed_frames(events, lambda: gateway.identity.still_valid(principal))
+        return await pump(ws, frames, ended=_FEED_STOPPED)
+
+
+async def _feed_frames(
+    events: AsyncIterator[FeedEvent], still_valid: Callable[[], Awaitable[bool]]
+) -> AsyncGenerator[View | None, None]:
+    """The feed's items as frames (``{"type", "cursor", ...}``); ``None`` once the key went."""
+    async for event in while_valid(events, still_valid):
+        yield None if event is None else {**event.data, "type": event.type}
+
+
 async def authenticate(
     ws: WebSocket, gateway: Gateway, action: Action = Action.EXECUTION_READ
 ) -> Principal:
@@ -218,13 +263,19 @@ async def _auth_message(ws: WebSocket) -> str | None:
 
 _KEY_GONE = (CloseCode.UNAUTHENTICATED, reason("KEY_REVOKED", "the API key was revoked or expired"))
 _ENDED = (CloseCode.NORMAL, reason("EXECUTION_ENDED", "the terminal event was sent"))
+_FEED_STOPPED = (
+    CloseCode.TRY_AGAIN_LATER,
+    reason("GATEWAY_STOPPING", "reconnect with the last cursor"),
+)
 
 
-async def pump(ws: WebSocket, views: AsyncGenerator[View | None, None]) -> tuple[int, str]:
+async def pump(
+    ws: WebSocket, views: AsyncGenerator[View | None, None], ended: tuple[int, str] = _ENDED
+) -> tuple[int, str]:
     """Send each view as a JSON text frame while listening for the client's close, which
     ends it at once (a quiet trail would otherwise hold its subscription and the key's
     slot); ``None`` from ``views`` means the key went. The close to send, once it ends."""
-    sending = asyncio.ensure_future(_send(ws, views))
+    sending = asyncio.ensure_future(_send(ws, views, ended))
     listening = asyncio.ensure_future(_until_disconnect(ws))
     try:
         await asyncio.wait({sending, listening}, return_when=asyncio.FIRST_COMPLETED)
@@ -238,12 +289,14 @@ async def pump(ws: WebSocket, views: AsyncGenerator[View | None, None]) -> tuple
     return sending.result()
 
 
-async def _send(ws: WebSocket, views: AsyncGenerator[View | None, None]) -> tuple[int, str]:
+async def _send(
+    ws: WebSocket, views: AsyncGenerator[View | None, None], ended: tuple[int, str]
+) -> tuple[int, str]:
     async for view in views:
         if view is None:
             return _KEY_GONE
         await ws.send_text(orjson.dumps(view).decode())
-    return _ENDED
+    return ended
 
 
 async def _until_disconnect(ws: WebSocket) -> None:

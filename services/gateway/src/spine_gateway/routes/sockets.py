@@ -5,9 +5,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, WebSocket
 
-from ..sockets import follow_execution
+from ..sockets import follow_execution, follow_feed
 
 router = APIRouter(tags=["executions"])
+
+
+@router.websocket("/executions/ws")
+async def feed_socket(websocket: WebSocket) -> None:
+    """The items of ``GET /executions/stream`` (the live feed), one JSON text frame each."""
+    state = websocket.app.state
+    await follow_feed(websocket, state.gateway, state.sockets)
 
 
 @router.websocket("/executions/{execution_id}/ws")
