@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 from spine_servicekit.kafka import KafkaConfig
 
+from .test_fair_sharing_e2e import eventually
 from .test_gateway_e2e import Api, gateway_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -255,3 +256,44 @@ async def test_the_graph_route_draws_a_system_flow_and_hides_another_tenants(api
     assert hidden.status_code == 404 and hidden.json()["error_code"] == "FLOW_NOT_FOUND"
     unknown = await api.http.get("/api/v1/flows/no_such_flow/graph", headers=api.auth(alice))
     assert unknown.status_code == 404
+
+
+async def test_the_agents_list_shows_transport_owner_last_beat_and_tasks_in_flight(
+    api: Api,
+) -> None:
+    user = await api.create_user(credits=10)
+    key = user["api_key"]
+    flow = {
+        "flow_id": f"slow_{os.urandom(3).hex()}",
+        "nodes": [{"id": "slow", "agent_id": "echo", "config": {"delay_ms": 60_000}}],
+    }
+    r = await api.http.post("/api/v1/flows", json=flow, headers=api.auth(key))
+    assert r.status_code == 201, r.text
+    eid = (await api.execute(key, flow["flow_id"], {"x": 1})).json()["execution_id"]
+    await api.sse_until(key, eid, "execution.node_dispatched")
+
+    async def echo() -> dict[str, Any]:
+        r = await api.http.get("/api/v1/agents/echo", headers=api.auth(key))
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    # echo beats every second (the test stack's interval) with the task it holds; there
+    # is no event for "the next beat was read", so ask until it shows (bounded)
+    async def holding() -> bool:
+        return int((await echo())["tasks_in_flight"]) >= 1
+
+    await eventually(holding)
+    shown = await echo()
+    assert shown["transport"] == "kafka" and shown["owner"] == "system", shown
+    assert shown["instances"] >= 1 and shown["last_heartbeat_at"], shown
+    listed = await api.http.get("/api/v1/agents", headers=api.auth(key))
+    [row] = [a for a in listed.json()["agents"] if a["agent_id"] == "echo"]
+    assert {"tasks_in_flight", "instances", "last_heartbeat_at", "transport"} <= set(row)
+
+    r = await api.http.post(f"/api/v1/executions/{eid}/cancel", headers=api.auth(key))
+    assert r.status_code == 200, r.text
+
+    async def idle() -> bool:  # the cancel reaches echo, which lets the task go
+        return (await echo())["tasks_in_flight"] == 0
+
+    await eventually(idle)

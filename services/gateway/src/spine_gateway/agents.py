@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import UTC, datetime
 
 from spine_contracts import AgentInfo, DeregisterAgent, RegisterAgent, topics
 from spine_contracts.access import SYSTEM
 from spine_servicekit.projector import Projector
 
 from .adapters.postgres import AgentRow, ReadModel
+from .agent_beats import AgentActivity
 from .commands import Commands, new_request_id
 from .errors import Conflict, InvalidInput, NotFound, from_reply
 from .identity import Principal
@@ -38,20 +40,33 @@ def agent_id_for(name: str) -> str:
 
 class AgentsService:
     def __init__(
-        self, *, commands: Commands, read: ReadModel, rw: ReadYourWrites, agents: Projector
+        self,
+        *,
+        commands: Commands,
+        read: ReadModel,
+        rw: ReadYourWrites,
+        agents: Projector,
+        activity: AgentActivity | None = None,
     ) -> None:
         self.commands = commands
         self.read = read
         self.rw = rw
         self.projector = agents
+        #: tasks in flight and last beats, folded from the heartbeats (None: not followed)
+        self.activity = activity
 
     async def list(self, caller: Principal, *, active_only: bool = False) -> AgentList:
         rows = await self.read.agents(active_only=active_only)
         shown = [a for a in rows if visible(caller.caller, Action.AGENT_READ, a["owner"])]
-        return AgentList(agents=[AgentView.of(a) for a in shown])
+        return AgentList(agents=[self._view(a) for a in shown])
 
     async def get(self, caller: Principal, agent_id: str) -> AgentView:
-        return AgentView.of(await self._find(caller, Action.AGENT_READ, agent_id))
+        return self._view(await self._find(caller, Action.AGENT_READ, agent_id))
+
+    def _view(self, row: AgentRow) -> AgentView:
+        if self.activity is None:
+            return AgentView.of(row)
+        return AgentView.of(row, self.activity.of(row["agent_id"], datetime.now(UTC)))
 
     async def _find(self, caller: Principal, action: Action, agent_id: str) -> AgentRow:
         row = await self.read.agent(agent_id)

@@ -29,6 +29,7 @@ from .adapters.postgres import (
     UsageRow,
     UserRow,
 )
+from .agent_beats import Activity
 from .details import NodeDetail
 from .layout import layered_layout
 
@@ -548,13 +549,28 @@ class AgentView(_Open):
     active: bool | None = None
     configuration: dict[str, Any] = Field(default_factory=dict)
     owner: str = "system"
+    #: ``kafka`` (its tasks topic) or ``http`` (``endpoint``, called by the relay)
+    transport: str = "kafka"
+    #: tasks its live instances hold now, from their signed heartbeats (None: not known)
+    tasks_in_flight: int | None = None
+    #: instances that beat within the stale window and said ready
+    instances: int | None = None
+    last_heartbeat_at: str | None = None
 
     @classmethod
-    def of(cls, a: AgentRow) -> AgentView:
+    def of(cls, a: AgentRow, activity: Activity | None = None) -> AgentView:
         info = a["info"]
+        live: dict[str, Any] = {}
+        if activity is not None:
+            live = {
+                "tasks_in_flight": activity.tasks_in_flight,
+                "instances": activity.instances,
+                "last_heartbeat_at": iso(activity.last_heartbeat_at),
+            }
         return cls.model_validate(
             {
                 **info,
+                **live,
                 # the original SDK's Agent model reads ``type`` and ``configuration``
                 "type": info.get("agent_type", "processor"),
                 "configuration": info.get("metadata", {}).get("configuration", {}),

@@ -27,6 +27,9 @@ class GatewaySettings(CommonSettings):
     sse_keepalive_s: float = Field(15.0, alias="SPINE_GATEWAY_SSE_KEEPALIVE", gt=0)
     #: open WebSockets per key on one replica; one more is closed with 4429 (sockets.py)
     ws_max_per_key: int = Field(20, alias="SPINE_GATEWAY_WS_MAX_PER_KEY", ge=1)
+    #: an agent instance silent longer than this counts no more in ``GET /agents``' tasks in
+    #: flight (the registry's heartbeat TTL, SPINE_REGISTRY_HEARTBEAT_TTL, by default)
+    agent_beat_stale_s: float = Field(15.0, alias="SPINE_GATEWAY_AGENT_BEAT_STALE", gt=0)
     #: how long start-up may take to apply the topics' backlog before serving
     catchup_timeout_s: float = Field(600.0, alias="SPINE_GATEWAY_CATCHUP_TIMEOUT", gt=0)
     #: how long /status reuses a consumer-group lag measurement

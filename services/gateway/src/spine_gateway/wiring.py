@@ -15,6 +15,7 @@ from spine_servicekit.postgres import create_pool
 from spine_servicekit.projector import BATCH_INTERVAL_S, Projection, Projector
 
 from .adapters.kafka import (
+    AgentBeats,
     ConsumerLag,
     Heartbeats,
     MetricsSummary,
@@ -107,14 +108,17 @@ async def open_gateway(
     stack.push_async_callback(redis.aclose)
     replies = Replies(cfg, replica)
     heartbeats = Heartbeats(background)
+    agent_beats = AgentBeats(background, settings.agent_beat_stale_s)
     summary = MetricsSummary(background)
     usage = UsageRecorder(cfg, producer, max_pending=settings.usage_buffer)
     lag = ConsumerLag(background, cache_s=settings.lag_cache_s)
     stack.push_async_callback(lag.stop)
-    for part in (replies, heartbeats, summary, usage):
+    for part in (replies, heartbeats, agent_beats, summary, usage):
         stack.push_async_callback(part.stop)
     # independent clients: connect them side by side (each stop is safe unstarted)
-    await asyncio.gather(replies.start(), heartbeats.start(), summary.start(), usage.start())
+    await asyncio.gather(
+        replies.start(), heartbeats.start(), agent_beats.start(), summary.start(), usage.start()
+    )
     read = ReadModel(pool)
     store = RedisStore(redis, settings.topic_prefix)
     commands = Commands(Publisher(cfg, producer), replies, settings.reply_timeout_s)
@@ -130,7 +134,9 @@ async def open_gateway(
         identity=Identity(settings, read, store, credentials),
         users=UsersService(commands=commands, read=read, rw=rw, users=users_p, usage=usage),
         flows=FlowsService(commands=commands, read=read, rw=rw, flows=flows_p),
-        agents=AgentsService(commands=commands, read=read, rw=rw, agents=agents_p),
+        agents=AgentsService(
+            commands=commands, read=read, rw=rw, agents=agents_p, activity=agent_beats.activity
+        ),
         executions=ExecutionsService(
             commands=commands,
             read=read,

@@ -21,6 +21,7 @@ from spine_contracts import (
     to_bytes,
     topics,
 )
+from spine_contracts.signing import topic_base
 from spine_contracts.topics import TopicSpec
 from spine_servicekit import tracing
 from spine_servicekit.follower import TopicFollower
@@ -34,6 +35,7 @@ from spine_servicekit.kafka import (
 )
 from spine_servicekit.logging import get_logger
 
+from ..agent_beats import AgentActivity
 from ..errors import PayloadTooLarge
 from ..limits import check_message_size
 from ..liveness import is_live
@@ -354,3 +356,37 @@ class ConsumerLag:
                 "topics": topics_lag,
             }
         return out
+
+
+class AgentBeats:
+    """:class:`AgentActivity`, fed by two followers: the catalogue (compacted), the beats."""
+
+    def __init__(self, cfg: KafkaConfig, stale_after_s: float) -> None:
+        self.activity = AgentActivity(stale_after_s)
+        self._prefix = cfg.prefix
+        self._catalogue = TopicFollower(
+            cfg, cfg.topic(topics.REGISTRY_EVENTS), self._entry, name="gw-agent-catalogue"
+        )
+        self._beats = TopicFollower(
+            cfg, cfg.topic(topics.REGISTRY_HEARTBEATS), self._beat, name="gw-agent-beats"
+        )
+
+    async def start(self) -> None:
+        await self._catalogue.start()
+        await self._beats.start()
+
+    async def stop(self) -> None:
+        await self._beats.stop()
+        await self._catalogue.stop()
+
+    def _entry(self, message: Message, _record: ConsumerRecord[Any, Any]) -> None:
+        self.activity.catalogue(message)
+
+    def _beat(self, message: Message, record: ConsumerRecord[Any, Any]) -> None:
+        self.activity.beat(
+            message,
+            list(record.headers or ()),
+            topic_base(record.topic, self._prefix),
+            record.key,
+            record.value or b"",
+        )
