@@ -630,14 +630,8 @@ class UsageCounts(_Open):
     tokens: int | None = None
 
 
-class UsageBucket(_Open):
+class UsageBucket(UsageCounts):
     start: str  # the bucket's first instant (UTC); it lasts one hour or one day
-    started: int
-    completed: int
-    failed: int
-    cancelled: int
-    credits: int
-    tokens: int | None = None
 
 
 class UsageSeriesView(_Open):

@@ -154,9 +154,14 @@ async def follow_execution(
     ws: WebSocket, gateway: Gateway, sockets: KeySockets, execution_id: str
 ) -> None:
     """Serve one execution's socket from the handshake to its close."""
+    await _serve(ws, lambda: _follow(ws, gateway, sockets, execution_id))
+
+
+async def _serve(ws: WebSocket, follow: Callable[[], Awaitable[tuple[int, str]]]) -> None:
+    """Accept, run ``follow`` to the close it names (or a refusal's), and close."""
     await ws.accept()
     try:
-        code, why = await _follow(ws, gateway, sockets, execution_id)
+        code, why = await follow()
     except WebSocketDisconnect:
         return  # the client went away: nobody to tell
     except Refused as refused:
@@ -188,18 +193,7 @@ async def _follow(
 
 async def follow_feed(ws: WebSocket, gateway: Gateway, sockets: KeySockets) -> None:
     """Serve a live feed's socket (``GET /executions/ws``) from the handshake to its close."""
-    await ws.accept()
-    try:
-        code, why = await _follow_feed(ws, gateway, sockets)
-    except WebSocketDisconnect:
-        return
-    except Refused as refused:
-        code, why = refused.code, refused.reason
-    except GatewayError as error:
-        closing = refusal(error)
-        code, why = closing.code, closing.reason
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-        await ws.close(code, why)
+    await _serve(ws, lambda: _follow_feed(ws, gateway, sockets))
 
 
 async def _follow_feed(ws: WebSocket, gateway: Gateway, sockets: KeySockets) -> tuple[int, str]:
