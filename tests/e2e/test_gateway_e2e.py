@@ -10,7 +10,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -97,22 +97,31 @@ class Api:
         path = f"/api/v1/executions/{execution_id}/stream"
         async with self.http.stream("GET", path, headers=headers) as r:
             assert r.status_code == 200, await r.aread()
-            current: dict[str, Any] = {}
-            async for line in r.aiter_lines():
-                line = line.rstrip("\r")
-                if line:
-                    name, _, value = line.partition(":")
-                    value = value.lstrip(" ")
-                    if name == "id":
-                        current["id"] = int(value)
-                    elif name == "event":
-                        current["event"] = value
-                    elif name == "data":
-                        current["data"] = orjson.loads(value)
-                    continue
-                if "data" in current:
-                    yield current
-                current = {}
+            async for event in sse_frames(r, ids=int):
+                yield event
+
+
+async def sse_frames(
+    r: httpx.Response, ids: Callable[[str], Any] = str
+) -> AsyncIterator[dict[str, Any]]:
+    """An open SSE response's events as ``{"id", "event", "data"}`` (``ids`` reads the id;
+    ``data`` is decoded JSON); events without data (keep-alives) are skipped."""
+    current: dict[str, Any] = {}
+    async for line in r.aiter_lines():
+        line = line.rstrip("\r")
+        if line:
+            name, _, value = line.partition(":")
+            value = value.lstrip(" ")
+            if name == "id":
+                current["id"] = ids(value)
+            elif name == "event":
+                current["event"] = value
+            elif name == "data":
+                current["data"] = orjson.loads(value)
+            continue
+        if "data" in current:
+            yield current
+        current = {}
 
 
 def _stack_env(

@@ -27,7 +27,7 @@ from spine_servicekit.follower import TopicFollower
 from spine_servicekit.kafka import KafkaConfig
 from spine_servicekit.rebuild import rebuild_schema
 
-from .test_gateway_e2e import MASTER, Api, _held_flow, gateway_stack
+from .test_gateway_e2e import MASTER, Api, _held_flow, gateway_stack, sse_frames
 from .test_gateway_ws_e2e import auth, open_ws, refused
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -93,20 +93,8 @@ async def feed(
         "GET", f"{prefix}/executions/stream", headers=headers, params=params
     ) as r:
         assert r.status_code == 200, await r.aread()
-        current: dict[str, Any] = {}
-        async for line in r.aiter_lines():
-            line = line.rstrip("\r")
-            if line:
-                name, _, value = line.partition(":")
-                value = value.lstrip(" ")
-                if name in ("id", "event"):
-                    current[name] = value
-                elif name == "data":
-                    current["data"] = orjson.loads(value)
-                continue
-            if "data" in current:
-                yield current
-            current = {}
+        async for event in sse_frames(r):
+            yield event
 
 
 class Reader:

@@ -19,6 +19,7 @@ from .identity import Principal
 from .keys import generate_key, hash_key
 from .listing import decode_cursor, encode_cursor
 from .models import CreditsAddedView, Me, NewKeyView, NewUserView, Usage, UserList, UserView
+from .policy import HIDDEN, Action, check
 from .visibility import ReadYourWrites
 
 log = get_logger(__name__)
@@ -235,3 +236,17 @@ class UsersService:
         if reply.data.ok:
             await self.rw.event(self.projector, "user", dev_user_id)
         log.info("dev_user_ready", user_id=dev_user_id, ok=reply.data.ok)
+
+
+async def usage_subject(read: ReadModel, caller: Principal, user_id: str | None) -> str | None:
+    """Whose usage ``caller`` asks for (``None``: the admin's every user together): the
+    caller's own, or ``user_id`` if the caller may read it — another tenant's, or an unknown
+    user for the admin, is not found."""
+    whose = caller.owner if user_id is None else user_id
+    if whose is not None:
+        unknown = NotFound(f"user {whose!r} not found", code="USER_NOT_FOUND")
+        if check(caller.caller, Action.EXECUTION_READ, whose) is HIDDEN:
+            raise unknown  # another tenant's usage, as if the user did not exist
+        if caller.admin and await read.user(whose) is None:
+            raise unknown
+    return whose

@@ -8,10 +8,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 
 from ..deps import GatewayDep, ReadExecutionsDep
-from ..errors import NotFound, error_responses
+from ..errors import error_responses
 from ..models import ID_PATTERN, UsageSeriesView
-from ..policy import HIDDEN, Action, check
 from ..usage_series import usage_range
+from ..users import usage_subject
 from . import answer
 
 router = APIRouter(tags=["usage"], responses=error_responses(401, 403, 404, 422, 429, 503))
@@ -31,11 +31,5 @@ async def usage_over_time(
     `from`, the last 24 buckets. At most 1,000 buckets. The caller's own; the admin's:
     every user's together, or one user's with `user_id`."""
     span = usage_range(start, end, bucket, datetime.now(UTC))
-    whose = caller.owner if user_id is None else user_id
-    if whose is not None:
-        unknown = NotFound(f"user {whose!r} not found", code="USER_NOT_FOUND")
-        if check(caller.caller, Action.EXECUTION_READ, whose) is HIDDEN:
-            raise unknown  # another tenant's usage, as if the user did not exist
-        if caller.admin and await gateway.users.read.user(whose) is None:
-            raise unknown
+    whose = await usage_subject(gateway.users.read, caller, user_id)
     return answer(await gateway.usage_series.series(whose, span))
