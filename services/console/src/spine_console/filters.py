@@ -1,0 +1,70 @@
+"""Template filters: how values look on a page. They return plain strings, which the
+templates' autoescape then escapes — none of them marks anything safe."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from jinja2 import Environment
+
+STATUS_CLASSES = {
+    "completed": "ok",
+    "succeeded": "ok",
+    "active": "ok",
+    "running": "run",
+    "dispatched": "run",
+    "waiting_input": "wait",
+    "queued": "wait",
+    "pending": "idle",
+    "failed": "bad",
+    "timed_out": "bad",
+    "inactive": "bad",
+    "cancelled": "off",
+    "skipped": "off",
+}
+
+
+def pretty_json(value: Any) -> str:
+    if value is None:
+        return ""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        return str(value)
+
+
+def when(value: Any) -> str:
+    """An ISO instant as ``2026-12-07 19:45:05 UTC``; anything else as it is."""
+    if not value:
+        return ""
+    try:
+        instant = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value)
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    return instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def duration(ms: Any) -> str:
+    if ms is None or ms == "":
+        return ""
+    value = float(ms)
+    if value < 1000:
+        return f"{value:.0f} ms"
+    if value < 60_000:
+        return f"{value / 1000:.2f} s"
+    return f"{value / 60_000:.1f} min"
+
+
+def status_class(status: Any) -> str:
+    return "st-" + STATUS_CLASSES.get(str(status or ""), "idle")
+
+
+def install(env: Environment) -> None:
+    env.filters["pretty_json"] = pretty_json
+    env.filters["when"] = when
+    env.filters["duration"] = duration
+    env.filters["status_class"] = status_class
