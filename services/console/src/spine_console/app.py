@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
@@ -106,6 +107,20 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
                 "message": exc.message,
             },
             status=exc.status if exc.status in titles else 502,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        return render(
+            request,
+            "error.html",
+            {"status": 422, "title": "Bad request", "message": fields},
+            status=422,
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -78,6 +78,8 @@ async def login(
     except GatewayError as exc:
         if exc.status in (401, 403):
             return await _login_page(request, "That API key is not valid.", 401)
+        if exc.status == 429:
+            return await _login_page(request, f"Too many sign-ins: {exc.message}", 429)
         return await _login_page(request, f"Could not sign in: {exc.message}", 503)
     session = await store.sign_in(before, **who)
     response = RedirectResponse("/executions", status_code=303)
