@@ -36,6 +36,7 @@ COPY services/orchestrator/pyproject.toml services/orchestrator/
 COPY services/registry/pyproject.toml services/registry/
 COPY services/auth/pyproject.toml services/auth/
 COPY services/metrics/pyproject.toml services/metrics/
+COPY services/console/pyproject.toml services/console/
 COPY agents/pyproject.toml agents/
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --all-packages --no-install-workspace
