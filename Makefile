@@ -9,7 +9,7 @@ CHAOS_ARGS ?=
 # the operator's Kafka login (the admin's, on the secured broker) for tools run from here
 WITH_INFRA_ENV = if [ -f .spine/infra.env ]; then set -a; . .spine/infra.env; set +a; fi;
 
-.PHONY: help install infra infra-down infra-status up down test test-unit lint asyncapi clean rebuild bench bench-scenarios chaos demo agent-credentials
+.PHONY: help install infra infra-down infra-status browser up down test test-unit lint asyncapi clean rebuild bench bench-scenarios chaos demo agent-credentials
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ infra-down: ## stop the infrastructure this project started; idempotent
 infra-status: ## show what runs
 	@bash scripts/infra.sh status
 
+browser: ## install headless Chromium for the browser tests (Debian's chromium); idempotent
+	@bash scripts/browser.sh
+
 up: install infra ## run the stack (infrastructure + services)
 	@bash scripts/stack.sh up
 
@@ -40,7 +43,7 @@ agent-credentials: install ## issue an agent: signing key, tasks topic, Kafka pr
 demo: ## the original demo over HTTP: credit_analysis with two input turns, live (after `make up`)
 	$(UV) run --frozen python scripts/demo.py
 
-test: install infra ## the whole suite against real Kafka, PostgreSQL and Redis
+test: install infra browser ## the whole suite against real Kafka, PostgreSQL and Redis, and a real browser
 	$(UV) run --frozen --group bench pytest $(PYTEST_ARGS)
 
 test-unit: install ## the fast part: no I/O

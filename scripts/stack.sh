@@ -22,6 +22,12 @@ SERVICES=(
   "agent-echo-http=spine-agent-echo-http"
   "gateway=spine-gateway"
 )
+# The console (DESIGN §13, docs/deploy.md): an HTTP client of the gateway only, on no bus, so
+# not on the list above nor on /status's; started last, once the gateway is up, and stopped
+# first. SPINE_CONSOLE_PORT (8080) and SPINE_CONSOLE_GATEWAY_URL (this gateway) from .env or
+# the environment; it keeps its sessions in the REDIS_URL of .spine/infra.env.
+CONSOLE="console=spine-console"
+
 # What the gateway's /status expects to run (SPINE_EXPECTED_SERVICES, docs/deploy.md): every
 # process above that is on the bus and installed, the services by the name they beat under,
 # the demo Kafka agents as agent:<id> (the registry's catalogue says whether one is active).
@@ -127,7 +133,7 @@ alive() { [[ -f "$RUN/$1.pid" ]] && python3 "$ROOT/scripts/procs.py" alive "$1";
 secured() { [[ ${KAFKA_SECURITY_PROTOCOL:-PLAINTEXT} == SASL_* ]]; }
 credentials_of() { # process name -> its credentials file ("" when it does not log in)
   secured || return 0
-  [[ $1 == agent-echo-http ]] && return 0 # an HTTP server: no Kafka client
+  [[ $1 == agent-echo-http || $1 == console ]] && return 0 # HTTP only: no Kafka client
   echo "${SPINE_KAFKA_CREDENTIALS_DIR:-$ROOT/.spine/credentials}/${SPINE_TOPIC_PREFIX:-}$1.json"
 }
 
@@ -157,11 +163,14 @@ start_one() {
     echo "!!  $name: no credentials file $login (spine-admin issue-services / issue-agent)" >&2
     return 1
   fi
+  # the console signs in with the user's key: it is never handed the master key
+  local withhold=()
+  [[ $name == console ]] && withhold=(-u API_KEY -u SPINE_METRICS_SCRAPE_TOKEN)
   SPINE_OPS_PORT="${!override:-${OPS_PORTS[$name]:-0}}" SPINE_RELAY_ALLOWED_NETWORKS="$allowed" \
     KAFKA_CREDENTIALS_FILE="$login" KAFKA_SASL_USERNAME="" KAFKA_SASL_PASSWORD="" \
     KAFKA_SASL_PASSWORD_FILE="" SPINE_INSTANCE_ID="$instance" \
     SPINE_EXPECTED_SERVICES="$expected" \
-    nohup "$ROOT/.venv/bin/$cmd" >>"$LOGS/$name.log" 2>&1 &
+    nohup env "${withhold[@]}" "$ROOT/.venv/bin/$cmd" >>"$LOGS/$name.log" 2>&1 &
   echo $! > "$RUN/$name.pid"
   python3 "$ROOT/scripts/procs.py" record "$name" "$!" "$instance"
   echo "    $name: started (pid $!, log .spine/logs/$name.log${login:+, Kafka login ${login##*/}})"
@@ -185,28 +194,68 @@ up() {
     echo "==> registering the demo HTTP agent echo-http (as compose's init job does)"
     "$ROOT/.venv/bin/python" "$ROOT/scripts/register_echo_http.py" || return 1
   fi
+  start_console || return 1
   echo "==> AI Spine is up: http://127.0.0.1:$PORT  (API docs: http://127.0.0.1:$PORT/docs)"
+  if alive console; then
+    echo "==> console: http://127.0.0.1:$SPINE_CONSOLE_PORT  (sign in with an API key)"
+  fi
   echo "    master key: API_KEY in .env; Prometheus scrape token: SPINE_METRICS_SCRAPE_TOKEN"
   echo "    (.spine/metrics-scrape-token unless .env or the environment sets it)"
 }
 
+# The console once the gateway answers, then its /healthz (up to 60 s; at once an error when
+# the process has exited).
+start_console() {
+  export SPINE_CONSOLE_PORT="${SPINE_CONSOLE_PORT:-8080}"
+  export SPINE_CONSOLE_GATEWAY_URL="${SPINE_CONSOLE_GATEWAY_URL:-http://127.0.0.1:$PORT}"
+  echo "==> starting the console (gateway $SPINE_CONSOLE_GATEWAY_URL)"
+  start_one "${CONSOLE%%=*}" "${CONSOLE#*=}"
+  alive console || return 0 # not installed: start_one said so
+  echo "==> waiting for the console on port $SPINE_CONSOLE_PORT (/healthz)"
+  if ! python3 - "$SPINE_CONSOLE_PORT" "$ROOT/scripts" <<'PY'
+import sys, time, urllib.request
+port = sys.argv[1]
+sys.path.insert(0, sys.argv[2])
+from procs import running  # an exited console is a zombie until this script reaps it
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            if r.status == 200:
+                sys.exit(0)
+    except OSError:
+        pass
+    if not running("console"):
+        sys.exit("the console exited")
+    time.sleep(0.2)
+sys.exit("the console did not answer /healthz within 60 s")
+PY
+  then
+    echo "!!  last console log lines:" >&2
+    tail -n 30 "$LOGS/console.log" >&2 || true
+    return 1
+  fi
+}
+
+stop_one() {
+  local name=$1 pid
+  if alive "$name"; then
+    pid=$(cat "$RUN/$name.pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    echo "    $name: stopped"
+  fi
+  rm -f "$RUN/$name.pid" "$RUN/$name.identity"
+}
+
 down() {
-  local name pid
-  for (( i=${#SERVICES[@]}-1; i>=0; i-- )); do
-    name="${SERVICES[$i]%%=*}"
-    if alive "$name"; then
-      pid=$(cat "$RUN/$name.pid")
-      kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-      echo "    $name: stopped"
-    fi
-    rm -f "$RUN/$name.pid" "$RUN/$name.identity"
-  done
+  stop_one "${CONSOLE%%=*}"
+  for (( i=${#SERVICES[@]}-1; i>=0; i-- )); do stop_one "${SERVICES[$i]%%=*}"; done
 }
 
 status() {
-  for entry in "${SERVICES[@]}"; do
+  for entry in "${SERVICES[@]}" "$CONSOLE"; do
     name="${entry%%=*}"
     if alive "$name"; then echo "$name: running (pid $(cat "$RUN/$name.pid"))"; else echo "$name: stopped"; fi
   done

@@ -146,6 +146,14 @@ PROCESSES: tuple[Process, ...] = (
         ("agents/src/spine_demo_agents/echo_http.py",),
         http_bind=("ECHO_HTTP_HOST", "port"),
     ),
+    # the web console (DESIGN §13): an HTTP client of the gateway, on no bus
+    Process(
+        "console",
+        "spine-console",
+        "spine_console.settings:ConsoleSettings",
+        ("services/console/src/spine_console",),
+        http_bind=("SPINE_CONSOLE_HOST", "port"),
+    ),
 )
 BY_NAME = {p.name: p for p in PROCESSES}
 #: Console scripts that are the operator's tools, not processes a deployment runs (compose's

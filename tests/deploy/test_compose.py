@@ -332,6 +332,30 @@ def test_gateway_port_secret_and_flows(compose: dict[str, Any]) -> None:
     assert (COMPOSE_FILE.parent / "../flows").resolve() == ROOT / "flows"
 
 
+def test_the_console_after_the_gateway_without_the_master_key(compose: dict[str, Any]) -> None:
+    """DESIGN §13: the console on port 8080, a client of the gateway's HTTP API (started once
+    the gateway is healthy), its sessions in Redis; it is never handed the master key and
+    has no Kafka login."""
+    services = compose["services"]
+    console = services["console"]
+    assert console["command"] == ["spine-console"]
+    assert any(str(p).endswith(":8080") for p in console["ports"]), "console on port 8080"
+    env = environment(console)
+    assert env["SPINE_CONSOLE_HOST"] == "0.0.0.0" and env["SPINE_CONSOLE_PORT"] == "8080"
+    gateway_port = environment(services["gateway"])["PORT"]
+    assert env["SPINE_CONSOLE_GATEWAY_URL"] == f"http://gateway:{gateway_port}"
+    assert env["REDIS_URL"] == environment(services["gateway"])["REDIS_URL"]
+    assert env["SPINE_CONSOLE_COOKIE_SECURE"] == "false"  # http://localhost
+    assert not {"API_KEY", "SPINE_METRICS_SCRAPE_TOKEN", "DATABASE_URL"} & set(env)
+    assert not any(k.startswith("KAFKA_") for k in env)
+    assert console["depends_on"]["gateway"]["condition"] == "service_healthy"
+    assert console["depends_on"]["redis"]["condition"] == "service_healthy"
+    test = " ".join(map(str, console["healthcheck"]["test"]))
+    assert "http://127.0.0.1:8080/healthz" in test
+    assert console["image"] == services["gateway"]["image"]
+    assert not console.get("volumes"), "nothing to keep: sessions live in Redis"
+
+
 def test_the_gateway_expects_every_process_on_the_bus(compose: dict[str, Any]) -> None:
     """/status is 503 while something on SPINE_EXPECTED_SERVICES has nothing running: the
     list names exactly the services and Kafka agents this file runs."""

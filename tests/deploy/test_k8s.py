@@ -535,3 +535,43 @@ def test_the_generator_refuses_a_principal_kubernetes_cannot_name(
 ) -> None:
     with pytest.raises(ValueError, match="cannot be a KafkaUser"):
         topic_generator.kafka_users(prefix="Stage_")
+
+
+# --- the console ----------------------------------------------------------------------------
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_console_is_probed_and_served_and_holds_no_secret_but_redis(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """DESIGN §13: its own Deployment, alive on /healthz, ready on /readyz (Redis and the
+    gateway answer), a Service; an HTTP client of the gateway only — no Kafka login, no
+    database, never the master key."""
+    docs = rendered[overlay]
+    container = _container(of_kind(docs, "Deployment")["console"])
+    assert container["command"] == ["spine-console"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8080}
+    for kind, path in (
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ):
+        assert container[kind]["httpGet"] == {"path": path, "port": "http"}, kind
+    env = container_env(docs, container)
+    assert env["SPINE_CONSOLE_HOST"] == "0.0.0.0"
+    assert int(env["SPINE_CONSOLE_PORT"]) == ports["http"]
+    gateway = of_kind(docs, "Service")["gateway"]
+    [gateway_port] = gateway["spec"]["ports"]
+    assert env["SPINE_CONSOLE_GATEWAY_URL"] == f"http://gateway:{gateway_port['port']}"
+    assert env["SPINE_CONSOLE_COOKIE_SECURE"] == "true"
+    secrets = {
+        item["valueFrom"]["secretKeyRef"]["key"]
+        for item in container["env"]
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+    assert secrets == {"REDIS_URL"}, "the console is given no key: users sign in with theirs"
+    assert not {"KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"} & set(env)
+    service = of_kind(docs, "Service")["console"]
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http"}]
+    assert "console" not in of_kind(docs, "HorizontalPodAutoscaler")
+    replicas = of_kind(docs, "Deployment")["console"]["spec"].get("replicas", 1)
+    assert replicas >= (2 if overlay == "prod" else 1)

@@ -168,3 +168,19 @@ def test_stack_sh_expects_what_it_starts_on_the_bus() -> None:
         "gateway", "orchestrator", "registry", "auth", "metrics", "relay",
         "agent:echo", "agent:zoe", "agent:eddie",
     }  # fmt: skip
+
+
+def test_stack_sh_runs_the_console_off_the_bus() -> None:
+    """`make up` starts the console (DESIGN §13) after the gateway and `make down` stops it:
+    `status` names it; it is on no /status list (an HTTP client, it beats on no topic)."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "stack.sh"), "status"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    names = [line.split(":")[0] for line in out.stdout.splitlines()]
+    assert names[-2:] == ["gateway", "console"], names
+    expected = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "stack.sh"), "expected"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "console" not in expected.stdout
