@@ -159,6 +159,9 @@ BY_NAME = {p.name: p for p in PROCESSES}
 #: Console scripts that are the operator's tools, not processes a deployment runs (compose's
 #: init job and the Kubernetes docs use them).
 OPERATOR_TOOLS = frozenset({"spine-admin"})
+#: Agents a deployment runs only when it has something they need: spine-agent-llm refuses to
+#: start without SPINE_LLM_PROVIDER and SPINE_LLM_MODEL, so the default stack leaves it out.
+OPTIONAL_AGENTS = frozenset({"spine-agent-llm"})
 #: Processes that consume in a Kafka consumer group: replicas beyond the partitions idle.
 GROUP_CONSUMERS = ("orchestrator", "auth", "registry", "zoe", "eddie", "echo")
 DEMO_AGENT_IDS = ("zoe", "eddie", "echo", "echo-http")
