@@ -223,4 +223,5 @@ def test_the_execution_view_shows_every_node_and_the_graph() -> None:
     assert body["nodes"]["ask"]["input"] == {"a": 1}
     assert body["nodes"]["score"]["status"] == "pending"
     assert body["graph"]["edges"][0] == {"from": "ask", "to": "score", "condition": None}
+    assert body["user_id"] == "u"  # the owner: the admin's list spans every tenant
     assert "graph" not in orjson.loads(ExecutionView.of(row).model_dump_json(exclude_none=True))

@@ -296,6 +296,8 @@ class ExecutionView(_Open):
     created_at: str | None
     updated_at: str | None
     completed_at: str | None
+    #: who owns the execution (the admin's list spans every tenant)
+    user_id: str | None = None
     nodes: dict[str, NodeView] | None = None
     #: the detail's: the flow the execution ran, as ``GET /flows/{id}/graph`` draws it
     graph: FlowGraph | None = None
@@ -327,6 +329,7 @@ class ExecutionView(_Open):
             created_at=iso(row["created_at"]),
             updated_at=iso(row["updated_at"]),
             completed_at=iso(row["completed_at"]),
+            user_id=row.get("user_id"),
             nodes=None if nodes is None else {n["node_id"]: NodeView.of(n) for n in nodes},
         )
 

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import auth, executions
+from . import auth, executions, run
 
-ROUTERS: list[APIRouter] = [auth.router, executions.router]
+ROUTERS: list[APIRouter] = [auth.router, executions.router, run.router]

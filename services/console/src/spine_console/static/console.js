@@ -10,3 +10,17 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
 });
+// executions: the list's "created from/to" are the browser's local times; the server
+// converts them to UTC with this offset (minutes, as getTimezoneOffset gives it)
+document.addEventListener("DOMContentLoaded", () => {
+  for (const field of document.querySelectorAll("input[data-tz-offset]")) {
+    field.value = String(new Date().getTimezoneOffset());
+  }
+});
+// live regions: the element holding the SSE connection says whether it is connected
+// (data-live="open" | "retrying" | "closed"); the CSS shows it, tests wait for it
+for (const [event, state] of [["htmx:sseOpen", "open"], ["htmx:sseError", "retrying"], ["htmx:sseClose", "closed"]]) {
+  document.addEventListener(event, (e) => {
+    if (e.target instanceof HTMLElement && e.target.hasAttribute("sse-connect")) e.target.dataset.live = state;
+  });
+}
