@@ -97,16 +97,14 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
             if session is not None:
                 await request.app.state.sessions.drop(session)
             return _to_login(request)
-        titles = {403: "Not allowed", 404: "Not found", 429: "Slow down", 503: "Unavailable"}
+        # the gateway's 4xx is the answer to what was asked (403, 404, 409, 422...); its
+        # 503 says "try again"; any other failure of its own is a bad gateway to the browser
+        status = exc.status if 400 <= exc.status < 500 or exc.status == 503 else 502
         return render(
             request,
             "error.html",
-            {
-                "status": exc.status,
-                "title": titles.get(exc.status, "Error"),
-                "message": exc.message,
-            },
-            status=exc.status if exc.status in titles else 502,
+            {"status": status, "title": _TITLES.get(status, "Error"), "message": exc.message},
+            status=status,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -135,6 +133,20 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         )
 
     return app
+
+
+_TITLES = {
+    400: "Bad request",
+    402: "Not enough credits",
+    403: "Not allowed",
+    404: "Not found",
+    409: "Conflict",
+    413: "Too large",
+    422: "Not valid",
+    429: "Slow down",
+    502: "The gateway failed",
+    503: "Unavailable",
+}
 
 
 def _to_login(request: Request) -> Response:

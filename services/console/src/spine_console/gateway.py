@@ -54,9 +54,19 @@ class Gateway:
             trust_env=False,
             follow_redirects=False,
         )
+        # live pages hold a stream each for as long as they are open: their own pool, so
+        # a hundred open tabs never starve the page requests of connections
+        self._streams = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(timeout_s, read=None),
+            trust_env=False,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._streams.aclose()
 
     async def call(
         self,
@@ -112,11 +122,8 @@ class Gateway:
         headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
-        timeout = httpx.Timeout(10.0, read=None)
         try:
-            async with self._http.stream(
-                "GET", API + path, headers=headers, timeout=timeout
-            ) as response:
+            async with self._streams.stream("GET", API + path, headers=headers) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     raise _error(response)

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import auth, executions, run
+from . import admin, agents, auth, executions, flows, run, usage
 
-ROUTERS: list[APIRouter] = [auth.router, executions.router, run.router]
+ROUTERS: list[APIRouter] = [
+    auth.router,
+    executions.router,
+    run.router,
+    flows.router,
+    agents.router,
+    usage.router,
+    admin.router,
+]
