@@ -9,7 +9,7 @@ CHAOS_ARGS ?=
 # the operator's Kafka login (the admin's, on the secured broker) for tools run from here
 WITH_INFRA_ENV = if [ -f .spine/infra.env ]; then set -a; . .spine/infra.env; set +a; fi;
 
-.PHONY: help install infra infra-down infra-status browser up down test test-unit lint asyncapi clean rebuild bench bench-scenarios chaos demo agent-credentials
+.PHONY: screenshots help install infra infra-down infra-status browser up down test test-unit lint asyncapi clean rebuild bench bench-scenarios chaos demo agent-credentials
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ bench-scenarios: install ## open-loop rates, a tenant during a burst, kill -9 mi
 
 chaos: install infra ## kill -9 every service in turn + restart Kafka under 300 executions, < 10 min (CHAOS_ARGS=--seed 7)
 	$(UV) run --frozen python -m tests.chaos.run $(CHAOS_ARGS)
+
+screenshots: install browser ## the console's pages as PNGs in docs/img (after `make up`)
+	$(UV) run --frozen python scripts/console_screenshots.py
 
 asyncapi: install ## regenerate docs/asyncapi.yaml from the contracts
 	$(UV) run --frozen python -m spine_contracts.asyncapi --write docs/asyncapi.yaml
