@@ -86,26 +86,25 @@ def nice_max(value: float, steps: int = 4) -> int:
     return int(10 * power * steps)  # pragma: no cover - the loop always returns
 
 
-def bucket_label(start: str, bucket: str) -> str:
-    """``14:00`` for an hour, ``12-07`` for a day (UTC); the raw text if it does not read."""
+def _utc(start: str, pattern: str) -> str:
+    """``start`` (ISO) formatted in UTC; the raw text if it does not read."""
     try:
         instant = datetime.fromisoformat(start.replace("Z", "+00:00"))
     except ValueError:
         return start
     if instant.tzinfo is not None:
         instant = instant.astimezone(UTC)
-    return instant.strftime("%H:%M" if bucket == "hour" else "%m-%d")
+    return instant.strftime(pattern)
+
+
+def bucket_label(start: str, bucket: str) -> str:
+    """``14:00`` for an hour, ``12-07`` for a day (UTC); the raw text if it does not read."""
+    return _utc(start, "%H:%M" if bucket == "hour" else "%m-%d")
 
 
 def bucket_name(start: str, bucket: str) -> str:
     """The bucket in full, for titles and the table: ``2026-12-07 14:00`` or ``2026-12-07``."""
-    try:
-        instant = datetime.fromisoformat(start.replace("Z", "+00:00"))
-    except ValueError:
-        return start
-    if instant.tzinfo is not None:
-        instant = instant.astimezone(UTC)
-    return instant.strftime("%Y-%m-%d %H:%M" if bucket == "hour" else "%Y-%m-%d")
+    return _utc(start, "%Y-%m-%d %H:%M" if bucket == "hour" else "%Y-%m-%d")
 
 
 def _count(value: Any) -> int:
