@@ -23,9 +23,10 @@ The real ``openai``/``anthropic`` clients run against :attr:`FakeModelServer.bas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,6 +37,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 Kind = Literal["openai", "anthropic"]
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves the process's signal handlers alone: the test
+    process's SIGTERM handler must not become a bound method of this server, or
+    sse-starlette (which finds "the" uvicorn server through that handler) takes its
+    shutdown for the process's and ends every later SSE response in the session."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
 
 
 @dataclass(frozen=True)
@@ -111,8 +123,7 @@ class FakeModelServer:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server = _QuietServer(config)
         # Listening before uvicorn runs: a client that connects at once waits in the
         # backlog instead of being refused, so there is nothing to wait for here.
         sock.listen(128)
