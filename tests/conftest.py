@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from spine_kafka.security import SECURITY_ENV, KafkaSecurity
-from spine_servicekit.kafka import KafkaConfig, delete_topics_with_prefix, ensure_topics
-from support import revoke_test_principals
+from spine_kafka.security import SECURITY_ENV
+from spine_servicekit.kafka import KafkaConfig
+from support import prefixed_kafka
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA_ENV = ROOT / ".spine" / "infra.env"
@@ -70,17 +70,8 @@ def topic_prefix() -> str:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def kafka(infra: dict[str, str], topic_prefix: str) -> AsyncIterator[KafkaConfig]:
     """A Kafka config with a fresh prefix whose registry topics exist; deleted afterwards."""
-    cfg = KafkaConfig(
-        bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"],
-        prefix=topic_prefix,
-        partitions=TEST_PARTITIONS,
-        client_id="spine-tests",
-        security=KafkaSecurity.from_env(infra),
-    )
-    await ensure_topics(cfg)
-    yield cfg
-    await delete_topics_with_prefix(cfg, topic_prefix)
-    await revoke_test_principals(cfg)
+    async with prefixed_kafka(infra, topic_prefix, TEST_PARTITIONS) as cfg:
+        yield cfg
 
 
 @pytest.fixture(scope="session")

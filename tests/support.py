@@ -17,7 +17,8 @@ import asyncio
 import signal
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,8 +30,10 @@ from spine_admin.connection import Broker
 from spine_contracts import ContractError, Message, parse, to_bytes, topics
 from spine_contracts.signing import RELAY_SIGNER, Signer, load_or_create_key, topic_base
 from spine_contracts.topics import TopicSpec
+from spine_kafka.security import KafkaSecurity
 from spine_servicekit.kafka import (
     KafkaConfig,
+    delete_topics_with_prefix,
     ensure_topics,
     headers_for,
     make_admin,
@@ -292,6 +295,27 @@ def login_env(credentials_file: Path | None) -> dict[str, str]:
         "KAFKA_SASL_PASSWORD": "",
         "KAFKA_SASL_PASSWORD_FILE": "",
     }
+
+
+@asynccontextmanager
+async def prefixed_kafka(
+    infra: Mapping[str, str], prefix: str, partitions: int
+) -> AsyncIterator[KafkaConfig]:
+    """A Kafka config with ``prefix`` whose registry topics exist; the topics and the test
+    principals go afterwards (the ``kafka`` fixtures, module- or package-scoped)."""
+    cfg = KafkaConfig(
+        bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"],
+        prefix=prefix,
+        partitions=partitions,
+        client_id="spine-tests",
+        security=KafkaSecurity.from_env(infra),
+    )
+    await ensure_topics(cfg)
+    try:
+        yield cfg
+    finally:
+        await delete_topics_with_prefix(cfg, prefix)
+        await revoke_test_principals(cfg)
 
 
 async def revoke_test_principals(cfg: KafkaConfig) -> int:

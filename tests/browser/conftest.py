@@ -3,9 +3,9 @@
 download cannot work here.
 
 * ``browser`` (session): one Chromium; a missing one fails the run, never a skip.
-* ``console`` (module): a full stack (:func:`gateway_stack`) and a ``spine-console`` process
-  on a free port, pointed at that gateway, with its own Redis key prefix; it is not given
-  the master key (users sign in with theirs, as in ``make up``).
+* ``console`` (package: one for every module here): a full stack (:func:`gateway_stack`)
+  and a ``spine-console`` process on a free port, pointed at that gateway, with its own
+  Redis key prefix; it is not given the master key (users sign in with theirs, as in ``make up``).
 * ``page`` (function): a fresh browser context; every console error and uncaught page error
   (a CSP violation shows as a console error) fails the test at teardown, listed, unless the
   test said it expects it (:func:`expect_console_error`).
@@ -15,6 +15,7 @@ download cannot work here.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 
@@ -24,7 +25,7 @@ from e2e.harness import BIN, ROOT
 from e2e.test_gateway_e2e import MASTER, gateway_stack
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from spine_servicekit.kafka import KafkaConfig
-from support import spawn, stop
+from support import prefixed_kafka, spawn, stop
 
 from .helpers import (
     WITHHELD,
@@ -51,7 +52,23 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
+TEST_PARTITIONS = int(os.environ.get("SPINE_TEST_PARTITIONS", "2"))
+
+
+@pytest.fixture(scope="package")
+def topic_prefix() -> str:
+    """One prefix for the package: its modules share one stack (each creates its own users),
+    which saves a stack's start per module."""
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
+async def kafka(infra: dict[str, str], topic_prefix: str) -> AsyncIterator[KafkaConfig]:
+    async with prefixed_kafka(infra, topic_prefix, TEST_PARTITIONS) as cfg:
+        yield cfg
+
+
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
 async def console(
     kafka: KafkaConfig, infra: dict[str, str], topic_prefix: str
 ) -> AsyncIterator[Console]:
