@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
+
+from .filters import instant
 
 WIDTH = 760
 HEIGHT = 240
@@ -88,13 +90,8 @@ def nice_max(value: float, steps: int = 4) -> int:
 
 def _utc(start: str, pattern: str) -> str:
     """``start`` (ISO) formatted in UTC; the raw text if it does not read."""
-    try:
-        instant = datetime.fromisoformat(start.replace("Z", "+00:00"))
-    except ValueError:
-        return start
-    if instant.tzinfo is not None:
-        instant = instant.astimezone(UTC)
-    return instant.strftime(pattern)
+    parsed = instant(start)
+    return parsed.astimezone(UTC).strftime(pattern) if parsed is not None else start
 
 
 def bucket_label(start: str, bucket: str) -> str:

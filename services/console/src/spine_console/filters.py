@@ -35,17 +35,23 @@ def pretty_json(value: Any) -> str:
         return str(value)
 
 
+def instant(value: Any) -> datetime | None:
+    """An ISO 8601 instant (UTC when it carries no offset), or ``None``."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def when(value: Any) -> str:
     """An ISO instant as ``2026-12-07 19:45:05 UTC``; anything else as it is."""
-    if not value:
-        return ""
-    try:
-        instant = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return str(value)
-    if instant.tzinfo is None:
-        instant = instant.replace(tzinfo=UTC)
-    return instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    parsed = instant(value)
+    if parsed is None:
+        return str(value) if value else ""
+    return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def duration(ms: Any) -> str:

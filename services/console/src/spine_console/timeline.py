@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from .filters import instant
 
 LABEL_W = 140
 PLOT_W = 560
@@ -51,17 +53,6 @@ class Timeline:
     plot_w: int = PLOT_W
     bar_h: int = BAR_H
     axis_y: int = 0
-
-
-def instant(value: Any) -> datetime | None:
-    """An ISO 8601 instant (UTC when it carries no offset), or ``None``."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _ms(later: datetime, earlier: datetime) -> float:
