@@ -13,6 +13,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from .metering import TokenPrice
+
 NodeType = Literal["input", "processor", "conditional", "output"]
 
 
@@ -62,6 +64,10 @@ class FlowDefinition(BaseModel):
         default=None, ge=0, description="the nodes' wait_for_agent when they set none"
     )
     cost: int = Field(default=1, ge=0)
+    #: credits per 1,000 tokens per model (``"*"``: any other model); needs ``max_credits``
+    pricing: dict[str, TokenPrice] = Field(default_factory=dict)
+    #: reserved when the execution starts, for its base price and its tokens (DESIGN §14)
+    max_credits: int | None = Field(default=None, ge=0, le=1_000_000_000)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     def content_hash(self) -> str:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, Field
 
 from ..envelope import Body, Message, utcnow
+from ..metering import TokenBudget
 
 AgentStatus = Literal["success", "error", "needs_input"]
 
@@ -24,6 +25,9 @@ class AgentMessageData(Body):
     metadata: dict[str, Any] = Field(default_factory=dict)
     timestamp: AwareDatetime = Field(default_factory=utcnow)
     deadline: AwareDatetime | None = None
+    #: a priced flow's credits left for tokens (DESIGN §14); a model agent bounds
+    #: ``max_tokens`` by it
+    budget: TokenBudget | None = None
 
     @property
     def idempotency_key(self) -> str:

@@ -146,7 +146,10 @@ class SettleCreditsData(Body):
     user_id: str
     execution_id: str
     outcome: ExecutionOutcome
+    #: what the policy asks; auth charges at most the reservation, the rest is overshoot
     charge: int = Field(ge=0)
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
 
 
 class SettleCredits(Message):
@@ -272,6 +275,10 @@ class CreditsSettledData(Body):
     charged: int
     refunded: int
     balance: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    #: asked beyond the reservation: recorded, never charged
+    overshoot: int = 0
 
 
 class CreditsSettled(Message):

@@ -27,6 +27,9 @@ class StartExecutionData(Body):
     input_data: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     credits_reserved: int = 0
+    #: the flow's price without tokens (a priced flow reserves ``max_credits`` above it);
+    #: ``None``: the reservation is the price (no pricing)
+    base_credits: int | None = Field(default=None, ge=0)
     #: auth found the user at ``max_in_flight`` (DESIGN §16): record ``execution.queued`` and
     #: dispatch nothing until auth's :class:`ReleaseExecution`
     queued: bool = False
@@ -118,6 +121,7 @@ class ExecutionStartedData(ExecutionEventBody):
     input_data: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     credits_reserved: int = 0
+    base_credits: int | None = Field(default=None, ge=0)
 
 
 class ExecutionStarted(Message):
@@ -228,9 +232,25 @@ class InputReceived(Message):
     data: InputReceivedData
 
 
+class ExecutionUsage(Body):
+    """What an execution's models used and what it is charged (DESIGN §14), on its
+    terminal event. ``charge`` is what the policy asks (docs/credits.md), ``charged`` that
+    capped by the reservation, ``overshoot`` the difference (recorded, never charged)."""
+
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    token_credits: float = Field(default=0.0, ge=0)
+    charge: int = Field(default=0, ge=0)
+    charged: int = Field(default=0, ge=0)
+    overshoot: int = Field(default=0, ge=0)
+    #: agents whose reported usage was not counted (neither system agents nor the owner's)
+    untrusted: tuple[str, ...] = ()
+
+
 class ExecutionCompletedData(ExecutionEventBody):
     output_data: dict[str, Any] = Field(default_factory=dict)
     duration_ms: float | None = None
+    usage: ExecutionUsage | None = None
 
 
 class ExecutionCompleted(Message):
@@ -242,6 +262,7 @@ class ExecutionFailedData(ExecutionEventBody):
     error_message: str
     node_id: str | None = None
     duration_ms: float | None = None
+    usage: ExecutionUsage | None = None
 
 
 class ExecutionFailed(Message):
@@ -252,6 +273,7 @@ class ExecutionFailed(Message):
 class ExecutionCancelledData(ExecutionEventBody):
     reason: str
     duration_ms: float | None = None
+    usage: ExecutionUsage | None = None
 
 
 class ExecutionCancelled(Message):
