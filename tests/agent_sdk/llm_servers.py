@@ -52,9 +52,11 @@ class _QuietServer(uvicorn.Server):
 
 @dataclass(frozen=True)
 class Text:
-    """Answer with this text, streamed a word at a time."""
+    """Answer with this text, streamed a word at a time (``delay`` seconds apart: the pace
+    of a model, so that a reader sees the text arrive in several pieces)."""
 
     text: str
+    delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,7 @@ class FakeModelServer:
                 for word in _words(text):
                     out += 1
                     yield chunk({"content": word})
+                    await _pace(step)
                 finish = "stop"
             yield chunk({}, finish)
             if (body.get("stream_options") or {}).get("include_usage"):
@@ -287,6 +290,7 @@ class FakeModelServer:
                         "content_block_delta",
                         {"index": 0, "delta": {"type": "text_delta", "text": word}},
                     )
+                    await _pace(step)
                 yield event("content_block_stop", {"index": 0})
                 stop = "end_turn"
             else:
@@ -326,6 +330,11 @@ class FakeModelServer:
             yield event("message_stop", {})
 
         return frames()
+
+
+async def _pace(step: Step) -> None:
+    if isinstance(step, Text) and step.delay > 0:
+        await asyncio.sleep(step.delay)
 
 
 def _prompt(kind: Kind, body: dict[str, Any]) -> str:

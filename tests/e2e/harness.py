@@ -58,6 +58,8 @@ COMMANDS = {
     "eddie": ["spine-agent-eddie"],
     "relay": ["spine-relay"],
     "echo-http": ["spine-agent-echo-http"],
+    "llm": ["spine-agent-llm"],  # SPINE_LLM_* from the test
+    "llm-claude": ["spine-agent-llm"],
 }
 #: the processes that beat on spine.services.heartbeats, by the service name they beat under
 BEATING = {
@@ -69,7 +71,14 @@ BEATING = {
     "spine-metrics": "metrics",
 }
 #: the processes that sign what they publish, by the agent id they are issued under
-ISSUED = {"echo": "echo", "zoe": "zoe", "eddie": "eddie", "relay": RELAY_SIGNER}
+ISSUED = {
+    "echo": "echo",
+    "zoe": "zoe",
+    "eddie": "eddie",
+    "relay": RELAY_SIGNER,
+    "llm": "llm",
+    "llm-claude": "llm-claude",
+}
 
 
 def expected_services(processes: tuple[str, ...], agents: tuple[str, ...]) -> str:
