@@ -84,9 +84,19 @@ def reserve(execution_id: str, amount: int = 1, request_id: str | None = None) -
     )
 
 
-def settle(execution_id: str, outcome: str = "completed", charge: int = 1) -> SettleCredits:
+def settle(
+    execution_id: str,
+    outcome: str = "completed",
+    charge: int = 1,
+    tokens: tuple[int, int] = (0, 0),
+) -> SettleCredits:
     return SettleCredits.build(
-        user_id=UID, execution_id=execution_id, outcome=outcome, charge=charge
+        user_id=UID,
+        execution_id=execution_id,
+        outcome=outcome,
+        charge=charge,
+        input_tokens=tokens[0],
+        output_tokens=tokens[1],
     )
 
 
@@ -317,31 +327,54 @@ def test_withdraw_of_a_rejected_unknown_or_settled_reservation_only_answers() ->
 
 
 @pytest.mark.parametrize(
-    ("outcome", "charge", "charged", "refunded"),
+    ("outcome", "charge", "charged", "refunded", "overshoot"),
     [
-        ("completed", 3, 3, 0),
-        ("failed", 0, 0, 3),
-        ("cancelled", 0, 0, 3),
-        ("cancelled", 3, 3, 0),
-        ("completed", 99, 3, 0),
+        ("completed", 3, 3, 0, 0),
+        ("completed", 2, 2, 1, 0),
+        ("failed", 0, 0, 3, 0),
+        ("failed", 5, 3, 0, 2),  # the tokens of a failed run cost more than was reserved
+        ("cancelled", 0, 0, 3, 0),
+        ("cancelled", 3, 3, 0, 0),
+        ("completed", 99, 3, 0, 96),
     ],
 )
-def test_settle_charges_at_most_the_reservation_and_refunds_the_rest(
-    outcome: str, charge: int, charged: int, refunded: int
+def test_settle_charges_at_most_the_reservation_and_records_the_overshoot(
+    outcome: str, charge: int, charged: int, refunded: int, overshoot: int
 ) -> None:
     ledger = Ledger(create(5), reserve("e1", amount=3))
-    d = ledger(settle("e1", outcome, charge))
+    d = ledger(settle("e1", outcome, charge, tokens=(1200, 300)))
     assert types(d.events) == [CreditsSettled] and d.reply is None and d.commands == ()
     event = d.events[0]
     assert isinstance(event, CreditsSettled)
-    assert (event.data.outcome, event.data.charged, event.data.refunded) == (
+    data = event.data
+    assert (data.outcome, data.charged, data.refunded, data.overshoot) == (
         outcome,
         charged,
         refunded,
+        overshoot,
     )
+    assert (data.input_tokens, data.output_tokens) == (1200, 300)
     assert ledger.account.balance == 2 + refunded
-    assert ledger(settle("e1", outcome, charge)).events == ()  # never twice
+    assert (ledger.account.input_tokens, ledger.account.output_tokens) == (1200, 300)
+    assert ledger(settle("e1", outcome, charge, tokens=(1200, 300))).events == ()  # never twice
     assert ledger.account.balance == 2 + refunded
+    assert (ledger.account.input_tokens, ledger.account.output_tokens) == (1200, 300)
+
+
+def test_token_totals_add_up_over_settles_and_survive_a_rebuild() -> None:
+    ledger = Ledger(create(10), reserve("e1", 2), reserve("e2", 2), reserve("e3", 2))
+    ledger(settle("e1", "completed", 2, tokens=(100, 40)))
+    ledger(settle("e2", "failed", 1, tokens=(7, 0)))
+    ledger(withdraw("e3"))  # a withdrawn execution used no model
+    ledger(settle("e3", "cancelled", 0, tokens=(50, 50)))  # too late: nothing counts
+    assert (ledger.account.input_tokens, ledger.account.output_tokens) == (107, 40)
+    decoded = [parse(to_bytes(e)) for e in ledger.log]
+    assert rebuilt(decoded) == ledger.account
+    # a settle event met twice in a fold (a log copied by hand) counts its tokens once
+    settled = [e for e in decoded if isinstance(e, CreditsSettled)]
+    again = rebuilt([*decoded, *settled])
+    assert again is not None
+    assert (again.input_tokens, again.output_tokens) == (107, 40)
 
 
 def test_settle_of_an_unknown_or_rejected_reservation_is_recorded() -> None:
@@ -419,7 +452,8 @@ operations = st.lists(
             st.just("settle"),
             st.sampled_from(EXECUTIONS),
             st.sampled_from(["completed", "failed", "cancelled"]),
-            st.integers(0, 6),
+            st.integers(0, 12),  # reservations are 0-4: often above, as a priced flow asks
+            st.tuples(st.integers(0, 5_000), st.integers(0, 5_000)),
         ),
         st.tuples(st.just("withdraw"), st.sampled_from(EXECUTIONS)),
     ),
@@ -433,7 +467,7 @@ def command_for(op: tuple[Any, ...]) -> Message:
     if op[0] == "reserve":
         return reserve(op[1], op[2])
     if op[0] == "settle":
-        return settle(op[1], op[2], op[3])
+        return settle(op[1], op[2], op[3], op[4])
     return withdraw(op[1])
 
 
@@ -445,11 +479,13 @@ def test_any_interleaving_keeps_the_books_balanced(
     ledger = Ledger(create(initial))
     credited = initial
     charged = 0
+    tokens = [0, 0]
     held: dict[str, int] = {}
     closings: dict[str, int] = {}
     started: list[str] = []
     for op in ops:
-        d = ledger(command_for(op))
+        command = command_for(op)
+        d = ledger(command)
         for e in d.events:
             if isinstance(e, CreditsAdded):
                 credited += e.data.amount
@@ -460,8 +496,18 @@ def test_any_interleaving_keeps_the_books_balanced(
                 amount = held.pop(e.data.execution_id)  # only a held reservation closes
                 closings[e.data.execution_id] = closings.get(e.data.execution_id, 0) + 1
                 if isinstance(e, CreditsSettled):
+                    assert isinstance(command, SettleCredits)
+                    asked = command.data
                     assert e.data.charged + e.data.refunded == amount
+                    assert e.data.charged == min(asked.charge, amount)  # never past the hold
+                    assert e.data.overshoot == asked.charge - e.data.charged >= 0
+                    assert (e.data.input_tokens, e.data.output_tokens) == (
+                        asked.input_tokens,
+                        asked.output_tokens,
+                    )
                     charged += e.data.charged
+                    tokens[0] += e.data.input_tokens
+                    tokens[1] += e.data.output_tokens
                 else:
                     assert e.data.refunded == amount
         started += [c.data.execution_id for c in d.commands if isinstance(c, StartExecution)]
@@ -472,6 +518,7 @@ def test_any_interleaving_keeps_the_books_balanced(
         assert balance >= 0
         assert balance == credited - charged - sum(held.values())
         assert ledger.account.held == sum(held.values())
+        assert [ledger.account.input_tokens, ledger.account.output_tokens] == tokens
     assert all(n == 1 for n in closings.values())  # refunded or charged at most once
     assert len(started) == len(set(started))  # an execution is started at most once
     # closing whatever is still held squares the books: balance = credits in - charged

@@ -152,9 +152,16 @@ def reserve(user_id: str, execution_id: str, amount: int = 1) -> ReserveCredits:
     )
 
 
-def settle(user_id: str, execution_id: str, outcome: str, charge: int) -> SettleCredits:
+def settle(
+    user_id: str, execution_id: str, outcome: str, charge: int, tokens: tuple[int, int] = (0, 0)
+) -> SettleCredits:
     return SettleCredits.build(
-        user_id=user_id, execution_id=execution_id, outcome=outcome, charge=charge
+        user_id=user_id,
+        execution_id=execution_id,
+        outcome=outcome,
+        charge=charge,
+        input_tokens=tokens[0],
+        output_tokens=tokens[1],
     )
 
 
@@ -344,11 +351,12 @@ async def test_settling_charges_per_outcome_and_never_twice(
     await answers.until(replies(answers, *(f"reserve-{e}" for e in runs)))
     assert all(reply(answers, f"reserve-{e}").data.ok for e in runs)
 
-    # what the orchestrator's credit_charge sends: completed pays, failed does not,
-    # cancelled pays only when an agent already delivered work
+    # what the orchestrator's credit_charge sends: completed pays (here base and tokens,
+    # more than was reserved), failed pays only its tokens, cancelled pays only when an
+    # agent already delivered work
     settles = [
-        settle("cy", "done", "completed", 2),
-        settle("cy", "broken", "failed", 0),
+        settle("cy", "done", "completed", 3, tokens=(1500, 500)),
+        settle("cy", "broken", "failed", 1, tokens=(200, 0)),
         settle("cy", "stopped-late", "cancelled", 2),
         settle("cy", "stopped-early", "cancelled", 0),
     ]
@@ -359,19 +367,24 @@ async def test_settling_charges_per_outcome_and_never_twice(
 
     settled = {m.data.execution_id: m.data for m in events.of(CreditsSettled)}
     assert len(events.of(CreditsSettled)) == 4
-    assert {e: (d.outcome, d.charged, d.refunded) for e, d in settled.items()} == {
-        "done": ("completed", 2, 0),
-        "broken": ("failed", 0, 2),
-        "stopped-late": ("cancelled", 2, 0),
-        "stopped-early": ("cancelled", 0, 2),
+    assert {e: (d.outcome, d.charged, d.refunded, d.overshoot) for e, d in settled.items()} == {
+        "done": ("completed", 2, 0, 1),  # never charged past the reservation
+        "broken": ("failed", 1, 1, 0),
+        "stopped-late": ("cancelled", 2, 0, 0),
+        "stopped-early": ("cancelled", 0, 2, 0),
     }
-    assert reply(answers, "add-cy").data.body["balance"] == 10 - 4 + 1
+    assert (settled["done"].input_tokens, settled["done"].output_tokens) == (1500, 500)
+    assert reply(answers, "add-cy").data.body["balance"] == 10 - 5 + 1
 
     await caught_up(projector, events)
     user, movements = await read_model(database_url, pg_schema, "cy")
-    assert user["balance"] == 7
-    assert sum(m["charged"] for m in movements if m["kind"] == "settled") == 4
-    assert sum(m["amount"] for m in movements) == 7
+    assert user["balance"] == 6
+    assert (user["input_tokens"], user["output_tokens"]) == (1700, 500)  # each settle once
+    done = [m for m in movements if m["kind"] == "settled"]
+    assert sum(m["charged"] for m in done) == 5
+    assert sum(m["overshoot"] for m in done) == 1
+    assert sum(m["input_tokens"] for m in done) == 1700
+    assert sum(m["amount"] for m in movements) == 6
 
 
 async def test_withdraw_refunds_and_cancels_the_execution(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from spine_console import chart
 
@@ -111,3 +113,43 @@ def test_ranges_are_whole_buckets_ending_with_the_current_one() -> None:
         "to": now.isoformat(),
         "bucket": "day",
     }
+
+
+def _cells(html: str, row_name: str) -> list[str]:
+    """The data cells of the table row headed ``row_name``."""
+    row = html.split(f'<th scope="row">{row_name}</th>', 1)[1].split("</tr>", 1)[0]
+    return re.findall(r"<td>([^<]*)</td>", row)
+
+
+def test_the_page_shows_tokens_per_bucket_in_totals_and_for_the_user() -> None:
+    from spine_console.pages import templates
+    from spine_console.routes.usage import page_context
+
+    buckets = _hours([(1, 1, 0), (0, 0, 0)])
+    buckets[0] |= {"input_tokens": 1200, "output_tokens": 340, "tokens": 1540}
+    buckets[1] |= {"input_tokens": 0, "output_tokens": 0, "tokens": 0}
+    totals = {"started": 1, "completed": 1, "failed": 0, "cancelled": 0, "credits": 2}
+    series = {
+        "bucket": "hour",
+        "buckets": buckets,
+        "totals": totals | {"input_tokens": 1200, "output_tokens": 340, "tokens": 1540},
+    }
+    usage = {"credits_used_last_24h": 2, "requests_last_24h": 3, "errors_last_24h": 0}
+    me = {"balance": 8, "usage": usage, "tokens": {"input": 5000, "output": 700}}
+    context = page_context(series, me, "24h", "hour")
+    assert [b.value for b in context["tokens"].bars] == [1200, 340, 0, 0]
+
+    page = templates.env.get_template("usage/page.html")
+    html = page.render(session=None, path="/usage", **context)
+    assert '<th scope="col">Input tokens</th><th scope="col">Output tokens</th>' in html
+    assert _cells(html, "2026-12-07 00:00") == ["1", "1", "0", "0", "2", "1200", "340"]
+    assert _cells(html, "2026-12-07 01:00")[-2:] == ["0", "0"]
+    assert "<dt>Input tokens</dt><dd>1200</dd>" in html
+    assert '<dd id="tokens">5000 in, 700 out</dd>' in html
+    assert "Input tokens 2026-12-07 00:00: 1200" in html  # the chart's bar titles
+
+    # the admin's view (no /users/me), and a gateway that does not send tokens yet
+    old = {"bucket": "hour", "buckets": _hours([(1, 1, 0)]), "totals": totals}
+    html = page.render(session=None, path="/usage", **page_context(old, None, "24h", "hour"))
+    assert _cells(html, "2026-12-07 00:00")[-2:] == ["0", "0"]
+    assert 'id="tokens"' not in html

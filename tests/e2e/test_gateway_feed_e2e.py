@@ -292,7 +292,9 @@ async def test_usage_counts_executions_and_credits_per_bucket(api: Api, settles:
     charged = await settles.of(*mine, theirs)
     # the settles are on the topic; /users/me waits for the read model to hold them
     for k in (key, other["api_key"]):
-        assert (await api.http.get("/api/v1/users/me", headers=api.auth(k))).status_code == 200
+        me = await api.http.get("/api/v1/users/me", headers=api.auth(k))
+        assert me.status_code == 200
+        assert me.json()["tokens"] == {"input": 0, "output": 0}  # echo runs no model
 
     r = await api.http.get("/api/v1/usage", headers=api.auth(key))
     assert r.status_code == 200, r.text
@@ -309,7 +311,7 @@ async def test_usage_counts_executions_and_credits_per_bucket(api: Api, settles:
     totals = body["totals"]
     assert (totals["started"], totals["completed"], totals["failed"]) == (2, 2, 0)
     assert totals["credits"] == charged[mine[0]] + charged[mine[1]] > 0
-    assert totals["tokens"] is None
+    assert (totals["input_tokens"], totals["output_tokens"], totals["tokens"]) == (0, 0, 0)
     for execution in mine:  # each in the bucket of its own hour
         row = (await api.http.get(f"/api/v1/executions/{execution}", headers=api.auth(key))).json()
         hour = datetime.fromisoformat(row["created_at"]).replace(minute=0, second=0, microsecond=0)

@@ -22,6 +22,7 @@ from spine_contracts import (
     ExecutionQueued,
     ExecutionStarted,
     Message,
+    UserCreated,
 )
 from spine_gateway.feed import ExecutionFeed, format_cursor
 from spine_gateway.projection import (
@@ -174,8 +175,8 @@ async def test_a_read_after_a_cursor_gets_what_follows_for_its_tenant(pool: asyn
     assert format_cursor(cursor).count(":") == len(cursor)
 
 
-async def test_settles_give_the_credits_charged_once(pool: asyncpg.Pool) -> None:
-    def settle(eid: str, charged: int, at: datetime) -> Message:
+async def test_settles_give_the_credits_and_tokens_charged_once(pool: asyncpg.Pool) -> None:
+    def settle(eid: str, charged: int, at: datetime, tokens: tuple[int, int]) -> Message:
         m = CreditsSettled.build(
             user_id="u1",
             execution_id=eid,
@@ -183,20 +184,33 @@ async def test_settles_give_the_credits_charged_once(pool: asyncpg.Pool) -> None
             charged=charged,
             refunded=0,
             balance=10,
+            input_tokens=tokens[0],
+            output_tokens=tokens[1],
         )
         return m.model_copy(update={"occurred_at": at})
 
-    items = _incoming([settle("e1", 3, T0), settle("e2", 2, T0 + HOUR)], 0, 0)
+    created = UserCreated.build(
+        user_id="u1", email="u1@x.test", rate_limit=5, key_hash="a" * 64, balance=15
+    ).model_copy(update={"occurred_at": T0 - HOUR})
+    items = _incoming(
+        [created, settle("e1", 3, T0, (100, 20)), settle("e2", 2, T0 + HOUR, (0, 0))], 0, 0
+    )
     apply = users_projection(Marks()).apply
     async with pool.acquire() as conn:
-        for batch in (items, items[:1]):  # a repeat changes nothing
+        for batch in (items, items[1:], items[1:2] * 2):  # a repeat changes nothing
             async with conn.transaction():
                 await apply(conn, batch)
     rows = await pool.fetch("SELECT * FROM credits_charged ORDER BY execution_id")
-    assert [(r["execution_id"], r["user_id"], r["charged"], r["settled_at"]) for r in rows] == [
-        ("e1", "u1", 3, T0),
-        ("e2", "u1", 2, T0 + HOUR),
+    assert [
+        (r["execution_id"], r["user_id"], r["charged"], r["settled_at"])
+        + (r["input_tokens"], r["output_tokens"])
+        for r in rows
+    ] == [
+        ("e1", "u1", 3, T0, 100, 20),
+        ("e2", "u1", 2, T0 + HOUR, 0, 0),
     ]
+    user = await pool.fetchrow("SELECT * FROM users WHERE user_id = 'u1'")
+    assert (user["balance"], user["input_tokens"], user["output_tokens"]) == (10, 100, 20)
 
 
 async def test_the_usage_series_counts_per_bucket_with_empty_ones_as_zeros(
@@ -209,39 +223,46 @@ async def test_the_usage_series_counts_per_bucket_with_empty_ones_as_zeros(
     other = T0 + timedelta(minutes=10)
     await _apply(pool, _incoming(_owned(execution_trail("c", other), "u2"), 1, 0), 100)
     charged = [
-        ("a", "u1", 3, T0 + timedelta(seconds=9)),
-        ("b", "u1", 5, late),
-        ("c", "u2", 7, other),
+        ("a", "u1", 3, T0 + timedelta(seconds=9), 1000, 200),
+        ("b", "u1", 5, late, 40, 2),
+        ("c", "u2", 7, other, 9, 9),
     ]
     await pool.executemany(
-        "INSERT INTO credits_charged (execution_id, user_id, charged, settled_at)"
-        " VALUES ($1, $2, $3, $4)",
+        "INSERT INTO credits_charged (execution_id, user_id, charged, settled_at,"
+        " input_tokens, output_tokens) VALUES ($1, $2, $3, $4, $5, $6)",
         charged,
     )
     series = UsageSeries(pool)
     span = usage_range(T0 - HOUR, T0 + 3 * HOUR, "hour", T0)
     mine = (await series.series("u1", span)).model_dump(by_alias=True)
     assert mine["from"] == (T0 - HOUR).isoformat() and mine["to"] == (T0 + 3 * HOUR).isoformat()
-    got = [(b["start"], b["started"], b["completed"], b["credits"]) for b in mine["buckets"]]
-    assert got == [
-        ((T0 - HOUR).isoformat(), 0, 0, 0),
-        (T0.isoformat(), 1, 1, 3),
-        ((T0 + HOUR).isoformat(), 0, 0, 0),
-        ((T0 + 2 * HOUR).isoformat(), 1, 1, 5),
+    got = [
+        (b["start"], b["started"], b["completed"], b["credits"])
+        + (b["input_tokens"], b["output_tokens"], b["tokens"])
+        for b in mine["buckets"]
     ]
-    assert all(b["tokens"] is None and b["failed"] == 0 for b in mine["buckets"])
+    assert got == [
+        ((T0 - HOUR).isoformat(), 0, 0, 0, 0, 0, 0),
+        (T0.isoformat(), 1, 1, 3, 1000, 200, 1200),
+        ((T0 + HOUR).isoformat(), 0, 0, 0, 0, 0, 0),
+        ((T0 + 2 * HOUR).isoformat(), 1, 1, 5, 40, 2, 42),
+    ]
+    assert all(b["failed"] == 0 for b in mine["buckets"])
     assert mine["totals"] == {
         "started": 2,
         "completed": 2,
         "failed": 0,
         "cancelled": 0,
         "credits": 8,
-        "tokens": None,
+        "input_tokens": 1040,
+        "output_tokens": 202,
+        "tokens": 1242,
     }
     everyone = (await series.series(None, span)).model_dump(by_alias=True)
     assert everyone["user_id"] is None
     assert [b["started"] for b in everyone["buckets"]] == [0, 2, 0, 1]
     assert everyone["totals"]["credits"] == 15
+    assert (everyone["totals"]["input_tokens"], everyone["totals"]["output_tokens"]) == (1049, 211)
     day = usage_range(T0, T0 + HOUR, "day", T0)
     whole = (await series.series("u2", day)).model_dump(by_alias=True)
     assert len(whole["buckets"]) == 1 and whole["totals"]["credits"] == 7

@@ -42,6 +42,7 @@ from spine_gateway.projection import (
     FEED_DDL,
     KEYS_DDL,
     LIMITS_DDL,
+    TOKENS_DDL,
     USAGE_DDL,
     USERS_DDL,
     Marks,
@@ -85,6 +86,7 @@ async def conn(database_url: str, pg_schema: str) -> AsyncIterator[asyncpg.Conne
     await connection.execute(KEYS_DDL)
     await connection.execute(LIMITS_DDL)
     await connection.execute(CREDITS_DDL)
+    await connection.execute(TOKENS_DDL)
     try:
         yield connection
     finally:
@@ -270,30 +272,35 @@ async def test_users_balances_fold_per_batch_and_keep_the_order_of_the_rest(
     them still lands in order, so every batch size gives the one-by-one rows."""
     rows = []
     for size in (1, 2, 100):
-        uid = f"u-{uuid.uuid4().hex[:8]}"
+        uid = f"u-{uuid.uuid4().hex[:8]}"  # and its own executions: each settles once
         h1, h2, h3 = (uuid.uuid4().hex * 2 for _ in range(3))
         built: list[Message] = [
             UserCreated.build(
                 user_id=uid, email=f"{uid}@x.test", rate_limit=5, key_hash=h1, balance=10
             ),
-            CreditsReserved.build(user_id=uid, execution_id="e1", amount=2, balance=8),
+            CreditsReserved.build(user_id=uid, execution_id=f"{uid}-e1", amount=2, balance=8),
             KeyRotated.build(user_id=uid, key_hash=h2, previous_key_hash=h1),
-            CreditsReserved.build(user_id=uid, execution_id="e2", amount=2, balance=6),
+            CreditsReserved.build(user_id=uid, execution_id=f"{uid}-e2", amount=2, balance=6),
             CreditsSettled.build(
                 user_id=uid,
-                execution_id="e1",
+                execution_id=f"{uid}-e1",
                 outcome="completed",
                 charged=2,
                 refunded=0,
                 balance=6,
+                input_tokens=120,
+                output_tokens=30,
+                overshoot=1,
             ),
             CreditsSettled.build(
                 user_id=uid,
-                execution_id="e2",
+                execution_id=f"{uid}-e2",
                 outcome="failed",
                 charged=0,
                 refunded=2,
                 balance=8,
+                input_tokens=5,
+                output_tokens=7,
             ),
             KeyRotated.build(user_id=uid, key_hash=h3, previous_key_hash=h2),
         ]
@@ -304,6 +311,7 @@ async def test_users_balances_fold_per_batch_and_keep_the_order_of_the_rest(
                 await apply(conn, items[i : i + size])
         row = dict(await conn.fetchrow("SELECT * FROM users WHERE user_id = $1", uid))
         assert (row["balance"], row["key_hash"]) == (8, h3)
+        assert (row["input_tokens"], row["output_tokens"]) == (125, 37)  # the settles' sum
         assert row["updated_at"] == T0 + timedelta(seconds=6)
         rows.append({k: v for k, v in row.items() if k not in ("user_id", "email", "key_hash")})
     assert rows[0] == rows[1] == rows[2]

@@ -34,8 +34,12 @@ Rules (the credit policy is written up in ``docs/credits.md``):
   refunded (``ReservationWithdrawn``) and its execution cancelled; anything else only
   gets an answer.
 * ``SettleCredits`` (the orchestrator, once an execution ended): the held amount is
-  split into ``charged = min(charge, amount)`` and ``refunded = amount - charged``. A
-  reservation is settled or withdrawn at most once, so nothing is refunded twice.
+  split into ``charged = min(charge, amount)`` and ``refunded = amount - charged``; what
+  the policy asked beyond the reservation (a priced flow's tokens may cost more than
+  ``max_credits``) is ``overshoot = charge - charged``, recorded on ``CreditsSettled``
+  and never charged, so the balance cannot go below zero. The settle's token counts are
+  added to the account's running totals. A reservation is settled or withdrawn at most
+  once, so nothing is refunded (nor any token counted) twice.
 * Unknown user: ``AuthCommandRejected`` (USER_NOT_FOUND).
 
 Fair sharing (DESIGN §16), with :class:`Limits` (the service's defaults and the
@@ -223,6 +227,9 @@ class UserAccount:
     in_flight: int = 0
     #: queued executions (credits held, not started), oldest first
     queue: dict[str, None] = field(default_factory=dict)
+    #: model tokens of every settled execution (trusted usage only, docs/credits.md)
+    input_tokens: int = 0
+    output_tokens: int = 0
 
     @property
     def held(self) -> int:
@@ -635,6 +642,9 @@ class _Step:
             charged=charged,
             refunded=refunded,
             balance=acc.balance + refunded,
+            input_tokens=d.input_tokens,
+            output_tokens=d.output_tokens,
+            overshoot=d.charge - charged,
         )
         self.release()
 
@@ -799,6 +809,9 @@ def _apply(acc: UserAccount | None, event: Message) -> UserAccount | None:
         amount = settled.charged + settled.refunded
         _leave(acc, settled.execution_id)
         held = acc.reservations.get(settled.execution_id, Reservation(amount))
+        if held.status != "settled":  # the totals, like the balance, move once per execution
+            acc.input_tokens += settled.input_tokens
+            acc.output_tokens += settled.output_tokens
         acc.reservations[settled.execution_id] = replace(
             held, status="settled", charged=settled.charged, refunded=settled.refunded
         )

@@ -28,6 +28,10 @@ EXECUTION_SERIES: tuple[tuple[str, str], ...] = (
     ("failed", "Failed"),
 )
 CREDIT_SERIES: tuple[tuple[str, str], ...] = (("credits", "Credits"),)
+TOKEN_SERIES: tuple[tuple[str, str], ...] = (
+    ("input_tokens", "Input tokens"),
+    ("output_tokens", "Output tokens"),
+)
 
 
 @dataclass(frozen=True)

@@ -623,14 +623,17 @@ class Usage(_Open):
 
 
 class UsageCounts(_Open):
-    """Executions started and ended, credits charged (and tokens: not metered yet)."""
+    """Executions started and ended, credits charged and the model tokens they paid for
+    (``tokens``: input and output together)."""
 
     started: int
     completed: int
     failed: int
     cancelled: int
     credits: int
-    tokens: int | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tokens: int = 0
 
 
 class UsageBucket(UsageCounts):
@@ -650,6 +653,13 @@ class UsageSeriesView(_Open):
     totals: UsageCounts
 
 
+class TokenTotals(_Open):
+    """Model tokens of a user's settled executions (docs/credits.md, Priced flows)."""
+
+    input: int = 0
+    output: int = 0
+
+
 class UserView(_Open):
     user_id: str
     email: str
@@ -661,6 +671,7 @@ class UserView(_Open):
     #: the user's own limits (DESIGN §16); ``None``: the service's default
     max_in_flight: int | None = None
     max_queued: int | None = None
+    tokens: TokenTotals = Field(default_factory=TokenTotals)
     created_at: str | None
     updated_at: str | None
 
@@ -678,6 +689,9 @@ class UserView(_Open):
             "rate_limit": u["rate_limit"],
             "max_in_flight": u.get("max_in_flight"),
             "max_queued": u.get("max_queued"),
+            "tokens": TokenTotals(
+                input=int(u.get("input_tokens") or 0), output=int(u.get("output_tokens") or 0)
+            ),
             "created_at": iso(u["created_at"]),
             "updated_at": iso(u["updated_at"]),
         }

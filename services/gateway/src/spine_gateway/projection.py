@@ -1,7 +1,8 @@
 """The gateway's own read model: five projections into its schema (docs/api.md, docs/operations.md).
 
-* ``gw_users``      ← ``spine.auth.events``: user, key hash, balance, rate limit, and the
-  credits each execution was charged at its settle (``credits_charged``, for ``/usage``).
+* ``gw_users``      ← ``spine.auth.events``: user, key hash, balance, rate limit, the
+  user's token totals, and the credits and tokens each execution was charged at its
+  settle (``credits_charged``, for ``/usage``).
 * ``gw_flows``      ← ``spine.flows``: the current definition of every flow.
 * ``gw_agents``     ← ``spine.registry.events``: the agent catalogue.
 * ``gw_executions`` ← ``spine.executions.events``: executions, their nodes, the
@@ -178,17 +179,44 @@ CREATE INDEX credits_charged_at ON credits_charged (settled_at);
 """
 
 
+#: One round trip for a batch's settles: the rows new to ``credits_charged`` (an execution
+#: settles once) add their tokens to their users' totals, so a repeat adds nothing.
+_CHARGED_INSERT = """
+WITH new AS (
+    INSERT INTO credits_charged (execution_id, user_id, charged, settled_at, input_tokens,
+                                 output_tokens)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[],
+                         $5::bigint[], $6::bigint[])
+    ON CONFLICT (execution_id) DO NOTHING
+    RETURNING user_id, input_tokens, output_tokens
+)
+UPDATE users AS u SET input_tokens = u.input_tokens + n.input_tokens,
+    output_tokens = u.output_tokens + n.output_tokens
+FROM (SELECT user_id, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens
+      FROM new GROUP BY user_id) AS n
+WHERE u.user_id = n.user_id
+"""
+
 #: ``GET /users``: newest first, a keyset page
 USERS_LIST_DDL = "CREATE INDEX users_page ON users (created_at DESC, user_id DESC);"
+#: credits per token (docs/credits.md): a user's model tokens (``/users/me``) and each
+#: settle's (``/usage``); settles from before these columns count 0 tokens
+TOKENS_DDL = """
+ALTER TABLE users ADD COLUMN IF NOT EXISTS input_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS output_tokens bigint NOT NULL DEFAULT 0;
+ALTER TABLE credits_charged ADD COLUMN IF NOT EXISTS input_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS output_tokens bigint NOT NULL DEFAULT 0;
+"""
 
 
 def users_projection(marks: Marks) -> Projection:
     """Balance events carry the balance after them, so a batch's run of them for one user
-    is one update (the last); every execution moves a balance twice."""
+    is one update (the last); every execution moves a balance twice. No event carries a
+    user's token totals: a settle adds its tokens when its ``credits_charged`` row is new."""
 
     async def apply(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> None:
         balances: dict[str, tuple[int, datetime]] = {}
-        charged: list[tuple[str, str, int, datetime]] = []
+        charged: list[tuple[str, str, int, datetime, int, int]] = []
 
         async def flush() -> None:
             if balances:
@@ -207,7 +235,14 @@ def users_projection(marks: Marks) -> Projection:
                 elif isinstance(m, CreditsSettled):
                     settled = m.data
                     charged.append(
-                        (settled.execution_id, settled.user_id, settled.charged, _ts(item))
+                        (
+                            settled.execution_id,
+                            settled.user_id,
+                            settled.charged,
+                            _ts(item),
+                            settled.input_tokens,
+                            settled.output_tokens,
+                        )
                     )
                 continue
             await flush()  # keep the order of every other statement
@@ -300,17 +335,15 @@ def users_projection(marks: Marks) -> Projection:
                 marks.put("key_revoked", m.data.key_id, item)
         await flush()
         if charged:
-            await conn.executemany(
-                """INSERT INTO credits_charged (execution_id, user_id, charged, settled_at)
-                   VALUES ($1, $2, $3, $4) ON CONFLICT (execution_id) DO NOTHING""",
-                charged,
+            await conn.execute(
+                _CHARGED_INSERT, *(list(column) for column in zip(*charged, strict=True))
             )
 
     return Projection(
         "gw_users",
         (topics.AUTH_EVENTS,),
         apply,
-        migrations=(USERS_DDL, KEYS_DDL, LIMITS_DDL, USERS_LIST_DDL, CREDITS_DDL),
+        migrations=(USERS_DDL, KEYS_DDL, LIMITS_DDL, USERS_LIST_DDL, CREDITS_DDL, TOKENS_DDL),
     )
 
 

@@ -1,12 +1,12 @@
-"""Usage over time (``GET /usage``): executions started and ended, and credits charged, per
-hour or day, from the read model.
+"""Usage over time (``GET /usage``): executions started and ended, and credits and model
+tokens charged, per hour or day, from the read model.
 
 Buckets are UTC hours or days: ``from`` is rounded down and ``to`` up to a bucket's edge,
 so a chart's bars line up whatever the request's times; without ``from`` the series is the
 24 buckets up to and including the current one. An execution counts as started in the
-bucket of its creation, as completed/failed/cancelled in that of its end; its credits in
-that of its settle (``credits_charged``, projected from auth's ``CreditsSettled``).
-Tokens are not metered yet: ``null``.
+bucket of its creation, as completed/failed/cancelled in that of its end; its credits and
+tokens in that of its settle (``credits_charged``, projected from auth's
+``CreditsSettled``, which carries the execution's trusted token counts: docs/credits.md).
 """
 
 from __future__ import annotations
@@ -91,12 +91,14 @@ WITH started AS (
            count(*) FILTER (WHERE status = 'cancelled') AS cancelled
     FROM executions WHERE {who} completed_at >= $1 AND completed_at < $2 GROUP BY 1
 ), charged AS (
-    SELECT floor(extract(epoch FROM settled_at - $1) / $3)::int AS i, sum(charged) AS credits
+    SELECT floor(extract(epoch FROM settled_at - $1) / $3)::int AS i, sum(charged) AS credits,
+           sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens
     FROM credits_charged WHERE {who} settled_at >= $1 AND settled_at < $2 GROUP BY 1
 )
 SELECT b.i, COALESCE(s.n, 0) AS started, COALESCE(e.completed, 0) AS completed,
        COALESCE(e.failed, 0) AS failed, COALESCE(e.cancelled, 0) AS cancelled,
-       COALESCE(c.credits, 0) AS credits
+       COALESCE(c.credits, 0) AS credits, COALESCE(c.input_tokens, 0) AS input_tokens,
+       COALESCE(c.output_tokens, 0) AS output_tokens
 FROM generate_series(0, $4 - 1) AS b(i)
 LEFT JOIN started AS s ON s.i = b.i
 LEFT JOIN ended AS e ON e.i = b.i
@@ -107,7 +109,7 @@ ORDER BY b.i
 _SERIES_ALL = _SERIES.format(who="")
 _SERIES_USER = _SERIES.format(who="user_id = $5 AND")
 
-COUNTS = ("started", "completed", "failed", "cancelled", "credits")
+COUNTS = ("started", "completed", "failed", "cancelled", "credits", "input_tokens", "output_tokens")
 
 
 class UsageSeries:
@@ -125,11 +127,11 @@ class UsageSeries:
             {
                 "start": (span.start + r["i"] * span.step).isoformat(),
                 **{name: int(r[name]) for name in COUNTS},
-                "tokens": None,
+                "tokens": int(r["input_tokens"]) + int(r["output_tokens"]),
             }
             for r in rows
         ]
-        totals = {name: sum(b[name] for b in buckets) for name in COUNTS}
+        totals = {name: sum(b[name] for b in buckets) for name in (*COUNTS, "tokens")}
         return UsageSeriesView.model_validate(
             {
                 "user_id": user_id,
@@ -137,6 +139,6 @@ class UsageSeries:
                 "from": span.start.isoformat(),
                 "to": span.end.isoformat(),
                 "buckets": buckets,
-                "totals": {**totals, "tokens": None},
+                "totals": totals,
             }
         )

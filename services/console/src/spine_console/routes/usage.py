@@ -1,4 +1,5 @@
-"""Usage: the balance, and executions and credits over time as a server-drawn chart."""
+"""Usage: the balance and token totals, and executions, credits and model tokens over time
+as server-drawn charts."""
 
 from __future__ import annotations
 
@@ -46,18 +47,25 @@ async def usage(
     params = span(range, datetime.now(UTC))
     series: dict[str, Any] = await gateway.get("/usage", session.key, **params)
     me = None if session.admin else await gateway.get("/users/me", session.key)
+    return render(request, "usage/page.html", page_context(series, me, range, params["bucket"]))
+
+
+def page_context(
+    series: dict[str, Any], me: dict[str, Any] | None, choice: str, asked_bucket: str
+) -> dict[str, Any]:
+    """What the page shows of a ``GET /usage`` answer (and the user's ``/users/me``)."""
     buckets = series.get("buckets") or []
-    bucket = str(series.get("bucket") or params["bucket"])
+    bucket = str(series.get("bucket") or asked_bucket)
     rows = [{**b, "name": chart.bucket_name(str(b.get("start", "")), bucket)} for b in buckets]
-    context = {
+    return {
         "me": me,
-        "range": range,
+        "range": choice,
         "ranges": [(key, label) for key, (_, _, label) in RANGES.items()],
-        "range_label": RANGES[range][2],
+        "range_label": RANGES[choice][2],
         "totals": series.get("totals") or {},
         "executions": chart.bars(buckets, bucket, chart.EXECUTION_SERIES),
         "credits": chart.bars(buckets, bucket, chart.CREDIT_SERIES),
+        "tokens": chart.bars(buckets, bucket, chart.TOKEN_SERIES),
         "rows": rows,
         "bucket": bucket,
     }
-    return render(request, "usage/page.html", context)

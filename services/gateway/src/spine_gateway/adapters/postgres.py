@@ -33,6 +33,8 @@ class UserRow(TypedDict):
     updated_at: datetime
     max_in_flight: int | None
     max_queued: int | None
+    input_tokens: int
+    output_tokens: int
 
 
 class KeyRow(TypedDict):
