@@ -10,8 +10,10 @@
   that ``spine-admin`` applies everywhere else. The principal is the KafkaUser's name, and
   the Secret the User Operator makes for it (same name, key ``password``) is what the user's
   Deployment logs in with.
+* ``components/llm-agent/kafka.yaml``: the same two for the optional model agent ``llm``
+  (its tasks topic and its ``KafkaUser``), which only the ``llm-agent`` component deploys.
 
-    uv run python deploy/k8s/generate.py           # rewrite both files
+    uv run python deploy/k8s/generate.py           # rewrite the generated files
     uv run python deploy/k8s/generate.py --check   # exit 1 when a committed file is stale
 
 The base carries the small-cluster numbers (2 partitions, 1 replica, min ISR 1, as in
@@ -46,6 +48,9 @@ CLUSTER = "spine"
 DEMO_AGENTS = ("zoe", "eddie", "echo", "echo-http")
 #: The demo agents that log in to Kafka themselves (the relay serves echo-http's tasks).
 KAFKA_AGENTS = ("zoe", "eddie", "echo")
+#: The optional model agent (spine-agent-llm): only the llm-agent component deploys it.
+LLM_AGENT = "llm"
+LLM_FILE = ROOT / "deploy" / "k8s" / "components" / "llm-agent" / "kafka.yaml"
 #: The operator's principal (spine-admin, the registration Job): a super user, no ACLs.
 ADMIN_USER = "admin"
 PARTITIONS_LABEL = "ai-spine/partitions"
@@ -216,8 +221,22 @@ def render_users(resources: list[dict[str, Any]] | None = None) -> str:
     return _render(docs, "spine_admin.acls (docs/security.md)")
 
 
+def llm_agent_resources(*, prefix: str = "", cluster: str = CLUSTER) -> list[dict[str, Any]]:
+    """The optional llm agent's tasks topic and KafkaUser, as the base makes zoe's."""
+    topic = kafka_topics(prefix=prefix, cluster=cluster, agent_ids=(LLM_AGENT,))[-1]
+    rules = strimzi_acls(acls.agent_grants(LLM_AGENT, prefix))
+    user = kafka_user(acls.agent_principal(LLM_AGENT, prefix), rules, cluster=cluster)
+    return [topic, user]
+
+
+def render_llm_agent(resources: list[dict[str, Any]] | None = None) -> str:
+    """components/llm-agent/kafka.yaml."""
+    docs = resources if resources is not None else llm_agent_resources()
+    return _render(docs, "spine_contracts.topics and spine_admin.acls")
+
+
 def outputs() -> dict[Path, str]:
-    return {TOPICS_FILE: render(), USERS_FILE: render_users()}
+    return {TOPICS_FILE: render(), USERS_FILE: render_users(), LLM_FILE: render_llm_agent()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from spine_agent import Agent, AgentInfo, NeedsInput, Task, describe_error, result_for
+from spine_agent import (
+    Agent,
+    AgentInfo,
+    NeedsInput,
+    Task,
+    TaskFailed,
+    describe_error,
+    result_for,
+)
 from spine_agent.testing import task_message
 from spine_contracts import AgentResult, parse, to_bytes
 
@@ -64,6 +72,20 @@ def test_exception_is_an_error_result_with_type_and_message() -> None:
     assert result.data.error_message == "ValueError: boom"
     assert result.data.output == {}
     assert describe_error(KeyError()) == "KeyError"
+
+
+def test_task_failed_keeps_its_message_and_may_carry_an_output() -> None:
+    usage = {"model": "m", "input_tokens": 12, "output_tokens": 3}
+    failed = TaskFailed("openai model 'm': HTTP 500: down", output={"usage": usage})
+    result = _roundtrip(result_for(_task(), "t", failed, duration_ms=1))
+    assert result.data.status == "error"
+    assert result.data.error_message == "openai model 'm': HTTP 500: down"
+    assert result.data.output == {"usage": usage}  # metering counts failed, paid work
+    assert result_for(_task(), "t", TaskFailed("no"), duration_ms=1).data.output == {}
+    # an output that cannot travel is dropped; the error itself still arrives
+    odd = TaskFailed("bad", output={"x": math.nan})
+    result = _roundtrip(result_for(_task(), "t", odd, duration_ms=1))
+    assert result.data.error_message == "bad" and result.data.output == {}
 
 
 @pytest.mark.parametrize(

@@ -121,7 +121,8 @@ PROCESSES: tuple[Process, ...] = (
     Process(
         "zoe",
         "spine-agent-zoe",
-        "spine_agent.settings:AgentSettings",
+        # zoe words her questions with a model when SPINE_LLM_* name one
+        "spine_agent.llm.settings:LLMSettings",
         ("agents/src/spine_demo_agents/zoe.py", _SDK),
         ops=True,
     ),
@@ -156,6 +157,16 @@ PROCESSES: tuple[Process, ...] = (
     ),
 )
 BY_NAME = {p.name: p for p in PROCESSES}
+#: The optional model agent (compose profile ``llm``, the Kubernetes component
+#: ``components/llm-agent``): deployed like a demo agent, only when asked for.
+LLM_AGENT = Process(
+    "llm",
+    "spine-agent-llm",
+    "spine_agent.llm.settings:LLMSettings",
+    ("agents/src/spine_demo_agents/llm.py", _SDK),
+    ops=True,
+)
+LLM_COMPONENT = K8S / "components" / "llm-agent"
 #: Console scripts that are the operator's tools, not processes a deployment runs (compose's
 #: init job and the Kubernetes docs use them).
 OPERATOR_TOOLS = frozenset({"spine-admin"})

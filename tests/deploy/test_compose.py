@@ -40,6 +40,7 @@ from .helpers import (
     BY_NAME,
     COMPOSE_FILE,
     DEMO_AGENT_IDS,
+    LLM_AGENT,
     OPERATOR_TOOLS,
     OPTIONAL_AGENTS,
     PROCESSES,
@@ -61,12 +62,14 @@ pytestmark = pytest.mark.timeout(900)
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 COMPOSECHECK = Path(__file__).parent / "composecheck"
 COMPOSE_SPEC = Path(__file__).parent / "compose-spec.json"
-PROFILES = ("observability",)
+PROFILES = ("observability", "llm")
 KAFKA_SASL = COMPOSE_FILE.parent / "kafka-sasl.sh"
 #: The one-shot step that makes the broker's passwords and prepares the credentials volumes.
 CREDENTIALS_STEP = "kafka-credentials"
 #: Who may mount a principal's credentials volume besides its own process.
 ISSUERS = ("init", CREDENTIALS_STEP)
+#: The optional model agent's own issue step (profile llm).
+LLM_ISSUER = "llm-init"
 
 
 # --- the compose loader itself ---------------------------------------------------------
@@ -583,7 +586,7 @@ def test_the_broker_asks_every_client_to_log_in(compose: dict[str, Any]) -> None
 
 def test_the_credentials_step(compose: dict[str, Any]) -> None:
     """One-shot, root without a network (it only makes files); the admin's copy goes to the
-    init job only, read-only, where its KAFKA_CREDENTIALS_FILE names it."""
+    issue jobs only, read-only, where their KAFKA_CREDENTIALS_FILE names it."""
     services = compose["services"]
     step = services[CREDENTIALS_STEP]
     assert step["restart"] == "no" and step["network_mode"] == "none"
@@ -592,7 +595,8 @@ def test_the_credentials_step(compose: dict[str, Any]) -> None:
     targets = {m[1]: m[0] for m in _mounts(step)}
     assert targets["/secrets/kafka"] == "kafka-secrets"
     assert targets["/secrets/admin"] == "admin-credentials"
-    assert _mounted_by(services, "admin-credentials") == {"init", CREDENTIALS_STEP}
+    # the operator's login: its two issue steps (llm-init only with the llm profile)
+    assert _mounted_by(services, "admin-credentials") == {"init", LLM_ISSUER, CREDENTIALS_STEP}
     admin_file = PurePosixPath(environment(services["init"])["KAFKA_CREDENTIALS_FILE"])
     [mount] = [m for m in _mounts(services["init"]) if m[0] == "admin-credentials"]
     assert mount == ["admin-credentials", str(admin_file.parent), "ro"]
@@ -757,3 +761,77 @@ def test_the_broker_entrypoint_refuses_what_nobody_could_log_in_to(
     said = "".join(r.stdout + r.stderr for r in refused)
     for user in ("admin", "broker", "controller"):
         assert _password(tmp_path / "secrets" / "kafka" / f"{user}.json") not in said
+
+
+# --- the optional model agent (profile llm) -------------------------------------------------
+def test_the_llm_agent_is_optional_and_configured_from_the_environment(
+    compose: dict[str, Any],
+) -> None:
+    """`docker compose up` leaves it out; `--profile llm up` issues it (its own step) and
+    runs it from SPINE_LLM_* on the host, as its own principal with its own signing key."""
+    services, volumes = compose["services"], compose.get("volumes") or {}
+    llm, issuer = services[LLM_AGENT.name], services[LLM_ISSUER]
+    assert llm["profiles"] == ["llm"] and issuer["profiles"] == ["llm"]
+    assert llm["command"] == [LLM_AGENT.script] and LLM_AGENT.script in workspace_scripts()
+    assert LLM_AGENT.script in OPTIONAL_AGENTS
+    assert {n for n, svc in services.items() if "llm" in svc.get("profiles", ())} == {
+        LLM_AGENT.name,
+        LLM_ISSUER,
+    }
+    env = environment(llm)
+    assert not required_env(LLM_AGENT) - set(env)
+    settings = load_process_settings(LLM_AGENT, env)  # the real validation
+    assert settings.llm_provider == "openai" and settings.llm_agent_id == "llm"  # type: ignore[attr-defined]
+    key = settings.llm_api_key  # type: ignore[attr-defined]
+    assert key is None or not key.get_secret_value()  # nothing inline
+    test = " ".join(map(str, llm["healthcheck"]["test"]))
+    assert f":{settings.ops_port}/ready" in test  # type: ignore[attr-defined]
+    # every SPINE_LLM_* comes from the host's environment, the key never from the file
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["llm"]["environment"]
+    for name, value in raw.items():
+        if name.startswith("SPINE_LLM_"):
+            assert str(value).startswith(f"${{{name}:-"), name
+    with_model = load_compose(
+        {
+            "API_KEY": TEST_API_KEY,
+            "SPINE_LLM_PROVIDER": "anthropic",
+            "SPINE_LLM_MODEL": "claude-x",
+            "SPINE_LLM_API_KEY": "sk-host-only-0123456789",
+        }
+    )
+    configured = load_process_settings(LLM_AGENT, environment(with_model["services"]["llm"]))
+    assert configured.llm_model == "claude-x"  # type: ignore[attr-defined]
+    # issued like zoe: its principal, its key, each in a volume only it and its issuer mount
+    principal = kafka_principal("llm")
+    assert PurePosixPath(env["KAFKA_CREDENTIALS_FILE"]).name == f"{principal}.json"
+    assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    mounts = {m[0]: m for m in _mounts(llm)}
+    assert mounts["llm-credentials"][1:] == ["/etc/spine/kafka", "ro"]
+    assert _mounted_by(services, "llm-credentials") == {"llm", LLM_ISSUER, CREDENTIALS_STEP}
+    assert _mounted_by(services, "llm-key") == {"llm", LLM_ISSUER}
+    assert {"llm-key", "llm-credentials"} <= set(volumes)
+    key_file = PurePosixPath(env["SPINE_AGENT_SIGNING_KEY_FILE"])
+    assert key_file.parent == PurePosixPath(mounts["llm-key"][1])
+    command = issuer["command"]
+    assert command[:3] == ["spine-admin", "issue-agent", "llm"]
+    issued_key = PurePosixPath(command[command.index("--key-file") + 1])
+    issuer_mounts = {m[0]: m for m in _mounts(issuer)}
+    assert issued_key.relative_to(issuer_mounts["llm-key"][1]) == key_file.relative_to(
+        mounts["llm-key"][1]
+    )
+    credentials_dir = command[command.index("--credentials-dir") + 1]
+    assert issuer_mounts["llm-credentials"][1] == credentials_dir
+    assert issuer_mounts["admin-credentials"][2:] == ["ro"]
+    admin = PurePosixPath(environment(issuer)["KAFKA_CREDENTIALS_FILE"])
+    assert admin.parent == PurePosixPath(issuer_mounts["admin-credentials"][1])
+    step = {m[1]: m[0] for m in _mounts(services[CREDENTIALS_STEP])}
+    assert step["/secrets/principals/llm"] == "llm-credentials"
+    # the image gives /var/lib/spine to the service user: a new key volume is writable
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    install = re.search(r"install -d -o 10001 -g 10001 -m 0700 ([^&]+)", dockerfile)
+    assert install is not None and issuer_mounts["llm-key"][1] in install.group(1).split()
+    # after the topics and services exist; the agent after it is issued
+    assert issuer["restart"] == "no"
+    assert issuer["depends_on"]["init"]["condition"] == "service_completed_successfully"
+    assert llm["depends_on"][LLM_ISSUER]["condition"] == "service_completed_successfully"
+    assert llm["image"] == issuer["image"] == services["zoe"]["image"]

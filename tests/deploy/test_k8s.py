@@ -12,7 +12,9 @@ process logs in as its own KafkaUser, whose ACLs are spine_admin's table.
 from __future__ import annotations
 
 import copy
-from pathlib import PurePosixPath
+import shutil
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
 
@@ -24,7 +26,10 @@ from . import strimzi
 from .helpers import (
     BY_NAME,
     GROUP_CONSUMERS,
+    K8S,
     KUBERNETES_VERSION,
+    LLM_AGENT,
+    LLM_COMPONENT,
     OVERLAYS,
     PROCESSES,
     ROOT,
@@ -47,6 +52,8 @@ SECRETS = {
     "SPINE_METRICS_SCRAPE_TOKEN": "test-scrape-token-0123456789",
     # a KafkaUser's Secret (made by Strimzi's User Operator)
     "password": "test-kafka-password-0123456789",
+    # the optional model agent's provider key (the Secret ai-spine-llm)
+    "api-key": "sk-test-provider-key-0123456789",
 }
 NAMESPACES = {"dev": "ai-spine-dev", "prod": "ai-spine"}
 
@@ -575,3 +582,124 @@ def test_the_console_is_probed_and_served_and_holds_no_secret_but_redis(
     assert "console" not in of_kind(docs, "HorizontalPodAutoscaler")
     replicas = of_kind(docs, "Deployment")["console"]["spec"].get("replicas", 1)
     assert replicas >= (2 if overlay == "prod" else 1)
+
+
+# --- the optional model agent (components/llm-agent) -----------------------------------------
+_COMPONENT = "components:\n  - ../../components/llm-agent\n"
+#: What docs/deploy.md tells an overlay to add: its model, patched into ai-spine-llm
+#: (a patch: the overlay's own generators run before its components).
+_MODEL_PATCH = """  - target:
+      kind: ConfigMap
+      name: ai-spine-llm
+    patch: |-
+      - op: replace
+        path: /data/SPINE_LLM_MODEL
+        value: qwen2.5
+      - op: replace
+        path: /data/SPINE_LLM_BASE_URL
+        value: http://vllm.models:8000/v1
+"""
+
+
+def test_the_llm_agent_is_in_no_overlay_unless_asked_for(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name, docs in rendered.items():
+        assert "llm" not in of_kind(docs, "Deployment"), name
+        assert kafka_principal("llm") not in of_kind(docs, "KafkaUser"), name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_llm_component_in_an_overlay(
+    kustomize: Callable[[Path], list[dict[str, Any]]], tmp_path: Path, overlay: str
+) -> None:
+    """An overlay that lists the component runs spine-agent-llm like a demo agent: its own
+    KafkaUser and tasks topic (generated from the ACL table), hardened, probed, its model
+    from a ConfigMap the overlay merges into, its provider key only from a Secret."""
+    copied = tmp_path / "k8s"
+    shutil.copytree(K8S, copied)
+    kustomization = copied / "overlays" / overlay / "kustomization.yaml"
+    text = kustomization.read_text() + "\n" + _COMPONENT
+    # a key may appear once in a kustomization: join the overlay's patches when it has some
+    if "\npatches:\n" in text:
+        text = text.replace("\npatches:\n", "\npatches:\n" + _MODEL_PATCH, 1)
+    else:
+        text += "patches:\n" + _MODEL_PATCH
+    kustomization.write_text(text)
+    docs = kustomize(copied / "overlays" / overlay)
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "ConfigMap"):
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    assert strimzi.check(docs) == []
+    deployments = of_kind(docs, "Deployment")
+    llm, zoe = deployments["llm"], deployments["zoe"]
+    assert llm["metadata"]["namespace"] == NAMESPACES[overlay]
+    container, zoe_container = _container(llm), _container(zoe)
+    assert container["command"] == [LLM_AGENT.script]
+    assert container["image"] == zoe_container["image"]
+    # hardened and probed like zoe
+    pod, zoe_pod = llm["spec"]["template"]["spec"], zoe["spec"]["template"]["spec"]
+    for key in ("securityContext", "automountServiceAccountToken", "enableServiceLinks"):
+        assert pod[key] == zoe_pod[key], key
+    assert container["securityContext"] == zoe_container["securityContext"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe] == zoe_container[probe], probe
+    # the model from the overlay's ConfigMap; the key from the Secret, nowhere else
+    env, items = container_env(docs, container), _env_items(container)
+    key_ref = items["SPINE_LLM_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert (key_ref["name"], key_ref["key"]) == ("ai-spine-llm", "api-key")
+    assert not key_ref.get("optional"), "a model agent without its key must not start"
+    for config_map in of_kind(docs, "ConfigMap").values():
+        assert "SPINE_LLM_API_KEY" not in config_map.get("data", {})
+    settings = load_process_settings(LLM_AGENT, env)
+    assert settings.llm_model == "qwen2.5"  # type: ignore[attr-defined]
+    assert settings.llm_base_url == "http://vllm.models:8000/v1"  # type: ignore[attr-defined]
+    assert settings.llm_provider == "openai"  # type: ignore[attr-defined]
+    assert settings.llm_agent_id == "llm"  # type: ignore[attr-defined]
+    assert not required_env(LLM_AGENT) - set(env)
+    # its own login: the KafkaUser agent-llm with an agent's ACLs, read by no one else
+    prefix = _prefix(docs)
+    principal = kafka_principal("llm", prefix)
+    assert items["KAFKA_SASL_USERNAME"]["value"] == principal
+    password = items["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert (password["name"], password["key"]) == (principal, "password")
+    user = of_kind(docs, "KafkaUser")[principal]
+    wanted = {
+        (g.acl.resource_type, g.acl.name, g.acl.operation) for g in agent_grants("llm", prefix)
+    }
+    granted = {
+        (r["resource"]["type"], r["resource"]["name"], op)
+        for r in user["spec"]["authorization"]["acls"]
+        for op in r["operations"]
+    }
+    assert {(t.lower(), n, o.capitalize()) for t, n, o in wanted} == {
+        (t.lower(), n, o) for t, n, o in granted
+    }
+    # its tasks topic, with the stack's numbers (prod's patches reach it too)
+    [topic] = [
+        t
+        for t in of_kind(docs, "KafkaTopic").values()
+        if t["spec"]["topicName"].endswith("agents.llm.tasks")
+    ]
+    assert topic["spec"]["partitions"] == int(env["SPINE_TOPIC_PARTITIONS"])
+    assert topic["spec"]["replicas"] == int(env["SPINE_TOPIC_REPLICATION"])
+    # its signing key: a Secret mounted read-only where SPINE_AGENT_SIGNING_KEY_FILE says
+    key_file = PurePosixPath(env["SPINE_AGENT_SIGNING_KEY_FILE"])
+    [mount] = [
+        m for m in container["volumeMounts"] if key_file.parent == PurePosixPath(m["mountPath"])
+    ]
+    assert mount["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    secret = volumes[mount["name"]]["secret"]
+    assert secret["secretName"] == "ai-spine-llm-signing-key" and not secret.get("optional")
+    assert secret["defaultMode"] & 0o007 == 0
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    for name in ("ai-spine-llm", "ai-spine-llm-signing-key", "components/llm-agent"):
+        assert name in guide, name
+
+
+def test_the_llm_components_kafka_resources_are_generated(topic_generator: ModuleType) -> None:
+    committed = (LLM_COMPONENT / "kafka.yaml").read_text()
+    assert committed == topic_generator.render_llm_agent(), (
+        "deploy/k8s/components/llm-agent/kafka.yaml drifted: run deploy/k8s/generate.py"
+    )

@@ -15,17 +15,26 @@ Zoe collects the fields a credit application needs, over as many turns as it tak
   money as floats and the term as an integer.
 
 Asking again is the orchestrator's business (``max_turns``, ``input_timeout``).
+
+With a model configured (``SPINE_LLM_PROVIDER``, ``SPINE_LLM_MODEL`` and the rest of
+``spine-agent-llm``'s environment) the model words the question; what is missing is still
+decided here, and the reply format stays ours (:mod:`.zoe_model`). Without one, or when the
+model fails, she asks exactly as above: ``make demo`` stays deterministic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from spine_agent import Agent, AgentInfo, NeedsInput, Task
+from spine_agent import Agent, AgentInfo, NeedsInput, Task, load_settings
+from spine_agent.llm import LLMSettings
 
 from .fields import FieldProblem, coerce, fields_of
+
+if TYPE_CHECKING:
+    from .zoe_model import Phraser
 
 DEFAULT_REQUIRED: tuple[str, ...] = ("name", "income", "amount", "term_months")
 #: Passed on when given, never asked for.
@@ -114,9 +123,14 @@ def question(intake: Intake) -> str:
     for f in intake.missing:
         if f in intake.problems:
             lines.append(f"I couldn't use what you gave for {f}: {intake.problems[f]}.")
-    example = "\n".join(f"{f}: {EXAMPLES.get(f, '...')}" for f in intake.missing)
-    lines.append(f"You can reply with one 'field: value' per line, for example:\n{example}")
+    lines.append(reply_hint(intake))
     return "\n".join(lines)
+
+
+def reply_hint(intake: Intake) -> str:
+    """How to answer so that the parser reads it (kept under a model's wording too)."""
+    example = "\n".join(f"{f}: {EXAMPLES.get(f, '...')}" for f in intake.missing)
+    return f"You can reply with one 'field: value' per line, for example:\n{example}"
 
 
 def summary(values: dict[str, Any]) -> str:
@@ -142,16 +156,52 @@ agent = Agent(
 )
 
 
-@agent.handler
-async def handle(task: Task) -> dict[str, Any] | NeedsInput:
+@dataclass
+class Wording:
+    """Who words zoe's questions: a model once :func:`use_model` started one, else zoe."""
+
+    phraser: Phraser | None = None
+
+
+wording = Wording()
+
+
+async def respond(task: Task, phraser: Phraser | None = None) -> dict[str, Any] | NeedsInput:
+    """zoe's answer to ``task``; ``phraser`` words the question (what is missing is ours)."""
     intake = assess(gather(task), required_fields(task.config))
     if not intake.complete:
-        return NeedsInput(question(intake), intake.missing)
+        text = await phraser.ask(task, intake) if phraser is not None else question(intake)
+        return NeedsInput(text, intake.missing)
     return {"applicant": intake.values, "message": summary(intake.values)}
 
 
+@agent.handler
+async def handle(task: Task) -> dict[str, Any] | NeedsInput:
+    return await respond(task, wording.phraser)
+
+
+def use_model(settings: LLMSettings) -> None:
+    """Word questions with the configured model: built at start-up, closed at shutdown."""
+    from .zoe_model import Phraser
+
+    settings.require_model()
+
+    @agent.on_startup
+    async def open_model() -> None:
+        wording.phraser = Phraser(settings.build_llm())
+
+    @agent.on_shutdown
+    async def close_model() -> None:
+        if wording.phraser is not None:
+            await wording.phraser.aclose()
+            wording.phraser = None
+
+
 def main() -> None:
-    agent.run()
+    settings = load_settings(LLMSettings)
+    if settings.llm_provider or settings.llm_model:
+        use_model(settings)
+    agent.run(settings)
 
 
 if __name__ == "__main__":

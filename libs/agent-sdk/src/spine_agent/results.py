@@ -2,7 +2,8 @@
 
 Pure: the Kafka loop calls :func:`result_for` and publishes what it gets. A handler can
 never crash the agent through its output: anything that is not a JSON-able dict becomes
-an error result naming the problem.
+an error result naming the problem. A :class:`TaskFailed` may carry an output (a paid
+model's ``usage``) onto its error result, since metering counts failed work too.
 """
 
 from __future__ import annotations
@@ -82,8 +83,16 @@ def result_for(
             **common,
         )
     if isinstance(outcome, TaskFailed):
+        try:
+            kept = jsonable_output(getattr(outcome, "output", None) or {})
+        except InvalidOutput:
+            kept = {}  # the error itself is what must arrive
         return AgentResult.build(
-            cause=task, status="error", error_message=outcome.message[:MAX_ERROR_CHARS], **common
+            cause=task,
+            status="error",
+            error_message=outcome.message[:MAX_ERROR_CHARS],
+            output=kept,
+            **common,
         )
     if isinstance(outcome, BaseException):
         return AgentResult.build(

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from spine_contracts import AgentMessage
+from spine_contracts.metering import TokenBudget
 
 
 class NeedsInput(Exception):  # noqa: N818 - it is an answer, not an error
@@ -36,12 +37,14 @@ class TaskFailed(Exception):  # noqa: N818 - it is an answer, not a crash
 
     Any other exception also fails the task, described as ``"<Type>: message"`` and logged
     with its traceback; this one is an expected outcome, so its text is the whole
-    ``error_message`` and no traceback is logged.
+    ``error_message`` and no traceback is logged. ``output`` travels with the error result:
+    what the failed work still has to report, e.g. the ``usage`` of a model that was paid.
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, output: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = str(message)
+        self.output: dict[str, Any] = dict(output or {})
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -102,6 +105,12 @@ class Task:
     @property
     def deadline(self) -> datetime | None:
         return self.message.data.deadline
+
+    @property
+    def budget(self) -> TokenBudget | None:
+        """A priced flow's credits left for tokens and their prices (DESIGN §14); a model
+        call bounds its ``max_tokens`` by it. ``None``: the flow prices no tokens."""
+        return self.message.data.budget
 
     @property
     def metadata(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from spine_contracts import AgentMessage, ContractError, Message, parse
+from spine_contracts.metering import TokenBudget
 from spine_contracts.signing import Signer
 from spine_kafka.clients import (
     KafkaConfig,
@@ -51,6 +52,7 @@ def task_message(
     correlation_id: str | None = None,
     tenant_id: str | None = None,
     trace: str | None = None,
+    budget: TokenBudget | None = None,
 ) -> AgentMessage:
     """An ``AgentMessage`` shaped like the orchestrator's."""
     return AgentMessage.build(
@@ -69,6 +71,7 @@ def task_message(
         },
         config=dict(config or {}),
         deadline=deadline,
+        budget=budget,
     )
 
 

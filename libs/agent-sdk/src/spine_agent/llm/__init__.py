@@ -27,6 +27,7 @@ from __future__ import annotations
 from . import extra as _extra  # noqa: F401 - first: says which extra is missing
 from .client import DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOOL_ROUNDS, LLM, ProviderName
 from .errors import (
+    BudgetExhausted,
     ConfigRefused,
     LLMError,
     OutputInvalid,
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_MAX_TOOL_ROUNDS",
     "LLM",
     "REFUSED_CONFIG",
+    "BudgetExhausted",
     "Completion",
     "ConfigRefused",
     "LLMError",

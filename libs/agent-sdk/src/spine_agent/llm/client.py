@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
+from spine_contracts.metering import TokenBudget
 from spine_kafka.logging import get_logger
 
+from .budget import round_max_tokens
 from .errors import LLMError, OutputInvalid, ToolRoundsExceeded
 from .provider import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S, Provider, TokenCallback
 from .tools import Tool, as_tool, describe_validation, unknown_tool
@@ -120,10 +122,13 @@ class LLM:
         max_tokens: int | None = None,
         temperature: float | None = None,
         on_token: TokenCallback | None = None,
+        budget: TokenBudget | None = None,
     ) -> Completion:
         """The model's final answer to ``prompt``; raises an :class:`~.errors.LLMError`.
 
-        ``max_tokens`` caps each round's answer (a caller spending a budget lowers it);
+        ``max_tokens`` caps each round's answer; ``budget`` (a task's) lowers that cap to
+        what the credits left after the earlier rounds still pay for, and stops the loop
+        with :class:`~.errors.BudgetExhausted` before a round it pays no output token of.
         ``on_token`` receives text deltas as they stream, in order.
         """
         toolbox = {t.name: t for t in (as_tool(item) for item in tools)}
@@ -139,10 +144,11 @@ class LLM:
                 max_tokens=max_tokens or self.max_tokens,
                 temperature=temperature if temperature is not None else self.temperature,
                 on_token=on_token,
+                budget=budget,
             )
         except LLMError as exc:
             # the rounds answered before the failure were billed: metering reads this
-            exc.usage = run.usage if run.rounds else None
+            exc.spent(run.usage if run.rounds else None)
             raise
 
     async def _rounds(
@@ -156,6 +162,7 @@ class LLM:
         max_tokens: int,
         temperature: float | None,
         on_token: TokenCallback | None,
+        budget: TokenBudget | None,
     ) -> Completion:
         specs = [t.spec() for t in toolbox.values()]
         started = time.monotonic()
@@ -166,7 +173,7 @@ class LLM:
                 turns=run.turns,
                 tools=specs,
                 output=wanted,
-                max_tokens=max_tokens,
+                max_tokens=round_max_tokens(max_tokens, budget, run.usage),
                 temperature=temperature,
                 on_token=on_token,
             )

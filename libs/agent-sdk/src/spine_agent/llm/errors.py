@@ -9,6 +9,7 @@ HTTP status, never the key and never mock data.
     ├── TemplateError        a system/prompt template does not render
     │   └── TemplateRefused  it reaches for Python internals (the sandbox said no)
     ├── ToolRoundsExceeded   the model kept calling tools past ``max_tool_rounds``
+    ├── BudgetExhausted      the task's token budget pays for no more output
     ├── OutputInvalid        the structured answer does not validate against the model
     └── ConfigRefused        a node config names the endpoint or the key
 """
@@ -32,10 +33,17 @@ class LLMError(TaskFailed):
     """Base of the kit's errors: the task fails with this message.
 
     ``usage`` is what the completion had consumed when it failed (rounds already answered
-    were billed by the provider), ``None`` when it failed before any answer; metering reads it.
+    were billed by the provider), ``None`` when it failed before any answer; the error
+    result carries it as ``output["usage"]`` for metering (:meth:`spent`).
     """
 
     usage: Usage | None = None
+
+    def spent(self, usage: Usage | None) -> None:
+        """Record what the failed completion used, on the error and its result's output."""
+        self.usage = usage
+        if usage is not None:
+            self.output["usage"] = usage.as_dict()
 
 
 class ProviderError(LLMError):
@@ -58,6 +66,10 @@ class TemplateRefused(TemplateError):
 
 
 class ToolRoundsExceeded(LLMError):
+    pass
+
+
+class BudgetExhausted(LLMError):
     pass
 
 

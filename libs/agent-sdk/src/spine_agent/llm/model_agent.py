@@ -15,7 +15,10 @@
 Per task the handler renders the node's ``config.system`` and ``config.prompt`` (else the
 defaults given here) over ``input``, ``dependencies``, ``conversation`` and ``config``
 (without ``system``/``prompt``), calls the model and returns
-``{"text", "usage": {"model", "input_tokens", "output_tokens"}[, "data"]}``.
+``{"text", "usage": {"model", "input_tokens", "output_tokens"}[, "data"]}`` — usage of
+every round. A priced flow's task carries a budget: each round's ``max_tokens`` is bounded
+by what it still pays for, and a budget that pays for no output token fails the node before
+any request; a failure after paid rounds still reports their ``usage`` in its output.
 
 The endpoint and the key are the agent's own (its environment or its code). A node config
 travels inside tasks and is written by tenants, so one that names an endpoint, a key, a
@@ -171,6 +174,7 @@ class ModelHandler:
             max_tokens=min(cap, llm.max_tokens) if cap else None,
             temperature=_temperature(config),
             on_token=forward if on_token is not None else None,
+            budget=task.budget,
         )
         return done.as_output()
 
