@@ -97,6 +97,15 @@ def test_needs_input_carries_question_and_fields(outcome: NeedsInput) -> None:
     assert result.data.status == "needs_input"
     assert result.data.question == outcome.question
     assert result.data.missing_fields == outcome.missing_fields
+    assert result.data.output == {}
+
+
+def test_a_question_may_carry_usage_and_drops_what_cannot_travel() -> None:
+    usage = {"model": "m", "input_tokens": 3, "output_tokens": 5}
+    asked = result_for(_task(), "t", NeedsInput("Why?", output={"usage": usage}), duration_ms=1)
+    assert _roundtrip(asked).data.output == {"usage": usage}
+    odd = result_for(_task(), "t", NeedsInput("Why?", output={"x": object()}), duration_ms=1)
+    assert odd.data.status == "needs_input" and odd.data.output == {}
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,10 @@ async def test_the_model_words_the_question_and_zoe_decides_what_is_missing(
     assert outcome.question.endswith(zoe.reply_hint(intake))
     [request] = server.requests_for(prompt)
     assert request.body["model"] == MODEL and request.body["max_tokens"] <= 200
+    # what the model used travels with the question, to be metered (docs/credits.md)
+    usage = outcome.output["usage"]
+    assert usage["model"] == MODEL and usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+    assert without.output == {}
 
 
 async def test_a_failing_model_means_zoes_own_question(server: FakeModelServer) -> None:
@@ -110,6 +114,8 @@ async def test_an_empty_answer_or_no_budget_also_falls_back(server: FakeModelSer
     assert isinstance(empty, NeedsInput) and empty.question == zoe.question(intake)
     assert isinstance(broke, NeedsInput) and broke.question == zoe.question(intake)
     assert len(server.requests) == before  # an exhausted budget asks no model
+    assert empty.output["usage"]["output_tokens"] > 0  # an empty answer was still paid
+    assert broke.output == {}  # no call, nothing to pay
 
 
 async def test_a_complete_application_never_calls_the_model(server: FakeModelServer) -> None:

@@ -170,8 +170,10 @@ async def respond(task: Task, phraser: Phraser | None = None) -> dict[str, Any] 
     """zoe's answer to ``task``; ``phraser`` words the question (what is missing is ours)."""
     intake = assess(gather(task), required_fields(task.config))
     if not intake.complete:
-        text = await phraser.ask(task, intake) if phraser is not None else question(intake)
-        return NeedsInput(text, intake.missing)
+        if phraser is None:
+            return NeedsInput(question(intake), intake.missing)
+        text, usage = await phraser.ask(task, intake)
+        return NeedsInput(text, intake.missing, output={"usage": usage} if usage else None)
     return {"applicant": intake.values, "message": summary(intake.values)}
 
 

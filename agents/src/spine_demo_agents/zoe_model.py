@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 from spine_agent import Task, get_logger
 from spine_agent.llm import LLM
@@ -77,8 +78,9 @@ class Phraser:
     async def aclose(self) -> None:
         await self.llm.aclose()
 
-    async def ask(self, task: Task, intake: Intake) -> str:
-        """The model's question followed by zoe's reply hint, or zoe's own question."""
+    async def ask(self, task: Task, intake: Intake) -> tuple[str, dict[str, Any] | None]:
+        """The model's question followed by zoe's reply hint, or zoe's own question; and
+        what the model used (``None``: no call was paid), which zoe's result reports."""
         try:
             async with asyncio.timeout(self.timeout_s):
                 done = await self.llm.complete(
@@ -88,9 +90,11 @@ class Phraser:
             # LLMError messages are redacted (provider, model, status); others: type only
             reason = getattr(exc, "message", None) or type(exc).__name__
             log.warning("zoe_model_question_failed", reason=str(reason), fallback="deterministic")
-            return question(intake)
+            spent = getattr(exc, "usage", None)
+            return question(intake), (spent.as_dict() if spent is not None else None)
+        used = done.usage.as_dict()
         text = plain_text(done.text)
         if not text:
             log.warning("zoe_model_question_empty", fallback="deterministic")
-            return question(intake)
-        return f"{text}\n{reply_hint(intake)}"
+            return question(intake), used
+        return f"{text}\n{reply_hint(intake)}", used

@@ -58,6 +58,15 @@ def jsonable_output(value: object) -> dict[str, Any]:
     return decoded
 
 
+def _kept(output: dict[str, Any]) -> dict[str, Any]:
+    """What a question or an error reports beside itself; dropped if it cannot travel as
+    JSON (the question or the error itself is what must arrive)."""
+    try:
+        return jsonable_output(output)
+    except InvalidOutput:
+        return {}
+
+
 def result_for(
     task: AgentMessage,
     agent_id: str,
@@ -80,13 +89,11 @@ def result_for(
             status="needs_input",
             question=outcome.question,
             missing_fields=outcome.missing_fields,
+            output=_kept(outcome.output),
             **common,
         )
     if isinstance(outcome, TaskFailed):
-        try:
-            kept = jsonable_output(getattr(outcome, "output", None) or {})
-        except InvalidOutput:
-            kept = {}  # the error itself is what must arrive
+        kept = _kept(outcome.output)
         return AgentResult.build(
             cause=task,
             status="error",

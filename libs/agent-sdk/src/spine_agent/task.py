@@ -20,13 +20,21 @@ from spine_contracts.metering import TokenBudget
 class NeedsInput(Exception):  # noqa: N818 - it is an answer, not an error
     """Ask the human for more: ``return NeedsInput(...)`` or ``raise NeedsInput(...)``.
 
-    ``missing_fields`` names what is missing so a client can render a form.
+    ``missing_fields`` names what is missing so a client can render a form. ``output``
+    travels with the question: e.g. the ``usage`` of a model that worded it (metered).
     """
 
-    def __init__(self, question: str, missing_fields: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        question: str,
+        missing_fields: Iterable[str] = (),
+        *,
+        output: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(question)
         self.question = str(question)
         self.missing_fields = tuple(str(name) for name in missing_fields)
+        self.output: dict[str, Any] = dict(output or {})
 
     def __repr__(self) -> str:
         return f"NeedsInput({self.question!r}, missing_fields={self.missing_fields!r})"
