@@ -69,7 +69,12 @@ def create(
     )
 
 
-def reserve(execution_id: str, amount: int = 1, request_id: str | None = None) -> ReserveCredits:
+def reserve(
+    execution_id: str,
+    amount: int = 1,
+    request_id: str | None = None,
+    base_credits: int | None = None,
+) -> ReserveCredits:
     return ReserveCredits.build(
         correlation_id=f"corr-{execution_id}",
         trace="00-" + "1" * 32 + "-" + "2" * 16 + "-01",
@@ -81,6 +86,7 @@ def reserve(execution_id: str, amount: int = 1, request_id: str | None = None) -
         input_data={"q": 1},
         metadata={"src": "test"},
         request_id=request_id or f"r-{execution_id}",
+        base_credits=base_credits,
     )
 
 
@@ -263,6 +269,15 @@ def test_reserve_holds_the_cost_and_starts_the_execution_in_the_same_decision() 
         "balance": 3,
         "queued": False,
     }
+
+
+def test_reserve_carries_a_priced_flows_base_price_to_its_start() -> None:
+    # a priced flow reserves max_credits; the orchestrator charges base price + tokens
+    plain = Ledger(create(50))(reserve("e1", amount=2)).commands[0]
+    assert isinstance(plain, StartExecution) and plain.data.base_credits is None
+    (start,) = Ledger(create(50))(reserve("e2", amount=20, base_credits=2)).commands
+    assert isinstance(start, StartExecution)
+    assert (start.data.credits_reserved, start.data.base_credits) == (20, 2)
 
 
 def test_reserve_beyond_the_balance_is_rejected_with_the_numbers() -> None:

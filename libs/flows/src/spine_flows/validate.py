@@ -15,7 +15,8 @@ message never stems from an earlier mistake):
    top, unknown keys, ``nodes`` a list of mappings;
 2. types — the pydantic models of :mod:`spine_contracts.flow`;
 3. meaning — ids, duplicates, ``depends_on``, cycles, agents per node type, ``when``
-   conditions, ``entry_point``/``exit_points``.
+   conditions, ``entry_point``/``exit_points``, ``pricing``/``max_credits``, and no model
+   endpoint or key in a node's ``config`` (:data:`ENDPOINT_CONFIG_KEYS`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .normalise import derive_entry_points, normalise
 
 __all__ = [
     "AGENT_NODE_TYPES",
+    "ENDPOINT_CONFIG_KEYS",
     "ID_PATTERN",
     "MAX_FILE_BYTES",
     "MAX_NODES",
@@ -56,6 +58,24 @@ MAX_DEPTH = 64
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 ID_RULE = "1-128 letters, digits, '_', '.' or '-'"
 AGENT_NODE_TYPES = ("input", "processor", "conditional")
+
+#: Node config keys that would choose where a model request goes or with which key, in
+#: any case and with ``_``/``-`` or none (``apiKey``, ``API-KEY``). The endpoint and key
+#: are the agent's own (its environment, DESIGN §14): config travels inside tasks and is
+#: written by tenants. ``spine_agent.llm`` refuses them again at run time.
+ENDPOINT_CONFIG_KEYS = frozenset(
+    {
+        "api_base",
+        "api_key",
+        "api_secret",
+        "auth_token",
+        "azure_endpoint",
+        "base_url",
+        "endpoint",
+        "websocket_base_url",
+    }
+)
+_SQUASHED_ENDPOINT_KEYS = frozenset(k.replace("_", "") for k in ENDPOINT_CONFIG_KEYS)
 
 FLOW_KEYS: tuple[str, ...] = tuple(FlowDefinition.model_fields)
 NODE_KEYS: tuple[str, ...] = tuple(FlowNode.model_fields)
@@ -470,6 +490,14 @@ def _check_meaning(defn: FlowDefinition, out: _Collector) -> FlowDefinition:
                 bad("a node cannot depend on itself", "depends_on")
             elif dep not in known:
                 bad(f"unknown node {dep!r}" + _suggest(dep, known), "depends_on")
+        for key in node.config.model_extra or {}:
+            if _names_endpoint(key):
+                bad(
+                    "a node config may not set a model's endpoint or key: the agent takes "
+                    "them from its own environment (config travels inside tasks)",
+                    f"config.{key}",
+                )
+    _check_pricing(defn, out)
     cycles = _find_cycles(nodes, known)
     for loop in cycles:
         out.add(
@@ -513,6 +541,33 @@ def _check_meaning(defn: FlowDefinition, out: _Collector) -> FlowDefinition:
     _check_ends(defn, known, out)
     out.raise_if_any()
     return normalise(defn)
+
+
+def _names_endpoint(key: str) -> bool:
+    return re.sub(r"[\s_\-]", "", key.lower()) in _SQUASHED_ENDPOINT_KEYS
+
+
+def _check_pricing(defn: FlowDefinition, out: _Collector) -> None:
+    """A priced flow reserves ``max_credits`` up front (DESIGN §14): without it there is
+    no bound on what its tokens may cost, and below ``cost`` not even the base price fits."""
+    for model in defn.pricing:
+        if not model.strip():
+            out.add(
+                'a model name must not be empty (use "*" for every model not named)',
+                field="pricing",
+            )
+    if defn.pricing and defn.max_credits is None:
+        out.add(
+            "missing: a flow with pricing must set max_credits, what is reserved up front "
+            "for its base price and its tokens",
+            field="max_credits",
+        )
+    if defn.max_credits is not None and defn.max_credits < defn.cost:
+        out.add(
+            f"{defn.max_credits} is below the flow's cost ({defn.cost}); max_credits "
+            "covers the base price and the tokens",
+            field="max_credits",
+        )
 
 
 def _check_ends(defn: FlowDefinition, known: set[str], out: _Collector) -> None:

@@ -518,6 +518,7 @@ class _Step:
                 input_data=d.input_data,
                 metadata=d.metadata,
                 credits_reserved=d.amount,
+                base_credits=d.base_credits,
                 queued=queued,
             )
         else:

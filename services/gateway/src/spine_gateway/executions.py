@@ -57,7 +57,7 @@ from .models import (
     iso,
 )
 from .policy import HIDDEN, Action, check
-from .pricing import Pricing
+from .pricing import Pricing, Reservation
 from .visibility import ReadYourWrites
 
 log = get_logger(__name__)
@@ -174,18 +174,18 @@ class ExecutionsService:
         if found is None or check(caller.caller, Action.RUN_FLOW, found[0]["owner"]) is HIDDEN:
             raise NotFound(f"flow {flow_id!r} not found", code="FLOW_NOT_FOUND")
         flow_row, flow = found
-        price = self.pricing.price(flow, owner=flow_row["owner"])
+        reserve = self.pricing.reservation(flow, owner=flow_row["owner"])
         body = {"flow_id": flow_id, "input_data": input_data, "metadata": metadata}
 
         async def start(execution_id: str) -> dict[str, Any]:
             return await self._start(
-                caller, execution_id, flow_row, flow, price, input_data, metadata
+                caller, execution_id, flow_row, flow, reserve, input_data, metadata
             )
 
         answer, replay = await self.idempotency.run(
             caller.user_id, "execute", idempotency_key, body, start
         )
-        return ExecutionAccepted.model_validate(answer), 0 if replay else price
+        return ExecutionAccepted.model_validate(answer), 0 if replay else reserve.amount
 
     async def _start(
         self,
@@ -193,7 +193,7 @@ class ExecutionsService:
         execution_id: str,
         flow_row: FlowRow,
         flow: FlowDefinition,
-        price: int,
+        reserve: Reservation,
         input_data: dict[str, Any],
         metadata: dict[str, Any],
     ) -> dict[str, Any]:
@@ -205,7 +205,8 @@ class ExecutionsService:
             actor=caller.actor,
             user_id=user_id,
             execution_id=execution_id,
-            amount=price,
+            amount=reserve.amount,
+            base_credits=reserve.base_credits,
             flow=flow,
             flow_version=flow_row["flow_version"],
             input_data=input_data,
@@ -402,9 +403,14 @@ class ExecutionsService:
         asked = {}
         if any(n["status"] == "waiting_input" for n in rows):
             asked = await self.read.questions(execution_id)
+        usage = None
+        if row["status"] in TERMINAL_STATUSES:
+            usage = await self.read.execution_usage(execution_id)
         nodes = node_details(row["status"], row["input_data"], rows, flow, asked)
         graph = FlowGraph.of(row["flow_version"], flow) if flow is not None else None
-        return ExecutionView.detail(row, nodes, graph)
+        view = ExecutionView.detail(row, nodes, graph)
+        view.usage = usage
+        return view
 
     async def _ran(self, row: ExecutionRow) -> FlowDefinition | None:
         """The flow definition the execution ran (a version never changes: kept in memory)."""

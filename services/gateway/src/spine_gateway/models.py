@@ -301,6 +301,9 @@ class ExecutionView(_Open):
     nodes: dict[str, NodeView] | None = None
     #: the detail's: the flow the execution ran, as ``GET /flows/{id}/graph`` draws it
     graph: FlowGraph | None = None
+    #: the detail's, once ended: tokens used and credits charged (its terminal event's
+    #: ``usage``, DESIGN §14); ``None`` for a run that was not metered
+    usage: dict[str, Any] | None = None
 
     @classmethod
     def detail(

@@ -24,3 +24,17 @@ class Pricing:
         if owner == SYSTEM:
             return flow.cost
         return max(flow.cost, self.floor(flow))
+
+    def reservation(self, flow: FlowDefinition, *, owner: str) -> Reservation:
+        """What starting ``flow`` reserves, and the base price the orchestrator charges
+        for it (``None`` without pricing: the reservation is the price, as before)."""
+        price = self.price(flow, owner=owner)
+        if not flow.pricing:
+            return Reservation(amount=price, base_credits=None)
+        return Reservation(amount=max(price, flow.max_credits or 0), base_credits=price)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    amount: int
+    base_credits: int | None

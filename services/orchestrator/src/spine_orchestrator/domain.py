@@ -30,7 +30,12 @@ Rules (docs/guarantees.md, docs/flows.md):
   partition (:mod:`.dispatch`) resumes the node with :func:`resume_node`;
 * an execution started ``queued`` (its user at ``max_in_flight``) records
   ``execution.queued`` and dispatches nothing until ``ReleaseExecution``;
-* a terminal execution ignores everything but is remembered, so duplicates stay harmless.
+* a terminal execution ignores everything but is remembered, so duplicates stay harmless;
+* credits per token (DESIGN §14, docs/credits.md): every accepted result's ``usage`` (success,
+  error or question alike: the provider was paid) is counted when its agent is ``system``
+  or the execution user's own, and listed as untrusted otherwise; a priced flow's tasks
+  carry the budget left; the charge is the base price (completed, or cancelled after work)
+  plus the tokens, capped by the reservation, the rest recorded as overshoot.
 """
 
 from __future__ import annotations
@@ -67,7 +72,8 @@ from spine_contracts import (
     StartExecution,
 )
 from spine_contracts.access import SYSTEM, owner_may_use
-from spine_contracts.messages.executions import AgentWaitReason, ExecutionQueued
+from spine_contracts.messages.executions import AgentWaitReason, ExecutionQueued, ExecutionUsage
+from spine_contracts.metering import TokenBudget, credits_for, usage_in, whole_credits
 
 NodeStatus = Literal[
     "pending",
@@ -80,6 +86,7 @@ NodeStatus = Literal[
     "cancelled",
 ]
 AgentAvailability = Literal["active", "inactive", "unknown", "deregistered"]
+Outcome = Literal["completed", "failed", "cancelled"]
 TERMINAL_NODE: frozenset[str] = frozenset({"completed", "failed", "skipped", "cancelled"})
 MAX_BACKOFF_S = 60.0
 DEFAULT_AGENT_WAIT_S = 60.0
@@ -151,10 +158,34 @@ class ExecutionState:
     nodes: dict[str, NodeState] = field(default_factory=dict)
     timers: dict[str, Timer] = field(default_factory=dict)
     error_message: str | None = None
+    #: the flow's price without tokens; ``None``: the reservation is the price (no pricing)
+    base_credits: int | None = None
+    #: tokens counted so far (trusted agents only) and what they cost, unrounded
+    input_tokens: int = 0
+    output_tokens: int = 0
+    token_credits: float = 0.0
+    #: agents whose reported usage was not counted, in order of first report
+    untrusted: tuple[str, ...] = ()
 
     @property
     def terminal(self) -> bool:
         return self.status in ("completed", "failed", "cancelled")
+
+    @property
+    def base_price(self) -> int:
+        return self.credits_reserved if self.base_credits is None else self.base_credits
+
+    @property
+    def metered(self) -> bool:
+        """Whether the terminal event carries a usage: a priced flow, or tokens reported."""
+        return bool(self.flow.pricing or self.input_tokens or self.output_tokens or self.untrusted)
+
+    def budget(self) -> TokenBudget | None:
+        """What a task of a priced flow may still spend on tokens (``None``: not priced)."""
+        if not self.flow.pricing:
+            return None
+        left = self.credits_reserved - self.base_price - self.token_credits
+        return TokenBudget(credits=max(0.0, left), pricing=self.flow.pricing)
 
     def node(self, node_id: str) -> FlowNode:
         for node in self.flow.nodes:
@@ -184,6 +215,11 @@ class ExecutionState:
             "nodes": {k: _node_json(n) for k, n in self.nodes.items()},
             "timers": {k: _timer_json(t) for k, t in self.timers.items()},
             "error_message": self.error_message,
+            "base_credits": self.base_credits,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "token_credits": self.token_credits,
+            "untrusted": list(self.untrusted),
         }
 
     @classmethod
@@ -206,6 +242,8 @@ class ExecutionState:
                 "started_at": _dt(data["started_at"]),
                 "nodes": nodes,
                 "timers": timers,
+                # a snapshot of older code has none of the metering fields: the defaults
+                "untrusted": tuple(data.get("untrusted", ())),
             }
         )
 
@@ -376,6 +414,7 @@ def _new_state(cmd: StartExecution, env: Environment) -> ExecutionState:
         input_data=dict(d.input_data),
         metadata=dict(d.metadata),
         credits_reserved=d.credits_reserved,
+        base_credits=d.base_credits,
         correlation_id=cmd.correlation_id or str(cmd.message_id),
         trace=cmd.trace,
         started_at=env.now,
@@ -435,6 +474,7 @@ class _Run:
             "input_data": s.input_data,
             "metadata": s.metadata,
             "credits_reserved": s.credits_reserved,
+            "base_credits": s.base_credits,
         }
 
     def start(self) -> Decision:
@@ -570,6 +610,7 @@ class _Run:
             metadata={"flow_id": self.s.flow.flow_id},
             timestamp=self.env.now,
             deadline=deadline,
+            budget=self.s.budget(),
         )
         self.decision.tasks.append(Task(node.agent_id, task))
         self.emit(
@@ -620,6 +661,7 @@ class _Run:
             return  # duplicate, late or foreign: changes nothing
         node = self.s.node(r.node_id)
         self._disarm_node(node.id)
+        self._count_usage(node, result)
         duration = _ms(self.env.now - ns.dispatched_at) if ns.dispatched_at else None
         if r.status == "success":
             ns.status = "completed"
@@ -637,6 +679,23 @@ class _Run:
             self._ask(node, ns, r.question or "more input is needed", r.missing_fields)
         else:
             self._attempt_failed(node, r.error_message or "agent reported an error")
+
+    def _count_usage(self, node: FlowNode, result: AgentResult) -> None:
+        """Add the tokens a result reports, if its agent may be believed: one of
+        ``system`` or of the execution's user (another's agent could inflate the bill).
+        The agent asked is the one whose signature the result carries."""
+        usage = usage_in(result.data.output)
+        if usage is None:
+            return
+        agent_id = node.agent_id or result.data.agent_id
+        owner = self.env.agent_owner(agent_id)
+        if owner is None or not owner_may_use(owner, self.s.user_id):
+            if agent_id not in self.s.untrusted:
+                self.s.untrusted = (*self.s.untrusted, agent_id)
+            return
+        self.s.input_tokens += usage.input_tokens
+        self.s.output_tokens += usage.output_tokens
+        self.s.token_credits += credits_for(self.s.flow.pricing, usage)
 
     def _ask(self, node: FlowNode, ns: NodeState, question: str, missing: tuple[str, ...]) -> None:
         max_turns = node.config.max_turns or 1
@@ -762,8 +821,14 @@ class _Run:
         self._stop_in_flight(reason)
         self.s.status = "cancelled"
         self.s.timers.clear()
-        self.emit(ExecutionCancelled, reason=reason, duration_ms=self._duration())
-        self._settle("cancelled")
+        usage = self._usage("cancelled")
+        self.emit(
+            ExecutionCancelled,
+            reason=reason,
+            duration_ms=self._duration(),
+            usage=self._shown(usage),
+        )
+        self._settle("cancelled", usage)
 
     # --- endings -----------------------------------------------------------------------
     def _fail(self, node_id: str | None, message: str, *, already_emitted: bool = False) -> None:
@@ -785,10 +850,15 @@ class _Run:
         self.s.status = "failed"
         self.s.error_message = message
         self.s.timers.clear()
+        usage = self._usage("failed")
         self.emit(
-            ExecutionFailed, error_message=message, node_id=node_id, duration_ms=self._duration()
+            ExecutionFailed,
+            error_message=message,
+            node_id=node_id,
+            duration_ms=self._duration(),
+            usage=self._shown(usage),
         )
-        self._settle("failed")
+        self._settle("failed", usage)
 
     def _complete(self) -> None:
         exits = self.s.flow.exit_points or _derived_exits(self.s.flow)
@@ -797,8 +867,14 @@ class _Run:
         }
         self.s.status = "completed"
         self.s.timers.clear()
-        self.emit(ExecutionCompleted, output_data=output, duration_ms=self._duration())
-        self._settle("completed")
+        usage = self._usage("completed")
+        self.emit(
+            ExecutionCompleted,
+            output_data=output,
+            duration_ms=self._duration(),
+            usage=self._shown(usage),
+        )
+        self._settle("completed", usage)
 
     def _stop_in_flight(self, reason: str) -> None:
         for node in self.s.flow.nodes:
@@ -818,8 +894,15 @@ class _Run:
                     self.decision.tasks.append(Task(node.agent_id, cancel))
                 ns.status = "cancelled"
 
-    def _settle(self, outcome: Literal["completed", "failed", "cancelled"]) -> None:
-        charge = credit_charge(self.s, outcome)
+    def _usage(self, outcome: Outcome) -> ExecutionUsage:
+        return usage_of(self.s, outcome)
+
+    def _shown(self, usage: ExecutionUsage) -> ExecutionUsage | None:
+        """On the terminal event only when metered: an unpriced, tokenless run's events
+        stay as they were."""
+        return usage if self.s.metered else None
+
+    def _settle(self, outcome: Outcome, usage: ExecutionUsage) -> None:
         self.decision.commands.append(
             SettleCredits.build(
                 cause=self.cause,
@@ -829,7 +912,9 @@ class _Run:
                 user_id=self.s.user_id,
                 execution_id=self.s.execution_id,
                 outcome=outcome,
-                charge=charge,
+                charge=usage.charge,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
             )
         )
 
@@ -838,18 +923,37 @@ class _Run:
 
 
 def credit_charge(state: ExecutionState, outcome: str) -> int:
-    """The documented policy: a completed run pays its reservation; a failed run pays
-    nothing (the platform or an agent failed, not the user); a cancelled run pays its
-    reservation only if some agent already delivered work."""
+    """What the policy asks (docs/credits.md), before the reservation caps it: the tokens
+    counted, rounded up once, always (the provider was paid), plus the base price when
+    the run completed or was cancelled after an agent delivered work. A failed run pays no
+    base price: the platform or an agent failed, not the user. Without pricing the base
+    price is the reservation and tokens cost nothing, as before credits per token."""
+    tokens = whole_credits(state.token_credits)
     if outcome == "completed":
-        return state.credits_reserved
+        return state.base_price + tokens
     if outcome == "cancelled":
         worked = any(
             ns.status == "completed" and state.node(nid).agent_id is not None
             for nid, ns in state.nodes.items()
         )
-        return state.credits_reserved if worked else 0
-    return 0
+        return (state.base_price if worked else 0) + tokens
+    return tokens
+
+
+def usage_of(state: ExecutionState, outcome: str) -> ExecutionUsage:
+    """The usage and the charge of a run ending with ``outcome``: never charged past the
+    reservation; what the policy asks beyond it is the overshoot."""
+    charge = credit_charge(state, outcome)
+    charged = min(charge, state.credits_reserved)
+    return ExecutionUsage(
+        input_tokens=state.input_tokens,
+        output_tokens=state.output_tokens,
+        token_credits=round(state.token_credits, 6),
+        charge=charge,
+        charged=charged,
+        overshoot=charge - charged,
+        untrusted=state.untrusted,
+    )
 
 
 def _derived_exits(flow: FlowDefinition) -> tuple[str, ...]:

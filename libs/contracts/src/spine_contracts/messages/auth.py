@@ -110,6 +110,9 @@ class ReserveCreditsData(Body):
     input_data: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     request_id: str | None = None
+    #: the flow's price without tokens, when ``amount`` is a priced flow's ``max_credits``
+    #: (DESIGN §14); carried to the ``StartExecution`` as is
+    base_credits: int | None = Field(default=None, ge=0)
 
 
 class ReserveCredits(Message):

@@ -274,6 +274,20 @@ class ReadModel:
         )
         return {r["node_id"]: d for r in _rows(rows) if isinstance(d := r["data"], dict)}
 
+    async def execution_usage(self, execution_id: str) -> dict[str, Any] | None:
+        """What its terminal event says the models used and the run was charged
+        (``usage``, DESIGN §14); ``None`` when not ended or not metered."""
+        value = await self._pool.fetchval(
+            """SELECT data->'usage' FROM execution_events
+               WHERE execution_id = $1 AND type IN
+                 ('execution.completed', 'execution.failed', 'execution.cancelled')
+               ORDER BY seq DESC LIMIT 1""",
+            execution_id,
+        )
+        if isinstance(value, str):
+            value = orjson.loads(value)
+        return value if isinstance(value, dict) else None
+
     async def executions_page(
         self, f: ExecutionFilter, *, after: PageKey | None, limit: int, offset: int = 0
     ) -> tuple[list[ExecutionRow], int]:
