@@ -35,6 +35,7 @@ from spine_contracts import (
     UserCreated,
 )
 from spine_contracts.access import USER_SCOPES, primary_key_id
+from spine_gateway.adapters.postgres import ReadModel
 from spine_gateway.projection import (
     CREDITS_DDL,
     EXECUTION_FLOWS_DDL,
@@ -50,6 +51,7 @@ from spine_gateway.projection import (
     usage_projection,
     users_projection,
 )
+from spine_servicekit.postgres import create_pool
 from spine_servicekit.projector import Incoming
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -347,3 +349,26 @@ async def test_keys_are_projected_by_id_and_a_further_key_leaves_the_users_row(
     assert keys["key_b"]["scopes"] == ["executions:read"]
     assert await conn.fetchval("SELECT key_hash FROM users WHERE user_id = $1", uid) == h1
     assert marks.get("key", "key_b") is not None
+
+
+async def test_credits_used_are_what_settles_charged(
+    conn: asyncpg.Connection, database_url: str, pg_schema: str
+) -> None:
+    """``/users/me``'s credits used: the settles' charges (a refund, a priced run's unused
+    reservation are not "used"), in total and over the last 24 hours."""
+    now = datetime.now(UTC)
+    await conn.execute(
+        """INSERT INTO credits_charged (execution_id, user_id, charged, settled_at)
+           VALUES ('c1', 'spender', 7, $1), ('c2', 'spender', 0, $1),
+                  ('c3', 'spender', 3, $2), ('c4', 'someone else', 5, $1)""",
+        now,
+        now - timedelta(days=3),
+    )
+    pool = await create_pool(database_url, schema=pg_schema)
+    try:
+        row = await ReadModel(pool).usage("spender")
+        nobody = await ReadModel(pool).usage("nobody")
+    finally:
+        await pool.close()
+    assert (row["credits"], row["credits_24h"]) == (10, 7)
+    assert (nobody["credits"], nobody["credits_24h"]) == (None, 0)

@@ -239,8 +239,8 @@ class OperationsService:
     async def user_summary(self, user_id: str) -> dict[str, Any]:
         """The same fields as the operators' summary, over one user's executions and usage
         only (this read model's rows; the metrics service's aggregates are every tenant's).
-        ``credits_spent`` is what the user's requests reserved, as ``/users/me`` counts it
-        (``usage.credits_used_total``); the catalogue sizes are what the user can list."""
+        ``credits_spent`` is what the user's executions were charged (``/users/me``'s
+        ``usage.credits_used_total``); the catalogue sizes are what the user can list."""
         counts, average_ms, usage, flows, agents = await asyncio.gather(
             self.read.status_counts(user_id),
             self.read.average_duration_ms(user_id),

@@ -362,19 +362,27 @@ class ReadModel:
     async def usage(self, user_id: str) -> UsageRow:
         """Totals and the last 24 hourly buckets (the current hour and the 23 before it)."""
         row = await self._pool.fetchrow(
-            """SELECT t.requests, t.credits, t.last_request_at,
+            """SELECT t.requests, c.credits, t.last_request_at,
                       COALESCE(d.requests, 0) AS requests_24h,
                       COALESCE(d.errors, 0) AS errors_24h,
-                      COALESCE(d.credits, 0) AS credits_24h
+                      COALESCE(c.credits_24h, 0) AS credits_24h
                FROM (SELECT $1::text AS user_id) AS me
                LEFT JOIN usage_totals AS t ON t.user_id = me.user_id
                LEFT JOIN (
-                   SELECT user_id, sum(requests) AS requests, sum(errors) AS errors,
-                          sum(credits) AS credits
+                   SELECT user_id, sum(requests) AS requests, sum(errors) AS errors
                    FROM usage_hourly
                    WHERE user_id = $1 AND hour >= date_trunc('hour', now()) - interval '23 hours'
                    GROUP BY user_id
-               ) AS d ON d.user_id = me.user_id""",
+               ) AS d ON d.user_id = me.user_id
+               LEFT JOIN (
+                   -- what settles charged (not what was reserved): a failed run's refund
+                   -- and a priced run's unused reservation are not "used"
+                   SELECT user_id, sum(charged) AS credits,
+                          sum(charged) FILTER (
+                              WHERE settled_at >= date_trunc('hour', now()) - interval '23 hours'
+                          ) AS credits_24h
+                   FROM credits_charged WHERE user_id = $1 GROUP BY user_id
+               ) AS c ON c.user_id = me.user_id""",
             user_id,
         )
         assert row is not None
