@@ -9,9 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from orchestrator.test_domain import result, tasks
 from spine_contracts import (
-    AgentMessage,
-    AgentResult,
     CancelExecution,
     ExecutionCancelled,
     ExecutionCompleted,
@@ -72,22 +71,6 @@ def start(f: FlowDefinition, reserved: int = 20, base: int | None = 2) -> StartE
 
 def usage(model: str = "big", inp: int = 1000, out: int = 1000) -> dict[str, Any]:
     return {"model": model, "input_tokens": inp, "output_tokens": out}
-
-
-def result(task: AgentMessage, status: str = "success", **kw: Any) -> AgentResult:
-    d = task.data
-    return AgentResult.build(
-        execution_id=d.execution_id,
-        node_id=d.node_id,
-        attempt=d.attempt,
-        agent_id=d.to_agent,
-        status=status,
-        **kw,
-    )
-
-
-def tasks(decision: Decision) -> list[AgentMessage]:
-    return [t.message for t in decision.tasks if isinstance(t.message, AgentMessage)]
 
 
 def settle(decision: Decision) -> SettleCredits:
