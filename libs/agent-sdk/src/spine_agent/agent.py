@@ -30,6 +30,10 @@ What :meth:`Agent.serve` does (docs/agents.md):
   large for one message (``KafkaConfig.max_value_bytes``, docs/limits.md) is replaced by
   an error result naming its size and the limit, and logged (``result_too_large``), so
   the node fails at once instead of timing out;
+* sends what a handler reports with ``await task.progress(...)`` on the progress topic,
+  signed, coalesced to about 10 messages a second per node (:mod:`.progress`), in the
+  background and outside any transaction; a failed send never fails the task, and the last
+  one is acknowledged before the result is published;
 * commits only contiguous offsets (:class:`~spine_agent.offsets.OffsetTracker`), every
   ``commit_interval`` at most: a slow task never holds back later tasks from running,
   only from being committed. Delivery is therefore at least once: after a crash or a
@@ -78,6 +82,7 @@ from spine_contracts import (
     AgentHeartbeat,
     AgentInfo,
     AgentMessage,
+    AgentProgress,
     AgentResult,
     ContractError,
     Message,
@@ -109,6 +114,7 @@ except ImportError:
 
 from . import signing
 from .offsets import OffsetTracker
+from .progress import Chunk, NodeProgress, Send
 from .results import describe_error, result_for
 from .settings import AgentSettings
 from .task import NeedsInput, Task, TaskFailed
@@ -384,6 +390,7 @@ class _Worker:
         self.group_id = agent.group_id(cfg)
         self.tasks_topic = cfg.agent_tasks(self.agent_id)
         self.results_topic = cfg.topic(topics.AGENT_RESULTS)
+        self.progress_topic = cfg.topic(topics.AGENT_PROGRESS)
         self.stats = AgentStats()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self.backlog: deque[_Item] = deque()
@@ -634,13 +641,15 @@ class _Worker:
             return
         started = time.perf_counter()
         self._log.debug("task_started")
+        progress = NodeProgress(self._progress_sender(message))
         handler_task: asyncio.Task[object] = asyncio.create_task(
-            self._call_handler(Task.from_message(message))
+            self._call_handler(Task.from_message(message, progress=progress.report))
         )
         running.handler_task = handler_task
         try:
             outcome = await handler_task
         except asyncio.CancelledError:
+            progress.discard()
             current = asyncio.current_task()
             if running.cancel_reason is not None and (current is None or not current.cancelling()):
                 self._cancelled(running)
@@ -651,6 +660,9 @@ class _Worker:
             result = result_for(message, self.agent_id, outcome, duration_ms=duration_ms)
         except Exception as exc:  # e.g. a question that is not text: still an answer
             result = result_for(message, self.agent_id, exc, duration_ms=duration_ms)
+        # The last progress is acknowledged before the result goes: the two topics share no
+        # order, and a reader must never see progress of a node that has finished.
+        await progress.close()
         result = await self._publish_result(message, result)
         self._count(result)
         self._remember(message.message_id)
@@ -880,6 +892,34 @@ class _Worker:
         if len(value) > self.cfg.max_value_bytes:
             raise MessageTooLarge(message.type, len(value), self.cfg.max_value_bytes)
         await producer.send_and_wait(topic, value=value, key=k, headers=headers)
+
+    def _progress_sender(self, cause: AgentMessage) -> Send:
+        """Sends one coalesced chunk of ``cause``'s progress, signed, outside any
+        transaction, waiting for the broker's acknowledgement (bounded by the caller)."""
+        d = cause.data
+
+        async def send(chunk: Chunk) -> None:
+            producer = self.producer
+            if producer is None:
+                return
+            message = AgentProgress.build(
+                cause=cause,
+                execution_id=d.execution_id,
+                node_id=d.node_id,
+                attempt=d.attempt,
+                agent_id=self.agent_id,
+                seq=chunk.seq,
+                text=chunk.text,
+                tokens=chunk.tokens,
+                status=chunk.status,
+            )
+            k, value, headers = Outgoing(
+                self.progress_topic, d.execution_id, message
+            ).encode_signed(self.signer, self.cfg.prefix)
+            sent = await producer.send(self.progress_topic, value=value, key=k, headers=headers)
+            await sent
+
+        return send
 
     async def _beat(self, *, ready: bool) -> None:
         info = self.agent.info
