@@ -121,6 +121,16 @@ issue_agents() {
     fi
     echo "    $id: issued"
   done
+  # Agents issued earlier by hand (make issue-agent) keep up with the ACL table too, e.g.
+  # WRITE on the progress topic that came after them: ACLs only, revoked agents stay so.
+  if secured; then
+    echo "==> reconciling every issued agent's ACLs (spine-admin grant-agents)"
+    if ! "$ROOT/.venv/bin/spine-admin" grant-agents >>"$LOGS/spine-admin.log" 2>&1; then
+      echo "!!  spine-admin grant-agents failed:" >&2
+      tail -n 5 "$LOGS/spine-admin.log" >&2
+      return 1
+    fi
+  fi
 }
 
 # Really running: the very process recorded when it was started (pid, start time), not a

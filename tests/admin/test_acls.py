@@ -91,15 +91,27 @@ def test_prefixed_acls_only_for_namespaces_a_service_owns() -> None:
                 assert (a.resource_type, a.name) == ("GROUP", "t1-agent.")
 
 
-def test_a_prefixed_tasks_grant_never_reaches_the_results_topic() -> None:
-    results = topics.AGENT_RESULTS.name("t1-")
+@pytest.mark.parametrize(
+    "shared", [topics.AGENT_RESULTS, topics.AGENT_PROGRESS], ids=lambda s: s.base
+)
+def test_a_prefixed_tasks_grant_never_reaches_the_shared_agent_topics(
+    shared: topics.TopicSpec,
+) -> None:
+    name = shared.name("t1-")
+    assert name.startswith("t1-" + AGENTS_NS)  # inside the namespace: the DENY is needed
     for service, granted in _all_service_acls("t1-").items():
         for a in granted:
             if a.resource_type == "TOPIC" and a.pattern_type == "PREFIXED":
                 if a.operation == "DESCRIBE":
                     continue  # metadata only
-                deny = Acl("TOPIC", "LITERAL", results, a.operation, "DENY")
+                deny = Acl("TOPIC", "LITERAL", name, a.operation, "DENY")
                 assert deny in granted, f"{service}: {a.operation} on {a.name} without a DENY"
+
+
+def test_the_gateway_reads_progress_and_agents_write_it() -> None:
+    progress = topics.AGENT_PROGRESS.name("p-")
+    assert Acl("TOPIC", "LITERAL", progress, "READ") in _all_service_acls("p-")["gateway"]
+    assert Acl("TOPIC", "LITERAL", progress, "WRITE") in {g.acl for g in agent_grants("a", "p-")}
 
 
 def test_only_the_registry_creates_topics_and_only_tasks_topics() -> None:
@@ -123,12 +135,13 @@ def test_every_name_carries_the_installation_prefix() -> None:
     assert all(g.acl.name.startswith("t9.") for g in agent_grants("a", "t9."))
 
 
-def test_an_agent_gets_five_literal_acls_on_its_own_names() -> None:
+def test_an_agent_gets_six_literal_acls_on_its_own_names() -> None:
     granted = {g.acl for g in agent_grants("a", "p-")}
     assert granted == {
         Acl("TOPIC", "LITERAL", "p-spine.agents.a.tasks", "READ"),
         Acl("GROUP", "LITERAL", "p-agent.a", "READ"),
         Acl("TOPIC", "LITERAL", "p-spine.agents.results", "WRITE"),
+        Acl("TOPIC", "LITERAL", "p-spine.agents.progress", "WRITE"),
         Acl("TOPIC", "LITERAL", "p-spine.registry.commands", "WRITE"),
         Acl("TOPIC", "LITERAL", "p-spine.registry.heartbeats", "WRITE"),
     }

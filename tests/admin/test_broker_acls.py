@@ -28,7 +28,7 @@ from aiokafka.errors import (
     TransactionalIdAuthorizationFailed,
 )
 from pydantic import SecretStr
-from spine_admin import IssueError, acls, principals, scram
+from spine_admin import IssueError, acls, bindings, principals, scram
 from spine_admin.acls import SERVICES
 from spine_admin.connection import Broker
 from spine_contracts import AgentInfo, topics
@@ -235,3 +235,44 @@ async def test_a_revoked_agent_cannot_log_in_and_its_credential_is_replaced_not_
     with pytest.raises(KafkaError):
         await asyncio.wait_for(producer.start(), WITHIN)
     await producer.stop()
+
+
+async def test_grant_agents_gives_agents_issued_earlier_what_the_table_grants_now(
+    kafka: KafkaConfig,
+) -> None:
+    """An agent issued before the progress topic existed (its WRITE taken away here) gets
+    it back from ``spine-admin grant-agents``, and can write progress; a revoked agent
+    stays without ACLs."""
+    issued = await issue_agent(kafka, "old")
+    assert issued.credentials_file is not None
+    login = _as(kafka, _login(issued.credentials_file))
+    progress = kafka.topic(topics.AGENT_PROGRESS)
+    principal = acls.agent_principal("old", kafka.prefix)
+    await issue_agent(kafka, "revoked")
+    revoked = acls.agent_principal("revoked", kafka.prefix)
+
+    def as_before_progress() -> None:
+        broker = Broker(kafka.bootstrap_servers, kafka.security)
+        wanted = [g.acl for g in acls.agent_grants("old", kafka.prefix)]
+        bindings.apply(broker, principal, [a for a in wanted if a.name != progress])
+        principals.revoke_agent_credentials(
+            broker, "revoked", prefix=kafka.prefix, credentials_dir=TEST_CREDENTIALS_DIR
+        )
+
+    await asyncio.to_thread(as_before_progress)
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _write(login, progress)
+
+    def grant() -> tuple[list[principals.AclsReconciled], set[acls.Acl], set[acls.Acl]]:
+        broker = Broker(kafka.bootstrap_servers, kafka.security)
+        done = principals.grant_agents(broker, prefix=kafka.prefix)
+        return done, bindings.current(broker, principal), bindings.current(broker, revoked)
+
+    done, now, revoked_now = await asyncio.to_thread(grant)
+    mine = {r.principal: r for r in done}
+    assert mine[principal].acls_created == 1 and mine[principal].acls_deleted == 0
+    assert revoked not in mine and revoked_now == set()
+    assert now == {g.acl for g in acls.agent_grants("old", kafka.prefix)}
+    await _write(login, progress)
+    again = await asyncio.to_thread(grant)  # idempotent
+    assert {r.principal: r.acls_created for r in again[0]}[principal] == 0

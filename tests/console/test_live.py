@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from spine_console.live import coalesce_feed, execution_updates
+from spine_console.filters import dom_id
+from spine_console.live import coalesce_feed, execution_updates, progress_fragment
 
 
 def change(eid: str, cursor: str = "0:1") -> dict[str, Any]:
@@ -72,3 +73,34 @@ async def test_an_execution_stream_is_numbers_then_done_after_the_terminal_event
     assert [u async for u in execution_updates(frames([]))] == [{"event": "done", "data": "done"}]
     odd = [u async for u in execution_updates(frames([{"id": "x<", "event": "e", "data": ""}]))]
     assert odd[0] == {"event": "update", "data": "0"}
+
+
+def progress(data: Any) -> dict[str, Any]:
+    raw = data if isinstance(data, str) else orjson.dumps(data).decode()
+    return {"event": "execution.node_progress", "data": raw}
+
+
+async def test_progress_becomes_escaped_out_of_band_html_without_an_id() -> None:
+    items = [
+        {"id": "3", "event": "execution.node_dispatched", "data": "{}"},
+        progress({"node_id": "a.b", "text": "<script>x()</script>", "tokens": 4, "status": "hm"}),
+        progress({"node_id": "bad id <", "text": "dropped"}),
+        progress("not json"),
+        {"id": "4", "event": "execution.completed", "data": "{}"},
+    ]
+    got = [u async for u in execution_updates(frames(items))]
+    assert [u["event"] for u in got] == ["update", "progress", "update", "done"]
+    shown = got[1]
+    assert "id" not in shown  # live only: a reconnect never resumes from progress
+    html = shown["data"]
+    assert "<script>" not in html and "&lt;script&gt;x()&lt;/script&gt;" in html
+    target = f"#out-{dom_id('a.b')}"
+    assert f'hx-swap-oob="beforeend:{target}"' in html
+    assert f'hx-swap-oob="innerHTML:#meta-{dom_id("a.b")}"' in html and "4 tokens" in html
+
+
+def test_progress_fragment_keeps_only_what_reads() -> None:
+    assert progress_fragment(orjson.dumps({"text": "no node"})) == ""
+    plain = progress_fragment(orjson.dumps({"node_id": "n", "text": "hi", "tokens": True}))
+    assert "hi" in plain and "tokens" not in plain  # a bool is no token count
+    assert dom_id("a.b") != dom_id("a:b") and dom_id("x").isalnum()

@@ -23,6 +23,7 @@ TOPIC_RETENTION = {
     "spine.executions.snapshots": "compacted",
     "spine.agents.{agent_id}.tasks": "7 d",
     "spine.agents.results": "7 d",
+    "spine.agents.progress": "1 h",
     "spine.registry.commands": "7 d",
     "spine.registry.requests": "7 d",
     "spine.registry.admin": "7 d",

@@ -14,7 +14,8 @@ Environment (the usual agent settings too: Kafka, ``SPINE_AGENT_*``, ``LOG_LEVEL
 * ``SPINE_LLM_API_KEY`` — never logged; unset: ``OPENAI_API_KEY``/``ANTHROPIC_API_KEY``,
   else none (a local server);
 * ``SPINE_LLM_AGENT_ID`` (``llm``), ``SPINE_LLM_MAX_TOKENS`` (1024), ``SPINE_LLM_MAX_RETRIES``
-  (2), ``SPINE_LLM_TIMEOUT`` (120 s).
+  (2), ``SPINE_LLM_TIMEOUT`` (120 s), ``SPINE_LLM_STREAM`` (true: the answer's text is
+  streamed as progress, live on the execution's streams).
 
 It lives beside the demo agents, not in the SDK, because it is deployed the way they are
 (an image's console script, issued with ``spine-admin issue-agent llm``); the SDK's ``llm``
@@ -36,6 +37,7 @@ def build(settings: LLMSettings) -> Agent:
         name="LLM",
         description=f"Answers with the {settings.llm_provider} model {settings.llm_model}.",
         capabilities=("llm", "text_generation"),
+        stream=settings.llm_stream,
     )
 
 

@@ -19,11 +19,12 @@ Each service's :class:`Role` is read off its code: the topics it consumes and pr
 * agents' tasks topics (``spine.agents.<id>.tasks``) are dynamic, so the three services
   that handle all of them — the orchestrator writes them, the relay reads them for HTTP
   agents, the registry creates them at an HTTP agent's registration — hold ``PREFIXED``
-  ACLs on ``<prefix>spine.agents.``. That prefix also matches ``spine.agents.results``,
-  so each such grant comes with an explicit ``DENY`` of that operation on the results topic
-  (a ``DENY`` wins over any ``ALLOW``);
+  ACLs on ``<prefix>spine.agents.``. That prefix also matches the shared
+  ``spine.agents.results`` and ``spine.agents.progress``, so each such grant comes with an
+  explicit ``DENY`` of that operation on both (a ``DENY`` wins over any ``ALLOW``);
 * an agent gets ``LITERAL`` ACLs only: ``READ`` on its own tasks topic and its consumer
-  group, ``WRITE`` on the shared results, registry-commands and heartbeats topics. A
+  group, ``WRITE`` on the shared results, progress, registry-commands and heartbeats
+  topics. A
   ``PREFIXED`` ACL for agent ``a`` would also match ``a2``'s and ``a.b``'s names, and agent
   ids contain no ``.`` so that a literal name never straddles two agents either.
 
@@ -121,7 +122,7 @@ SERVICES: dict[str, Role] = {
     "gateway": Role(
         consumes=(T.AUTH_EVENTS, T.FLOWS, T.REGISTRY_EVENTS, T.EXECUTION_EVENTS, T.USAGE,
                   T.AUDIT, T.GATEWAY_REPLIES, T.SERVICE_HEARTBEATS, T.METRICS_SUMMARY,
-                  T.REGISTRY_HEARTBEATS),
+                  T.REGISTRY_HEARTBEATS, T.AGENT_PROGRESS),
         produces=(T.AUTH_COMMANDS, T.EXECUTION_COMMANDS, T.FLOW_COMMANDS, T.REGISTRY_REQUESTS,
                   T.USAGE, T.SERVICE_HEARTBEATS, T.DEADLETTER),
         describes_groups=True,
@@ -162,9 +163,11 @@ SERVICES: dict[str, Role] = {
         produces=(T.METRICS_SUMMARY, T.SERVICE_HEARTBEATS),
     ),
 }
-#: What an agent writes: results (SDK), its registration and its liveness beats.
-AGENT_PRODUCES: tuple[TopicSpec, ...] = (T.AGENT_RESULTS, T.REGISTRY_COMMANDS,
+#: What an agent writes: results and progress (SDK), its registration and its liveness beats.
+AGENT_PRODUCES: tuple[TopicSpec, ...] = (T.AGENT_RESULTS, T.AGENT_PROGRESS, T.REGISTRY_COMMANDS,
                                          T.REGISTRY_HEARTBEATS)
+#: The shared topics inside the tasks topics' namespace, kept out of its prefixed grants.
+SHARED_IN_AGENTS_NAMESPACE: tuple[TopicSpec, ...] = (T.AGENT_RESULTS, T.AGENT_PROGRESS)
 # fmt: on
 
 
@@ -216,11 +219,11 @@ def service_grants(service: str, prefix: str = "") -> list[Grant]:
             )
         )
     tasks = f"{prefix}{AGENTS_NAMESPACE}"
-    results = topics.AGENT_RESULTS.name(prefix)
+    shared = tuple(spec.name(prefix) for spec in SHARED_IN_AGENTS_NAMESPACE)
     if role.writes_agent_tasks:
-        out += _agents_namespace(tasks, results, "WRITE", "dispatches to every agent's tasks topic")
+        out += _agents_namespace(tasks, shared, "WRITE", "dispatches to every agent's tasks topic")
     if role.reads_agent_tasks:
-        out += _agents_namespace(tasks, results, "READ", "serves HTTP agents' tasks topics")
+        out += _agents_namespace(tasks, shared, "READ", "serves HTTP agents' tasks topics")
         out.append(
             Grant(
                 Acl("GROUP", "PREFIXED", f"{prefix}agent.", "READ"),
@@ -228,7 +231,7 @@ def service_grants(service: str, prefix: str = "") -> list[Grant]:
             )
         )
     if role.creates_agent_tasks:
-        out += _agents_namespace(tasks, results, "CREATE", "creates an HTTP agent's tasks topic")
+        out += _agents_namespace(tasks, shared, "CREATE", "creates an HTTP agent's tasks topic")
         out.append(
             Grant(
                 Acl("TOPIC", "PREFIXED", tasks, "DESCRIBE"),
@@ -245,18 +248,21 @@ def service_grants(service: str, prefix: str = "") -> list[Grant]:
     return _unique(out)
 
 
-def _agents_namespace(tasks: str, results: str, op: Operation, why: str) -> list[Grant]:
+def _agents_namespace(tasks: str, shared: tuple[str, ...], op: Operation, why: str) -> list[Grant]:
     return [
         Grant(Acl("TOPIC", "PREFIXED", tasks, op), why),
-        Grant(
-            Acl("TOPIC", "LITERAL", results, op, "DENY"),
-            f"keeps the prefixed {op} off the shared results topic",
+        *(
+            Grant(
+                Acl("TOPIC", "LITERAL", name, op, "DENY"),
+                f"keeps the prefixed {op} off the shared results and progress topics",
+            )
+            for name in shared
         ),
     ]
 
 
 def agent_grants(agent_id: str, prefix: str = "") -> list[Grant]:
-    """An agent's ACLs: its own tasks topic and group, the three shared topics it writes."""
+    """An agent's ACLs: its own tasks topic and group, the four shared topics it writes."""
     check_agent_id(agent_id)
     return _agent_grants(agent_id, prefix)
 

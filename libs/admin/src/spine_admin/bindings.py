@@ -97,6 +97,22 @@ def current(broker: Broker, principal: str) -> set[Acl]:
     return {_to_acl(b) for b in found if b.host == "*"}
 
 
+def principals_with_acls(broker: Broker) -> set[str]:
+    """Every principal name (without ``User:``) that holds at least one binding."""
+    everyone = AclBindingFilter(
+        ResourceType.ANY,
+        None,  # type: ignore[arg-type]  # None matches any name
+        ResourcePatternType.ANY,
+        None,  # type: ignore[arg-type]  # any principal
+        None,  # type: ignore[arg-type]  # any host
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
+    future = broker.client.describe_acls(everyone, request_timeout=broker.timeout_s)
+    found: list[AclBinding] = future.result(timeout=broker.timeout_s)
+    return {b.principal.removeprefix("User:") for b in found if b.principal.startswith("User:")}
+
+
 def apply(broker: Broker, principal: str, wanted: Iterable[Acl]) -> Applied:
     want = set(wanted)
     have = current(broker, principal)

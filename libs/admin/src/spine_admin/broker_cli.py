@@ -25,7 +25,7 @@ from . import principals
 from .acls import SERVICES, _agent_grants, agent_grants, service_grants
 from .connection import Broker, credentials_dir
 
-COMMANDS = ("issue-services", "acls")
+COMMANDS = ("issue-services", "grant-agents", "acls")
 
 
 def add_commands(commands: Any) -> None:
@@ -39,6 +39,13 @@ def add_commands(commands: Any) -> None:
     )
     c.add_argument("--credentials-dir", type=Path, help="default: SPINE_KAFKA_CREDENTIALS_DIR")
     c.add_argument("--no-topics", action="store_true", help="do not create the static topics")
+    commands.add_parser(
+        "grant-agents",
+        help="reconcile every issued agent's ACLs with the table (make up runs it)",
+        description="Idempotent: for each agent principal of this installation that holds "
+        "ACLs (issued, not revoked), add the ACLs the table grants it now and delete stale "
+        "ones. Nothing else changes: passwords, SCRAM credentials, keys and topics stay.",
+    )
     t = commands.add_parser("acls", help="print the ACL table (docs/security.md)")
     t.add_argument("--principal", help="one service name, or agent-<id>")
 
@@ -70,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "acls":
         return _print_acls(args.principal)
     cfg, prefix = _settings()
+    if args.command == "grant-agents":
+        return _grant_agents(cfg, prefix)
     broker = _broker(cfg)
     if not args.no_topics:
         created = asyncio.run(ensure_topics(cfg))
@@ -84,6 +93,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"issuing {len(SERVICES)} service principals", flush=True)
     for issued in principals.issue_services(broker, prefix=prefix, credentials_dir=_dir(args)):
         _say(issued)
+    return 0
+
+
+def _grant_agents(cfg: KafkaConfig, prefix: str) -> int:
+    if not cfg.security.sasl:
+        print(f"the broker is not secured ({cfg.security.describe()}): no ACLs", flush=True)
+        return 0
+    done = principals.grant_agents(_broker(cfg), prefix=prefix)
+    print(f"{len(done)} issued agents", flush=True)
+    for r in done:
+        print(f"  {r.principal}: {r.acls} ACLs (+{r.acls_created} -{r.acls_deleted})", flush=True)
     return 0
 
 

@@ -18,7 +18,15 @@ from pathlib import Path
 
 from . import bindings, scram
 from . import credentials as creds
-from .acls import SERVICES, Acl, agent_grants, agent_principal, service_grants, service_principal
+from .acls import (
+    SERVICES,
+    Acl,
+    agent_grants,
+    agent_principal,
+    check_agent_id,
+    service_grants,
+    service_principal,
+)
 from .connection import Broker
 
 
@@ -77,6 +85,43 @@ def issue_agent_credentials(
     return _issue(
         broker, agent_principal(agent_id, prefix), (g.acl for g in grants), credentials_dir
     )
+
+
+@dataclass(frozen=True)
+class AclsReconciled:
+    principal: str
+    acls: int
+    acls_created: int
+    acls_deleted: int
+
+
+def issued_agents(broker: Broker, *, prefix: str = "") -> list[str]:
+    """The ids of this installation's agents whose principal holds ACLs: every agent issued
+    and not revoked (revoking deletes all of a principal's ACLs, so it is not found here)."""
+    head = f"{prefix}agent-"
+    found = set()
+    for principal in bindings.principals_with_acls(broker):
+        if not principal.startswith(head):
+            continue
+        try:
+            found.add(check_agent_id(principal.removeprefix(head)))
+        except ValueError:
+            continue  # not a name this installation's table makes
+    return sorted(found)
+
+
+def grant_agents(broker: Broker, *, prefix: str = "") -> list[AclsReconciled]:
+    """Reconcile every issued agent's ACLs with today's table (a topic an agent newly
+    writes, such as the progress topic, reaches agents issued before it existed). ACLs
+    only: no password, SCRAM credential, key or topic is touched, and a revoked agent
+    (no ACLs left) stays revoked."""
+    out = []
+    for agent_id in issued_agents(broker, prefix=prefix):
+        principal = agent_principal(agent_id, prefix)
+        wanted = [g.acl for g in agent_grants(agent_id, prefix)]
+        applied = bindings.apply(broker, principal, wanted)
+        out.append(AclsReconciled(principal, len(wanted), applied.created, applied.deleted))
+    return out
 
 
 @dataclass(frozen=True)

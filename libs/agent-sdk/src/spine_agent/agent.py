@@ -16,6 +16,12 @@ What :meth:`Agent.serve` does (docs/agents.md):
 * signs everything it publishes with the agent's Ed25519 key (:mod:`.signing`: the file
   ``spine-admin issue-agent`` wrote, ``SPINE_AGENT_SIGNING_KEY_FILE``; or a ``signer``
   handed in, as the relay does with its own key), and stops before it starts without one;
+* connects with bounded waits: while the broker is away (restarting, or started together
+  with the agent) each start-up step (topic, producer, registration, consumer) is retried
+  with a back-off and logged (``kafka_unavailable_retrying``, naming the step) for up to
+  ``startup_timeout`` seconds (``SPINE_KAFKA_STARTUP_TIMEOUT``, 120); then it stops with
+  :class:`AgentFailed`, so the process exits non-zero and its supervisor starts it again.
+  It never hangs on a client that failed to start (closed, never used);
 * creates the agent's tasks topic when missing, publishes ``RegisterAgent`` (transport
   ``kafka``, and the ``concurrency`` it takes: the orchestrator keeps no more outstanding)
   and an ``AgentHeartbeat`` every ``heartbeat_interval`` (with ``in_flight``) —
@@ -30,6 +36,10 @@ What :meth:`Agent.serve` does (docs/agents.md):
   large for one message (``KafkaConfig.max_value_bytes``, docs/limits.md) is replaced by
   an error result naming its size and the limit, and logged (``result_too_large``), so
   the node fails at once instead of timing out;
+* sends what a handler reports with ``await task.progress(...)`` on the progress topic,
+  signed, coalesced to about 10 messages a second per node (:mod:`.progress`), in the
+  background and outside any transaction; a failed send never fails the task, and the last
+  one is acknowledged before the result is published;
 * commits only contiguous offsets (:class:`~spine_agent.offsets.OffsetTracker`), every
   ``commit_interval`` at most: a slow task never holds back later tasks from running,
   only from being committed. Delivery is therefore at least once: after a crash or a
@@ -44,11 +54,13 @@ What :meth:`Agent.serve` does (docs/agents.md):
 * when ``stopping`` is set (SIGTERM in :meth:`Agent.run`) it stops fetching, lets the
   running handlers finish for up to ``drain_timeout`` seconds (then cancels them, without
   results and without committing them, so another replica runs them again), commits,
-  publishes a last heartbeat with ``ready=False`` and closes its clients.
+  publishes a last heartbeat with ``ready=False`` and closes its clients (the commit and
+  the last beat bounded by :data:`SHUTDOWN_STEP_S`: with the broker away they are skipped).
 
     AgentError
     ├── HandlerMissing   serve() or run() before @agent.handler
-    └── AgentFailed      the agent stopped because it could not publish (``__cause__``)
+    └── AgentFailed      the agent stopped because it could not publish, or could not
+                         reach the broker within ``startup_timeout`` (``__cause__``)
 """
 
 from __future__ import annotations
@@ -78,6 +90,7 @@ from spine_contracts import (
     AgentHeartbeat,
     AgentInfo,
     AgentMessage,
+    AgentProgress,
     AgentResult,
     ContractError,
     Message,
@@ -109,6 +122,7 @@ except ImportError:
 
 from . import signing
 from .offsets import OffsetTracker
+from .progress import Chunk, NodeProgress, Send
 from .results import describe_error, result_for
 from .settings import AgentSettings
 from .task import NeedsInput, Task, TaskFailed
@@ -130,6 +144,18 @@ _OTEL_ASKED = (
 #: Attempts to publish one result before the agent gives up and stops (the task is then
 #: not committed, so it runs again after a restart). The producer retries inside each.
 PUBLISH_ATTEMPTS = 3
+#: How long an agent started while the broker is away keeps trying (SPINE_KAFKA_STARTUP_TIMEOUT)
+DEFAULT_STARTUP_TIMEOUT_S = 120.0
+#: The longest one start-up step may take before its attempt counts as failed: above
+#: aiokafka's request timeouts (30 s producer, 40 s consumer), so their errors come first;
+#: an idempotent producer's start otherwise waits for its producer id without bound.
+STARTUP_STEP_S = 45.0
+#: First pause between two start-up attempts; doubled up to STARTUP_MAX_BACKOFF_S
+STARTUP_BACKOFF_S = 0.5
+STARTUP_MAX_BACKOFF_S = 5.0
+#: Bound of the final commit and of the last heartbeat at shutdown (broker away: skipped,
+#: the uncommitted tasks simply run again) and of closing a client that failed to start
+SHUTDOWN_STEP_S = 10.0
 
 
 class AgentError(Exception):
@@ -263,13 +289,15 @@ class Agent:
         drain_timeout: float | None = None,
         signer: Signer | None = None,
         signing_key_file: Path | None = None,
+        startup_timeout: float | None = None,
     ) -> None:
         """Run until ``stopping`` is set, then drain and return (for tests and embedding).
 
         Signs with ``signer``, else the agent's own, else the key in ``signing_key_file``
         (default ``.spine/agents/<agent_id>/signing-key.pem``); raises
         :class:`~spine_contracts.signing.SigningKeyError` before touching Kafka when there
-        is none."""
+        is none. Waits up to ``startup_timeout`` seconds (default 120) for an absent broker,
+        then raises :class:`AgentFailed`."""
         if self._handler is None:
             raise HandlerMissing(f"agent {self.agent_id!r} has no @agent.handler")
         signer = signer or self.signer
@@ -285,6 +313,9 @@ class Agent:
             concurrency=concurrency or self.concurrency,
             drain_timeout=self.drain_timeout if drain_timeout is None else drain_timeout,
             signer=signer,
+            startup_timeout=(
+                DEFAULT_STARTUP_TIMEOUT_S if startup_timeout is None else startup_timeout
+            ),
         )
         self._worker = worker
         for hook in self._on_startup:
@@ -309,6 +340,8 @@ class Agent:
             run_loop(self._main(settings), settings.event_loop)
         except SigningKeyError as exc:
             log.error("agent_signing_key_missing", error=str(exc))
+            raise SystemExit(f"{self.agent_id}: {exc}") from None
+        except AgentFailed as exc:  # logged where it happened; exit non-zero, no traceback
             raise SystemExit(f"{self.agent_id}: {exc}") from None
         finally:
             if tracing is not None:
@@ -338,6 +371,7 @@ class Agent:
                 concurrency=settings.agent_concurrency,
                 drain_timeout=settings.agent_drain_timeout_s,
                 signing_key_file=settings.signing_key_file,
+                startup_timeout=settings.kafka_startup_timeout_s,
             )
         finally:
             if server is not None:
@@ -370,6 +404,7 @@ class _Worker:
         concurrency: int,
         drain_timeout: float,
         signer: Signer,
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_S,
     ) -> None:
         self.agent = agent
         self.signer = signer
@@ -380,10 +415,14 @@ class _Worker:
         self.heartbeat_interval = heartbeat_interval
         self.concurrency = concurrency
         self.drain_timeout = drain_timeout
+        self.startup_timeout = startup_timeout
+        #: what start-up is doing (logged when it fails): topics, producer, register, consumer
+        self.startup_step = ""
         self.agent_id = agent.agent_id
         self.group_id = agent.group_id(cfg)
         self.tasks_topic = cfg.agent_tasks(self.agent_id)
         self.results_topic = cfg.topic(topics.AGENT_RESULTS)
+        self.progress_topic = cfg.topic(topics.AGENT_PROGRESS)
         self.stats = AgentStats()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self.backlog: deque[_Item] = deque()
@@ -413,23 +452,8 @@ class _Worker:
     async def run(self) -> None:
         beats: asyncio.Task[None] | None = None
         try:
-            # On a secured broker an agent creates nothing: `spine-admin issue-agent` made
-            # its tasks topic, and its ACLs hold no CREATE (docs/security.md).
-            if not self.cfg.security.sasl:
-                created = await ensure_topics(self.cfg, specs=(), agent_ids=[self.agent_id])
-                if created:
-                    self._log.info("agent_topic_created", topic=self.tasks_topic)
-            self.producer = make_producer(self.cfg)
-            await self.producer.start()
-            if self.agent.announce:
-                await self._send(
-                    self.cfg.topic(topics.REGISTRY_COMMANDS),
-                    self.agent_id,
-                    RegisterAgent.build(agent=self.declared()),
-                )
-            self.consumer = make_consumer(self.cfg, group_id=self.group_id)
-            self.consumer.subscribe([self.tasks_topic], listener=_Rebalance(self))
-            await self.consumer.start()
+            if not await self._connect():
+                return  # stopped while waiting for the broker
             self.ready = True
             if self.agent.announce:
                 beats = asyncio.create_task(self._heartbeats(), name=f"{self.agent_id}-heartbeats")
@@ -447,6 +471,91 @@ class _Worker:
             await self._shutdown(beats)
         if self.fatal is not None:
             raise AgentFailed(f"agent {self.agent_id!r} stopped: {self.fatal!r}") from self.fatal
+
+    async def _connect(self) -> bool:
+        """Start the clients and register, retried while the broker is away (a restart, or
+        started together with this process) for up to ``startup_timeout`` seconds, then
+        :class:`AgentFailed`. ``False``: ``stopping`` was set before it could connect.
+
+        Every step is bounded and a failed attempt closes its clients and starts anew:
+        aiokafka waits without end in a send on a producer whose start failed (its
+        metadata task never started: the goodbye heartbeat of such an agent used to hang
+        it, silent, for good) and in an idempotent producer's start while the broker is
+        down."""
+        deadline = time.monotonic() + self.startup_timeout
+        delay = STARTUP_BACKOFF_S
+        attempt = 0
+        while not self.stopping.is_set():
+            attempt += 1
+            try:
+                await self._start_clients()
+                if attempt > 1:
+                    self._log.info("kafka_connected", attempts=attempt)
+                return True
+            except (KafkaError, OSError) as exc:  # TimeoutError is an OSError
+                error = describe_error(exc)
+                if time.monotonic() + delay > deadline:
+                    self._log.error(
+                        "kafka_unavailable_giving_up",
+                        step=self.startup_step,
+                        attempts=attempt,
+                        waited_s=round(self.startup_timeout, 1),
+                        error=error,
+                    )
+                    raise AgentFailed(
+                        f"agent {self.agent_id!r} could not {self.startup_step} within "
+                        f"{self.startup_timeout:g}s (SPINE_KAFKA_STARTUP_TIMEOUT): {error}"
+                    ) from exc
+                self._log.warning(
+                    "kafka_unavailable_retrying",
+                    step=self.startup_step,
+                    attempt=attempt,
+                    retry_in_s=delay,
+                    error=error,
+                )
+                await wait_any(self.stopping, within=delay)
+                delay = min(delay * 2, STARTUP_MAX_BACKOFF_S)
+        return False
+
+    async def _start_clients(self) -> None:
+        """One attempt: the tasks topic (unsecured broker only), the producer, the
+        registration, the consumer, each bounded by :data:`STARTUP_STEP_S`. ``producer`` and
+        ``consumer`` are set only once started; a failure closes what it made and raises."""
+        producer = make_producer(self.cfg)
+        consumer: AIOKafkaConsumer | None = None
+        try:
+            # On a secured broker an agent creates nothing: `spine-admin issue-agent` made
+            # its tasks topic, and its ACLs hold no CREATE (docs/security.md).
+            if not self.cfg.security.sasl:
+                self.startup_step = "create its tasks topic"
+                async with asyncio.timeout(STARTUP_STEP_S):
+                    created = await ensure_topics(self.cfg, specs=(), agent_ids=[self.agent_id])
+                if created:
+                    self._log.info("agent_topic_created", topic=self.tasks_topic)
+            self.startup_step = "start its producer"
+            async with asyncio.timeout(STARTUP_STEP_S):
+                await producer.start()
+            self.producer = producer
+            if self.agent.announce:
+                self.startup_step = "register"
+                async with asyncio.timeout(STARTUP_STEP_S):
+                    await self._send(
+                        self.cfg.topic(topics.REGISTRY_COMMANDS),
+                        self.agent_id,
+                        RegisterAgent.build(agent=self.declared()),
+                    )
+            consumer = make_consumer(self.cfg, group_id=self.group_id)
+            consumer.subscribe([self.tasks_topic], listener=_Rebalance(self))
+            self.startup_step = "start its consumer"
+            async with asyncio.timeout(STARTUP_STEP_S):
+                await consumer.start()
+            self.consumer = consumer
+        except BaseException:
+            self.producer = None
+            if consumer is not None:
+                await self._quietly("consumer_stop_failed", _within(consumer.stop()))
+            await self._quietly("producer_stop_failed", _within(producer.stop()))
+            raise
 
     async def _shutdown(self, beats: asyncio.Task[None] | None) -> None:
         """Drain, commit, say goodbye, close. Each step is attempted even if one fails:
@@ -466,12 +575,13 @@ class _Worker:
         if self.aux:
             await asyncio.wait(set(self.aux), timeout=self.drain_timeout)
         if consumer is not None:
-            await self._quietly("final_commit_failed", self._commit(force=True))
+            # a commit waits for the group coordinator as long as the broker is away
+            await self._quietly("final_commit_failed", _within(self._commit(force=True)))
         if beats is not None:
             beats.cancel()
             await asyncio.gather(beats, return_exceptions=True)
         if producer is not None and self.agent.announce:
-            await self._quietly("final_heartbeat_failed", self._beat(ready=False))
+            await self._quietly("final_heartbeat_failed", _within(self._beat(ready=False)))
         if consumer is not None:
             await self._quietly("consumer_stop_failed", consumer.stop())
         if producer is not None:
@@ -634,13 +744,15 @@ class _Worker:
             return
         started = time.perf_counter()
         self._log.debug("task_started")
+        progress = NodeProgress(self._progress_sender(message))
         handler_task: asyncio.Task[object] = asyncio.create_task(
-            self._call_handler(Task.from_message(message))
+            self._call_handler(Task.from_message(message, progress=progress.report))
         )
         running.handler_task = handler_task
         try:
             outcome = await handler_task
         except asyncio.CancelledError:
+            progress.discard()
             current = asyncio.current_task()
             if running.cancel_reason is not None and (current is None or not current.cancelling()):
                 self._cancelled(running)
@@ -651,6 +763,9 @@ class _Worker:
             result = result_for(message, self.agent_id, outcome, duration_ms=duration_ms)
         except Exception as exc:  # e.g. a question that is not text: still an answer
             result = result_for(message, self.agent_id, exc, duration_ms=duration_ms)
+        # The last progress is acknowledged before the result goes: the two topics share no
+        # order, and a reader must never see progress of a node that has finished.
+        await progress.close()
         result = await self._publish_result(message, result)
         self._count(result)
         self._remember(message.message_id)
@@ -881,6 +996,34 @@ class _Worker:
             raise MessageTooLarge(message.type, len(value), self.cfg.max_value_bytes)
         await producer.send_and_wait(topic, value=value, key=k, headers=headers)
 
+    def _progress_sender(self, cause: AgentMessage) -> Send:
+        """Sends one coalesced chunk of ``cause``'s progress, signed, outside any
+        transaction, waiting for the broker's acknowledgement (bounded by the caller)."""
+        d = cause.data
+
+        async def send(chunk: Chunk) -> None:
+            producer = self.producer
+            if producer is None:
+                return
+            message = AgentProgress.build(
+                cause=cause,
+                execution_id=d.execution_id,
+                node_id=d.node_id,
+                attempt=d.attempt,
+                agent_id=self.agent_id,
+                seq=chunk.seq,
+                text=chunk.text,
+                tokens=chunk.tokens,
+                status=chunk.status,
+            )
+            k, value, headers = Outgoing(
+                self.progress_topic, d.execution_id, message
+            ).encode_signed(self.signer, self.cfg.prefix)
+            sent = await producer.send(self.progress_topic, value=value, key=k, headers=headers)
+            await sent
+
+        return send
+
     async def _beat(self, *, ready: bool) -> None:
         info = self.agent.info
         beat = AgentHeartbeat.build(
@@ -902,6 +1045,12 @@ class _Worker:
             except KafkaError as exc:  # a missed beat shows as inactive; keep beating
                 self._log.warning("heartbeat_failed", error=describe_error(exc))
             await asyncio.sleep(self.heartbeat_interval)
+
+
+async def _within(step: Awaitable[object], seconds: float = SHUTDOWN_STEP_S) -> None:
+    """``step``, given up (TimeoutError) after ``seconds``: a closing step never hangs."""
+    async with asyncio.timeout(seconds):
+        await step
 
 
 def _counters(stats: AgentStats) -> dict[str, int]:

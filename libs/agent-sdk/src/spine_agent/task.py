@@ -8,8 +8,8 @@ The orchestrator's :class:`~spine_contracts.AgentMessage` carries
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +55,10 @@ class TaskFailed(Exception):  # noqa: N818 - it is an answer, not a crash
         self.output: dict[str, Any] = dict(output or {})
 
 
+#: ``(text, tokens, status)``: where :meth:`Task.progress` goes (the worker's coalescer)
+ProgressSink = Callable[[str | None, int | None, str | None], Awaitable[None]]
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {}
 
@@ -75,9 +79,11 @@ class Task:
     conversation: tuple[dict[str, Any], ...]
     config: dict[str, Any]
     node_type: str | None
+    #: set by the agent that runs the task; a task built elsewhere (tests) reports nowhere
+    progress_sink: ProgressSink | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_message(cls, message: AgentMessage) -> Task:
+    def from_message(cls, message: AgentMessage, progress: ProgressSink | None = None) -> Task:
         payload = message.data.payload
         deps = _mapping(payload.get("dependencies"))
         turns = payload.get("conversation")
@@ -91,7 +97,19 @@ class Task:
             ),
             config=dict(message.data.config),
             node_type=node_type if isinstance(node_type, str) else None,
+            progress_sink=progress,
         )
+
+    async def progress(
+        self, text: str | None = None, tokens: int | None = None, status: str | None = None
+    ) -> None:
+        """Report partial output, shown live on the execution's streams and never stored:
+        ``text`` what came since the last call (a delta), ``tokens`` output tokens so far,
+        ``status`` a short line (at most 200 characters). Coalesced to about 10 messages a
+        second, signed, sent in the background: it returns at once and never fails the task.
+        """
+        if self.progress_sink is not None:
+            await self.progress_sink(text, tokens, status)
 
     @property
     def execution_id(self) -> str:

@@ -17,7 +17,7 @@ from .errors import (
     UnsupportedVersion,
 )
 from .flow import FlowDefinition, FlowNode, NodeConfig
-from .messages.agents import AgentCancel, AgentMessage, AgentResult
+from .messages.agents import AgentCancel, AgentMessage, AgentProgress, AgentResult
 from .messages.audit import AuditRecorded
 from .messages.auth import (
     AddCredits,
@@ -100,6 +100,7 @@ __all__ = [
     "AgentHeartbeat",
     "AgentInfo",
     "AgentMessage",
+    "AgentProgress",
     "AgentRegistered",
     "AgentResult",
     "AgentStatusChanged",

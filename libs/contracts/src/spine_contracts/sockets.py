@@ -73,6 +73,22 @@ class ExecutionEventFrame(BaseModel):
     occurred_at: str | None = Field(description="when it happened (ISO 8601, UTC)")
 
 
+class NodeProgressFrame(BaseModel):
+    """Live progress of a running node, between the trail's events: never stored, never
+    replayed on a resume, without the trail's `seq` (the SSE event has no `id`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="NodeProgressFrame")
+
+    type: Literal["execution.node_progress"] = "execution.node_progress"
+    data: dict[str, Any] = Field(
+        description="`{node_id, agent_id, attempt, seq, text, tokens, status}`: the agent the "
+        "node was dispatched to, its attempt, the agent's own count per node and attempt "
+        "(not the trail's `seq`), the text since its previous progress (a delta, at most "
+        "8 KiB), output tokens so far, a short status line (each may be null); the SSE "
+        "`execution.node_progress` event's `data`"
+    )
+
+
 @dataclass(frozen=True)
 class SocketSpec:
     """One WebSocket route of the gateway and what travels on it."""
@@ -100,7 +116,9 @@ EXECUTION_SOCKET: Final = SocketSpec(
         "event, at once when the client already has it. Authenticate with "
         "`Authorization: Bearer <key>` on the upgrade request, or send `SocketAuth` first, "
         f"within {AUTH_TIMEOUT_S:g} s. The key needs the `executions:read` scope; another "
-        "tenant's execution is not found. Messages the client sends after that are ignored."
+        "tenant's execution is not found. Messages the client sends after that are ignored. "
+        "While a node runs, its agent's progress comes between the events as "
+        "`NodeProgressFrame`s (live only: not in the trail, not replayed on a resume)."
     ),
     parameters={"execution_id": "the execution's id, as `POST /flows/execute` answered it"},
     query={
@@ -113,7 +131,7 @@ EXECUTION_SOCKET: Final = SocketSpec(
             }
         },
     },
-    sends=(ExecutionEventFrame,),
+    sends=(ExecutionEventFrame, NodeProgressFrame),
     receives=(SocketAuth,),
     close_codes=tuple(CloseCode),
 )

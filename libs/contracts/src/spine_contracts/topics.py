@@ -127,6 +127,12 @@ AGENT_RESULTS = TopicSpec(
     "Agent results, co-partitioned with the execution topics.",
     co_partitioned=True,
 )
+AGENT_PROGRESS = TopicSpec(
+    "spine.agents.progress", "execution_id", HOUR_MS, "delete",
+    (agents.AgentProgress,),
+    "Agents' partial output (text deltas, token counts, a status line), signed, coalesced "
+    "to about 10 per second per node; live only: the gateway streams it, nothing stores it.",
+)
 REGISTRY_COMMANDS = TopicSpec(
     "spine.registry.commands", "agent_id", 7 * DAY_MS, "delete",
     (registry.RegisterAgent,),
@@ -184,9 +190,9 @@ DEADLETTER = TopicSpec(
 
 ALL: tuple[TopicSpec, ...] = (
     FLOWS, FLOW_COMMANDS, AUDIT, AUTH_COMMANDS, AUTH_EVENTS, EXECUTION_COMMANDS, EXECUTION_EVENTS,
-    EXECUTION_SNAPSHOTS, AGENT_TASKS, AGENT_RESULTS, REGISTRY_COMMANDS, REGISTRY_REQUESTS,
-    REGISTRY_ADMIN, REGISTRY_EVENTS, REGISTRY_HEARTBEATS, SERVICE_HEARTBEATS, GATEWAY_REPLIES,
-    USAGE, METRICS_SUMMARY, DEADLETTER,
+    EXECUTION_SNAPSHOTS, AGENT_TASKS, AGENT_RESULTS, AGENT_PROGRESS, REGISTRY_COMMANDS,
+    REGISTRY_REQUESTS, REGISTRY_ADMIN, REGISTRY_EVENTS, REGISTRY_HEARTBEATS, SERVICE_HEARTBEATS,
+    GATEWAY_REPLIES, USAGE, METRICS_SUMMARY, DEADLETTER,
 )
 # fmt: on
 #: Topics that exist once per installation (the per-agent task topics are created on demand).

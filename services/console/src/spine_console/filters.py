@@ -3,6 +3,7 @@ templates' autoescape then escapes — none of them marks anything safe."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,7 +70,14 @@ def status_class(status: Any) -> str:
     return "st-" + STATUS_CLASSES.get(str(status or ""), "idle")
 
 
+def dom_id(value: Any) -> str:
+    """A node id as an element id any CSS selector takes (node ids may hold ``.``/``:``/``@``,
+    which htmx's out-of-band targets would read as selector syntax)."""
+    return hashlib.sha256(str(value).encode()).hexdigest()[:16]
+
+
 def install(env: Environment) -> None:
+    env.filters["dom_id"] = dom_id
     env.filters["pretty_json"] = pretty_json
     env.filters["when"] = when
     env.filters["duration"] = duration

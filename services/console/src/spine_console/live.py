@@ -16,8 +16,10 @@ import httpx
 import orjson
 
 from .gateway import GatewayError
+from .pages import templates
 from .queries import FEED_CURSOR_RE, ID_RE
 
+PROGRESS_EVENT = "execution.node_progress"
 TERMINAL_EVENTS = frozenset({"execution.completed", "execution.failed", "execution.cancelled"})
 #: the gateway ends a stream with this when the key is revoked or expires
 ERROR_EVENT = "error"
@@ -101,6 +103,11 @@ async def execution_updates(frames: AsyncIterator[dict[str, Any]]) -> AsyncItera
             event = str(frame.get("event") or "")
             if event == ERROR_EVENT:
                 break
+            if event == PROGRESS_EVENT:
+                fragment = progress_fragment(frame.get("data"))
+                if fragment:  # live only: no id, so a reconnect never asks for it again
+                    yield {"event": "progress", "data": fragment}
+                continue
             seq = str(frame.get("id") or "")
             update = {"event": "update", "data": seq if seq.isdigit() else "0"}
             if seq.isdigit():
@@ -111,3 +118,24 @@ async def execution_updates(frames: AsyncIterator[dict[str, Any]]) -> AsyncItera
     except (GatewayError, httpx.TransportError):
         return  # the stream broke, not the execution: the browser reconnects and resumes
     yield {"event": "done", "data": "done"}
+
+
+def progress_fragment(raw: Any) -> str:
+    """An agent's partial output as out-of-band HTML for the node's live output box:
+    its text appended, its status and token count replaced. Rendered by the autoescaping
+    templates — the text is untrusted — and ``""`` for anything that does not read."""
+    try:
+        data = orjson.loads(raw or "{}")
+    except orjson.JSONDecodeError:
+        return ""
+    node_id = data.get("node_id") if isinstance(data, dict) else None
+    if not isinstance(node_id, str) or not ID_RE.match(node_id):
+        return ""
+    text, status, tokens = data.get("text"), data.get("status"), data.get("tokens")
+    context = {
+        "node_id": node_id,
+        "text": text if isinstance(text, str) else "",
+        "status": status if isinstance(status, str) else "",
+        "tokens": tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
+    }
+    return templates.env.get_template("executions/_progress.html").render(context).strip()

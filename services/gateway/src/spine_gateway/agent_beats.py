@@ -75,12 +75,10 @@ class AgentActivity:
         if not isinstance(message, AgentHeartbeat):
             return False
         d = message.data
-        entry = self.entries.get(d.agent_id)
-        if entry is None:
+        if d.agent_id not in self.entries:
             self.refused += 1
             return False
-        signer_key = self.relay_key if entry.transport == "http" else entry.public_key
-        if check(headers, base, key, value, signer_key) is not None:
+        if check(headers, base, key, value, self.signer_key(d.agent_id)) is not None:
             self.refused += 1
             return False
         self.beats.setdefault(d.agent_id, {})[d.instance_id] = (
@@ -89,6 +87,14 @@ class AgentActivity:
             message.occurred_at,
         )
         return True
+
+    def signer_key(self, agent_id: str) -> bytes | None:
+        """The public key whoever speaks for ``agent_id`` signs with: the relay's for an
+        HTTP agent, else the agent's own as issued (``None``: not issued, or revoked)."""
+        entry = self.entries.get(agent_id)
+        if entry is None:
+            return None
+        return self.relay_key if entry.transport == "http" else entry.public_key
 
     def of(self, agent_id: str, now: datetime) -> Activity:
         """The agent's live instances now (beaten within ``stale_after_s``, ready)."""

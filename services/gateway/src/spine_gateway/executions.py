@@ -58,6 +58,7 @@ from .models import (
 )
 from .policy import HIDDEN, Action, check
 from .pricing import Pricing, Reservation
+from .progress import NodeState, ProgressHub, is_progress
 from .visibility import ReadYourWrites
 
 log = get_logger(__name__)
@@ -125,6 +126,67 @@ async def _until_terminal(views: list[View]) -> AsyncIterator[View]:
         yield view
 
 
+def sse_event(view: View) -> dict[str, str]:
+    """One view as a Server-Sent Event: a trail event with its ``seq`` as the ``id`` (what
+    ``Last-Event-ID`` resumes from) and the whole view as ``data``; progress with no ``id``
+    at all (live only, never a resume point) and its body as ``data``."""
+    if is_progress(view):
+        return {"event": str(view["type"]), "data": orjson.dumps(view["data"]).decode()}
+    return {
+        "id": str(view["seq"]),
+        "event": str(view["type"]),
+        "data": orjson.dumps(view).decode(),
+    }
+
+
+#: trail events after which a node's progress (at that attempt or before) is stale
+_NODE_ENDS = frozenset(
+    {
+        "execution.node_completed",
+        "execution.node_failed",
+        "execution.node_waiting_input",
+        "execution.node_skipped",
+    }
+)
+
+
+async def interleave(
+    trail: AsyncIterator[View], progress: asyncio.Queue[View]
+) -> AsyncGenerator[View, None]:
+    """The trail's views in order, with progress views slipped in between as they come;
+    ends with the trail. A step of the trail is never cancelled half-way (only when this
+    ends). Progress of a node this stream has already shown finished is left out: it was
+    queued before its end reached this replica."""
+    ended: dict[str, int] = {}
+    over = False  # after the terminal event nothing more is live
+    step = asyncio.ensure_future(anext(trail))
+    extra = asyncio.ensure_future(progress.get())
+    try:
+        while True:
+            await asyncio.wait({step, extra}, return_when=asyncio.FIRST_COMPLETED)
+            if step.done():
+                try:
+                    view = step.result()
+                except StopAsyncIteration:
+                    return
+                if view["type"] in _NODE_ENDS:
+                    d = view["data"]
+                    ended[str(d.get("node_id"))] = int(d.get("attempt") or 10**9)
+                over = over or view["type"] in TERMINAL_EVENT_TYPES
+                yield view
+                step = asyncio.ensure_future(anext(trail))
+            if extra.done():
+                shown = extra.result()
+                d = shown["data"]
+                if not over and int(d["attempt"]) > ended.get(str(d["node_id"]), 0):
+                    yield shown
+                extra = asyncio.ensure_future(progress.get())
+    finally:
+        for future in (step, extra):
+            future.cancel()
+        await asyncio.gather(step, extra, return_exceptions=True)
+
+
 def _retrieve(future: asyncio.Future[Any]) -> None:
     """Read a background future's outcome, so an error nobody awaited is not logged as lost."""
     if not future.cancelled():
@@ -145,6 +207,7 @@ class ExecutionsService:
         flows: ReadCache[str, tuple[FlowRow, FlowDefinition]],
         start_timeout_s: float,
         pricing: Pricing,
+        progress: ProgressHub | None = None,
     ) -> None:
         self.commands = commands
         self.read = read
@@ -156,6 +219,7 @@ class ExecutionsService:
         self.flows = flows
         self.start_timeout_s = start_timeout_s
         self.pricing = pricing
+        self.progress = progress
         self._ran_flows: dict[tuple[str, str], FlowDefinition] = {}
 
     # --- writes -------------------------------------------------------------------------------
@@ -490,7 +554,9 @@ class ExecutionsService:
         still_valid: Callable[[], Awaitable[bool]],
     ) -> AsyncIterator[dict[str, str]]:
         """:meth:`trail` as Server-Sent Events: ``id`` the sequence number, ``event`` the
-        type, ``data`` the view; a revoked or expired key ends it with an ``error`` event."""
+        type, ``data`` the view; a revoked or expired key ends it with an ``error`` event.
+        Agents' progress comes as ``execution.node_progress`` events without an ``id``, so
+        ``Last-Event-ID`` only ever names a trail event."""
         views = await self.trail(caller, execution_id, last_event_id, idle_s, still_valid)
 
         async def gen() -> AsyncIterator[dict[str, str]]:
@@ -499,11 +565,7 @@ class ExecutionsService:
                     if view is None:  # the key was revoked or expired: say so, then end
                         yield {"event": "error", "data": KEY_GONE}
                         return
-                    yield {
-                        "id": str(view["seq"]),
-                        "event": str(view["type"]),
-                        "data": orjson.dumps(view).decode(),
-                    }
+                    yield sse_event(view)
 
         return gen()
 
@@ -516,7 +578,10 @@ class ExecutionsService:
         still_valid: Callable[[], Awaitable[bool]],
     ) -> AsyncGenerator[View | None, None]:
         """The trail after ``after`` (``None``: all of it), live, up to and including the
-        terminal event — what the SSE stream and the WebSocket send. A finished execution's
+        terminal event — what the SSE stream and the WebSocket send. While it runs,
+        agents' verified progress is slipped in between as ``{"type":
+        "execution.node_progress", "data"}`` views without ``seq`` (:mod:`.progress`):
+        live only, never stored, never replayed on a resume. A finished execution's
         is read from the store and ends at once when the client has the terminal event
         already, even past it (a late cancel adds a rejection after the terminal event, so
         the last ``seq`` is not the terminal one). ``None`` and the end within
@@ -552,7 +617,25 @@ class ExecutionsService:
                         if int(view["seq"]) > client_has:
                             yield view
 
-        return while_valid(gen(), still_valid)
+        if self.progress is None:
+            return while_valid(gen(), still_valid)
+        hub = self.progress
+
+        async def with_live_progress() -> AsyncIterator[View]:
+            with hub.subscribe(execution_id) as extra:
+                # nodes dispatched before this replica decoded anything of the execution
+                running = {
+                    n["node_id"]: NodeState(str(n["agent_id"]), n["attempt"])
+                    for n in await self.read.nodes(execution_id)
+                    if n["status"] == "running" and n["agent_id"]
+                }
+                hub.book.seed(execution_id, running)
+                merged = interleave(gen(), extra)
+                async with contextlib.aclosing(merged):
+                    async for view in merged:
+                        yield view
+
+        return while_valid(with_live_progress(), still_valid)
 
     async def _flow_to_run(self, flow_id: str) -> tuple[FlowRow, FlowDefinition] | None:
         row = await self.read.flow(flow_id)

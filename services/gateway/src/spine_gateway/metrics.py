@@ -45,3 +45,14 @@ class GatewayMetrics:
             ["fate"],
             registry=self.registry,
         )
+        self.progress_relayed = Counter(
+            "spine_gateway_progress_relayed_total",
+            "Agents' progress messages relayed to this replica's open streams",
+            registry=self.registry,
+        )
+        self.progress_dropped = Counter(
+            "spine_gateway_progress_dropped_total",
+            "Agents' progress messages not relayed, by reason (spine_gateway.progress.Refusal)",
+            ["reason"],
+            registry=self.registry,
+        )

@@ -5,7 +5,9 @@
 It sends what the SSE stream sends (:meth:`ExecutionsService.trail`, the one generator
 behind both): one JSON text frame per event, ``{"seq", "type", "data", "occurred_at"}`` —
 the SSE event's ``data`` — in ``seq`` order; ``?after=<seq>`` resumes after that event;
-after the terminal event the server closes with 1000.
+after the terminal event the server closes with 1000. Agents' live progress comes between
+them as ``{"type": "execution.node_progress", "data": {...}}`` frames without the trail's
+``seq`` (never replayed: a resume sends only trail events it missed).
 
 FastAPI's HTTP bearer dependency does not run on WebSocket routes, so the handshake is
 here, on the same parts as HTTP: :meth:`Identity.authenticate` for the key (the

@@ -5,6 +5,7 @@ that requests reach through ``deps.Gateway``. Nothing here runs at import."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -12,10 +13,11 @@ import asyncpg
 from redis.asyncio import Redis
 from spine_servicekit.kafka import KafkaConfig, make_producer
 from spine_servicekit.postgres import create_pool
-from spine_servicekit.projector import BATCH_INTERVAL_S, Projection, Projector
+from spine_servicekit.projector import BATCH_INTERVAL_S, Incoming, Projection, Projector
 
 from .adapters.kafka import (
     AgentBeats,
+    AgentProgressFeed,
     ConsumerLag,
     Heartbeats,
     MetricsSummary,
@@ -40,6 +42,7 @@ from .live import LiveTrail
 from .metrics import GatewayMetrics
 from .operations import Observers, OperationsService
 from .pricing import Pricing
+from .progress import DispatchBook, ProgressHub
 from .projection import (
     Marks,
     agents_projection,
@@ -71,6 +74,12 @@ async def open_gateway(
     stack.push_async_callback(producer.stop)
     marks = Marks()
     live = LiveTrail()
+    dispatches = DispatchBook()
+    progress = ProgressHub(
+        dispatches,
+        lambda reason: metrics.progress_dropped.labels(reason).inc(),
+        metrics.progress_relayed.inc,
+    )
     credentials: ReadCache[str, Credential] = ReadCache()
     flows_cache: ReadCache[str, Any] = ReadCache(limit=1_000)
     burst: dict[str, Any] = {"min_interval_s": BURST_INTERVAL_S, "pace_from": BURST_RECORDS}
@@ -87,7 +96,12 @@ async def open_gateway(
     )
     flows_p = projector(cfg, flows_projection(marks), on_applied=drop_changed_flows(flows_cache))
     agents_p = projector(cfg, agents_projection(marks))
-    executions_p = projector(cfg, executions_projection(marks), tap=live.tap, **burst)
+
+    def tap(batch: Sequence[Incoming]) -> None:
+        dispatches.tap(batch)  # first: a stream fed by this batch knows its dispatches
+        live.tap(batch)
+
+    executions_p = projector(cfg, executions_projection(marks), tap=tap, **burst)
     batched = cfg.batched()  # read models no request waits on: the broker holds their fetch
     usage_p = projector(batched, usage_projection(), min_interval_s=BATCH_INTERVAL_S)
     audit_p = projector(batched, audit_projection(), min_interval_s=BATCH_INTERVAL_S)
@@ -109,15 +123,21 @@ async def open_gateway(
     replies = Replies(cfg, replica)
     heartbeats = Heartbeats(background)
     agent_beats = AgentBeats(background, settings.agent_beat_stale_s)
+    progress_feed = AgentProgressFeed(background, progress, agent_beats.activity)
     summary = MetricsSummary(background)
     usage = UsageRecorder(cfg, producer, max_pending=settings.usage_buffer)
     lag = ConsumerLag(background, cache_s=settings.lag_cache_s)
     stack.push_async_callback(lag.stop)
-    for part in (replies, heartbeats, agent_beats, summary, usage):
+    for part in (replies, heartbeats, agent_beats, progress_feed, summary, usage):
         stack.push_async_callback(part.stop)
     # independent clients: connect them side by side (each stop is safe unstarted)
     await asyncio.gather(
-        replies.start(), heartbeats.start(), agent_beats.start(), summary.start(), usage.start()
+        replies.start(),
+        heartbeats.start(),
+        agent_beats.start(),
+        progress_feed.start(),
+        summary.start(),
+        usage.start(),
     )
     read = ReadModel(pool)
     store = RedisStore(redis, settings.topic_prefix)
@@ -145,6 +165,7 @@ async def open_gateway(
             idempotency=idempotency,
             executions=executions_p,
             live=live,
+            progress=progress,
             flows=flows_cache,
             start_timeout_s=settings.projection_timeout_s,
             pricing=Pricing(

@@ -74,6 +74,12 @@ TEMPLATE_KEYS = ("system", "prompt")
 TaskTokenCallback = Callable[[Task, str], Awaitable[None]]
 
 
+async def stream_progress(task: Task, delta: str) -> None:
+    """The default: each text delta goes to :meth:`Task.progress`, which coalesces them
+    (about 10 messages a second) so the execution's streams show the answer as it comes."""
+    await task.progress(text=delta)
+
+
 def check_config(config: dict[str, Any]) -> None:
     """Refuse a node config that names an endpoint or credentials (any spelling)."""
     named = sorted(k for k in config if str(k).strip().lower().replace("-", "_") in REFUSED_CONFIG)
@@ -118,7 +124,7 @@ class ModelHandler:
         prompt: str | None = None,
         tools: Sequence[Tool | Callable[..., Any]] = (),
         output: type[BaseModel] | None = None,
-        on_token: TaskTokenCallback | None = None,
+        on_token: TaskTokenCallback | None = stream_progress,
     ) -> None:
         self._llm = llm if isinstance(llm, LLM) else None
         self._factory = None if isinstance(llm, LLM) else llm
@@ -191,16 +197,25 @@ def model_agent(
     description: str | None = None,
     capabilities: Sequence[str] = ("llm",),
     concurrency: int = 16,
-    on_token: TaskTokenCallback | None = None,
+    on_token: TaskTokenCallback | None = stream_progress,
+    stream: bool = True,
 ) -> Agent:
     """An :class:`Agent` answering each task with the model (see the module docstring).
+
+    Streamed text goes to ``on_token``: by default to ``task.progress`` (live on the
+    execution's streams, never stored); ``stream=False`` (or ``on_token=None``) turns it off.
 
     ``llm`` is an :class:`LLM` or, better, a function that builds one: it then runs at
     start-up and its client is closed at shutdown, so nothing connects at import time.
     ``config.max_tokens`` may lower the agent's ``max_tokens``, never raise it.
     """
     handler = ModelHandler(
-        llm, system=system, prompt=prompt, tools=tools, output=output, on_token=on_token
+        llm,
+        system=system,
+        prompt=prompt,
+        tools=tools,
+        output=output,
+        on_token=on_token if stream else None,
     )
     agent = Agent(
         AgentInfo(

@@ -30,6 +30,8 @@ class LLMSettings(AgentSettings):
     #: the official SDKs' own retries on 408/409/429/5xx and connection errors
     llm_max_retries: int = Field(DEFAULT_MAX_RETRIES, alias="SPINE_LLM_MAX_RETRIES", ge=0, le=10)
     llm_timeout_s: float = Field(DEFAULT_TIMEOUT_S, alias="SPINE_LLM_TIMEOUT", gt=0)
+    #: stream the answer's text as progress (live on the execution's streams, never stored)
+    llm_stream: bool = Field(True, alias="SPINE_LLM_STREAM")
 
     def require_model(self) -> None:
         """Stop with a message naming what is missing (a clean exit, like bad settings)."""

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, field_validator
 
 from ..envelope import Body, Message, utcnow
 from ..metering import TokenBudget
 
 AgentStatus = Literal["success", "error", "needs_input"]
+
+#: The most UTF-8 bytes of text one progress message carries (a delta, not the whole text).
+PROGRESS_TEXT_MAX_BYTES: Final = 8192
+#: The longest status line a progress message carries.
+PROGRESS_STATUS_MAX_CHARS: Final = 200
 
 
 class AgentMessageData(Body):
@@ -68,3 +73,33 @@ class AgentResultData(Body):
 class AgentResult(Message):
     type: Literal["agent.result"] = "agent.result"
     data: AgentResultData
+
+
+class AgentProgressData(Body):
+    """Partial output of one node at one attempt, live only: the gateway streams it to the
+    execution's open streams and nothing stores it (the trail keeps the final output).
+
+    ``seq`` increases per (execution, node, attempt) from 1, so a client can see a gap;
+    ``text`` is what came since the previous message (a delta), bounded so a chatty agent
+    cannot push large records through a topic every agent may write."""
+
+    execution_id: str
+    node_id: str
+    attempt: int = Field(ge=1)
+    agent_id: str
+    seq: int = Field(ge=1)
+    text: str | None = None
+    tokens: int | None = Field(default=None, ge=0)
+    status: str | None = Field(default=None, max_length=PROGRESS_STATUS_MAX_CHARS)
+
+    @field_validator("text")
+    @classmethod
+    def _bounded_text(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) > PROGRESS_TEXT_MAX_BYTES:
+            raise ValueError(f"text is at most {PROGRESS_TEXT_MAX_BYTES} UTF-8 bytes")
+        return value
+
+
+class AgentProgress(Message):
+    type: Literal["agent.progress"] = "agent.progress"
+    data: AgentProgressData

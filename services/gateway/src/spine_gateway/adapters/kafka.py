@@ -1,5 +1,5 @@
-"""Kafka side of the gateway: publish commands, wait for replies, follow heartbeats and the
-metrics summary, record usage, measure consumer-group lag."""
+"""Kafka side of the gateway: publish commands, wait for replies, follow heartbeats, agents'
+progress and the metrics summary, record usage, measure consumer-group lag."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import MessageSizeTooLargeError
 from spine_contracts import (
+    AgentProgress,
     GatewayReply,
     Message,
     MetricsSummaryUpdated,
@@ -21,7 +22,7 @@ from spine_contracts import (
     to_bytes,
     topics,
 )
-from spine_contracts.signing import topic_base
+from spine_contracts.signing import check, topic_base
 from spine_contracts.topics import TopicSpec
 from spine_servicekit import tracing
 from spine_servicekit.follower import TopicFollower
@@ -39,6 +40,7 @@ from ..agent_beats import AgentActivity
 from ..errors import PayloadTooLarge
 from ..limits import check_message_size
 from ..liveness import is_live
+from ..progress import ProgressHub
 
 log = get_logger(__name__)
 
@@ -390,3 +392,41 @@ class AgentBeats:
             record.key,
             record.value or b"",
         )
+
+
+class AgentProgressFeed:
+    """Follows the progress topic from its end (live only: nothing before this replica's
+    start matters, so no group and no committed offset) and offers each message to the
+    hub, verifying its signature against the key the agent catalogue holds — the same
+    knowledge :class:`AgentBeats` verifies heartbeats with."""
+
+    def __init__(self, cfg: KafkaConfig, hub: ProgressHub, activity: AgentActivity) -> None:
+        self._hub = hub
+        self._activity = activity
+        self._prefix = cfg.prefix
+        # every agent may write this topic: garbage is logged and skipped, never dead-
+        # lettered (each replica would copy it to the dead letters, and it is worthless)
+        self._follower = TopicFollower(
+            cfg, cfg.topic(topics.AGENT_PROGRESS), self._apply, start="end", name="gw-progress"
+        )
+
+    async def start(self) -> None:
+        await self._follower.start()
+
+    async def stop(self) -> None:
+        await self._follower.stop()
+
+    def _apply(self, message: Message, record: ConsumerRecord[Any, Any]) -> None:
+        if not isinstance(message, AgentProgress) or not self._hub.watched(
+            message.data.execution_id
+        ):
+            return
+        headers = list(record.headers or ())
+        base = topic_base(record.topic, self._prefix)
+        value = record.value or b""
+
+        def verified(agent_id: str) -> bool:
+            key = self._activity.signer_key(agent_id)
+            return check(headers, base, record.key, value, key) is None
+
+        self._hub.offer(message, verified)
