@@ -166,7 +166,7 @@ async def test_admin_adds_credits_and_the_balance_changes(
         await sign_in(user_page, console, user["api_key"])
         await user_page.goto(console.at("/usage"))
         await expect(user_page.locator("#balance")).to_have_text("7")
-        await expect(user_page.locator("svg.chart")).to_have_count(2)
+        await expect(user_page.locator("svg.chart")).to_have_count(3)  # executions, credits, tokens
         await axe_check(user_page)
         expect_console_error(user_page, r"status of 404")  # the browser logs the 404 page
         await user_page.goto(console.at("/admin"))  # not theirs: the 404 page

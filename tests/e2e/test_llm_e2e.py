@@ -13,13 +13,14 @@ as ``execution.node_progress`` and never enter the trail.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 import pytest
 import pytest_asyncio
 from agent_sdk.llm_servers import Fail, FakeModelServer, Text
+from spine_contracts.messages.executions import TERMINAL_STATUSES
 from spine_contracts.metering import TokenPrice, TokenUsage, credits_for, whole_credits
 from spine_servicekit.kafka import KafkaConfig
 
@@ -105,20 +106,49 @@ async def define(api: Api, flow_id: str, agent: str, prompt: str, **flow: Any) -
     assert r.status_code in (200, 201), r.text
 
 
+async def eventually(
+    get: Callable[[], Awaitable[dict[str, Any]]], done: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """``get()`` once ``done`` says so, or the last answer after 20 s: the read models
+    follow the events (the settle comes after the terminal event) and the API has no
+    event to await for them."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:
+        value = await get()
+        if done(value) or loop.time() > deadline:
+            return value
+        await asyncio.sleep(0.1)
+
+
 async def run(api: Api, key: str, flow_id: str, topic: str) -> dict[str, Any]:
     r = await api.execute(key, flow_id, {"topic": topic})
     assert r.status_code == 200, r.text
-    eid = r.json()["execution_id"]
+    return await follow(api, key, r.json()["execution_id"])
+
+
+async def follow(api: Api, key: str, eid: str) -> dict[str, Any]:
+    """The execution's SSE events to its end, and its detail once that shows the end."""
     events = await api.sse(key, eid)
-    detail = await api.http.get(f"/api/v1/executions/{eid}", headers=api.auth(key))
-    assert detail.status_code == 200, detail.text
-    return {"id": eid, "events": events, "detail": detail.json()}
+
+    async def detail() -> dict[str, Any]:
+        got = await api.http.get(f"/api/v1/executions/{eid}", headers=api.auth(key))
+        assert got.status_code == 200, got.text
+        return dict(got.json())
+
+    shown = await eventually(detail, lambda d: d["status"] in TERMINAL_STATUSES)
+    return {"id": eid, "events": events, "detail": shown}
 
 
-async def me(api: Api, key: str) -> dict[str, Any]:
-    r = await api.http.get("/api/v1/users/me", headers=api.auth(key))
-    assert r.status_code == 200, r.text
-    return dict(r.json())
+async def me(api: Api, key: str, credits: int | None = None) -> dict[str, Any]:
+    """The caller's account; with ``credits``, once the balance shows them (settled)."""
+
+    async def get() -> dict[str, Any]:
+        r = await api.http.get("/api/v1/users/me", headers=api.auth(key))
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    return await eventually(get, lambda m: credits is None or m["credits"] == credits)
 
 
 def expected_charge(base: int, *usages: TokenUsage) -> int:
@@ -166,12 +196,68 @@ async def test_a_priced_model_flow_streams_and_pays_base_plus_tokens(stacked: St
     charge = expected_charge(1, usage)
     assert result["detail"]["usage"]["charged"] == charge
     assert result["detail"]["usage"]["overshoot"] == 0
-    profile = await me(api, user["api_key"])
+    profile = await me(api, user["api_key"], 50 - charge)
     assert profile["credits"] == 50 - charge
     assert profile["tokens"] == {"input": usage.input_tokens, "output": usage.output_tokens}
     # the budget bounded the model's output: (20 reserved − 1 base) credits at 100 / 1,000
     (request,) = server.requests_for(prompt + "spine")
     assert request.body["max_tokens"] == min(400, 19 * 1000 // 100)
+
+
+async def test_a_users_own_priced_flow_reserves_max_credits_over_its_base(
+    stacked: Stacked,
+) -> None:
+    """The gateway reserves ``max_credits`` with the flow's price as the base (gateway →
+    auth → orchestrator); the run pays the base and its tokens, the rest comes back."""
+    api, server = stacked.api, stacked.openai
+    prompt = "Mine: "
+    server.script(prompt + "own", Text("A tenant's own flow, priced by its author."))
+    user = await api.create_user(credits=30)
+    key = user["api_key"]
+    flow = {
+        "flow_id": "my_priced",
+        "cost": 3,
+        "max_credits": 20,
+        "pricing": PRICING,
+        "nodes": [
+            {"id": "write", "agent_id": "llm", "config": {"prompt": prompt + "{{ input.topic }}"}}
+        ],
+    }
+    r = await api.http.post("/api/v1/flows", json=flow, headers=api.auth(key))
+    assert r.status_code == 201, r.text
+
+    result = await run(api, key, "my_priced", "own")
+
+    started = body(result["events"][0])
+    assert (started["credits_reserved"], started["base_credits"]) == (20, 3)
+    charge = expected_charge(3, node_usage(result))
+    assert result["detail"]["usage"]["charged"] == charge < 20
+    assert (await me(api, key, 30 - charge))["credits"] == 30 - charge
+
+
+async def test_flow_validation_refuses_unbounded_pricing_and_node_endpoints(
+    stacked: Stacked,
+) -> None:
+    api = stacked.api
+    h = api.auth((await api.create_user(credits=5))["api_key"])
+    unbounded = {
+        "flow_id": "unbounded",
+        "pricing": PRICING,
+        "nodes": [{"id": "a", "agent_id": "llm"}],
+    }
+    endpoint = {
+        "flow_id": "endpoint",
+        "nodes": [{"id": "ask", "agent_id": "llm", "config": {"base_url": "http://10.1.1.1"}}],
+    }
+    for flow, where in (
+        (unbounded, "api: max_credits: missing: a flow with pricing must set max_credits"),
+        (endpoint, "api: node 'ask': config.base_url: a node config may not set a model's"),
+    ):
+        r = await api.http.post("/api/v1/flows", json=flow, headers=h)
+        assert r.status_code == 422 and r.json()["error_code"] == "INVALID_FLOW", r.text
+        (problem,) = r.json()["problems"]
+        assert problem.startswith(where), problem
+        assert "10.1.1.1" not in r.text
 
 
 async def test_the_anthropic_agent_runs_a_flow_through_the_stack(stacked: Stacked) -> None:
@@ -186,7 +272,9 @@ async def test_the_anthropic_agent_runs_a_flow_through_the_stack(stacked: Stacke
     assert result["events"][-1]["event"] == "execution.completed"
     usage = node_usage(result)
     assert usage.model == CLAUDE and usage.input_tokens > 0
-    assert (await me(api, user["api_key"]))["credits"] == 20 - expected_charge(1, usage)
+    assert (await me(api, user["api_key"], 20 - expected_charge(1, usage)))[
+        "credits"
+    ] == 20 - expected_charge(1, usage)
 
 
 async def test_provider_errors_retry_then_fail_clearly(stacked: Stacked) -> None:
@@ -209,7 +297,7 @@ async def test_provider_errors_retry_then_fail_clearly(stacked: Stacked) -> None
     assert "openai" in message and MODEL in message and "500" in message
     assert "unreachable" not in str(failed["events"])  # never made-up output
     # no tokens were used by the failed run: it pays nothing (docs/credits.md)
-    assert (await me(api, user["api_key"]))["credits"] == 30 - paid
+    assert (await me(api, user["api_key"], 30 - paid))["credits"] == 30 - paid
 
 
 async def test_an_overshoot_is_recorded_never_charged(stacked: Stacked) -> None:
@@ -227,7 +315,7 @@ async def test_an_overshoot_is_recorded_never_charged(stacked: Stacked) -> None:
     assert charge > 2
     usage = result["detail"]["usage"]
     assert (usage["charge"], usage["charged"], usage["overshoot"]) == (charge, 2, charge - 2)
-    assert (await me(api, user["api_key"]))["credits"] == 3
+    assert (await me(api, user["api_key"], 3))["credits"] == 3
 
 
 async def test_an_exhausted_budget_fails_without_calling_the_model(stacked: Stacked) -> None:
@@ -243,7 +331,7 @@ async def test_an_exhausted_budget_fails_without_calling_the_model(stacked: Stac
     assert end["event"] == "execution.failed"
     assert "budget" in body(end)["error_message"]
     assert server.requests_for(prompt + "x") == []
-    assert (await me(api, user["api_key"]))["credits"] == 5  # failed, no tokens: nothing
+    assert (await me(api, user["api_key"], 5))["credits"] == 5  # failed, no tokens: nothing
 
 
 async def test_fifty_concurrent_priced_runs_on_a_budget_for_about_ten(stacked: Stacked) -> None:
@@ -260,8 +348,7 @@ async def test_fifty_concurrent_priced_runs_on_a_budget_for_about_ten(stacked: S
             assert r.status_code == 402, r.text
             assert r.json()["error_code"] == "INSUFFICIENT_CREDITS"
             return 402
-        events = await api.sse(key, r.json()["execution_id"])
-        return {"id": r.json()["execution_id"], "events": events}
+        return await follow(api, key, r.json()["execution_id"])
 
     outcomes = await asyncio.gather(*(one() for _ in range(50)))
 
@@ -272,7 +359,7 @@ async def test_fifty_concurrent_priced_runs_on_a_budget_for_about_ten(stacked: S
     charges = [expected_charge(1, node_usage(r)) for r in runs]
     assert len(set(charges)) == 1  # the same answer costs the same
     assert 10 <= len(runs) < 50
-    profile = await me(api, key)
+    profile = await me(api, key, 100 - sum(charges))
     print(  # the note's figures (pytest -s)
         f"metering: {len(runs)} completed, {len(refused)} refused (402), each charged "
         f"{charges[0]} of 10 reserved, balance 100 -> {profile['credits']}, "
@@ -280,5 +367,4 @@ async def test_fifty_concurrent_priced_runs_on_a_budget_for_about_ten(stacked: S
     )
     assert profile["credits"] == 100 - sum(charges) >= 0
     for r in runs:  # each exactly what the policy says, none past its reservation
-        detail = await api.http.get(f"/api/v1/executions/{r['id']}", headers=api.auth(key))
-        assert detail.json()["usage"]["charged"] == charges[0] <= 10
+        assert r["detail"]["usage"]["charged"] == charges[0] <= 10

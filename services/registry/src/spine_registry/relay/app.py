@@ -157,7 +157,12 @@ class Relay:
 
         cfg = dataclasses.replace(self.ctx.kafka, client_id=f"relay-{info.agent_id}")
         link.serving = asyncio.create_task(
-            agent.serve(cfg, link.stopping, instance_id=f"{self.ctx.instance_id}/{info.agent_id}"),
+            agent.serve(
+                cfg,
+                link.stopping,
+                instance_id=f"{self.ctx.instance_id}/{info.agent_id}",
+                startup_timeout=self.settings.kafka_startup_timeout_s,
+            ),
             name=f"relay-serve-{info.agent_id}",
         )
         link.probing = asyncio.create_task(
