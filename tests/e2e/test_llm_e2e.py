@@ -179,6 +179,7 @@ async def test_a_priced_model_flow_streams_and_pays_base_plus_tokens(stacked: St
     for e in events:  # the transcript (pytest -s)
         line = f"id: {e['id']}  " if "id" in e else ""
         print(f"{line}event: {e['event']}  data: {orjson.dumps(e['data']).decode()[:160]}")
+    print(f"usage: {orjson.dumps(body(events[-1])['usage']).decode()}")
     assert events[-1]["event"] == "execution.completed", events[-1]
     output = body(events[-1])["output_data"]
     assert ANSWER in str(output)
