@@ -243,6 +243,19 @@ async def stop(
             await proc.wait()
 
 
+async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy one direction of a TCP proxy until it closes (a broker that "appears" on a
+    port: a test opens a forwarder to the real broker there)."""
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
 def log_tail(path: Path, chars: int = 4000) -> str:
     """The end of a process's log, for an assertion message."""
     return path.read_text(errors="replace")[-chars:] if path.exists() else f"({path}: no log)"

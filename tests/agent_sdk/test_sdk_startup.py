@@ -32,7 +32,7 @@ from spine_contracts.signing import Signer, load_or_create_key
 from spine_kafka.clients import ensure_topics
 from spine_kafka.security import SECURITY_ENV, KafkaSecurity
 from spine_servicekit.kafka import KafkaConfig
-from support import log_tail, spawn, stop
+from support import forward, log_tail, spawn, stop
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session")]
 
@@ -88,17 +88,6 @@ def _watching_logs() -> Iterator[_Logs]:
         yield logs
     finally:
         structlog.configure(processors=previous)
-
-
-async def _forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    finally:
-        writer.close()
 
 
 @pytest.mark.parametrize("security", [SASL, KafkaSecurity()], ids=["sasl", "plaintext"])
@@ -159,7 +148,7 @@ async def test_an_agent_started_before_the_broker_comes_up_once_it_is_there(
 
     async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         ur, uw = await asyncio.open_connection(host or "127.0.0.1", int(real_port))
-        await asyncio.gather(_forward(r, uw), _forward(ur, w))
+        await asyncio.gather(forward(r, uw), forward(ur, w))
 
     async with (
         TopicReader(kafka, kafka.topic(topics.REGISTRY_COMMANDS)) as commands,

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from spine_contracts import ServiceHeartbeat, topics
 from spine_servicekit.kafka import KafkaConfig
-from support import TopicTail, spawn, stop
+from support import TopicTail, forward, spawn, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -75,17 +75,6 @@ class _RecordingLog:
         pass
 
 
-async def _forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    finally:
-        writer.close()
-
-
 async def test_a_service_waits_for_a_broker_that_comes_later(kafka: KafkaConfig) -> None:
     """Started before the broker answers, the runtime retries instead of exiting; once the
     broker is there (here: a TCP forwarder opened on the bootstrap port) it connects."""
@@ -107,7 +96,7 @@ async def test_a_service_waits_for_a_broker_that_comes_later(kafka: KafkaConfig)
 
     async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         ur, uw = await asyncio.open_connection(host or "127.0.0.1", int(real_port))
-        await asyncio.gather(_forward(r, uw), _forward(ur, w))
+        await asyncio.gather(forward(r, uw), forward(ur, w))
 
     server = await asyncio.start_server(pipe, "127.0.0.1", port)
     try:

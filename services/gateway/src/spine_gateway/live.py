@@ -12,14 +12,16 @@ decoded batch and the service awaits its own projector.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
 from aiokafka import TopicPartition
 from spine_contracts import Message
 from spine_servicekit.projector import Incoming
+
+from .subscribers import Subscribers
 
 Mark = tuple[TopicPartition, int]
 View = dict[str, Any]
@@ -48,7 +50,7 @@ class LiveTrail:
     """Subscribers per execution, and the last decoded position of each execution's events."""
 
     def __init__(self, limit: int = 100_000) -> None:
-        self._subscribers: dict[str, set[asyncio.Queue[Message]]] = {}
+        self._subscribers: Subscribers[Message] = Subscribers()
         self._seen: dict[str, Mark] = {}
         self._limit = limit
 
@@ -63,7 +65,7 @@ class LiveTrail:
                 for old in list(self._seen)[: self._limit // 2]:
                     del self._seen[old]
             self._seen[eid] = (TopicPartition(item.topic, item.partition), item.offset + 1)
-            for queue in self._subscribers.get(eid, ()):
+            for queue in self._subscribers.of(eid):
                 queue.put_nowait(item.message)
 
     def pending(self, execution_id: str, applied: Mapping[TopicPartition, int]) -> Mark | None:
@@ -74,21 +76,11 @@ class LiveTrail:
             return None
         return mark
 
-    @contextmanager
-    def subscribe(self, execution_id: str) -> Iterator[asyncio.Queue[Message]]:
-        queue: asyncio.Queue[Message] = asyncio.Queue()
-        self._subscribers.setdefault(execution_id, set()).add(queue)
-        try:
-            yield queue
-        finally:
-            queues = self._subscribers.get(execution_id)
-            if queues is not None:
-                queues.discard(queue)
-                if not queues:
-                    del self._subscribers[execution_id]
+    def subscribe(self, execution_id: str) -> AbstractContextManager[asyncio.Queue[Message]]:
+        return self._subscribers.subscribe(execution_id)
 
     def subscribers(self) -> int:
-        return sum(len(q) for q in self._subscribers.values())
+        return self._subscribers.count()
 
 
 async def await_started(queue: asyncio.Queue[Message]) -> tuple[str, datetime | None]:

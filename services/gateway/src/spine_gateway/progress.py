@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,6 +45,8 @@ from spine_contracts import (
 )
 from spine_contracts.messages.agents import AgentProgressData
 from spine_servicekit.projector import Incoming
+
+from .subscribers import Subscribers
 
 PROGRESS_EVENT_TYPE = "execution.node_progress"
 #: progress messages a second per node the gateway relays (the SDK sends about as many)
@@ -226,7 +228,7 @@ class ProgressHub:
         self.rate = RateLimit()
         self._count_drop = count_drop
         self._count_relayed = count_relayed
-        self._subscribers: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+        self._subscribers: Subscribers[dict[str, Any]] = Subscribers()
         self.relayed = 0
 
     def watched(self, execution_id: str) -> bool:
@@ -235,7 +237,7 @@ class ProgressHub:
     def offer(self, message: AgentProgress, verified: Callable[[str], bool]) -> Refusal | None:
         """Relay ``message`` to the execution's streams if :func:`judge` lets it through."""
         d = message.data
-        queues = self._subscribers.get(d.execution_id)
+        queues = list(self._subscribers.of(d.execution_id))
         if not queues:
             return None  # nobody watches here: nothing to check, nothing to count
         refusal = judge(
@@ -257,15 +259,5 @@ class ProgressHub:
         self._count_relayed()
         return None
 
-    @contextmanager
-    def subscribe(self, execution_id: str) -> Iterator[asyncio.Queue[dict[str, Any]]]:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=QUEUE_LIMIT)
-        self._subscribers.setdefault(execution_id, set()).add(queue)
-        try:
-            yield queue
-        finally:
-            queues = self._subscribers.get(execution_id)
-            if queues is not None:
-                queues.discard(queue)
-                if not queues:
-                    del self._subscribers[execution_id]
+    def subscribe(self, execution_id: str) -> AbstractContextManager[asyncio.Queue[dict[str, Any]]]:
+        return self._subscribers.subscribe(execution_id, maxsize=QUEUE_LIMIT)
