@@ -32,6 +32,10 @@ MODEL = "fake-gpt"
 CLAUDE = "fake-claude"
 PRICE = TokenPrice(input=40, output=100)  # credits per 1,000 tokens
 PRICING = {"*": PRICE.model_dump()}
+#: the operator's least price of tokens in tenants' own flows (below PRICE, so the flows
+#: priced with PRICE are unchanged by it)
+FLOOR_PRICE = TokenPrice(input=10, output=20)
+TENANT_FLOOR = {"*": FLOOR_PRICE.model_dump()}
 ANSWER = (
     "Spine runs agents as a durable graph over Kafka, charges credits per token, and "
     "streams what a model writes while it writes it, so nobody waits for a blank page."
@@ -72,6 +76,7 @@ async def stacked(
             services=("registry", "orchestrator", "auth", "gateway"),
             agents=(),
             flows=(),
+            env={"SPINE_TENANT_TOKEN_PRICING": orjson.dumps(TENANT_FLOOR).decode()},
         ) as api:
             assert api.stack is not None
             await api.stack.spawn("llm", _llm_env(openai, "llm", MODEL))
@@ -160,6 +165,11 @@ def body(event: dict[str, Any]) -> dict[str, Any]:
     return dict(event["data"]["data"])
 
 
+def of_type(result: dict[str, Any], event: str) -> dict[str, Any]:
+    """The run's first event of that type (live progress may come before any trail event)."""
+    return next(e for e in result["events"] if e["event"] == event)
+
+
 def node_usage(result: dict[str, Any]) -> TokenUsage:
     (completed,) = [e for e in result["events"] if e["event"] == "execution.node_completed"
                     and body(e)["node_id"] == "write"]  # fmt: skip
@@ -179,8 +189,8 @@ async def test_a_priced_model_flow_streams_and_pays_base_plus_tokens(stacked: St
     for e in events:  # the transcript (pytest -s)
         line = f"id: {e['id']}  " if "id" in e else ""
         print(f"{line}event: {e['event']}  data: {orjson.dumps(e['data']).decode()[:160]}")
-    print(f"usage: {orjson.dumps(body(events[-1])['usage']).decode()}")
     assert events[-1]["event"] == "execution.completed", events[-1]
+    print(f"usage: {orjson.dumps(body(events[-1])['usage']).decode()}")
     output = body(events[-1])["output_data"]
     assert ANSWER in str(output)
     progress = [e for e in events if e["event"] == "execution.node_progress"]
@@ -229,10 +239,38 @@ async def test_a_users_own_priced_flow_reserves_max_credits_over_its_base(
 
     result = await run(api, key, "my_priced", "own")
 
-    started = body(result["events"][0])
+    started = body(of_type(result, "execution.started"))
     assert (started["credits_reserved"], started["base_credits"]) == (20, 3)
     charge = expected_charge(3, node_usage(result))
     assert result["detail"]["usage"]["charged"] == charge < 20
+    assert (await me(api, key, 30 - charge))["credits"] == 30 - charge
+
+
+async def test_a_tenants_unpriced_flow_pays_the_operators_token_floor(stacked: Stacked) -> None:
+    """A tenant cannot run the platform's model for free by leaving ``pricing`` out: its
+    flow runs at the operator's floor, within the price plus the allowance (10)."""
+    api, server = stacked.api, stacked.openai
+    prompt = "Free ride? "
+    server.script(prompt + "no", Text(ANSWER))
+    user = await api.create_user(credits=30)
+    key = user["api_key"]
+    flow = {
+        "flow_id": "my_unpriced",
+        "nodes": [
+            {"id": "write", "agent_id": "llm", "config": {"prompt": prompt + "{{ input.topic }}"}}
+        ],
+    }
+    r = await api.http.post("/api/v1/flows", json=flow, headers=api.auth(key))
+    assert r.status_code == 201, r.text
+
+    result = await run(api, key, "my_unpriced", "no")
+
+    started = body(of_type(result, "execution.started"))
+    assert (started["credits_reserved"], started["base_credits"]) == (1 + 10, 1)
+    assert started["flow"]["pricing"] == TENANT_FLOOR  # the pinned definition says so
+    usage = node_usage(result)
+    charge = 1 + whole_credits(credits_for({"*": FLOOR_PRICE}, usage))
+    assert charge > 1 and result["detail"]["usage"]["charged"] == charge
     assert (await me(api, key, 30 - charge))["credits"] == 30 - charge
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from spine_contracts import FlowDefinition, FlowNode
 from spine_contracts.access import SYSTEM
-from spine_contracts.metering import TokenPrice
-from spine_gateway.pricing import Pricing, Reservation
+from spine_contracts.metering import TokenPrice, price_for
+from spine_gateway.pricing import Pricing, Reservation, merged_pricing
 
 NODES = (FlowNode(id="a", agent_id="llm"), FlowNode(id="b", agent_id="llm", depends_on=("a",)))
 PRICED = {"*": TokenPrice(input=1, output=2)}
@@ -48,3 +48,62 @@ def test_an_unpriced_flow_reserves_its_price_with_no_base(owner: str, amount: in
     reserve = FLOOR.reservation(flow(3, 40, priced=False), owner=owner)
     assert reserve == Reservation(amount=amount, base_credits=None)
     assert reserve.amount == FLOOR.price(flow(3, priced=False), owner=owner)
+
+
+#: the operator's token floor for tenants' flows: 2/8 per 1,000 for "big", 1/4 for any other
+TOKEN_FLOOR = Pricing(
+    min_per_execution=1,
+    token_floor={"big": TokenPrice(input=2, output=8), "*": TokenPrice(input=1, output=4)},
+    token_allowance=10,
+)
+
+
+def test_a_tenants_unpriced_flow_pays_the_floor_within_the_allowance() -> None:
+    bare = flow(cost=0, priced=False)
+    running = TOKEN_FLOOR.effective(bare, owner="u1")
+    assert running.pricing == TOKEN_FLOOR.token_floor
+    assert running.max_credits == 1 + 10  # the price (the floor per execution) + allowance
+    assert TOKEN_FLOOR.reservation(running, owner="u1") == Reservation(11, base_credits=1)
+    # a system flow is the admin's to price: untouched
+    assert TOKEN_FLOOR.effective(bare, owner=SYSTEM) is bare
+    # no floor set: a tenant's flow runs as written
+    assert FLOOR.effective(bare, owner="u1") is bare
+
+
+def test_a_tenants_own_prices_never_go_below_the_floor() -> None:
+    cheap = FlowDefinition(
+        flow_id="f",
+        nodes=NODES,
+        pricing={"big": TokenPrice(input=0, output=100), "small": TokenPrice(input=0, output=0)},
+        max_credits=30,
+    )
+    running = TOKEN_FLOOR.effective(cheap, owner="u1")
+    assert running.pricing == {
+        "big": TokenPrice(input=2, output=100),  # each part the higher
+        "small": TokenPrice(input=1, output=4),  # the floor's "*" covers it
+        "*": TokenPrice(input=1, output=4),
+    }
+    assert running.max_credits == 30  # its own bound stays
+
+
+@pytest.mark.parametrize(
+    ("own", "floor"),
+    [
+        ({}, {"*": TokenPrice(input=1, output=1)}),
+        ({"m": TokenPrice(input=3, output=0)}, {"*": TokenPrice(input=1, output=2)}),
+        ({"*": TokenPrice(input=5, output=5)}, {"m": TokenPrice(input=9, output=1)}),
+    ],
+)
+def test_merged_prices_are_the_higher_for_every_model(
+    own: dict[str, TokenPrice], floor: dict[str, TokenPrice]
+) -> None:
+    merged = merged_pricing(own, floor)
+    for model in ("m", "other", "*"):
+        got = price_for(merged, model)
+        parts = [p for p in (price_for(own, model), price_for(floor, model)) if p is not None]
+        if not parts:
+            assert got is None
+            continue
+        assert got == TokenPrice(
+            input=max(p.input for p in parts), output=max(p.output for p in parts)
+        )

@@ -237,7 +237,8 @@ class ExecutionsService:
         found = await self.flows.get(flow_id, lambda: self._flow_to_run(flow_id))
         if found is None or check(caller.caller, Action.RUN_FLOW, found[0]["owner"]) is HIDDEN:
             raise NotFound(f"flow {flow_id!r} not found", code="FLOW_NOT_FOUND")
-        flow_row, flow = found
+        flow_row, authored = found
+        flow = self.pricing.effective(authored, owner=flow_row["owner"])
         reserve = self.pricing.reservation(flow, owner=flow_row["owner"])
         body = {"flow_id": flow_id, "input_data": input_data, "metadata": metadata}
 

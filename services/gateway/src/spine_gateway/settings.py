@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
+from spine_contracts.metering import TokenPrice
 from spine_servicekit.settings import DEFAULT_MASTER_KEY, CommonSettings
 
 from .liveness import Expected
@@ -43,6 +44,14 @@ class GatewaySettings(CommonSettings):
     #: flows cost what the admin set.
     min_credits_per_execution: int = Field(1, alias="SPINE_MIN_CREDITS_PER_EXECUTION", ge=0)
     min_credits_per_agent_node: int = Field(0, alias="SPINE_MIN_CREDITS_PER_AGENT_NODE", ge=0)
+    #: the least a user's own flow pays for model tokens, per model (``"*"``: any other),
+    #: as JSON, e.g. ``{"*": {"input": 1, "output": 4}}`` — whatever ``pricing`` the flow
+    #: wrote, or none (docs/credits.md); empty: tenants' flows price their own tokens
+    tenant_token_pricing: dict[str, TokenPrice] = Field(
+        default_factory=dict, alias="SPINE_TENANT_TOKEN_PRICING"
+    )
+    #: credits reserved for tokens above the price when such a flow sets no ``max_credits``
+    tenant_token_allowance: int = Field(10, alias="SPINE_TENANT_TOKEN_ALLOWANCE", ge=0)
     #: the bearer token Prometheus sends for ``/metrics`` (text only), so a scraper never
     #: holds the master key; unset: only the master key reads the Prometheus text
     metrics_scrape_token: str | None = Field(None, alias="SPINE_METRICS_SCRAPE_TOKEN", repr=False)

@@ -169,7 +169,10 @@ async def open_gateway(
             flows=flows_cache,
             start_timeout_s=settings.projection_timeout_s,
             pricing=Pricing(
-                settings.min_credits_per_execution, settings.min_credits_per_agent_node
+                settings.min_credits_per_execution,
+                settings.min_credits_per_agent_node,
+                token_floor=settings.tenant_token_pricing,
+                token_allowance=settings.tenant_token_allowance,
             ),
         ),
         keys=KeysService(commands=commands, read=read, store=store, rw=rw, users=users_p),
