@@ -88,8 +88,11 @@ async def stacked(
         await anthropic.stop()
 
 
-async def define(api: Api, flow_id: str, agent: str, prompt: str, **flow: Any) -> None:
-    """A system flow (the operator prices it) with one model node and an output."""
+async def define(
+    api: Api, flow_id: str, agent: str, prompt: str, key: str = MASTER, **flow: Any
+) -> None:
+    """A flow with one model node and an output: a system flow (the operator prices it),
+    or with a user's ``key`` that user's own."""
     body = {
         "flow_id": flow_id,
         "nodes": [
@@ -107,7 +110,7 @@ async def define(api: Api, flow_id: str, agent: str, prompt: str, **flow: Any) -
         ],
         **flow,
     }
-    r = await api.http.post("/api/v1/flows", json=body, headers=api.auth(MASTER))
+    r = await api.http.post("/api/v1/flows", json=body, headers=api.auth(key))
     assert r.status_code in (200, 201), r.text
 
 
@@ -225,17 +228,7 @@ async def test_a_users_own_priced_flow_reserves_max_credits_over_its_base(
     server.script(prompt + "own", Text("A tenant's own flow, priced by its author."))
     user = await api.create_user(credits=30)
     key = user["api_key"]
-    flow = {
-        "flow_id": "my_priced",
-        "cost": 3,
-        "max_credits": 20,
-        "pricing": PRICING,
-        "nodes": [
-            {"id": "write", "agent_id": "llm", "config": {"prompt": prompt + "{{ input.topic }}"}}
-        ],
-    }
-    r = await api.http.post("/api/v1/flows", json=flow, headers=api.auth(key))
-    assert r.status_code == 201, r.text
+    await define(api, "my_priced", "llm", prompt, key, cost=3, max_credits=20, pricing=PRICING)
 
     result = await run(api, key, "my_priced", "own")
 
@@ -254,14 +247,7 @@ async def test_a_tenants_unpriced_flow_pays_the_operators_token_floor(stacked: S
     server.script(prompt + "no", Text(ANSWER))
     user = await api.create_user(credits=30)
     key = user["api_key"]
-    flow = {
-        "flow_id": "my_unpriced",
-        "nodes": [
-            {"id": "write", "agent_id": "llm", "config": {"prompt": prompt + "{{ input.topic }}"}}
-        ],
-    }
-    r = await api.http.post("/api/v1/flows", json=flow, headers=api.auth(key))
-    assert r.status_code == 201, r.text
+    await define(api, "my_unpriced", "llm", prompt, key)
 
     result = await run(api, key, "my_unpriced", "no")
 
